@@ -1,0 +1,50 @@
+// Module entry: registers every export. Each export is wrapped by guarded<>, so no C++ exception
+// reaches Node; each validates its arguments before calling into native/core.
+#include <napi.h>
+
+#include "binding/napi_util.h"
+#include "core/build_info.h"
+
+namespace onestage::binding {
+
+void registerTensorExports(Napi::Env env, Napi::Object exports);
+
+namespace {
+
+Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
+  const auto b = onestage::buildInfo();
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("version", b.version);
+  out.Set("torchVersion", b.torchVersion);
+  out.Set("cudaCompiled", b.cudaCompiled);
+  out.Set("cudaAvailable", b.cudaAvailable);
+  out.Set("deviceCount", b.deviceCount);
+  return out;
+}
+
+Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  torch::set_num_threads(static_cast<int>(intArg(info, 0, "threads", 1, 1024)));
+  return info.Env().Undefined();
+}
+
+Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
+  torch::manual_seed(static_cast<uint64_t>(intArg(info, 0, "seed", 0, 9007199254740991LL)));
+  return info.Env().Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  initAddonData(env);
+  exportFunction<BuildInfo>(env, exports, "buildInfo");
+  exportFunction<SetNumThreads>(env, exports, "setNumThreads");
+  exportFunction<ManualSeed>(env, exports, "manualSeed");
+  registerTensorExports(env, exports);
+  return exports;
+}
+
+}  // namespace
+}  // namespace onestage::binding
+
+static Napi::Object InitOnestage(Napi::Env env, Napi::Object exports) {
+  return onestage::binding::Init(env, exports);
+}
+NODE_API_MODULE(onestage, InitOnestage)

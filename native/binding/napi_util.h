@@ -1,0 +1,127 @@
+// Shared Node-API plumbing: exception conversion, argument checking with messages that name the
+// argument, the value received and what was expected, and a promise-returning async worker.
+// No maths here: every computation is a call into native/core.
+#pragma once
+#include <napi.h>
+#include <torch/torch.h>
+
+#include <exception>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace onestage::binding {
+
+/// The JavaScript error for a caught C++ exception: onestage::TypeError/RangeError and c10's
+/// TypeError/IndexError keep their kind; c10::Error loses its C++ backtrace.
+Napi::Error jsErrorFrom(Napi::Env env, std::exception_ptr error);
+
+/// Wraps an export so that no C++ exception can escape into Node (which would abort).
+using Handler = Napi::Value (*)(const Napi::CallbackInfo&);
+template <Handler H>
+Napi::Value guarded(const Napi::CallbackInfo& info) {
+  try {
+    return H(info);
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (...) {
+    throw jsErrorFrom(info.Env(), std::current_exception());
+  }
+}
+template <Handler H>
+void exportFunction(Napi::Env env, Napi::Object exports, const char* name) {
+  exports.Set(name, Napi::Function::New(env, guarded<H>, name));
+}
+
+/// "-3 of type number", "'abc' of type string", "an object", "undefined", ...
+std::string describeValue(const Napi::Value& value);
+
+// Argument readers: argument `i` of the call, named `name` in error messages.
+Napi::Value arg(const Napi::CallbackInfo& info, size_t i);
+std::string stringArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+bool boolArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+/// An integer in [min, max]; TypeError for non-numbers, RangeError for fractions or out of range.
+int64_t intArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max);
+double numberArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+/// An array of numbers (each checked to be a finite number).
+std::vector<double> numberArrayArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+/// An array of integers in [min, max].
+std::vector<int64_t> intArrayArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min,
+                                 int64_t max);
+
+// ---- tensors ---------------------------------------------------------------------------------
+
+/// A new JavaScript handle owning `tensor` (counted by liveTensors, reported to the GC as
+/// external memory, freed by disposeTensor or by the garbage collector).
+Napi::Object wrapTensor(Napi::Env env, torch::Tensor tensor);
+/// The tensor behind argument `i`: TypeError when it is not a tensor handle, Error when disposed.
+torch::Tensor tensorArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+/// Frees the tensor now (idempotent). Returns false when it was already disposed.
+bool disposeTensor(const Napi::CallbackInfo& info, size_t i, const char* name);
+bool isDisposedTensor(const Napi::CallbackInfo& info, size_t i, const char* name);
+int64_t liveTensorCount(Napi::Env env);
+/// Per-addon-instance state (one per Node environment; no global mutable state).
+void initAddonData(Napi::Env env);
+
+// ---- async -----------------------------------------------------------------------------------
+
+/// Runs `compute` on the libuv thread pool and settles a promise on the main thread with
+/// `convert(result)`, or rejects it with the JavaScript error for whatever `compute` threw.
+/// `compute` must own (copy) every tensor it uses, never touch Node-API, and never call into JS.
+template <typename Result>
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  using Compute = std::function<Result()>;
+  using Convert = std::function<Napi::Value(Napi::Env, Result&)>;
+
+  static Napi::Promise start(Napi::Env env, Compute compute, Convert convert) {
+    auto* worker = new PromiseWorker(env, std::move(compute), std::move(convert));  // deletes itself
+    auto promise = worker->deferred_.Promise();
+    worker->Queue();
+    return promise;
+  }
+
+ protected:
+  void Execute() override {
+    try {
+      result_ = compute_();
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (error_) {
+      deferred_.Reject(jsErrorFrom(env, error_).Value());
+      return;
+    }
+    try {
+      deferred_.Resolve(convert_(env, result_));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    } catch (...) {
+      deferred_.Reject(jsErrorFrom(env, std::current_exception()).Value());
+    }
+  }
+
+ private:
+  PromiseWorker(Napi::Env env, Compute compute, Convert convert)
+      : Napi::AsyncWorker(env, "onestage"), deferred_(Napi::Promise::Deferred::New(env)),
+        compute_(std::move(compute)), convert_(std::move(convert)) {}
+
+  Napi::Promise::Deferred deferred_;
+  Compute compute_;
+  Convert convert_;
+  Result result_{};
+  std::exception_ptr error_;
+};
+
+/// A promise for a tensor computed on the thread pool.
+inline Napi::Promise tensorPromise(Napi::Env env, std::function<torch::Tensor()> compute) {
+  return PromiseWorker<torch::Tensor>::start(env, std::move(compute),
+                                             [](Napi::Env e, torch::Tensor& t) -> Napi::Value {
+                                               return wrapTensor(e, std::move(t));
+                                             });
+}
+
+}  // namespace onestage::binding
