@@ -1,0 +1,76 @@
+/**
+ * The one typed seam between TypeScript and the native addon: exactly what
+ * `native/binding` exports. Public classes wrap these functions; nothing else loads the addon.
+ * @internal
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+/** Opaque handle to a native tensor (a tagged object; only the addon can make one). */
+export interface NativeTensor {
+  readonly __nativeTensor: unique symbol;
+}
+
+export interface NativeBuildInfo {
+  version: string;
+  torchVersion: string;
+  cudaCompiled: boolean;
+  cudaAvailable: boolean;
+  deviceCount: number;
+}
+
+export type NativeTypedArray = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
+
+export interface NativeBinding {
+  buildInfo(): NativeBuildInfo;
+  setNumThreads(threads: number): void;
+  manualSeed(seed: number): void;
+
+  tensorFromArray(data: NativeTypedArray, shape: number[], dtype: string, device: string): NativeTensor;
+  tensorShape(t: NativeTensor): number[];
+  tensorDtype(t: NativeTensor): string;
+  tensorDevice(t: NativeTensor): string;
+  tensorToArray(t: NativeTensor): NativeTypedArray;
+  tensorTo(t: NativeTensor, device: string): NativeTensor;
+  tensorDispose(t: NativeTensor): boolean;
+  tensorIsDisposed(t: NativeTensor): boolean;
+  liveTensors(): number;
+  tensorMatmul(a: NativeTensor, b: NativeTensor): NativeTensor;
+  tensorMatmulAsync(a: NativeTensor, b: NativeTensor): Promise<NativeTensor>;
+  tensorUnary(t: NativeTensor, op: string): NativeTensor;
+  tensorBinary(a: NativeTensor, b: NativeTensor, op: string): NativeTensor;
+  tensorSoftmax(t: NativeTensor, op: string, dim: number): NativeTensor;
+  tensorSum(t: NativeTensor, dims: number[]): NativeTensor;
+}
+
+/** Folder of the package (holds package.json and build/). */
+export const packageRoot = path.resolve(__dirname, '..');
+
+function loadBinding(): NativeBinding {
+  const candidates = [
+    process.env.ONESTAGE_ADDON,
+    path.join(packageRoot, 'build', 'Release', 'onestage.node'),
+    path.join(packageRoot, 'build', 'Debug', 'onestage.node'),
+  ].filter((p): p is string => typeof p === 'string' && p.length > 0);
+  const found = candidates.find((p) => fs.existsSync(p));
+  if (found === undefined) {
+    throw new Error(
+      `onestage: the native addon is not built (looked for ${candidates.join(', ')}). ` +
+        'Run `bash scripts/setup.sh` (Debian/Ubuntu) or `npm run build:native` with LibTorch installed.',
+    );
+  }
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return require(found) as NativeBinding;
+  } catch (err) {
+    throw new Error(`onestage: the native addon ${found} could not be loaded: ${(err as Error).message}`);
+  }
+}
+
+let cached: NativeBinding | undefined;
+
+/** The native addon, loaded on first use. */
+export function native(): NativeBinding {
+  cached ??= loadBinding();
+  return cached;
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Sets up everything onestage needs, idempotently; run by `npm test` and `npm run demo` first.
+#  1. system packages (LibTorch, PyTorch for the parity references, cmake, ninja) when missing,
+#     with apt-get when we are root (or have passwordless sudo);
+#  2. node_modules (npm ci), which also builds the addon and compiles the TypeScript;
+#  3. otherwise an incremental build of the addon and the TypeScript (seconds when nothing changed).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { echo "setup: $*" >&2; }
+
+torch_found() {
+  [[ -n "${ONESTAGE_TORCH_DIR:-}${Torch_DIR:-}${CMAKE_PREFIX_PATH:-}" ]] && return 0
+  compgen -G "/usr/lib/*/cmake/Torch/TorchConfig.cmake" >/dev/null && return 0
+  local py
+  for py in python3 /usr/bin/python3; do
+    "$py" -c 'import torch,os,sys; sys.exit(0 if os.path.isdir(os.path.join(torch.utils.cmake_prefix_path,"Torch")) else 1)' 2>/dev/null && return 0
+  done
+  return 1
+}
+python_torch_found() {
+  local py
+  for py in ${ONESTAGE_PYTHON:-} python3 /usr/bin/python3; do
+    "$py" -c 'import torch, torchvision' 2>/dev/null && return 0
+  done
+  return 1
+}
+
+missing=()
+torch_found || missing+=(libtorch-dev)
+python_torch_found || missing+=(python3-torch python3-torchvision)
+command -v cmake >/dev/null || missing+=(cmake)
+command -v ninja >/dev/null || missing+=(ninja-build)
+command -v c++ >/dev/null || missing+=(g++)
+
+if ((${#missing[@]})); then
+  sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo=(sudo -n); else sudo=(none); fi
+  fi
+  if [[ "${sudo[0]:-}" == none ]] || ! command -v apt-get >/dev/null; then
+    say "missing: ${missing[*]}"
+    say "install them, e.g. as root on Debian/Ubuntu: apt-get install -y ${missing[*]}"
+    say "or point at a LibTorch you have: export ONESTAGE_TORCH_DIR=/path/to/libtorch"
+    say "  (or CMAKE_PREFIX_PATH=\$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)'))"
+    exit 1
+  fi
+  say "installing ${missing[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -q
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" python3-numpy
+fi
+
+if [[ ! -d node_modules || ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  say "installing node modules (builds the addon)"
+  npm ci --no-audit --no-fund
+else
+  node scripts/build-native.js
+  npx --no-install tsc -p tsconfig.build.json
+fi

@@ -1,0 +1,139 @@
+/**
+ * Calls every native export with wrong arguments: each call must throw (or reject with) a
+ * JavaScript Error with a plain message. A C++ exception escaping, or an abort, fails the file.
+ * A new export must be added to VALID below, so nothing escapes the fuzz.
+ */
+import test from 'ava';
+import { native, NativeBinding } from '../lib/binding';
+import { Rng } from './helpers/random';
+
+type Args = unknown[];
+
+/** One valid argument list per export: bad values are substituted into it position by position. */
+function validArgs(): Record<keyof NativeBinding, Args> {
+  const b = native();
+  const t = b.tensorFromArray(new Float32Array(4), [2, 2], 'float32', 'cpu');
+  return {
+    buildInfo: [],
+    liveTensors: [],
+    setNumThreads: [2],
+    manualSeed: [7],
+    tensorFromArray: [new Float32Array(4), [2, 2], 'float32', 'cpu'],
+    tensorShape: [t],
+    tensorDtype: [t],
+    tensorDevice: [t],
+    tensorToArray: [t],
+    tensorTo: [t, 'cpu'],
+    tensorDispose: [b.tensorFromArray(new Float32Array(1), [1], 'float32', 'cpu')],
+    tensorIsDisposed: [t],
+    tensorMatmul: [t, t],
+    tensorMatmulAsync: [t, t],
+    tensorUnary: [t, 'sigmoid'],
+    tensorBinary: [t, t, 'add'],
+    tensorSoftmax: [t, 'softmax', -1],
+    tensorSum: [t, [0]],
+  };
+}
+
+function badValues(): unknown[] {
+  const b = native();
+  const disposed = b.tensorFromArray(new Float32Array(1), [1], 'float32', 'cpu');
+  b.tensorDispose(disposed);
+  return [
+    undefined,
+    null,
+    NaN,
+    -1.5,
+    1e300,
+    'nonsense',
+    '',
+    {},
+    { __nativeTensor: true },
+    [NaN],
+    ['x', 'y'],
+    Symbol('s'),
+    () => 1,
+    2n ** 70n,
+    new Int16Array(3),
+    new ArrayBuffer(8),
+    disposed, // keep last: the position test relies on it
+  ];
+}
+
+async function expectError(t: import('ava').ExecutionContext, name: string, fn: (...a: unknown[]) => unknown, args: Args, mustThrow: boolean) {
+  let error: unknown;
+  try {
+    const result = fn(...args);
+    if (result instanceof Promise) await result;
+  } catch (e) {
+    error = e;
+  }
+  if (error === undefined) {
+    if (mustThrow) t.fail(`${name}(${args.map(show).join(', ')}) did not throw`);
+    return;
+  }
+  if (!(error instanceof Error)) return t.fail(`${name} threw a non-Error: ${String(error)}`);
+  if (error.message.length === 0) t.fail(`${name} threw an Error without a message`);
+  if (/Exception raised from|most recent call first|frame #/.test(error.message))
+    t.fail(`${name}: error message carries a C++ backtrace: ${error.message.slice(0, 200)}`);
+}
+
+function show(v: unknown): string {
+  if (typeof v === 'symbol') return 'Symbol()';
+  if (typeof v === 'bigint') return `${v}n`;
+  if (typeof v === 'function') return 'fn';
+  if (ArrayBuffer.isView(v) || v instanceof ArrayBuffer) return (v as object).constructor.name;
+  if (v !== null && typeof v === 'object' && !Array.isArray(v) && Object.getPrototypeOf(v) === Object.prototype && Object.keys(v).length === 0) return '{} (or a tensor handle)';
+  try {
+    return JSON.stringify(v) ?? String(v);
+  } catch {
+    return String(v);
+  }
+}
+
+test('fuzz: every native export is covered by the fuzz table', (t) => {
+  t.deepEqual(Object.keys(native()).sort(), Object.keys(validArgs()).sort());
+});
+
+test('fuzz: a wrong value at each argument position throws a JavaScript error', async (t) => {
+  const b = native() as unknown as Record<string, (...a: unknown[]) => unknown>;
+  const valid = validArgs();
+  const bad = badValues();
+  const disposed = bad[bad.length - 1];
+  for (const [name, args] of Object.entries(valid)) {
+    const fn = b[name];
+    if (args.length > 0) await expectError(t, name, fn, [], true);
+    for (let p = 0; p < args.length; p++) {
+      for (const v of bad) {
+        // disposing twice is allowed (idempotent), and asking whether a tensor is disposed
+        const allowed = (name === 'tensorDispose' || name === 'tensorIsDisposed') && v === disposed;
+        await expectError(t, name, fn, [...args.slice(0, p), v, ...args.slice(p + 1)], !allowed);
+      }
+    }
+  }
+  b.setNumThreads(Math.max(1, require('node:os').availableParallelism()));
+  t.pass();
+});
+
+test('fuzz: random argument lists never crash the process', async (t) => {
+  const b = native() as unknown as Record<string, (...a: unknown[]) => unknown>;
+  const valid = validArgs();
+  const pool = [...badValues(), ...Object.values(valid).flat(), 0, 1, -1, 3, [], [2, 2], [0, 1], 'cuda', 'cuda:7', 'bool', 'int64', 'logSoftmax', new Float64Array(4), new Uint8Array([0, 1, 2, 3])];
+  const rng = new Rng(99);
+  const names = Object.keys(valid);
+  for (let i = 0; i < 3000; i++) {
+    const name = names[Math.floor(rng.next() * names.length)];
+    if (name === 'setNumThreads' || name === 'manualSeed') continue;
+    const n = Math.floor(rng.next() * 5);
+    const args = Array.from({ length: n }, () => pool[Math.floor(rng.next() * pool.length)]);
+    await expectError(t, name, b[name], args, false);
+  }
+  t.pass();
+});
+
+test('fuzz: calling exports as constructors throws instead of crashing', (t) => {
+  const b = native() as unknown as Record<string, new (...a: unknown[]) => unknown>;
+  for (const name of ['tensorShape', 'tensorFromArray', 'tensorMatmul']) {
+    t.throws(() => new b[name](), { instanceOf: TypeError });
+  }
+});

@@ -1,0 +1,35 @@
+/**
+ * Runs the PyTorch references in test/reference with whichever python3 has torch:
+ * $ONESTAGE_PYTHON, else `python3` on PATH, else /usr/bin/python3 (Debian's python3-torch).
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+let cached: string | null | undefined;
+
+export function pythonWithTorch(): string | null {
+  if (cached !== undefined) return cached;
+  const candidates = [process.env.ONESTAGE_PYTHON, 'python3', '/usr/bin/python3'].filter((c): c is string => !!c);
+  cached = candidates.find((py) => spawnSync(py, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0) ?? null;
+  return cached;
+}
+
+export const referenceDir = path.resolve(__dirname, '..', 'reference');
+
+/** Runs `test/reference/<script>` with `args`; throws with its stderr when it fails. */
+export function runReference(script: string, args: string[]): string {
+  const py = pythonWithTorch();
+  if (py === null) throw new Error('no python3 with torch found (install python3-torch or set ONESTAGE_PYTHON)');
+  const res = spawnSync(py, [path.join(referenceDir, script), ...args], { encoding: 'utf8', env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' } });
+  if (res.status !== 0) throw new Error(`${script} failed (exit ${res.status}):\n${res.stderr}`);
+  return res.stdout;
+}
+
+/** A fresh temporary folder, removed at process exit. */
+export function tempDir(prefix = 'onestage-test-'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
