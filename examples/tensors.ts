@@ -8,12 +8,13 @@ async function main(): Promise<void> {
   const a = Tensor.from(new Float32Array([1, 2, 3, 4]), [2, 2]);
   const m = Tensor.from([1, 0, 1], [3], { dtype: 'bool' });
   console.log(a.shape, a.dtype, a.device, String(m));
-  const b = a.matmul(a).softmax(-1);
+  const aa = a.matmul(a);
+  const b = aa.softmax(-1);
   console.log(b.toArray());
   const c = await a.matmulAsync(a);
   console.log(c.toArray());
   if (buildInfo().cudaAvailable) a.to('cuda').dispose();
-  for (const t of [a, m, b, c]) t.dispose();
+  for (const t of [a, m, aa, b, c]) t.dispose();
   console.log('live tensors:', liveTensors());
   manualSeed(0);
   setNumThreads(2);
