@@ -8,6 +8,8 @@
 namespace onestage::binding {
 
 void registerTensorExports(Napi::Env env, Napi::Object exports);
+void registerModelExports(Napi::Env env, Napi::Object exports);
+void registerGeometryExports(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -38,6 +40,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exportFunction<SetNumThreads>(env, exports, "setNumThreads");
   exportFunction<ManualSeed>(env, exports, "manualSeed");
   registerTensorExports(env, exports);
+  registerModelExports(env, exports);
+  registerGeometryExports(env, exports);
   return exports;
 }
 

@@ -197,6 +197,82 @@ std::vector<int64_t> intArrayArg(const Napi::CallbackInfo& info, size_t i, const
   return out;
 }
 
+Napi::Object optionsArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Value v = arg(info, i);
+  if (v.IsUndefined()) return Napi::Object::New(info.Env());
+  if (!v.IsObject() || v.IsArray() || v.IsFunction())
+    throw Napi::TypeError::New(info.Env(), std::string("Expected an object for ") + name + " but received " + describeValue(v));
+  return v.As<Napi::Object>();
+}
+
+namespace {
+std::string fieldName(const char* prefix, const char* key) { return std::string(prefix) + "." + key; }
+}  // namespace
+
+double optNumber(const Napi::Object& o, const char* prefix, const char* key, double fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsNumber())
+    throw Napi::TypeError::New(o.Env(), "Expected a number for " + fieldName(prefix, key) + " but received " + describeValue(v));
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d))
+    throw Napi::RangeError::New(o.Env(), "Expected a finite number for " + fieldName(prefix, key) + " but received " + formatNumber(d));
+  return d;
+}
+
+int64_t optInt(const Napi::Object& o, const char* prefix, const char* key, int64_t min, int64_t max, int64_t fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsNumber())
+    throw Napi::TypeError::New(o.Env(), "Expected an integer for " + fieldName(prefix, key) + " but received " + describeValue(v));
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || d != std::floor(d) || d < static_cast<double>(min) || d > static_cast<double>(max))
+    throw Napi::RangeError::New(o.Env(), "Expected an integer between " + std::to_string(min) + " and " + std::to_string(max) +
+                                             " for " + fieldName(prefix, key) + " but received " + formatNumber(d));
+  return static_cast<int64_t>(d);
+}
+
+bool optBool(const Napi::Object& o, const char* prefix, const char* key, bool fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsBoolean())
+    throw Napi::TypeError::New(o.Env(), "Expected a boolean for " + fieldName(prefix, key) + " but received " + describeValue(v));
+  return v.As<Napi::Boolean>().Value();
+}
+
+std::string optString(const Napi::Object& o, const char* prefix, const char* key, const std::string& fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsString())
+    throw Napi::TypeError::New(o.Env(), "Expected a string for " + fieldName(prefix, key) + " but received " + describeValue(v));
+  return v.As<Napi::String>().Utf8Value();
+}
+
+std::vector<double> optNumbers(const Napi::Object& o, const char* prefix, const char* key, std::vector<double> fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsArray())
+    throw Napi::TypeError::New(o.Env(), "Expected an array of numbers for " + fieldName(prefix, key) + " but received " + describeValue(v));
+  auto a = v.As<Napi::Array>();
+  std::vector<double> out;
+  for (uint32_t k = 0; k < a.Length(); ++k) {
+    Napi::Value e = a.Get(k);
+    if (!e.IsNumber() || !std::isfinite(e.As<Napi::Number>().DoubleValue()))
+      throw Napi::TypeError::New(o.Env(), "Expected a finite number for " + fieldName(prefix, key) + "[" + std::to_string(k) +
+                                              "] but received " + describeValue(e));
+    out.push_back(e.As<Napi::Number>().DoubleValue());
+  }
+  return out;
+}
+
+Napi::Object optObject(const Napi::Object& o, const char* prefix, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return Napi::Object::New(o.Env());
+  if (!v.IsObject() || v.IsArray() || v.IsFunction())
+    throw Napi::TypeError::New(o.Env(), "Expected an object for " + fieldName(prefix, key) + " but received " + describeValue(v));
+  return v.As<Napi::Object>();
+}
+
 void initAddonData(Napi::Env env) { env.SetInstanceData(std::make_unique<AddonData>().release()); }
 
 int64_t liveTensorCount(Napi::Env env) { return addonData(env).liveTensors; }

@@ -63,6 +63,66 @@ int64_t liveTensorCount(Napi::Env env);
 /// Per-addon-instance state (one per Node environment; no global mutable state).
 void initAddonData(Napi::Env env);
 
+// ---- other native objects (models, ...) ------------------------------------------------------
+
+/// A tagged JavaScript object owning a shared_ptr<T>. Disposal drops the handle's reference; async
+/// work that copied the shared_ptr keeps the object alive until it finishes.
+template <typename T>
+struct ObjectBox {
+  std::shared_ptr<T> object;
+};
+
+template <typename T>
+Napi::Object wrapObject(Napi::Env env, std::shared_ptr<T> object, const napi_type_tag* tag) {
+  auto box = std::make_unique<ObjectBox<T>>();
+  box->object = std::move(object);
+  Napi::Object handle = Napi::Object::New(env);
+  NAPI_THROW_IF_FAILED(env, napi_type_tag_object(env, handle, tag), Napi::Object());
+  NAPI_THROW_IF_FAILED(env,
+                       napi_wrap(env, handle, box.get(),
+                                 [](napi_env, void* raw, void*) { delete static_cast<ObjectBox<T>*>(raw); }, nullptr,
+                                 nullptr),
+                       Napi::Object());
+  box.release();  // owned by the finalizer
+  return handle;
+}
+
+template <typename T>
+ObjectBox<T>* objectBoxArg(const Napi::CallbackInfo& info, size_t i, const char* name, const napi_type_tag* tag,
+                           const char* typeName) {
+  Napi::Value v = arg(info, i);
+  bool tagged = false;
+  if (v.IsObject() && napi_check_object_type_tag(info.Env(), v, tag, &tagged) != napi_ok) tagged = false;
+  void* raw = nullptr;
+  if (!tagged || napi_unwrap(info.Env(), v, &raw) != napi_ok || raw == nullptr)
+    throw Napi::TypeError::New(info.Env(), std::string("Expected a ") + typeName + " for " + name + " but received " +
+                                               describeValue(v));
+  return static_cast<ObjectBox<T>*>(raw);
+}
+
+/// The object behind argument `i`; Error when it was disposed.
+template <typename T>
+std::shared_ptr<T> objectArg(const Napi::CallbackInfo& info, size_t i, const char* name, const napi_type_tag* tag,
+                             const char* typeName) {
+  auto* box = objectBoxArg<T>(info, i, name, tag, typeName);
+  if (!box->object)
+    throw Napi::Error::New(info.Env(), std::string(name) + " has been disposed and can no longer be used");
+  return box->object;
+}
+
+// ---- options objects ---------------------------------------------------------------------------
+
+/// Argument `i` as an options object: undefined gives an empty object; other non-objects a TypeError.
+Napi::Object optionsArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+/// Field readers: absent (undefined) fields give `fallback`; wrong values a TypeError/RangeError
+/// naming `prefix.key`.
+double optNumber(const Napi::Object& o, const char* prefix, const char* key, double fallback);
+int64_t optInt(const Napi::Object& o, const char* prefix, const char* key, int64_t min, int64_t max, int64_t fallback);
+bool optBool(const Napi::Object& o, const char* prefix, const char* key, bool fallback);
+std::string optString(const Napi::Object& o, const char* prefix, const char* key, const std::string& fallback);
+std::vector<double> optNumbers(const Napi::Object& o, const char* prefix, const char* key, std::vector<double> fallback);
+Napi::Object optObject(const Napi::Object& o, const char* prefix, const char* key);
+
 // ---- async -----------------------------------------------------------------------------------
 
 /// Runs `compute` on the libuv thread pool and settles a promise on the main thread with

@@ -1,0 +1,257 @@
+// Model exports: creation, mode and device, forward and detect (async), weights in and out.
+#include <napi.h>
+
+#include "binding/configs.h"
+#include "binding/napi_util.h"
+#include "core/errors.h"
+#include "core/models/detector.h"
+#include "core/tensor_types.h"
+
+namespace onestage::binding {
+
+namespace {
+
+constexpr napi_type_tag kModelTag = {0x6f6e657374616765ULL, 0x4d6f64656c000001ULL};
+using Detector = RetinaNetDetector;
+
+std::shared_ptr<Detector> modelArg(const Napi::CallbackInfo& info, size_t i = 0) {
+  return objectArg<Detector>(info, i, "model", &kModelTag, "Model");
+}
+
+Napi::Value ModelCreateRetinaNet(const Napi::CallbackInfo& info) {
+  const auto opts = optionsArg(info, 0, "options");
+  const auto config = retinaNetConfigFrom(opts);
+  const auto device = parseDevice(optString(opts, "options", "device", "cpu"), "options.device");
+  const int64_t seed = optInt(opts, "options", "seed", -1, 9007199254740991LL, -1);
+  if (seed >= 0) torch::manual_seed(static_cast<uint64_t>(seed));
+  return wrapObject(info.Env(), std::make_shared<Detector>(config, device), &kModelTag);
+}
+
+Napi::Value ModelDispose(const Napi::CallbackInfo& info) {
+  auto* box = objectBoxArg<Detector>(info, 0, "model", &kModelTag, "Model");
+  const bool live = box->object != nullptr;
+  box->object.reset();
+  return Napi::Boolean::New(info.Env(), live);
+}
+
+Napi::Value ModelInfo(const Napi::CallbackInfo& info) {
+  auto m = modelArg(info);
+  std::lock_guard<std::mutex> lock(m->mutex());
+  const auto& c = m->net()->config();
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("architecture", "retinanet");
+  out.Set("depth", static_cast<double>(c.depth));
+  out.Set("numClasses", static_cast<double>(c.numClasses));
+  out.Set("featureSize", static_cast<double>(c.featureSize));
+  out.Set("anchorsPerLocation", static_cast<double>(c.anchors.anchorsPerLocation()));
+  out.Set("freezeBn", c.freezeBn);
+  out.Set("freezeBnAffine", c.freezeBnAffine);
+  out.Set("device", deviceName(m->device()));
+  out.Set("training", m->training());
+  out.Set("parameters", static_cast<double>(m->parameterCount(false)));
+  out.Set("trainableParameters", static_cast<double>(m->parameterCount(true)));
+  return out;
+}
+
+Napi::Value ModelSetTraining(const Napi::CallbackInfo& info) {
+  auto m = modelArg(info);
+  const bool on = boolArg(info, 1, "training");
+  std::lock_guard<std::mutex> lock(m->mutex());
+  m->setTraining(on);
+  return info.Env().Undefined();
+}
+
+Napi::Value ModelTo(const Napi::CallbackInfo& info) {
+  auto m = modelArg(info);
+  const auto device = parseDevice(stringArg(info, 1, "device"));
+  std::lock_guard<std::mutex> lock(m->mutex());
+  m->to(device);
+  return info.Env().Undefined();
+}
+
+Napi::Value ModelForwardAsync(const Napi::CallbackInfo& info) {
+  auto m = modelArg(info);
+  auto images = tensorArg(info, 1, "images");
+  using Named = std::vector<std::pair<std::string, torch::Tensor>>;
+  return PromiseWorker<Named>::start(
+      info.Env(),
+      [m, images] {
+        std::lock_guard<std::mutex> lock(m->mutex());
+        torch::NoGradGuard noGrad;
+        const auto o = m->forward(images);
+        Named out{{"c3", o.backbone.c3}, {"c4", o.backbone.c4}, {"c5", o.backbone.c5}};
+        for (size_t l = 0; l < o.pyramid.size(); ++l) out.emplace_back("p" + std::to_string(l + 3), o.pyramid[l]);
+        out.emplace_back("regression", o.regression);
+        out.emplace_back("classification", o.classification);
+        out.emplace_back("anchors", o.anchors);
+        return out;
+      },
+      [](Napi::Env env, Named& named) -> Napi::Value {
+        Napi::Object out = Napi::Object::New(env);
+        for (auto& [k, t] : named) out.Set(k, wrapTensor(env, t));
+        return out;
+      });
+}
+
+struct HostDetections {
+  torch::Tensor boxes, scores, labels, count;
+};
+
+Napi::Value ModelDetectAsync(const Napi::CallbackInfo& info) {
+  auto m = modelArg(info);
+  auto images = tensorArg(info, 1, "images");
+  auto scales = tensorArg(info, 2, "scales");
+  auto sizes = tensorArg(info, 3, "sizes");
+  const auto opts = detectOptionsFrom(optionsArg(info, 4, "options"));
+  return PromiseWorker<HostDetections>::start(
+      info.Env(),
+      [m, images, scales, sizes, opts] {
+        std::lock_guard<std::mutex> lock(m->mutex());
+        const auto d = m->detect(images.to(m->device()), scales, sizes, opts);
+        return HostDetections{d.boxes.to(torch::kCPU, torch::kFloat32).contiguous(),
+                              d.scores.to(torch::kCPU, torch::kFloat32).contiguous(),
+                              d.labels.to(torch::kCPU, torch::kInt32).contiguous(), d.count.to(torch::kCPU)};
+      },
+      [](Napi::Env env, HostDetections& d) -> Napi::Value {
+        const int64_t B = d.boxes.size(0), D = d.boxes.size(1);
+        Napi::Array out = Napi::Array::New(env, B);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t n = d.count[b].item<int64_t>();
+          auto boxes = Napi::Float32Array::New(env, n * 4);
+          auto scores = Napi::Float32Array::New(env, n);
+          auto labels = Napi::Int32Array::New(env, n);
+          std::memcpy(boxes.Data(), d.boxes.data_ptr<float>() + b * D * 4, n * 4 * sizeof(float));
+          std::memcpy(scores.Data(), d.scores.data_ptr<float>() + b * D, n * sizeof(float));
+          std::memcpy(labels.Data(), d.labels.data_ptr<int32_t>() + b * D, n * sizeof(int32_t));
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("boxes", boxes);
+          o.Set("scores", scores);
+          o.Set("labels", labels);
+          out.Set(static_cast<uint32_t>(b), o);
+        }
+        return out;
+      });
+}
+
+LoadOptions loadOptionsFrom(const Napi::Object& o) {
+  LoadOptions l;
+  l.strict = optBool(o, "options", "strict", true);
+  l.stripPrefix = optString(o, "options", "prefix", "");
+  return l;
+}
+
+Napi::Value reportToJs(Napi::Env env, const LoadReport& r) {
+  auto list = [&](const std::vector<std::string>& v) {
+    Napi::Array a = Napi::Array::New(env, v.size());
+    for (size_t i = 0; i < v.size(); ++i) a.Set(static_cast<uint32_t>(i), v[i]);
+    return a;
+  };
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("loaded", static_cast<double>(r.loaded));
+  o.Set("missing", list(r.missing));
+  o.Set("unexpected", list(r.unexpected));
+  o.Set("mismatched", list(r.mismatched));
+  return o;
+}
+
+Napi::Value ModelLoadTorchAsync(const Napi::CallbackInfo& info) {
+  auto m = modelArg(info);
+  const auto path = stringArg(info, 1, "path");
+  const auto o = optionsArg(info, 2, "options");
+  const auto opts = loadOptionsFrom(o);
+  const bool backboneOnly = optBool(o, "options", "backboneOnly", false);
+  return PromiseWorker<LoadReport>::start(
+      info.Env(),
+      [m, path, opts, backboneOnly] {
+        auto file = readTorchStateDict(path);
+        std::lock_guard<std::mutex> lock(m->mutex());
+        return m->load(std::move(file), opts, backboneOnly);
+      },
+      reportToJs);
+}
+
+Napi::Value ModelLoadSafetensorsAsync(const Napi::CallbackInfo& info) {
+  auto m = modelArg(info);
+  const auto path = stringArg(info, 1, "path");
+  const int64_t dataStart = intArg(info, 2, "dataStart", 8, 1LL << 50);
+  Napi::Value ev = arg(info, 3);
+  if (!ev.IsArray()) throw Napi::TypeError::New(info.Env(), "Expected an array for entries but received " + describeValue(ev));
+  std::vector<SafetensorsEntry> entries;
+  auto arr = ev.As<Napi::Array>();
+  for (uint32_t k = 0; k < arr.Length(); ++k) {
+    Napi::Value e = arr.Get(k);
+    if (!e.IsObject()) throw Napi::TypeError::New(info.Env(), "Expected an object for entries[" + std::to_string(k) + "]");
+    auto eo = e.As<Napi::Object>();
+    SafetensorsEntry s;
+    s.name = optString(eo, "entry", "name", "");
+    s.dtype = optString(eo, "entry", "dtype", "");
+    for (double d : optNumbers(eo, "entry", "shape", {})) {
+      if (d < 0 || d != std::floor(d)) throw Napi::RangeError::New(info.Env(), "entry " + s.name + " has a bad shape");
+      s.shape.push_back(static_cast<int64_t>(d));
+    }
+    s.begin = optInt(eo, "entry", "begin", 0, 1LL << 50, 0);
+    s.end = optInt(eo, "entry", "end", 0, 1LL << 50, 0);
+    entries.push_back(std::move(s));
+  }
+  const auto o = optionsArg(info, 4, "options");
+  const auto opts = loadOptionsFrom(o);
+  const bool backboneOnly = optBool(o, "options", "backboneOnly", false);
+  return PromiseWorker<LoadReport>::start(
+      info.Env(),
+      [m, path, dataStart, entries, opts, backboneOnly] {
+        auto file = readSafetensors(path, dataStart, entries);
+        std::lock_guard<std::mutex> lock(m->mutex());
+        return m->load(std::move(file), opts, backboneOnly);
+      },
+      reportToJs);
+}
+
+Napi::Value ModelSaveSafetensorsAsync(const Napi::CallbackInfo& info) {
+  auto m = modelArg(info);
+  const auto path = stringArg(info, 1, "path");
+  const auto metaObj = optionsArg(info, 2, "metadata");
+  std::map<std::string, std::string> meta;
+  auto names = metaObj.GetPropertyNames();
+  for (uint32_t k = 0; k < names.Length(); ++k) {
+    const auto key = names.Get(k).As<Napi::String>().Utf8Value();
+    Napi::Value v = metaObj.Get(key);
+    if (!v.IsString())
+      throw Napi::TypeError::New(info.Env(), "Expected a string for metadata." + key + " but received " + describeValue(v));
+    meta[key] = v.As<Napi::String>().Utf8Value();
+  }
+  return PromiseWorker<bool>::start(
+      info.Env(),
+      [m, path, meta] {
+        std::lock_guard<std::mutex> lock(m->mutex());
+        m->save(path, meta);
+        return true;
+      },
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+}
+
+Napi::Value ModelStateDict(const Napi::CallbackInfo& info) {
+  auto m = modelArg(info);
+  std::lock_guard<std::mutex> lock(m->mutex());
+  Napi::Object out = Napi::Object::New(info.Env());
+  for (auto& [k, t] : stateDict(*m->net())) out.Set(k, wrapTensor(info.Env(), t.detach().clone()));
+  return out;
+}
+
+}  // namespace
+
+void registerModelExports(Napi::Env env, Napi::Object exports) {
+  exportFunction<ModelCreateRetinaNet>(env, exports, "modelCreateRetinaNet");
+  exportFunction<ModelDispose>(env, exports, "modelDispose");
+  exportFunction<ModelInfo>(env, exports, "modelInfo");
+  exportFunction<ModelSetTraining>(env, exports, "modelSetTraining");
+  exportFunction<ModelTo>(env, exports, "modelTo");
+  exportFunction<ModelForwardAsync>(env, exports, "modelForwardAsync");
+  exportFunction<ModelDetectAsync>(env, exports, "modelDetectAsync");
+  exportFunction<ModelLoadTorchAsync>(env, exports, "modelLoadTorchAsync");
+  exportFunction<ModelLoadSafetensorsAsync>(env, exports, "modelLoadSafetensorsAsync");
+  exportFunction<ModelSaveSafetensorsAsync>(env, exports, "modelSaveSafetensorsAsync");
+  exportFunction<ModelStateDict>(env, exports, "modelStateDict");
+}
+
+}  // namespace onestage::binding

@@ -1,0 +1,39 @@
+#include "core/models/fpn.h"
+
+namespace onestage {
+
+namespace nn = torch::nn;
+namespace F = torch::nn::functional;
+
+namespace {
+nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, k).stride(stride).padding(k / 2));
+}
+torch::Tensor upsampleTo(const torch::Tensor& x, const torch::Tensor& like) {
+  return F::interpolate(x, F::InterpolateFuncOptions()
+                               .size(std::vector<int64_t>{like.size(2), like.size(3)})
+                               .mode(torch::kNearest));
+}
+}  // namespace
+
+PyramidFeaturesImpl::PyramidFeaturesImpl(int64_t c3, int64_t c4, int64_t c5, int64_t fs) {
+  P5_1 = register_module("P5_1", conv(c5, fs, 1, 1));
+  P5_2 = register_module("P5_2", conv(fs, fs, 3, 1));
+  P4_1 = register_module("P4_1", conv(c4, fs, 1, 1));
+  P4_2 = register_module("P4_2", conv(fs, fs, 3, 1));
+  P3_1 = register_module("P3_1", conv(c3, fs, 1, 1));
+  P3_2 = register_module("P3_2", conv(fs, fs, 3, 1));
+  P6 = register_module("P6", conv(c5, fs, 3, 2));
+  P7_2 = register_module("P7_2", conv(fs, fs, 3, 2));
+}
+
+std::vector<torch::Tensor> PyramidFeaturesImpl::forward(const torch::Tensor& c3, const torch::Tensor& c4,
+                                                        const torch::Tensor& c5) {
+  const auto p5Lateral = P5_1(c5);
+  const auto p4Lateral = P4_1(c4) + upsampleTo(p5Lateral, c4);
+  const auto p3Lateral = P3_1(c3) + upsampleTo(p4Lateral, c3);
+  const auto p6 = P6(c5);
+  return {P3_2(p3Lateral), P4_2(p4Lateral), P5_2(p5Lateral), p6, P7_2(torch::relu(p6))};
+}
+
+}  // namespace onestage

@@ -1,0 +1,101 @@
+#include "core/models/resnet.h"
+
+#include "core/errors.h"
+
+namespace onestage {
+
+namespace nn = torch::nn;
+
+namespace {
+nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, k).stride(stride).padding(pad).bias(false));
+}
+nn::Sequential makeDownsample(int64_t in, int64_t out, int64_t stride) {
+  return nn::Sequential(conv(in, out, 1, stride, 0), nn::BatchNorm2d(out));
+}
+}  // namespace
+
+BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride) {
+  conv1 = register_module("conv1", conv(inplanes, planes, 3, stride, 1));
+  bn1 = register_module("bn1", nn::BatchNorm2d(planes));
+  conv2 = register_module("conv2", conv(planes, planes, 3, 1, 1));
+  bn2 = register_module("bn2", nn::BatchNorm2d(planes));
+  if (stride != 1 || inplanes != planes * kExpansion)
+    downsample = register_module("downsample", makeDownsample(inplanes, planes * kExpansion, stride));
+}
+
+torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
+  auto out = torch::relu(bn1(conv1(x)));
+  out = bn2(conv2(out));
+  return torch::relu(out + (downsample ? downsample->forward(x) : x));
+}
+
+BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride) {
+  conv1 = register_module("conv1", conv(inplanes, planes, 1, 1, 0));
+  bn1 = register_module("bn1", nn::BatchNorm2d(planes));
+  conv2 = register_module("conv2", conv(planes, planes, 3, stride, 1));
+  bn2 = register_module("bn2", nn::BatchNorm2d(planes));
+  conv3 = register_module("conv3", conv(planes, planes * kExpansion, 1, 1, 0));
+  bn3 = register_module("bn3", nn::BatchNorm2d(planes * kExpansion));
+  if (stride != 1 || inplanes != planes * kExpansion)
+    downsample = register_module("downsample", makeDownsample(inplanes, planes * kExpansion, stride));
+}
+
+torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
+  auto out = torch::relu(bn1(conv1(x)));
+  out = torch::relu(bn2(conv2(out)));
+  out = bn3(conv3(out));
+  return torch::relu(out + (downsample ? downsample->forward(x) : x));
+}
+
+namespace {
+template <typename Block>
+nn::Sequential makeLayer(int64_t& inplanes, int64_t planes, int64_t blocks, int64_t stride) {
+  nn::Sequential layer;
+  layer->push_back(Block(inplanes, planes, stride));
+  inplanes = planes * Block::Impl::kExpansion;
+  for (int64_t i = 1; i < blocks; ++i) layer->push_back(Block(inplanes, planes, 1));
+  return layer;
+}
+}  // namespace
+
+ResNetImpl::ResNetImpl(int64_t depth) {
+  std::vector<int64_t> blocks;
+  bool bottleneck = depth >= 50;
+  switch (depth) {
+    case 18: blocks = {2, 2, 2, 2}; break;
+    case 34: blocks = {3, 4, 6, 3}; break;
+    case 50: blocks = {3, 4, 6, 3}; break;
+    case 101: blocks = {3, 4, 23, 3}; break;
+    case 152: blocks = {3, 8, 36, 3}; break;
+    default: throw RangeError("Expected one of 18, 34, 50, 101, 152 for depth but received " + std::to_string(depth));
+  }
+  conv1 = register_module("conv1", conv(3, 64, 7, 2, 3));
+  bn1 = register_module("bn1", nn::BatchNorm2d(64));
+  int64_t inplanes = 64;
+  const std::vector<int64_t> planes{64, 128, 256, 512};
+  std::vector<nn::Sequential> layers;
+  for (size_t i = 0; i < 4; ++i) {
+    const int64_t stride = i == 0 ? 1 : 2;
+    layers.push_back(bottleneck ? makeLayer<Bottleneck>(inplanes, planes[i], blocks[i], stride)
+                                : makeLayer<BasicBlock>(inplanes, planes[i], blocks[i], stride));
+    if (i >= 1) channels_.push_back(inplanes);
+  }
+  layer1 = register_module("layer1", layers[0]);
+  layer2 = register_module("layer2", layers[1]);
+  layer3 = register_module("layer3", layers[2]);
+  layer4 = register_module("layer4", layers[3]);
+}
+
+BackboneFeatures ResNetImpl::forward(const torch::Tensor& x) {
+  auto h = torch::relu(bn1(conv1(x)));
+  h = torch::max_pool2d(h, 3, 2, 1);
+  h = layer1->forward(h);
+  BackboneFeatures f;
+  f.c3 = layer2->forward(h);
+  f.c4 = layer3->forward(f.c3);
+  f.c5 = layer4->forward(f.c4);
+  return f;
+}
+
+}  // namespace onestage

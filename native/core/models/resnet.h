@@ -1,0 +1,53 @@
+// ResNet backbone in torchvision's layout (conv1, bn1, layer1..4, downsample.0/1), so torchvision
+// and pytorch-retinanet state_dict keys load unchanged. Depths 18/34 (BasicBlock) and 50/101/152
+// (Bottleneck, stride on the 3×3 conv as torchvision v1.5 and pytorch-retinanet).
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace onestage {
+
+struct BasicBlockImpl : torch::nn::Module {
+  static constexpr int64_t kExpansion = 1;
+  BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  torch::nn::Sequential downsample{nullptr};
+};
+TORCH_MODULE(BasicBlock);
+
+struct BottleneckImpl : torch::nn::Module {
+  static constexpr int64_t kExpansion = 4;
+  BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  torch::nn::Sequential downsample{nullptr};
+};
+TORCH_MODULE(Bottleneck);
+
+/// C3, C4, C5 (outputs of layer2, layer3, layer4; strides 8, 16, 32).
+struct BackboneFeatures {
+  torch::Tensor c3, c4, c5;
+};
+
+struct ResNetImpl : torch::nn::Module {
+  /// depth ∈ {18, 34, 50, 101, 152}; RangeError otherwise.
+  explicit ResNetImpl(int64_t depth);
+  /// x [B, 3, H, W] → C3 [B, c3, H/8, W/8], C4 [B, c4, H/16, W/16], C5 [B, c5, H/32, W/32] (ceil sizes).
+  BackboneFeatures forward(const torch::Tensor& x);
+  /// Channels of C3, C4, C5: 128/256/512 (18, 34) or 512/1024/2048 (50+).
+  std::vector<int64_t> featureChannels() const { return channels_; }
+
+  torch::nn::Conv2d conv1{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr};
+  torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};
+
+ private:
+  std::vector<int64_t> channels_;
+};
+TORCH_MODULE(ResNet);
+
+}  // namespace onestage
