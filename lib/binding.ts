@@ -25,6 +25,7 @@ export interface NativeBinding {
   buildInfo(): NativeBuildInfo;
   setNumThreads(threads: number): void;
   manualSeed(seed: number): void;
+  setTf32(enabled: boolean): void;
 
   tensorFromArray(data: NativeTypedArray, shape: number[], dtype: string, device: string): NativeTensor;
   tensorShape(t: NativeTensor): number[];
@@ -41,6 +42,66 @@ export interface NativeBinding {
   tensorBinary(a: NativeTensor, b: NativeTensor, op: string): NativeTensor;
   tensorSoftmax(t: NativeTensor, op: string, dim: number): NativeTensor;
   tensorSum(t: NativeTensor, dims: number[]): NativeTensor;
+
+  modelCreateRetinaNet(options: object): NativeModel;
+  modelDispose(m: NativeModel): boolean;
+  modelInfo(m: NativeModel): NativeModelInfo;
+  modelSetTraining(m: NativeModel, training: boolean): void;
+  modelTo(m: NativeModel, device: string): void;
+  modelForwardAsync(m: NativeModel, images: NativeTensor): Promise<Record<string, NativeTensor>>;
+  modelDetectAsync(m: NativeModel, images: NativeTensor, scales: NativeTensor, sizes: NativeTensor, options: object): Promise<NativeDetection[]>;
+  modelLoadTorchAsync(m: NativeModel, path: string, options: object): Promise<NativeLoadReport>;
+  modelLoadSafetensorsAsync(m: NativeModel, path: string, dataStart: number, entries: NativeSafetensorsEntry[], options: object): Promise<NativeLoadReport>;
+  modelSaveSafetensorsAsync(m: NativeModel, path: string, metadata: Record<string, string>): Promise<void>;
+  modelStateDict(m: NativeModel): Record<string, NativeTensor>;
+
+  generateAnchors(options: object, height: number, width: number): NativeTensor;
+  boxEncode(anchors: NativeTensor, boxes: NativeTensor, options: object): NativeTensor;
+  boxDecode(anchors: NativeTensor, deltas: NativeTensor, options: object): NativeTensor;
+  boxIou(a: NativeTensor, b: NativeTensor): NativeTensor;
+  clipBoxes(boxes: NativeTensor, height: number, width: number): NativeTensor;
+  nms(boxes: NativeTensor, scores: NativeTensor, iouThreshold: number): NativeTensor;
+  batchedNms(boxes: NativeTensor, scores: NativeTensor, groups: NativeTensor, iouThreshold: number): NativeTensor;
+}
+
+/** Opaque handle to a native model. */
+export interface NativeModel {
+  readonly __nativeModel: unique symbol;
+}
+
+export interface NativeModelInfo {
+  architecture: 'retinanet';
+  depth: number;
+  numClasses: number;
+  featureSize: number;
+  anchorsPerLocation: number;
+  freezeBn: boolean;
+  freezeBnAffine: boolean;
+  device: string;
+  training: boolean;
+  parameters: number;
+  trainableParameters: number;
+}
+
+export interface NativeLoadReport {
+  loaded: number;
+  missing: string[];
+  unexpected: string[];
+  mismatched: string[];
+}
+
+export interface NativeDetection {
+  boxes: Float32Array;
+  scores: Float32Array;
+  labels: Int32Array;
+}
+
+export interface NativeSafetensorsEntry {
+  name: string;
+  dtype: string;
+  shape: number[];
+  begin: number;
+  end: number;
 }
 
 /** Folder of the package (holds package.json and build/). */

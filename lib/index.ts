@@ -2,7 +2,11 @@
  * onestage: one-stage object detectors with imbalance-aware losses, on LibTorch, for Node.js.
  * @packageDocumentation
  */
-export { buildInfo, setNumThreads, manualSeed } from './runtime';
+export { buildInfo, setNumThreads, manualSeed, setTf32 } from './runtime';
 export type { BuildInfo } from './runtime';
 export { Tensor, liveTensors, DTYPES } from './tensor';
 export type { DType, Device, TensorOptions, TensorData, TypedArrayOf } from './tensor';
+export { Model } from './model';
+export type { RetinaNetOptions, DetectOptions, DetectBatch, Detection, ForwardOutput, LoadWeightsOptions, LoadReport, ModelInfo, ResNetDepth } from './model';
+export { generateAnchors, encodeBoxes, decodeBoxes, boxIou, clipBoxes, nms, batchedNms } from './geometry';
+export type { AnchorOptions, BoxCoderOptions } from './geometry';

@@ -6,6 +6,10 @@
 import test from 'ava';
 import { native, NativeBinding } from '../lib/binding';
 import { Rng } from './helpers/random';
+import { tempDir } from './helpers/python';
+
+// random argument lists may reach functions that write files: keep them out of the repository
+process.chdir(tempDir('onestage-fuzz-'));
 
 type Args = unknown[];
 
@@ -13,11 +17,19 @@ type Args = unknown[];
 function validArgs(): Record<keyof NativeBinding, Args> {
   const b = native();
   const t = b.tensorFromArray(new Float32Array(4), [2, 2], 'float32', 'cpu');
+  const boxes = b.tensorFromArray(new Float32Array([0, 0, 4, 4, 1, 1, 5, 5]), [2, 4], 'float32', 'cpu');
+  const scores = b.tensorFromArray(new Float32Array([0.9, 0.8]), [2], 'float32', 'cpu');
+  const groups = b.tensorFromArray(new BigInt64Array([0n, 1n]), [2], 'int64', 'cpu');
+  const model = b.modelCreateRetinaNet({ depth: 18, numClasses: 2, featureSize: 8 });
+  const images = b.tensorFromArray(new Float32Array(3 * 32 * 32), [1, 3, 32, 32], 'float32', 'cpu');
+  const scales = b.tensorFromArray(new Float32Array([1]), [1], 'float32', 'cpu');
+  const sizes = b.tensorFromArray(new Float32Array([32, 32]), [1, 2], 'float32', 'cpu');
   return {
     buildInfo: [],
     liveTensors: [],
     setNumThreads: [2],
     manualSeed: [7],
+    setTf32: [false],
     tensorFromArray: [new Float32Array(4), [2, 2], 'float32', 'cpu'],
     tensorShape: [t],
     tensorDtype: [t],
@@ -32,7 +44,40 @@ function validArgs(): Record<keyof NativeBinding, Args> {
     tensorBinary: [t, t, 'add'],
     tensorSoftmax: [t, 'softmax', -1],
     tensorSum: [t, [0]],
+    modelCreateRetinaNet: [{ depth: 18, numClasses: 2, featureSize: 8 }],
+    modelDispose: [b.modelCreateRetinaNet({ depth: 18, numClasses: 1, featureSize: 4 })],
+    modelInfo: [model],
+    modelSetTraining: [model, false],
+    modelTo: [model, 'cpu'],
+    modelForwardAsync: [model, images],
+    modelDetectAsync: [model, images, scales, sizes, {}],
+    modelLoadTorchAsync: [model, 'no-such-file.pt', {}],
+    modelLoadSafetensorsAsync: [model, 'no-such-file.safetensors', 8, [], {}],
+    modelSaveSafetensorsAsync: [model, 'fuzz.safetensors', {}],
+    modelStateDict: [model],
+    generateAnchors: [{}, 64, 64],
+    boxEncode: [boxes, boxes, {}],
+    boxDecode: [boxes, boxes, {}],
+    boxIou: [boxes, boxes],
+    clipBoxes: [boxes, 10, 10],
+    nms: [boxes, scores, 0.5],
+    batchedNms: [boxes, scores, groups, 0.5],
   };
+}
+
+/** Positions that take an options object: undefined and any object are valid there. */
+const OPTION_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
+  modelDetectAsync: [4],
+  modelLoadTorchAsync: [2],
+  modelLoadSafetensorsAsync: [4],
+  modelSaveSafetensorsAsync: [2],
+  generateAnchors: [0],
+  boxEncode: [2],
+  boxDecode: [2],
+};
+
+function validAsOptions(v: unknown): boolean {
+  return v === undefined || (typeof v === 'object' && v !== null && !Array.isArray(v));
 }
 
 function badValues(): unknown[] {
@@ -106,7 +151,9 @@ test('fuzz: a wrong value at each argument position throws a JavaScript error', 
     for (let p = 0; p < args.length; p++) {
       for (const v of bad) {
         // disposing twice is allowed (idempotent), and asking whether a tensor is disposed
-        const allowed = (name === 'tensorDispose' || name === 'tensorIsDisposed') && v === disposed;
+        const allowed =
+          ((name === 'tensorDispose' || name === 'tensorIsDisposed') && v === disposed) ||
+          ((OPTION_POSITIONS[name as keyof NativeBinding] ?? []).includes(p) && validAsOptions(v));
         await expectError(t, name, fn, [...args.slice(0, p), v, ...args.slice(p + 1)], !allowed);
       }
     }

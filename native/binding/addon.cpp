@@ -34,11 +34,19 @@ Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value SetTf32(const Napi::CallbackInfo& info) {
+  const bool on = boolArg(info, 0, "enabled");
+  at::globalContext().setAllowTF32CuBLAS(on);
+  at::globalContext().setAllowTF32CuDNN(on);
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   initAddonData(env);
   exportFunction<BuildInfo>(env, exports, "buildInfo");
   exportFunction<SetNumThreads>(env, exports, "setNumThreads");
   exportFunction<ManualSeed>(env, exports, "manualSeed");
+  exportFunction<SetTf32>(env, exports, "setTf32");
   registerTensorExports(env, exports);
   registerModelExports(env, exports);
   registerGeometryExports(env, exports);

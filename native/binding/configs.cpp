@@ -42,6 +42,8 @@ BoxCoder boxCoderFrom(const Napi::Object& o, const char* prefix) {
 RetinaNetConfig retinaNetConfigFrom(const Napi::Object& o) {
   RetinaNetConfig c;
   c.depth = optInt(o, "options", "depth", 18, 152, c.depth);
+  if (o.Get("numClasses").IsUndefined())
+    throw Napi::TypeError::New(o.Env(), "Expected an integer between 1 and 100000 for options.numClasses but received undefined");
   c.numClasses = optInt(o, "options", "numClasses", 1, 100000, c.numClasses);
   c.featureSize = optInt(o, "options", "featureSize", 1, 4096, c.featureSize);
   c.prior = optNumber(o, "options", "prior", c.prior);

@@ -45,20 +45,20 @@ Napi::Value BoxIou(const Napi::CallbackInfo& info) {
 Napi::Value ClipBoxes(const Napi::CallbackInfo& info) {
   const auto boxes = tensorArg(info, 0, "boxes");
   checkBoxes(boxes, "boxes");
-  return wrapTensor(info.Env(), clipBoxes(boxes, numberArg(info, 1, "height"), numberArg(info, 2, "width")));
+  return wrapTensor(info.Env(), clipBoxes(boxes, numberArg(info, 1, "height", 0, 1e9), numberArg(info, 2, "width", 0, 1e9)));
 }
 
 Napi::Value Nms(const Napi::CallbackInfo& info) {
   const auto boxes = tensorArg(info, 0, "boxes");
   const auto scores = tensorArg(info, 1, "scores");
-  return wrapTensor(info.Env(), nms(boxes, scores, numberArg(info, 2, "iouThreshold")));
+  return wrapTensor(info.Env(), nms(boxes, scores, numberArg(info, 2, "iouThreshold", 0, 1)));
 }
 
 Napi::Value BatchedNms(const Napi::CallbackInfo& info) {
   const auto boxes = tensorArg(info, 0, "boxes");
   const auto scores = tensorArg(info, 1, "scores");
   const auto groups = tensorArg(info, 2, "groups");
-  return wrapTensor(info.Env(), batchedNms(boxes, scores, groups, numberArg(info, 3, "iouThreshold")));
+  return wrapTensor(info.Env(), batchedNms(boxes, scores, groups, numberArg(info, 3, "iouThreshold", 0, 1)));
 }
 
 }  // namespace

@@ -210,6 +210,9 @@ Napi::Value ModelLoadSafetensorsAsync(const Napi::CallbackInfo& info) {
 Napi::Value ModelSaveSafetensorsAsync(const Napi::CallbackInfo& info) {
   auto m = modelArg(info);
   const auto path = stringArg(info, 1, "path");
+  const std::string suffix = ".safetensors";
+  if (path.size() <= suffix.size() || path.compare(path.size() - suffix.size(), suffix.size(), suffix) != 0)
+    throw Napi::RangeError::New(info.Env(), "Expected a path ending in .safetensors for path but received '" + path + "'");
   const auto metaObj = optionsArg(info, 2, "metadata");
   std::map<std::string, std::string> meta;
   auto names = metaObj.GetPropertyNames();

@@ -155,6 +155,14 @@ double numberArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return d;
 }
 
+double numberArg(const Napi::CallbackInfo& info, size_t i, const char* name, double min, double max) {
+  const double d = numberArg(info, i, name);
+  if (d < min || d > max)
+    throw Napi::RangeError::New(info.Env(), std::string("Expected a number between ") + formatNumber(min) + " and " +
+                                                formatNumber(max) + " for " + name + " but received " + formatNumber(d));
+  return d;
+}
+
 int64_t intArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max) {
   Napi::Value v = arg(info, i);
   if (!v.IsNumber())

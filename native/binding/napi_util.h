@@ -43,6 +43,8 @@ bool boolArg(const Napi::CallbackInfo& info, size_t i, const char* name);
 /// An integer in [min, max]; TypeError for non-numbers, RangeError for fractions or out of range.
 int64_t intArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max);
 double numberArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+/// A finite number in [min, max].
+double numberArg(const Napi::CallbackInfo& info, size_t i, const char* name, double min, double max);
 /// An array of numbers (each checked to be a finite number).
 std::vector<double> numberArrayArg(const Napi::CallbackInfo& info, size_t i, const char* name);
 /// An array of integers in [min, max].

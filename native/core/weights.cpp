@@ -17,37 +17,6 @@ namespace onestage {
 
 namespace {
 
-std::vector<char> readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
-  const auto size = static_cast<std::streamsize>(in.tellg());
-  std::vector<char> data(static_cast<size_t>(size));
-  in.seekg(0);
-  if (size > 0 && !in.read(data.data(), size)) throw std::runtime_error("cannot read " + path);
-  return data;
-}
-
-NamedTensors tensorsOfDict(const c10::IValue& value, const std::string& path) {
-  if (!value.isGenericDict())
-    throw std::runtime_error(path + " does not hold a dict of tensors (a state_dict) but a " + value.tagKind());
-  auto dict = value.toGenericDict();
-  for (const char* wrapper : {"state_dict", "model"}) {
-    for (const auto& item : dict) {
-      if (item.key().isString() && item.key().toStringRef() == wrapper && item.value().isGenericDict())
-        return tensorsOfDict(item.value(), path);
-    }
-  }
-  NamedTensors out;
-  for (const auto& item : dict) {
-    if (!item.key().isString()) throw std::runtime_error(path + ": a state_dict key is not a string");
-    if (!item.value().isTensor())
-      throw std::runtime_error(path + ": entry '" + item.key().toStringRef() + "' is a " + item.value().tagKind() +
-                               ", not a tensor (expected a state_dict)");
-    out.emplace_back(item.key().toStringRef(), item.value().toTensor());
-  }
-  return out;
-}
-
 torch::ScalarType safetensorsType(const std::string& s, const std::string& name) {
   static const std::map<std::string, torch::ScalarType> types{
       {"F32", torch::kFloat32}, {"F64", torch::kFloat64}, {"F16", torch::kFloat16}, {"BF16", torch::kBFloat16},
@@ -113,21 +82,6 @@ std::string listed(const std::vector<std::string>& names) {
 }
 
 }  // namespace
-
-NamedTensors readTorchStateDict(const std::string& path) {
-  const auto data = readFile(path);
-  if (data.size() < 4 || data[0] != 'P' || data[1] != 'K')
-    throw std::runtime_error(path + " is not a zip-format torch.save file (save it with PyTorch ≥ 1.6's default format)");
-  c10::IValue value;
-  try {
-    value = torch::pickle_load(data);
-  } catch (const c10::Error& e) {
-    const std::string msg = e.what_without_backtrace();
-    throw std::runtime_error(path + " could not be read as a state_dict: " + msg.substr(0, msg.find('\n')) +
-                             " (if it holds a whole pickled model, save model.state_dict() in Python instead)");
-  }
-  return tensorsOfDict(value, path);
-}
 
 NamedTensors readSafetensors(const std::string& path, int64_t dataStart, const std::vector<SafetensorsEntry>& entries) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);

@@ -1,5 +1,5 @@
-// Weights interchange with PyTorch: torch.save'd state_dicts (.pt/.pth zip files, read with
-// LibTorch's restricted unpickler: no code from the file runs), safetensors (read and atomic
+// Weights interchange with PyTorch: torch.save'd state_dicts (.pt/.pth zip files, read with a
+// restricted unpickler: no code from the file runs), safetensors (read and atomic
 // write), and loading a name → tensor map into a module with a report of what did not fit.
 #pragma once
 #include <torch/torch.h>
@@ -15,7 +15,8 @@ namespace onestage {
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
 /// Tensors of a torch.save'd dict (a state_dict, or a dict holding one under 'state_dict' or
-/// 'model'). Error naming the file when it is not a zip-format torch file or holds a pickled model.
+/// 'model'), read by a restricted unpickler that runs no code from the file (torch_pickle.cpp).
+/// Error naming the file when it is not a zip-format torch file or holds anything but tensors.
 NamedTensors readTorchStateDict(const std::string& path);
 
 /// One tensor of a safetensors file, as its JSON header says (parsed by the caller).

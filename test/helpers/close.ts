@@ -85,6 +85,11 @@ export function compareClose(actualIn: Tensor | BundleEntry | Values, expectedIn
 /** ava assertion: passes when every element is close; the message names the worst element. */
 export function assertClose(t: ExecutionContext, actual: Tensor | BundleEntry | Values, expected: Tensor | BundleEntry | Values, opts: CloseOptions = {}): CloseReport {
   const report = compareClose(actual, expected, opts);
-  if (report.ok) t.pass(); else t.fail(report.message);
+  if (report.ok) {
+    t.log(report.message);
+    t.pass();
+  } else {
+    t.fail(report.message);
+  }
   return report;
 }

@@ -1,0 +1,98 @@
+/**
+ * Box geometry on tensors: anchors, the box coder, IoU, clipping and NMS.
+ * Boxes are `x1, y1, x2, y2` in pixels of the network input (no +1).
+ */
+import { native } from './binding';
+import { handleOf, Tensor } from './tensor';
+import { checkInteger, checkOptions, invalid } from './validate';
+
+/** Anchor layout (defaults: RetinaNet, DESIGN.md). */
+export interface AnchorOptions {
+  /** Pyramid levels; default `[3, 4, 5, 6, 7]`. */
+  levels?: number[];
+  /** Stride per level; default `2 ** level`. */
+  strides?: number[];
+  /** Base size per level; default `2 ** (level + 2)` (32…512). */
+  sizes?: number[];
+  /** Aspect ratios h/w; default `[0.5, 1, 2]`. */
+  ratios?: number[];
+  /** Scales; default `[1, 2 ** (1/3), 2 ** (2/3)]`. */
+  scales?: number[];
+}
+
+/** Box coder: deltas `(dx, dy, dw, dh)` normalised by `(d − mean) / std`. */
+export interface BoxCoderOptions {
+  /** Default `[0.1, 0.1, 0.2, 0.2]` (pytorch-retinanet); `[1, 1, 1, 1]` for torchvision/mmdetection. */
+  std?: [number, number, number, number];
+  /** Default `[0, 0, 0, 0]`. */
+  mean?: [number, number, number, number];
+  /** Target widths/heights are clamped to at least this before the log (pytorch-retinanet: 1, the default; 0 disables). */
+  minTargetSize?: number;
+  /** dw, dh clamped to at most this before exp when decoding (torchvision: log(1000/16)); default 0 = no clamp. */
+  maxDeltaExp?: number;
+}
+
+function numberList(name: string, v: unknown, length?: number): void {
+  if (v === undefined) return;
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'number' || !Number.isFinite(x)))
+    throw invalid(name, 'an array of finite numbers', v);
+  if (length !== undefined && v.length !== length) throw invalid(name, `an array of ${length} numbers`, v, RangeError);
+}
+
+/** @internal */
+export function checkAnchorOptions(name: string, o: AnchorOptions | undefined): AnchorOptions {
+  const opts = checkOptions(name, o);
+  for (const k of ['levels', 'strides', 'sizes', 'ratios', 'scales'] as const) numberList(`${name}.${k}`, opts[k]);
+  return opts;
+}
+
+/** @internal */
+export function checkBoxCoderOptions(name: string, o: BoxCoderOptions | undefined): BoxCoderOptions {
+  const opts = checkOptions(name, o);
+  numberList(`${name}.std`, opts.std, 4);
+  numberList(`${name}.mean`, opts.mean, 4);
+  return opts;
+}
+
+/**
+ * All anchors for an input of `height × width` pixels: `[N, 4]` float32, level by level, locations
+ * row-major, then ratio-major anchors; N = Σ ceil(H/s)·ceil(W/s)·9 for the defaults.
+ */
+export function generateAnchors(height: number, width: number, options?: AnchorOptions): Tensor {
+  checkInteger('height', height, 1, 1 << 20);
+  checkInteger('width', width, 1, 1 << 20);
+  return new Tensor(native().generateAnchors(checkAnchorOptions('options', options), height, width));
+}
+
+/** Regression targets: anchors `[..., 4]`, boxes `[..., 4]` → deltas `[..., 4]`. */
+export function encodeBoxes(anchors: Tensor, boxes: Tensor, options?: BoxCoderOptions): Tensor {
+  return new Tensor(native().boxEncode(handleOf('anchors', anchors), handleOf('boxes', boxes), checkBoxCoderOptions('options', options)));
+}
+
+/** Boxes from deltas: anchors `[..., 4]`, deltas `[..., 4]` → boxes `[..., 4]`. */
+export function decodeBoxes(anchors: Tensor, deltas: Tensor, options?: BoxCoderOptions): Tensor {
+  return new Tensor(native().boxDecode(handleOf('anchors', anchors), handleOf('deltas', deltas), checkBoxCoderOptions('options', options)));
+}
+
+/** Pairwise IoU: `[..., N, 4]` × `[..., M, 4]` → `[..., N, M]` (0 for empty boxes). */
+export function boxIou(a: Tensor, b: Tensor): Tensor {
+  return new Tensor(native().boxIou(handleOf('a', a), handleOf('b', b)));
+}
+
+/** Boxes clamped into `[0, width] × [0, height]`. */
+export function clipBoxes(boxes: Tensor, height: number, width: number): Tensor {
+  return new Tensor(native().clipBoxes(handleOf('boxes', boxes), height, width));
+}
+
+/**
+ * Non-maximum suppression (torchvision.ops.nms semantics: suppress IoU > threshold).
+ * boxes `[N, 4]`, scores `[N]` → kept indices `[K]` int64 by decreasing score.
+ */
+export function nms(boxes: Tensor, scores: Tensor, iouThreshold: number): Tensor {
+  return new Tensor(native().nms(handleOf('boxes', boxes), handleOf('scores', scores), iouThreshold));
+}
+
+/** Class-aware NMS (torchvision.ops.batched_nms): only boxes of the same `groups` value `[N]` suppress each other. */
+export function batchedNms(boxes: Tensor, scores: Tensor, groups: Tensor, iouThreshold: number): Tensor {
+  return new Tensor(native().batchedNms(handleOf('boxes', boxes), handleOf('scores', scores), handleOf('groups', groups), iouThreshold));
+}

@@ -1,0 +1,245 @@
+/**
+ * `Model`: a detector whose weights live in native memory. Every heavy call (forward, detect,
+ * loading and saving weights) runs on the thread pool and returns a promise; calls on one model
+ * are serialised natively, so concurrent promises never race.
+ */
+import * as path from 'node:path';
+import { native, NativeDetection, NativeLoadReport, NativeModel, NativeModelInfo } from './binding';
+import { AnchorOptions, BoxCoderOptions, checkAnchorOptions, checkBoxCoderOptions } from './geometry';
+import { readSafetensorsHeader } from './safetensors';
+import { checkDevice, Device, handleOf, Tensor } from './tensor';
+import { checkInteger, checkOneOf, checkOptions, invalid } from './validate';
+
+export type ResNetDepth = 18 | 34 | 50 | 101 | 152;
+
+export interface RetinaNetOptions {
+  /** Classes to detect (no background class). */
+  numClasses: number;
+  /** ResNet depth; default 50. */
+  depth?: ResNetDepth;
+  /** Channels of the FPN and subnets; default 256. */
+  featureSize?: number;
+  /** Prior probability for the classification bias −log((1−p)/p); default 0.01. */
+  prior?: number;
+  /** BatchNorm running statistics stay fixed in train mode (pytorch-retinanet); default true. */
+  freezeBn?: boolean;
+  /** BatchNorm weight and bias get no gradient either; default false. */
+  freezeBnAffine?: boolean;
+  anchors?: AnchorOptions;
+  boxCoder?: BoxCoderOptions;
+  /** Default 'cpu'. */
+  device?: Device;
+  /** Seeds the initialisation (LibTorch's generator) for reproducible weights. */
+  seed?: number;
+}
+
+export interface DetectOptions {
+  /** Candidates need a score above this; default 0.05. */
+  scoreThreshold?: number;
+  /** Candidates kept per pyramid level and image before NMS; default 1000; 0 keeps all above the threshold. */
+  topkCandidates?: number;
+  /** IoU above which a lower-scored box of the same class is suppressed; default 0.5. */
+  nmsThreshold?: number;
+  /** Detections kept per image; default 100; 0 keeps all. */
+  maxDetections?: number;
+}
+
+/** A batch for `detect`: images plus how each was resized from its original. */
+export interface DetectBatch {
+  /** `[B, 3, H, W]` float32, normalised, padded to a common size. */
+  images: Tensor;
+  /** Factor each original image was resized by (default 1). */
+  scales?: number[];
+  /** Original `[height, width]` of each image (default: the padded input size ÷ scale). */
+  sizes?: Array<[number, number]>;
+}
+
+/** Detections of one image, by decreasing score, in original image pixels. */
+export interface Detection {
+  /** `[n × 4]` row-major `x1, y1, x2, y2`. */
+  boxes: Float32Array;
+  scores: Float32Array;
+  /** Contiguous class indices `0 … numClasses−1`. */
+  labels: Int32Array;
+}
+
+/** Raw outputs of one forward pass (no gradient). */
+export interface ForwardOutput {
+  c3: Tensor;
+  c4: Tensor;
+  c5: Tensor;
+  p3: Tensor;
+  p4: Tensor;
+  p5: Tensor;
+  p6: Tensor;
+  p7: Tensor;
+  /** `[B, N, 4]` raw box deltas. */
+  regression: Tensor;
+  /** `[B, N, numClasses]` logits (apply a sigmoid for probabilities). */
+  classification: Tensor;
+  /** `[N, 4]` anchors for this input size. */
+  anchors: Tensor;
+}
+
+export interface LoadWeightsOptions {
+  /** Missing, unexpected or wrongly shaped keys are an error (and nothing is loaded); default true. */
+  strict?: boolean;
+  /** Load only the backbone (conv1, bn1, layer1–4), e.g. from a torchvision `resnetNN` state_dict. */
+  backboneOnly?: boolean;
+  /** Read only file keys with this prefix, without it (e.g. `'backbone.body.'`). */
+  prefix?: string;
+}
+
+export type LoadReport = NativeLoadReport;
+export type ModelInfo = NativeModelInfo;
+
+const DEPTHS = [18, 34, 50, 101, 152] as const;
+
+export class Model {
+  /** @internal */
+  readonly handle: NativeModel;
+
+  private constructor(handle: NativeModel) {
+    this.handle = handle;
+  }
+
+  /**
+   * A RetinaNet (ResNet + FPN P3–P7 + subnets), initialised as pytorch-retinanet.
+   * @example const model = Model.retinanet({ depth: 50, numClasses: 80 });
+   */
+  static retinanet(options: RetinaNetOptions): Model {
+    if (options === undefined || options === null || typeof options !== 'object') throw invalid('options', 'an object', options);
+    const o = checkOptions('options', options);
+    checkInteger('options.numClasses', o.numClasses, 1, 100000);
+    if (o.depth !== undefined && !(DEPTHS as readonly unknown[]).includes(o.depth))
+      throw invalid('options.depth', `one of ${DEPTHS.join(', ')}`, o.depth, RangeError);
+    if (o.featureSize !== undefined) checkInteger('options.featureSize', o.featureSize, 1, 4096);
+    if (o.prior !== undefined && !(typeof o.prior === 'number' && o.prior > 0 && o.prior < 1))
+      throw invalid('options.prior', 'a number in (0, 1)', o.prior, RangeError);
+    for (const k of ['freezeBn', 'freezeBnAffine'] as const)
+      if (o[k] !== undefined && typeof o[k] !== 'boolean') throw invalid(`options.${k}`, 'a boolean', o[k]);
+    if (o.device !== undefined) checkDevice('options.device', o.device);
+    if (o.seed !== undefined) checkInteger('options.seed', o.seed, 0, Number.MAX_SAFE_INTEGER);
+    const anchors = checkAnchorOptions('options.anchors', o.anchors);
+    const boxCoder = checkBoxCoderOptions('options.boxCoder', o.boxCoder);
+    return new Model(native().modelCreateRetinaNet({ ...o, anchors, boxCoder }));
+  }
+
+  /** Architecture, sizes, device, mode and parameter counts. */
+  get info(): ModelInfo {
+    return native().modelInfo(this.handle);
+  }
+
+  /** Number of parameters (all, or only those that get gradients). */
+  parameters(options: { trainableOnly?: boolean } = {}): number {
+    const i = this.info;
+    return options.trainableOnly ? i.trainableParameters : i.parameters;
+  }
+
+  /** Training mode (BatchNorm stays frozen when `freezeBn`). */
+  train(on = true): this {
+    if (typeof on !== 'boolean') throw invalid('on', 'a boolean', on);
+    native().modelSetTraining(this.handle, on);
+    return this;
+  }
+
+  /** Inference mode. */
+  eval(): this {
+    return this.train(false);
+  }
+
+  /** Moves the weights to `device`. */
+  to(device: Device): this {
+    native().modelTo(this.handle, checkDevice('device', device));
+    return this;
+  }
+
+  get device(): Device {
+    return this.info.device as Device;
+  }
+
+  /** Raw outputs for a batch `[B, 3, H, W]` (float32, on the model's device), without gradients. */
+  async forward(images: Tensor): Promise<ForwardOutput> {
+    const out = await native().modelForwardAsync(this.handle, handleOf('images', images));
+    const wrapped: Record<string, Tensor> = {};
+    for (const [k, h] of Object.entries(out)) wrapped[k] = new Tensor(h);
+    return wrapped as unknown as ForwardOutput;
+  }
+
+  /**
+   * Detections for each image of a batch, in original image pixels: sigmoid scores, the top
+   * `topkCandidates` per level above `scoreThreshold`, decoded and clipped to the image, class-aware
+   * NMS, the best `maxDetections`. Runs in whatever mode the model is in (call `eval()` first).
+   */
+  async detect(input: Tensor | DetectBatch, options?: DetectOptions): Promise<Detection[]> {
+    const batch: DetectBatch = input instanceof Tensor ? { images: input } : (checkOptions('input', input) as DetectBatch);
+    const images = batch.images;
+    handleOf('input.images', images);
+    const shape = images.shape;
+    if (shape.length !== 4) throw new RangeError(`Expected input.images of shape [B, 3, H, W] but received [${shape.join(', ')}]`);
+    const [B, , H, W] = shape;
+    const scales = batch.scales ?? new Array<number>(B).fill(1);
+    if (!Array.isArray(scales) || scales.length !== B || scales.some((s) => typeof s !== 'number' || !(s > 0) || !Number.isFinite(s)))
+      throw invalid('input.scales', `an array of ${B} positive numbers`, scales);
+    const sizes = batch.sizes ?? scales.map((s) => [H / s, W / s] as [number, number]);
+    if (!Array.isArray(sizes) || sizes.length !== B || sizes.some((s) => !Array.isArray(s) || s.length !== 2 || s.some((v) => typeof v !== 'number' || !(v > 0))))
+      throw invalid('input.sizes', `an array of ${B} [height, width] pairs of positive numbers`, sizes);
+    const o = checkOptions('options', options);
+    for (const k of ['scoreThreshold', 'nmsThreshold'] as const)
+      if (o[k] !== undefined && (typeof o[k] !== 'number' || !Number.isFinite(o[k]) || (o[k] as number) < 0 || (o[k] as number) > 1))
+        throw invalid(`options.${k}`, 'a number between 0 and 1', o[k], typeof o[k] === 'number' ? RangeError : TypeError);
+    for (const k of ['topkCandidates', 'maxDetections'] as const) if (o[k] !== undefined) checkInteger(`options.${k}`, o[k], 0, 2 ** 40);
+    const scalesT = Tensor.from(Float32Array.from(scales), [B]);
+    const sizesT = Tensor.from(Float32Array.from(sizes.flat()), [B, 2]);
+    try {
+      const dets: NativeDetection[] = await native().modelDetectAsync(this.handle, images.handle, scalesT.handle, sizesT.handle, o);
+      return dets;
+    } finally {
+      scalesT.dispose();
+      sizesT.dispose();
+    }
+  }
+
+  /**
+   * Loads weights from a `.safetensors` file or a PyTorch `.pt`/`.pth` file holding a state_dict
+   * (pytorch-retinanet / torchvision key names; a `module.` prefix is removed). Loading never runs
+   * code from the file. Returns what was loaded, missing, unexpected and mismatched.
+   */
+  async loadWeights(file: string, options?: LoadWeightsOptions): Promise<LoadReport> {
+    if (typeof file !== 'string' || file.length === 0) throw invalid('path', 'a file path', file);
+    const o = checkOptions('options', options);
+    if (o.strict !== undefined && typeof o.strict !== 'boolean') throw invalid('options.strict', 'a boolean', o.strict);
+    if (o.backboneOnly !== undefined && typeof o.backboneOnly !== 'boolean') throw invalid('options.backboneOnly', 'a boolean', o.backboneOnly);
+    if (o.prefix !== undefined && typeof o.prefix !== 'string') throw invalid('options.prefix', 'a string', o.prefix);
+    const format = weightsFormat(file);
+    if (format === 'safetensors') {
+      const header = readSafetensorsHeader(file);
+      return native().modelLoadSafetensorsAsync(this.handle, file, header.dataStart, header.entries, o);
+    }
+    return native().modelLoadTorchAsync(this.handle, file, o);
+  }
+
+  /** Writes the weights as `.safetensors` (atomically: temporary file, fsync, rename). */
+  async saveWeights(file: string, metadata: Record<string, string> = {}): Promise<void> {
+    if (typeof file !== 'string' || !file.endsWith('.safetensors')) throw invalid('path', 'a path ending in .safetensors', file);
+    checkOptions('metadata', metadata);
+    await native().modelSaveSafetensorsAsync(this.handle, path.resolve(file), { format: 'pt', ...metadata });
+  }
+
+  /** Copies of every parameter and buffer, by state_dict name. */
+  stateDict(): Record<string, Tensor> {
+    const out: Record<string, Tensor> = {};
+    for (const [k, h] of Object.entries(native().modelStateDict(this.handle))) out[k] = new Tensor(h);
+    return out;
+  }
+
+  /** Frees the weights now; the model cannot be used afterwards (running calls finish first). */
+  dispose(): void {
+    native().modelDispose(this.handle);
+  }
+}
+
+function weightsFormat(file: string): 'safetensors' | 'torch' {
+  const ext = path.extname(file).toLowerCase();
+  return checkOneOf('path extension', ext, ['.safetensors', '.pt', '.pth', '.bin', '.tar'] as const) === '.safetensors' ? 'safetensors' : 'torch';
+}
