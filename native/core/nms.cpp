@@ -72,7 +72,9 @@ torch::Tensor paddedBatchNms(const torch::Tensor& boxes, const torch::Tensor& sc
   const auto count = valid.sum(1);  // [B]
   torch::Tensor keepSorted;
 #ifdef ONESTAGE_WITH_CUDA
-  if (boxes.is_cuda()) {
+  // the pairwise mask takes B·K·⌈K/64⌉·8 bytes: beyond 512 MiB (topk disabled on huge inputs) use the CPU
+  const int64_t maskBytes = B * K * ((K + 63) / 64) * 8;
+  if (boxes.is_cuda() && maskBytes <= (int64_t{1} << 29)) {
     keepSorted = sortedBatchNmsCuda(sortedBoxes.to(torch::kFloat32), sortedGroups, count, iouThreshold);
   }
 #endif

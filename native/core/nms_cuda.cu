@@ -41,7 +41,7 @@ __global__ void maskKernel(const float* __restrict__ boxes, const int64_t* __res
   if (rowStart >= n) return;
   __shared__ float colBoxes[kWord * 4];
   __shared__ int64_t colGroups[kWord];
-  const int64_t cols = min<int64_t>(kWord, n - colStart);
+  const int64_t cols = n - colStart < kWord ? n - colStart : kWord;
   const float* bb = boxes + b * K * 4;
   const int64_t* gg = groups + b * K;
   if (threadIdx.x < cols) {
