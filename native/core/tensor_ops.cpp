@@ -66,6 +66,7 @@ torch::Tensor matmul(const torch::Tensor& a, const torch::Tensor& b) {
   if (k1 != k2)
     throw RangeError("matmul: shapes " + describeShape(a.sizes()) + " and " + describeShape(b.sizes()) +
                      " cannot be multiplied (" + std::to_string(k1) + " ≠ " + std::to_string(k2) + ")");
+  const c10::DeviceGuard guard(a.device());  // worker threads start without a current CUDA device
   return torch::matmul(a, b);
 }
 

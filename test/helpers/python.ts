@@ -27,9 +27,14 @@ export function runReference(script: string, args: string[]): string {
   return res.stdout;
 }
 
+const temporary: string[] = [];
+process.on('exit', () => {
+  for (const dir of temporary) fs.rmSync(dir, { recursive: true, force: true });
+});
+
 /** A fresh temporary folder, removed at process exit. */
 export function tempDir(prefix = 'onestage-test-'): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  temporary.push(dir);
   return dir;
 }

@@ -23,10 +23,14 @@ int64_t RetinaNetDetector::parameterCount(bool trainableOnly) const {
   return n;
 }
 
-RetinaNetOutput RetinaNetDetector::forward(const torch::Tensor& images) { return net_->forward(images); }
+RetinaNetOutput RetinaNetDetector::forward(const torch::Tensor& images) {
+  const c10::DeviceGuard guard(device_);  // worker threads start without a current CUDA device
+  return net_->forward(images);
+}
 
 Detections RetinaNetDetector::detect(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes,
                                      const DetectOptions& opts) {
+  const c10::DeviceGuard guard(device_);
   return net_->detect(images, scales, sizes, opts);
 }
 

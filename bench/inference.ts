@@ -1,0 +1,79 @@
+/**
+ * Inference benchmark: RetinaNet detect() (forward + post-processing, results on the host) at
+ * batch 1 and 8, side by side with the PyTorch references in the same run on identical shapes.
+ *   npx ts-node --transpile-only bench/inference.ts [--device cuda] [--depth 50] [--size 640]
+ * Prints a table and writes bench/results/inference-<device>.json.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Command } from 'commander';
+import { buildInfo, Model, setTf32, Tensor } from '../lib';
+import { pythonWithTorch } from '../test/helpers/python';
+
+interface Row {
+  system: string;
+  batch: number;
+  ms: number;
+}
+
+async function main(): Promise<void> {
+  const opts = new Command()
+    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--depth <n>', 'ResNet depth', '50')
+    .option('--size <px>', 'square input size', '640')
+    .option('--batches <list>', 'batch sizes', '1,8')
+    .option('--warmup <n>', 'untimed runs', '')
+    .option('--iters <n>', 'timed runs', '')
+    .option('--no-reference', 'skip the PyTorch references')
+    .parse()
+    .opts<{ device: 'cpu' | 'cuda'; depth: string; size: string; batches: string; warmup: string; iters: string; reference: boolean }>();
+  const device = opts.device;
+  const gpu = device === 'cuda';
+  const warmup = Number(opts.warmup || (gpu ? 10 : 1));
+  const iters = Number(opts.iters || (gpu ? 30 : 3));
+  const depth = Number(opts.depth) as 50;
+  const size = Number(opts.size);
+  const batches = opts.batches.split(',').map(Number);
+  if (gpu) setTf32(true); // PyTorch's default for convolutions; both sides run the same way
+  const rows: Row[] = [];
+  const model = Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval();
+  for (const b of batches) {
+    const x = Tensor.from(Float32Array.from({ length: b * 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [b, 3, size, size], { device });
+    for (let i = 0; i < warmup; i++) await model.detect(x);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < iters; i++) await model.detect(x);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6 / iters;
+    rows.push({ system: `onestage (LibTorch ${buildInfo().torchVersion})`, batch: b, ms });
+    console.error(`onestage batch ${b}: ${ms.toFixed(1)} ms`);
+    x.dispose();
+  }
+  model.dispose();
+  const py = pythonWithTorch();
+  if (opts.reference && py) {
+    const res = spawnSync(py, [path.join(__dirname, 'reference_inference.py'), device, String(depth), String(size), batches.join(','), String(warmup), String(iters)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    if (res.status !== 0) console.error(`reference failed: ${res.stderr}`);
+    for (const line of res.stdout.split('\n').filter(Boolean)) rows.push(JSON.parse(line) as Row);
+  }
+  const machine = gpu ? `${buildInfo().deviceCount} CUDA device(s)` : `${os.cpus().length}× ${os.cpus()[0]?.model ?? 'CPU'}`;
+  console.log(`\nRetinaNet ResNet-${depth} inference, ${size}×${size}, ${device} (${machine}); detect = forward + post-processing\n`);
+  console.log('| system | batch | ms / batch | img/s | vs onestage |');
+  console.log('| --- | --- | --- | --- | --- |');
+  for (const r of rows) {
+    const ours = rows.find((o) => o.system.startsWith('onestage') && o.batch === r.batch);
+    const ratio = ours ? (r.ms / ours.ms).toFixed(2) + '×' : '';
+    console.log(`| ${r.system} | ${r.batch} | ${r.ms.toFixed(1)} | ${((r.batch * 1000) / r.ms).toFixed(1)} | ${ratio} |`);
+  }
+  const outDir = path.join(__dirname, 'results');
+  fs.mkdirSync(outDir, { recursive: true });
+  const file = path.join(outDir, `inference-${device}.json`);
+  fs.writeFileSync(file + '.tmp', JSON.stringify({ machine, device, depth, size, warmup, iters, rows }, null, 1));
+  fs.renameSync(file + '.tmp', file);
+  console.log(`\nwritten ${path.relative(process.cwd(), file)}`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});
