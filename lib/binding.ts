@@ -42,6 +42,10 @@ export interface NativeBinding {
   tensorBinary(a: NativeTensor, b: NativeTensor, op: string): NativeTensor;
   tensorSoftmax(t: NativeTensor, op: string, dim: number): NativeTensor;
   tensorSum(t: NativeTensor, dims: number[]): NativeTensor;
+  tensorSetRequiresGrad(t: NativeTensor, on: boolean): void;
+  tensorRequiresGrad(t: NativeTensor): boolean;
+  tensorGrad(t: NativeTensor): NativeTensor | null;
+  tensorBackwardAsync(t: NativeTensor): Promise<void>;
 
   modelCreateRetinaNet(options: object): NativeModel;
   modelDispose(m: NativeModel): boolean;
@@ -62,6 +66,19 @@ export interface NativeBinding {
   clipBoxes(boxes: NativeTensor, height: number, width: number): NativeTensor;
   nms(boxes: NativeTensor, scores: NativeTensor, iouThreshold: number): NativeTensor;
   batchedNms(boxes: NativeTensor, scores: NativeTensor, groups: NativeTensor, iouThreshold: number): NativeTensor;
+
+  assignMaxIouAsync(anchors: NativeTensor, annotations: NativeTensor, options: object): Promise<Record<string, NativeTensor>>;
+  focalLossAsync(cls: NativeTensor, reg: NativeTensor, anchors: NativeTensor, annotations: NativeTensor, options: object): Promise<Record<string, NativeTensor>>;
+  sigmoidFocalLossAsync(logits: NativeTensor, targets: NativeTensor, options: object): Promise<NativeTensor>;
+  ghmCreate(kind: 'ghmc' | 'ghmr', options: object): NativeLoss;
+  ghmForwardAsync(loss: NativeLoss, pred: NativeTensor, target: NativeTensor, labelWeight: NativeTensor): Promise<NativeTensor>;
+  ghmAccSum(loss: NativeLoss): NativeTensor | null;
+  ghmSetAccSum(loss: NativeLoss, accSum: NativeTensor): void;
+  ghmDispose(loss: NativeLoss): void;
+  retinaLossCreate(options: object): NativeLoss;
+  retinaLossForwardAsync(loss: NativeLoss, cls: NativeTensor, reg: NativeTensor, anchors: NativeTensor, annotations: NativeTensor, levelSizes: number[]): Promise<Record<string, NativeTensor>>;
+  retinaLossState(loss: NativeLoss): { ghmc: Array<NativeTensor | null>; ghmr: Array<NativeTensor | null> };
+  retinaLossDispose(loss: NativeLoss): void;
 }
 
 /** Opaque handle to a native model. */
@@ -102,6 +119,11 @@ export interface NativeSafetensorsEntry {
   shape: number[];
   begin: number;
   end: number;
+}
+
+/** Opaque handle to a native stateful loss (GHM, RetinaNet loss). */
+export interface NativeLoss {
+  readonly __nativeLoss: unique symbol;
 }
 
 /** Folder of the package (holds package.json and build/). */

@@ -10,3 +10,5 @@ export { Model } from './model';
 export type { RetinaNetOptions, DetectOptions, DetectBatch, Detection, ForwardOutput, LoadWeightsOptions, LoadReport, ModelInfo, ResNetDepth } from './model';
 export { generateAnchors, encodeBoxes, decodeBoxes, boxIou, clipBoxes, nms, batchedNms } from './geometry';
 export type { AnchorOptions, BoxCoderOptions } from './geometry';
+export { MaxIoUAssigner, FocalLoss, GHMC, GHMR, RetinaNetLoss, sigmoidFocalLoss } from './losses';
+export type { AssignerOptions, Assignment, FocalLossOptions, GhmOptions, GhmrOptions, RetinaNetLossOptions, DetectionLossInput, LossValue } from './losses';

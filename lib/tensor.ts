@@ -248,6 +248,29 @@ export class Tensor {
     return new Tensor(native().tensorBinary(this.handle, handleOf('other', other), op));
   }
 
+  /** Whether gradients are recorded for this tensor. */
+  get requiresGrad(): boolean {
+    return native().tensorRequiresGrad(this.handle);
+  }
+
+  /** Records gradients for this (float) tensor from now on; returns this. */
+  setRequiresGrad(on = true): this {
+    if (typeof on !== 'boolean') throw invalid('on', 'a boolean', on);
+    native().tensorSetRequiresGrad(this.handle, on);
+    return this;
+  }
+
+  /** A copy of the accumulated gradient, or null before any `backward()` reached this tensor. */
+  get grad(): Tensor | null {
+    const g = native().tensorGrad(this.handle);
+    return g === null ? null : new Tensor(g);
+  }
+
+  /** Back-propagates from this one-element tensor (a loss) into every input that requires gradients. */
+  async backward(): Promise<void> {
+    await native().tensorBackwardAsync(this.handle);
+  }
+
   toString(): string {
     return this.disposed ? 'Tensor(disposed)' : `Tensor(${this.dtype} [${this.shape.join(', ')}] on ${this.device})`;
   }

@@ -24,6 +24,17 @@ function validArgs(): Record<keyof NativeBinding, Args> {
   const images = b.tensorFromArray(new Float32Array(3 * 32 * 32), [1, 3, 32, 32], 'float32', 'cpu');
   const scales = b.tensorFromArray(new Float32Array([1]), [1], 'float32', 'cpu');
   const sizes = b.tensorFromArray(new Float32Array([32, 32]), [1, 2], 'float32', 'cpu');
+  const anchors2 = b.tensorFromArray(new Float32Array([0, 0, 8, 8, 4, 4, 12, 12]), [2, 4], 'float32', 'cpu');
+  const annotations = b.tensorFromArray(new Float32Array([0, 0, 8, 8, 1]), [1, 1, 5], 'float32', 'cpu');
+  const cls = b.tensorFromArray(new Float32Array(6), [1, 2, 3], 'float32', 'cpu');
+  const reg = b.tensorFromArray(new Float32Array(8), [1, 2, 4], 'float32', 'cpu');
+  const pred = b.tensorFromArray(new Float32Array(6), [2, 3], 'float32', 'cpu');
+  const ones = b.tensorFromArray(new Float32Array(6).fill(1), [2, 3], 'float32', 'cpu');
+  const ghm = b.ghmCreate('ghmc', { momentum: 0.5 });
+  const retinaLoss = b.retinaLossCreate({});
+  const leaf = b.tensorFromArray(new Float32Array([1, 2]), [2], 'float32', 'cpu');
+  b.tensorSetRequiresGrad(leaf, true);
+  const scalarLoss = b.tensorSum(leaf, []);
   return {
     buildInfo: [],
     liveTensors: [],
@@ -62,6 +73,22 @@ function validArgs(): Record<keyof NativeBinding, Args> {
     clipBoxes: [boxes, 10, 10],
     nms: [boxes, scores, 0.5],
     batchedNms: [boxes, scores, groups, 0.5],
+    tensorSetRequiresGrad: [t, true],
+    tensorRequiresGrad: [t],
+    tensorGrad: [t],
+    tensorBackwardAsync: [scalarLoss],
+    assignMaxIouAsync: [anchors2, annotations, {}],
+    focalLossAsync: [cls, reg, anchors2, annotations, {}],
+    sigmoidFocalLossAsync: [pred, ones, {}],
+    ghmCreate: ['ghmr', {}],
+    ghmForwardAsync: [ghm, pred, ones, ones],
+    ghmAccSum: [ghm],
+    ghmSetAccSum: [ghm, b.tensorFromArray(new Float64Array(10), [10], 'float64', 'cpu')],
+    ghmDispose: [b.ghmCreate('ghmc', {})],
+    retinaLossCreate: [{}],
+    retinaLossForwardAsync: [retinaLoss, cls, reg, anchors2, annotations, []],
+    retinaLossState: [retinaLoss],
+    retinaLossDispose: [b.retinaLossCreate({})],
   };
 }
 
@@ -74,6 +101,11 @@ const OPTION_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
   generateAnchors: [0],
   boxEncode: [2],
   boxDecode: [2],
+  assignMaxIouAsync: [2],
+  focalLossAsync: [4],
+  sigmoidFocalLossAsync: [2],
+  ghmCreate: [1],
+  retinaLossCreate: [0],
 };
 
 function validAsOptions(v: unknown): boolean {
@@ -147,7 +179,9 @@ test('fuzz: a wrong value at each argument position throws a JavaScript error', 
   const disposed = bad[bad.length - 1];
   for (const [name, args] of Object.entries(valid)) {
     const fn = b[name];
-    if (args.length > 0) await expectError(t, name, fn, [], true);
+    const optional = OPTION_POSITIONS[name as keyof NativeBinding] ?? [];
+    const required = args.some((_, p) => !optional.includes(p));
+    await expectError(t, name, fn, [], required);
     for (let p = 0; p < args.length; p++) {
       for (const v of bad) {
         // disposing twice is allowed (idempotent), and asking whether a tensor is disposed

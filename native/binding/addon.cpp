@@ -10,6 +10,7 @@ namespace onestage::binding {
 void registerTensorExports(Napi::Env env, Napi::Object exports);
 void registerModelExports(Napi::Env env, Napi::Object exports);
 void registerGeometryExports(Napi::Env env, Napi::Object exports);
+void registerLossExports(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -50,6 +51,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   registerTensorExports(env, exports);
   registerModelExports(env, exports);
   registerGeometryExports(env, exports);
+  registerLossExports(env, exports);
   return exports;
 }
 

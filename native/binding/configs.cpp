@@ -63,4 +63,67 @@ DetectOptions detectOptionsFrom(const Napi::Object& o) {
   return d;
 }
 
+MaxIoUAssignerOptions assignerOptionsFrom(const Napi::Object& o, const char* prefix) {
+  MaxIoUAssignerOptions a;
+  a.positiveIou = optNumber(o, prefix, "positiveIou", a.positiveIou);
+  a.negativeIou = optNumber(o, prefix, "negativeIou", a.negativeIou);
+  if (a.negativeIou > a.positiveIou)
+    throw Napi::RangeError::New(o.Env(), std::string(prefix) + ".negativeIou must not exceed " + prefix + ".positiveIou");
+  a.lowQualityMatches = optBool(o, prefix, "lowQualityMatches", a.lowQualityMatches);
+  a.minPositiveIou = optNumber(o, prefix, "minPositiveIou", a.minPositiveIou);
+  a.ignoreIof = optNumber(o, prefix, "ignoreIof", a.ignoreIof);
+  return a;
+}
+
+namespace {
+std::string oneOf(const Napi::Object& o, const char* prefix, const char* key, std::initializer_list<const char*> choices) {
+  const auto v = optString(o, prefix, key, *choices.begin());
+  std::string all;
+  for (const char* c : choices) {
+    if (v == c) return v;
+    all += (all.empty() ? "" : ", ") + std::string(c);
+  }
+  throw Napi::RangeError::New(o.Env(), "Expected one of " + all + " for " + prefix + "." + key + " but received '" + v + "'");
+}
+}  // namespace
+
+FocalLossOptions focalOptionsFrom(const Napi::Object& o, const char* prefix) {
+  FocalLossOptions f;
+  f.variant = oneOf(o, prefix, "variant", {"retinanet", "logits"});
+  f.alpha = optNumber(o, prefix, "alpha", f.alpha);
+  f.gamma = optNumber(o, prefix, "gamma", f.gamma);
+  if (f.gamma < 0) throw Napi::RangeError::New(o.Env(), std::string(prefix) + ".gamma must not be negative");
+  f.probabilities = optBool(o, prefix, "probabilities", f.probabilities);
+  f.normalize = oneOf(o, prefix, "normalize", {"image", "batch"});
+  f.regression = oneOf(o, prefix, "regression", {"smoothL1", "l1", "giou", "none"});
+  f.beta = optNumber(o, prefix, "beta", f.beta);
+  const std::string p(prefix);
+  f.coder = boxCoderFrom(optObject(o, prefix, "boxCoder"), (p + ".boxCoder").c_str());
+  f.assigner = assignerOptionsFrom(optObject(o, prefix, "assigner"), (p + ".assigner").c_str());
+  return f;
+}
+
+GhmOptions ghmOptionsFrom(const Napi::Object& o, const char* prefix, GhmOptions d) {
+  d.bins = optInt(o, prefix, "bins", 1, 100000, d.bins);
+  d.momentum = optNumber(o, prefix, "momentum", d.momentum);
+  if (d.momentum < 0 || d.momentum >= 1) throw Napi::RangeError::New(o.Env(), std::string(prefix) + ".momentum must be in [0, 1)");
+  d.lossWeight = optNumber(o, prefix, "lossWeight", d.lossWeight);
+  d.mu = optNumber(o, prefix, "mu", d.mu);
+  if (!(d.mu > 0)) throw Napi::RangeError::New(o.Env(), std::string(prefix) + ".mu must be positive");
+  return d;
+}
+
+RetinaLossOptions retinaLossOptionsFrom(const Napi::Object& o) {
+  RetinaLossOptions r;
+  r.classification = oneOf(o, "options", "classification", {"focal", "ghmc"});
+  r.regression = oneOf(o, "options", "regression", {"smoothL1", "l1", "giou", "ghmr", "none"});
+  r.clsWeight = optNumber(o, "options", "clsWeight", r.clsWeight);
+  r.regWeight = optNumber(o, "options", "regWeight", r.regWeight);
+  r.focal = focalOptionsFrom(optObject(o, "options", "focal"), "options.focal");
+  r.ghmc = ghmOptionsFrom(optObject(o, "options", "ghmc"), "options.ghmc", r.ghmc);
+  r.ghmr = ghmOptionsFrom(optObject(o, "options", "ghmr"), "options.ghmr", r.ghmr);
+  r.ghmPerLevel = optBool(o, "options", "ghmPerLevel", r.ghmPerLevel);
+  return r;
+}
+
 }  // namespace onestage::binding

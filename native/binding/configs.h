@@ -4,6 +4,10 @@
 
 #include "core/anchors.h"
 #include "core/boxes.h"
+#include "core/assign/max_iou.h"
+#include "core/losses/focal.h"
+#include "core/losses/ghm.h"
+#include "core/losses/retina_loss.h"
 #include "core/models/retinanet.h"
 
 namespace onestage::binding {
@@ -12,5 +16,9 @@ AnchorConfig anchorConfigFrom(const Napi::Object& o, const char* prefix);
 BoxCoder boxCoderFrom(const Napi::Object& o, const char* prefix);
 RetinaNetConfig retinaNetConfigFrom(const Napi::Object& o);
 DetectOptions detectOptionsFrom(const Napi::Object& o);
+MaxIoUAssignerOptions assignerOptionsFrom(const Napi::Object& o, const char* prefix);
+FocalLossOptions focalOptionsFrom(const Napi::Object& o, const char* prefix);
+GhmOptions ghmOptionsFrom(const Napi::Object& o, const char* prefix, GhmOptions defaults);
+RetinaLossOptions retinaLossOptionsFrom(const Napi::Object& o);
 
 }  // namespace onestage::binding

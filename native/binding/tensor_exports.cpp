@@ -140,6 +140,42 @@ Napi::Value TensorSum(const Napi::CallbackInfo& info) {
   return wrapTensor(info.Env(), sumOp(t, intArrayArg(info, 1, "dims", -64, 63)));
 }
 
+Napi::Value TensorSetRequiresGrad(const Napi::CallbackInfo& info) {
+  auto t = tensorArg(info, 0, "tensor");
+  const bool on = boolArg(info, 1, "requiresGrad");
+  if (on && !t.is_floating_point())
+    throw onestage::TypeError("only float tensors can require gradients (received " + dtypeName(t.scalar_type()) + ")");
+  if (!t.is_leaf() && !on) throw onestage::TypeError("requiresGrad can only be switched off on a leaf tensor");
+  t.set_requires_grad(on);
+  return info.Env().Undefined();
+}
+
+Napi::Value TensorRequiresGrad(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), tensorArg(info, 0, "tensor").requires_grad());
+}
+
+Napi::Value TensorGrad(const Napi::CallbackInfo& info) {
+  const auto g = tensorArg(info, 0, "tensor").grad();
+  if (!g.defined()) return info.Env().Null();
+  return wrapTensor(info.Env(), g.detach().clone());
+}
+
+Napi::Value TensorBackwardAsync(const Napi::CallbackInfo& info) {
+  auto t = tensorArg(info, 0, "tensor");
+  if (t.numel() != 1)
+    throw onestage::RangeError("backward: expected a tensor with one element (a loss) but received shape " + describeShape(t.sizes()));
+  if (!t.requires_grad())
+    throw onestage::TypeError("backward: the tensor does not require gradients (no input of it has requiresGrad)");
+  return PromiseWorker<bool>::start(
+      info.Env(),
+      [t] {
+        const c10::DeviceGuard guard(t.device());
+        t.backward();
+        return true;
+      },
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+}
+
 }  // namespace
 
 void registerTensorExports(Napi::Env env, Napi::Object exports) {
@@ -158,6 +194,10 @@ void registerTensorExports(Napi::Env env, Napi::Object exports) {
   exportFunction<TensorBinary>(env, exports, "tensorBinary");
   exportFunction<TensorSoftmax>(env, exports, "tensorSoftmax");
   exportFunction<TensorSum>(env, exports, "tensorSum");
+  exportFunction<TensorSetRequiresGrad>(env, exports, "tensorSetRequiresGrad");
+  exportFunction<TensorRequiresGrad>(env, exports, "tensorRequiresGrad");
+  exportFunction<TensorGrad>(env, exports, "tensorGrad");
+  exportFunction<TensorBackwardAsync>(env, exports, "tensorBackwardAsync");
 }
 
 }  // namespace onestage::binding

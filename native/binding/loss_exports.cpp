@@ -1,0 +1,199 @@
+// Loss and assignment exports: max-IoU assignment, Focal loss, GHM-C/GHM-R (stateful), and the
+// RetinaNet loss composer (stateful). Forward passes run on the thread pool.
+#include <napi.h>
+
+#include "binding/configs.h"
+#include "binding/napi_util.h"
+#include "core/errors.h"
+#include "core/tensor_types.h"
+
+namespace onestage::binding {
+
+namespace {
+
+constexpr napi_type_tag kGhmTag = {0x6f6e657374616765ULL, 0x47686d0000000001ULL};
+constexpr napi_type_tag kRetinaLossTag = {0x6f6e657374616765ULL, 0x5265744c6f737301ULL};
+
+struct GhmObject {
+  bool regression;  // GHM-R, else GHM-C
+  GhmOptions options;
+  GhmState state;
+  std::mutex mutex;
+};
+
+using Named = std::vector<std::pair<std::string, torch::Tensor>>;
+
+Napi::Value namedToJs(Napi::Env env, Named& named) {
+  Napi::Object out = Napi::Object::New(env);
+  for (auto& [k, t] : named) out.Set(k, wrapTensor(env, t));
+  return out;
+}
+
+Napi::Value AssignMaxIouAsync(const Napi::CallbackInfo& info) {
+  auto anchors = tensorArg(info, 0, "anchors");
+  auto annotations = tensorArg(info, 1, "annotations");
+  const auto opts = assignerOptionsFrom(optionsArg(info, 2, "options"), "options");
+  checkAnchorsAndAnnotations(anchors, annotations);
+  return PromiseWorker<Named>::start(
+      info.Env(),
+      [anchors, annotations, opts] {
+        const c10::DeviceGuard guard(annotations.device());
+        const auto a = assignMaxIou(anchors, annotations, opts);
+        return Named{{"labels", a.labels}, {"assignedGt", a.assignedGt}, {"boxes", a.boxes}, {"maxIou", a.maxIou},
+                     {"numPositives", a.numPositives}};
+      },
+      namedToJs);
+}
+
+Napi::Value FocalLossAsync(const Napi::CallbackInfo& info) {
+  auto cls = tensorArg(info, 0, "classifications");
+  auto reg = tensorArg(info, 1, "regressions");
+  auto anchors = tensorArg(info, 2, "anchors");
+  auto annotations = tensorArg(info, 3, "annotations");
+  const auto opts = focalOptionsFrom(optionsArg(info, 4, "options"), "options");
+  checkDetectionLossInputs(cls, reg, anchors, annotations);
+  return PromiseWorker<Named>::start(
+      info.Env(),
+      [cls, reg, anchors, annotations, opts] {
+        const c10::DeviceGuard guard(cls.device());
+        const auto l = focalLoss(cls, reg, anchors, annotations, opts);
+        return Named{{"cls", l.cls}, {"reg", l.reg}};
+      },
+      namedToJs);
+}
+
+Napi::Value SigmoidFocalLossAsync(const Napi::CallbackInfo& info) {
+  auto x = tensorArg(info, 0, "logits");
+  auto t = tensorArg(info, 1, "targets");
+  const auto o = optionsArg(info, 2, "options");
+  const double alpha = optNumber(o, "options", "alpha", 0.25);
+  const double gamma = optNumber(o, "options", "gamma", 2.0);
+  if (!x.is_floating_point() || x.sizes() != t.sizes() || x.device() != t.device())
+    throw onestage::RangeError("sigmoidFocalLoss: logits and targets must be float tensors of one shape on one device (received " +
+                               describeShape(x.sizes()) + " and " + describeShape(t.sizes()) + ")");
+  return tensorPromise(info.Env(), [x, t, alpha, gamma] {
+    const c10::DeviceGuard guard(x.device());
+    return sigmoidFocalLoss(x, t.to(x.scalar_type()), alpha, gamma);
+  });
+}
+
+std::shared_ptr<GhmObject> ghmArg(const Napi::CallbackInfo& info) {
+  return objectArg<GhmObject>(info, 0, "loss", &kGhmTag, "GHM loss");
+}
+
+Napi::Value GhmCreate(const Napi::CallbackInfo& info) {
+  const auto kind = stringArg(info, 0, "kind");
+  if (kind != "ghmc" && kind != "ghmr")
+    throw Napi::RangeError::New(info.Env(), "Expected 'ghmc' or 'ghmr' for kind but received '" + kind + "'");
+  auto o = std::make_shared<GhmObject>();
+  o->regression = kind == "ghmr";
+  o->options = ghmOptionsFrom(optionsArg(info, 1, "options"), "options", GhmOptions{});
+  return wrapObject(info.Env(), o, &kGhmTag);
+}
+
+Napi::Value GhmForwardAsync(const Napi::CallbackInfo& info) {
+  auto g = ghmArg(info);
+  auto pred = tensorArg(info, 1, "pred");
+  auto target = tensorArg(info, 2, "target");
+  auto weight = tensorArg(info, 3, "labelWeight");
+  return tensorPromise(info.Env(), [g, pred, target, weight] {
+    const c10::DeviceGuard guard(pred.device());
+    std::lock_guard<std::mutex> lock(g->mutex);
+    return g->regression ? ghmrLoss(pred, target, weight, g->options, g->state)
+                         : ghmcLoss(pred, target, weight, g->options, g->state);
+  });
+}
+
+Napi::Value GhmAccSum(const Napi::CallbackInfo& info) {
+  auto g = ghmArg(info);
+  std::lock_guard<std::mutex> lock(g->mutex);
+  if (!g->state.accSum.defined()) return info.Env().Null();
+  return wrapTensor(info.Env(), g->state.accSum.detach().clone());
+}
+
+Napi::Value GhmSetAccSum(const Napi::CallbackInfo& info) {
+  auto g = ghmArg(info);
+  auto acc = tensorArg(info, 1, "accSum");
+  if (acc.dim() != 1 || acc.size(0) != g->options.bins || !acc.is_floating_point())
+    throw Napi::RangeError::New(info.Env(), "Expected a float tensor of shape [" + std::to_string(g->options.bins) +
+                                                "] for accSum but received " + describeShape(acc.sizes()));
+  std::lock_guard<std::mutex> lock(g->mutex);
+  g->state.accSum = acc.detach().to(torch::kFloat64).clone();
+  return info.Env().Undefined();
+}
+
+Napi::Value GhmDispose(const Napi::CallbackInfo& info) {
+  auto* box = objectBoxArg<GhmObject>(info, 0, "loss", &kGhmTag, "GHM loss");
+  box->object.reset();
+  return info.Env().Undefined();
+}
+
+std::shared_ptr<RetinaLoss> retinaLossArg(const Napi::CallbackInfo& info) {
+  return objectArg<RetinaLoss>(info, 0, "loss", &kRetinaLossTag, "RetinaNetLoss");
+}
+
+Napi::Value RetinaLossCreate(const Napi::CallbackInfo& info) {
+  return wrapObject(info.Env(), std::make_shared<RetinaLoss>(retinaLossOptionsFrom(optionsArg(info, 0, "options"))),
+                    &kRetinaLossTag);
+}
+
+Napi::Value RetinaLossForwardAsync(const Napi::CallbackInfo& info) {
+  auto loss = retinaLossArg(info);
+  auto cls = tensorArg(info, 1, "classifications");
+  auto reg = tensorArg(info, 2, "regressions");
+  auto anchors = tensorArg(info, 3, "anchors");
+  auto annotations = tensorArg(info, 4, "annotations");
+  const auto levels = intArrayArg(info, 5, "levelSizes", 0, int64_t{1} << 40);
+  checkDetectionLossInputs(cls, reg, anchors, annotations);
+  return PromiseWorker<Named>::start(
+      info.Env(),
+      [loss, cls, reg, anchors, annotations, levels] {
+        const c10::DeviceGuard guard(cls.device());
+        std::lock_guard<std::mutex> lock(loss->mutex());
+        const auto l = loss->forward(cls, reg, anchors, annotations, levels);
+        return Named{{"cls", l.cls}, {"reg", l.reg}};
+      },
+      namedToJs);
+}
+
+Napi::Value RetinaLossState(const Napi::CallbackInfo& info) {
+  auto loss = retinaLossArg(info);
+  std::lock_guard<std::mutex> lock(loss->mutex());
+  Napi::Env env = info.Env();
+  auto list = [&](std::vector<GhmState>& states) {
+    Napi::Array a = Napi::Array::New(env, states.size());
+    for (size_t i = 0; i < states.size(); ++i)
+      a.Set(static_cast<uint32_t>(i), states[i].accSum.defined() ? Napi::Value(wrapTensor(env, states[i].accSum.detach().clone()))
+                                                                 : env.Null());
+    return a;
+  };
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("ghmc", list(loss->ghmcStates()));
+  out.Set("ghmr", list(loss->ghmrStates()));
+  return out;
+}
+
+Napi::Value RetinaLossDispose(const Napi::CallbackInfo& info) {
+  auto* box = objectBoxArg<RetinaLoss>(info, 0, "loss", &kRetinaLossTag, "RetinaNetLoss");
+  box->object.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void registerLossExports(Napi::Env env, Napi::Object exports) {
+  exportFunction<AssignMaxIouAsync>(env, exports, "assignMaxIouAsync");
+  exportFunction<FocalLossAsync>(env, exports, "focalLossAsync");
+  exportFunction<SigmoidFocalLossAsync>(env, exports, "sigmoidFocalLossAsync");
+  exportFunction<GhmCreate>(env, exports, "ghmCreate");
+  exportFunction<GhmForwardAsync>(env, exports, "ghmForwardAsync");
+  exportFunction<GhmAccSum>(env, exports, "ghmAccSum");
+  exportFunction<GhmSetAccSum>(env, exports, "ghmSetAccSum");
+  exportFunction<GhmDispose>(env, exports, "ghmDispose");
+  exportFunction<RetinaLossCreate>(env, exports, "retinaLossCreate");
+  exportFunction<RetinaLossForwardAsync>(env, exports, "retinaLossForwardAsync");
+  exportFunction<RetinaLossState>(env, exports, "retinaLossState");
+  exportFunction<RetinaLossDispose>(env, exports, "retinaLossDispose");
+}
+
+}  // namespace onestage::binding

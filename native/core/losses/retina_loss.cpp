@@ -1,0 +1,74 @@
+#include "core/losses/retina_loss.h"
+
+#include "core/errors.h"
+
+namespace onestage {
+
+RetinaLoss::RetinaLoss(RetinaLossOptions options) : options_(std::move(options)) {
+  const auto& o = options_;
+  if (o.classification != "focal" && o.classification != "ghmc")
+    throw RangeError("Expected 'focal' or 'ghmc' for classification but received '" + o.classification + "'");
+  if (o.regression != "smoothL1" && o.regression != "l1" && o.regression != "giou" && o.regression != "ghmr" &&
+      o.regression != "none")
+    throw RangeError("Expected one of smoothL1, l1, giou, ghmr, none for regression but received '" + o.regression + "'");
+}
+
+namespace {
+
+/// Runs `loss(pred, target, weight, state)` once, or per level along dim 1 and sums.
+template <typename F>
+torch::Tensor overLevels(bool perLevel, const std::vector<int64_t>& levels, std::vector<GhmState>& states,
+                         const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight, F loss) {
+  if (!perLevel) {
+    states.resize(1);
+    return loss(pred, target, weight, states[0]);
+  }
+  int64_t total = 0;
+  for (auto n : levels) total += n;
+  if (levels.empty() || total != pred.size(1))
+    throw RangeError("per-level GHM needs levelSizes summing to the anchor count " + std::to_string(pred.size(1)));
+  states.resize(levels.size());
+  torch::Tensor sum;
+  int64_t start = 0;
+  for (size_t l = 0; l < levels.size(); ++l) {
+    auto part = loss(pred.narrow(1, start, levels[l]), target.narrow(1, start, levels[l]), weight.narrow(1, start, levels[l]), states[l]);
+    sum = sum.defined() ? sum + part : part;
+    start += levels[l];
+  }
+  return sum;
+}
+
+}  // namespace
+
+LossParts RetinaLoss::forward(const torch::Tensor& cls, const torch::Tensor& reg, const torch::Tensor& anchors,
+                              const torch::Tensor& annotations, const std::vector<int64_t>& levelSizes) {
+  checkDetectionLossInputs(cls, reg, anchors, annotations);
+  const auto& o = options_;
+  const auto a = assignMaxIou(anchors, annotations, o.focal.assigner);
+  FocalLossOptions focal = o.focal;
+  focal.regression = o.regression == "ghmr" ? "none" : o.regression;
+  LossParts out = focalLoss(cls, reg, anchors, a, focal);
+  if (o.classification == "ghmc") {
+    const auto target = oneHotTargets(a.labels, cls.size(2), cls.scalar_type());
+    const auto weight = (a.labels != -2).unsqueeze(-1).expand_as(cls).to(cls.scalar_type());
+    const auto opts = o.ghmc;
+    out.cls = overLevels(o.ghmPerLevel, levelSizes, ghmc_, cls, target, weight,
+                         [&](const torch::Tensor& p, const torch::Tensor& t, const torch::Tensor& w, GhmState& s) {
+                           return ghmcLoss(p, t, w, opts, s);
+                         });
+  }
+  if (o.regression == "ghmr") {
+    const auto target = o.focal.coder.encode(anchors.to(reg.scalar_type()).unsqueeze(0), a.boxes.to(reg.scalar_type())).detach();
+    const auto weight = (a.labels >= 0).unsqueeze(-1).expand_as(reg).to(reg.scalar_type());
+    const auto opts = o.ghmr;
+    out.reg = overLevels(o.ghmPerLevel, levelSizes, ghmr_, reg, target, weight,
+                         [&](const torch::Tensor& p, const torch::Tensor& t, const torch::Tensor& w, GhmState& s) {
+                           return ghmrLoss(p, t, w, opts, s);
+                         });
+  }
+  out.cls = out.cls * o.clsWeight;
+  out.reg = out.reg * o.regWeight;
+  return out;
+}
+
+}  // namespace onestage

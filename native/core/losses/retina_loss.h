@@ -1,0 +1,47 @@
+// The RetinaNet loss composer: classification ∈ {focal, ghmc}, regression ∈ {smoothL1, l1, giou,
+// ghmr, none}, each weighted, sharing one max-IoU assignment. GHM runs once over all levels
+// (default) or per pyramid level (mmdetection's call pattern: one EMA update per level and step).
+#pragma once
+#include <torch/torch.h>
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/losses/focal.h"
+#include "core/losses/ghm.h"
+
+namespace onestage {
+
+struct RetinaLossOptions {
+  std::string classification = "focal";
+  std::string regression = "smoothL1";
+  double clsWeight = 1.0;
+  double regWeight = 1.0;
+  FocalLossOptions focal;  // variant, α, γ, normalisation, β, box coder, assigner
+  GhmOptions ghmc{10, 0.75, 1.0, 0.02};
+  GhmOptions ghmr{10, 0.7, 1.0, 0.02};
+  bool ghmPerLevel = false;
+};
+
+class RetinaLoss {
+ public:
+  explicit RetinaLoss(RetinaLossOptions options);
+  /// classifications [B, N, C] logits, regressions [B, N, 4], anchors [N, 4], annotations [B, M, 5];
+  /// levelSizes: anchors per pyramid level (needed for per-level GHM; Σ = N).
+  LossParts forward(const torch::Tensor& classifications, const torch::Tensor& regressions, const torch::Tensor& anchors,
+                    const torch::Tensor& annotations, const std::vector<int64_t>& levelSizes);
+
+  const RetinaLossOptions& options() const { return options_; }
+  /// EMA states: one per level when ghmPerLevel, else one. Saved with checkpoints.
+  std::vector<GhmState>& ghmcStates() { return ghmc_; }
+  std::vector<GhmState>& ghmrStates() { return ghmr_; }
+  std::mutex& mutex() { return mutex_; }
+
+ private:
+  RetinaLossOptions options_;
+  std::vector<GhmState> ghmc_, ghmr_;
+  std::mutex mutex_;
+};
+
+}  // namespace onestage
