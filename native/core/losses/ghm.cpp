@@ -1,5 +1,10 @@
 #include "core/losses/ghm.h"
 
+#include <ATen/Parallel.h>
+
+#include <mutex>
+#include <vector>
+
 #include "core/errors.h"
 #include "core/tensor_types.h"
 
@@ -26,6 +31,54 @@ void checkGhmInputs(const torch::Tensor& pred, const torch::Tensor& target, cons
   if (o.momentum < 0 || o.momentum >= 1) throw RangeError(std::string(what) + ": momentum must be in [0, 1)");
 }
 
+/// Bin of every element (edges[i] ≤ g < edges[i+1]; `bins` when invalid, NaN or past the last edge)
+/// and the float64 count of valid elements per bin.
+std::pair<torch::Tensor, torch::Tensor> binsAndCounts(const torch::Tensor& g, const torch::Tensor& valid,
+                                                      const torch::Tensor& edges, int64_t bins) {
+  if (g.is_cpu() && g.scalar_type() == torch::kFloat32) {
+    // one fused pass: start from floor(g·bins) and move to the exact float32 edge interval
+    const auto gc = g.contiguous().view({-1});
+    const auto vc = valid.contiguous().view({-1});
+    const auto ec = edges.contiguous();
+    const float* gp = gc.data_ptr<float>();
+    const bool* vp = vc.data_ptr<bool>();
+    const float* e = ec.data_ptr<float>();
+    const int64_t n = gc.numel();
+    auto bin = torch::empty({n}, torch::kInt64);
+    int64_t* bp = bin.data_ptr<int64_t>();
+    std::vector<int64_t> counts(static_cast<size_t>(bins) + 1, 0);
+    std::mutex merge;
+    at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> local(static_cast<size_t>(bins) + 1, 0);
+      for (int64_t i = begin; i < end; ++i) {
+        const float v = gp[i];
+        int64_t b = bins;
+        if (vp[i] && v == v && v >= e[0] && v < e[bins]) {
+          const float scaled = v * static_cast<float>(bins);
+          b = scaled >= static_cast<float>(bins) ? bins - 1 : static_cast<int64_t>(scaled);
+          while (b > 0 && v < e[b]) --b;
+          while (b < bins - 1 && v >= e[b + 1]) ++b;
+        }
+        bp[i] = b;
+        ++local[static_cast<size_t>(b)];
+      }
+      std::lock_guard<std::mutex> lock(merge);
+      for (size_t k = 0; k < local.size(); ++k) counts[k] += local[k];
+    });
+    auto c = torch::empty({bins}, torch::kFloat64);
+    for (int64_t k = 0; k < bins; ++k) c[k] = static_cast<double>(counts[static_cast<size_t>(k)]);
+    return {bin, c};
+  }
+  // generic (CUDA): bucketize + scatter_add on the device, no host sync
+  auto bin = torch::bucketize(g, edges, /*out_int32=*/false, /*right=*/true) - 1;
+  const auto inBin = valid & (bin >= 0) & (bin < bins);
+  bin = torch::where(inBin, bin, torch::full_like(bin, bins)).reshape({-1});
+  const auto counts = torch::zeros({bins + 1}, g.options().dtype(torch::kFloat64))
+                          .scatter_add(0, bin, inBin.reshape({-1}).to(torch::kFloat64))
+                          .narrow(0, 0, bins);
+  return {bin, counts};
+}
+
 /// Per-element harmonising weights for gradient norms g (detached), valid mask, total `tot`.
 torch::Tensor ghmWeights(const torch::Tensor& g, const torch::Tensor& valid, const torch::Tensor& tot, const GhmOptions& o,
                          double lastEdge, bool addToLast, GhmState& state) {
@@ -33,13 +86,7 @@ torch::Tensor ghmWeights(const torch::Tensor& g, const torch::Tensor& valid, con
   auto edges = torch::arange(o.bins + 1, f32) / static_cast<double>(o.bins);
   if (addToLast) edges[o.bins] += lastEdge;
   else edges[o.bins] = lastEdge;
-  // bin i ⇔ edges[i] ≤ g < edges[i+1]; outside every bin (g ≥ last edge, or NaN) → index bins
-  auto bin = torch::bucketize(g, edges, /*out_int32=*/false, /*right=*/true) - 1;
-  const auto inBin = valid & (bin >= 0) & (bin < o.bins);
-  bin = torch::where(inBin, bin, torch::full_like(bin, o.bins)).reshape({-1});
-  const auto counts = torch::zeros({o.bins + 1}, f32.dtype(torch::kFloat64))
-                          .scatter_add(0, bin, inBin.reshape({-1}).to(torch::kFloat64))
-                          .narrow(0, 0, o.bins);
+  const auto [bin, counts] = binsAndCounts(g, valid, edges, o.bins);
   const auto nonEmpty = counts > 0;
   torch::Tensor denom = counts;
   if (o.momentum > 0) {
@@ -47,11 +94,11 @@ torch::Tensor ghmWeights(const torch::Tensor& g, const torch::Tensor& valid, con
     state.accSum = torch::where(nonEmpty, o.momentum * state.accSum + (1 - o.momentum) * counts, state.accSum);
     denom = state.accSum;
   }
-  const auto perBin = torch::where(nonEmpty, tot / denom.clamp_min(1e-300), torch::zeros_like(denom)).to(f32.dtype());
-  const auto table = torch::cat({perBin, torch::zeros({1}, f32)});  // index bins → weight 0
-  const auto weights = table.index_select(0, bin).view(g.sizes());
   const auto n = nonEmpty.sum().to(f32.dtype()).clamp_min(1.0);
-  return weights / n;
+  const auto perBin = torch::where(nonEmpty, tot / denom.clamp_min(1e-300), torch::zeros_like(denom)).to(f32.dtype());
+  // weight of bin i = perBin_i / n (the authors divide the float32 weights by the bin count n)
+  const auto table = torch::cat({perBin, torch::zeros({1}, f32)}) / n;
+  return table.index_select(0, bin).view(g.sizes());
 }
 
 }  // namespace

@@ -1,0 +1,124 @@
+/**
+ * Loss benchmark: forward + backward of each loss on a RetinaNet-sized batch (B 8, 640×640 →
+ * 76 725 anchors, 80 classes, 10 boxes per image), onestage vs the reference implementations
+ * (pytorch-retinanet's per-image focal loop; the GHM authors' per-bin loops) in the same run.
+ *   npx ts-node --transpile-only bench/losses.ts [--device cuda] [--batch 8]
+ * Prints a table and writes bench/results/losses-<device>.json.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Command } from 'commander';
+import { buildInfo, encodeBoxes, FocalLoss, generateAnchors, GHMC, GHMR, MaxIoUAssigner, Tensor } from '../lib';
+import { Bundle, fromTensor, writeBundle } from '../test/helpers/bundle';
+import { pythonWithTorch, tempDir } from '../test/helpers/python';
+import { Rng } from '../test/helpers/random';
+
+interface Row {
+  loss: string;
+  ms: number;
+}
+
+async function time(fn: () => Promise<void>, warmup: number, iters: number): Promise<number> {
+  for (let i = 0; i < warmup; i++) await fn();
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < iters; i++) await fn();
+  return Number(process.hrtime.bigint() - t0) / 1e6 / iters;
+}
+
+async function main(): Promise<void> {
+  const opts = new Command()
+    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--batch <n>', 'images', '8')
+    .option('--classes <n>', 'classes', '80')
+    .option('--boxes <n>', 'boxes per image', '10')
+    .option('--warmup <n>', 'untimed runs', '')
+    .option('--iters <n>', 'timed runs', '')
+    .parse()
+    .opts<{ device: 'cpu' | 'cuda'; batch: string; classes: string; boxes: string; warmup: string; iters: string }>();
+  const device = opts.device;
+  const gpu = device === 'cuda';
+  const warmup = Number(opts.warmup || (gpu ? 5 : 1));
+  const iters = Number(opts.iters || (gpu ? 20 : 3));
+  const [B, C, G] = [Number(opts.batch), Number(opts.classes), Number(opts.boxes)];
+  const rng = new Rng(3);
+  const anchors = generateAnchors(640, 640);
+  const N = anchors.shape[0];
+  const ann = new Float32Array(B * G * 5);
+  for (let i = 0; i < B * G; i++) {
+    const [w, h] = [20 + rng.next() * 300, 20 + rng.next() * 300];
+    const [x, y] = [rng.next() * (640 - w), rng.next() * (640 - h)];
+    ann.set([x, y, x + w, y + h, Math.floor(rng.next() * C)], i * 5);
+  }
+  const input: Bundle = {
+    logits: { shape: [B, N, C], dtype: 'float32', data: rng.normal(B * N * C, 2) },
+    regressions: { shape: [B, N, 4], dtype: 'float32', data: rng.normal(B * N * 4, 0.5) },
+    anchors: fromTensor(anchors),
+    annotations: { shape: [B, G, 5], dtype: 'float32', data: ann },
+  };
+  const T = (k: string) => Tensor.from(input[k].data, input[k].shape, { device });
+  const logits = T('logits').setRequiresGrad();
+  const regressions = T('regressions').setRequiresGrad();
+  const anchorsD = T('anchors');
+  const annotations = T('annotations');
+  // GHM inputs from the assignment, shared with the reference
+  const a = await new MaxIoUAssigner().assign(anchorsD, annotations);
+  const labels = a.labels.toNumbers();
+  const target = new Float32Array(B * N * C);
+  const weight = new Float32Array(B * N * C);
+  const rweight = new Float32Array(B * N * 4);
+  labels.forEach((l, i) => {
+    if (l >= 0) {
+      target[i * C + l] = 1;
+      rweight.fill(1, i * 4, i * 4 + 4);
+    }
+    if (l !== -2) weight.fill(1, i * C, i * C + C);
+  });
+  const deltas = encodeBoxes(anchorsD, a.boxes);
+  input.ghm_target = { shape: [B, N, C], dtype: 'float32', data: target };
+  input.ghm_weight = { shape: [B, N, C], dtype: 'float32', data: weight };
+  input.ghm_rweight = { shape: [B, N, 4], dtype: 'float32', data: rweight };
+  input.ghm_deltas = fromTensor(deltas);
+  const tgt = T('ghm_target'), wgt = T('ghm_weight'), rwgt = T('ghm_rweight'), dlt = deltas.to(device);
+
+  const rows: Row[] = [];
+  const focal = new FocalLoss();
+  rows.push({ loss: 'Focal (onestage, batched)', ms: await time(async () => {
+    const l = await focal.forward({ classifications: logits, regressions, anchors: anchorsD, annotations });
+    await l.cls.add(l.reg).backward();
+  }, warmup, iters) });
+  const ghmc = new GHMC({ momentum: 0.75 });
+  rows.push({ loss: 'GHM-C (onestage, vectorised)', ms: await time(async () => (await ghmc.forward(logits, tgt, wgt)).backward(), warmup, iters) });
+  const ghmr = new GHMR({ momentum: 0.7 });
+  rows.push({ loss: 'GHM-R (onestage, vectorised)', ms: await time(async () => (await ghmr.forward(regressions, dlt, rwgt)).backward(), warmup, iters) });
+  console.error(rows);
+
+  const py = pythonWithTorch();
+  if (py) {
+    const dir = tempDir();
+    writeBundle(dir, input);
+    const res = spawnSync(py, [path.join(__dirname, 'reference_losses.py'), dir, device, String(warmup), String(iters)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    if (res.status !== 0) console.error(`reference failed: ${res.stderr}`);
+    for (const line of res.stdout.split('\n').filter(Boolean)) rows.push(JSON.parse(line) as Row);
+  }
+  const machine = gpu ? `${buildInfo().deviceCount} CUDA device(s), LibTorch ${buildInfo().torchVersion}` : `${os.cpus().length}× ${os.cpus()[0]?.model ?? 'CPU'}`;
+  console.log(`\nLoss forward + backward, B ${B}, ${N} anchors, ${C} classes, ${G} boxes/image, ${device} (${machine})\n`);
+  console.log('| loss | ms | speed-up of onestage |');
+  console.log('| --- | --- | --- |');
+  const pair: Record<string, string> = { 'Focal (pytorch-retinanet per-image loop)': 'Focal (onestage, batched)', "GHM-C (authors' per-bin loop)": 'GHM-C (onestage, vectorised)', "GHM-R (authors' per-bin loop)": 'GHM-R (onestage, vectorised)' };
+  for (const r of rows) {
+    const ours = rows.find((o) => o.loss === pair[r.loss]);
+    console.log(`| ${r.loss} | ${r.ms.toFixed(1)} | ${ours ? (r.ms / ours.ms).toFixed(1) + '×' : ''} |`);
+  }
+  const outDir = path.join(__dirname, 'results');
+  fs.mkdirSync(outDir, { recursive: true });
+  const file = path.join(outDir, `losses-${device}.json`);
+  fs.writeFileSync(file + '.tmp', JSON.stringify({ machine, device, B, N, C, G, warmup, iters, rows }, null, 1));
+  fs.renameSync(file + '.tmp', file);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});

@@ -1,0 +1,64 @@
+"""Forward+backward timing of the reference loss implementations on the batch bench/losses.ts makes
+(same shapes and seed): pytorch-retinanet's per-image FocalLoss loop and the GHM authors' per-bin
+GHM-C / GHM-R loops (with .item() each bin).  usage: reference_losses.py IN_DIR DEVICE WARMUP ITERS"""
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "test", "reference"))
+from bundle import read_bundle  # noqa: E402
+from losses_ref import GHMC, GHMR, encode, focal_retinanet  # noqa: E402
+
+
+def timed(fn, device, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters * 1e3
+
+
+def main():
+    in_dir, device, warmup, iters = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    t, _ = read_bundle(in_dir)
+    t = {k: v.to(device) for k, v in t.items()}
+    logits = t["logits"].clone().requires_grad_(True)
+    reg = t["regressions"].clone().requires_grad_(True)
+    anchors, ann = t["anchors"], t["annotations"]
+    torch.set_default_tensor_type(torch.cuda.FloatTensor if device == "cuda" else torch.FloatTensor)
+    import losses_ref
+    losses_ref.STD = losses_ref.STD.to(device)
+
+    def focal():
+        c, r = focal_retinanet(logits, reg, anchors, ann)
+        (c + r).backward()
+
+    print(json.dumps({"loss": "Focal (pytorch-retinanet per-image loop)", "ms": timed(focal, device, warmup, iters)}), flush=True)
+    target = t["ghm_target"]
+    weight = t["ghm_weight"]
+    ghmc = GHMC(10, 0.75)
+
+    def run_ghmc():
+        ghmc(logits.view(-1, logits.shape[-1]), target.view(-1, target.shape[-1]), weight.view(-1, weight.shape[-1])).backward()
+
+    print(json.dumps({"loss": "GHM-C (authors' per-bin loop)", "ms": timed(run_ghmc, device, warmup, iters)}), flush=True)
+    deltas = t["ghm_deltas"]
+    rweight = t["ghm_rweight"]
+    ghmr = GHMR(10, 0.7, 0.02)
+
+    def run_ghmr():
+        ghmr(reg.view(-1, 4), deltas.view(-1, 4), rweight.view(-1, 4)).backward()
+
+    print(json.dumps({"loss": "GHM-R (authors' per-bin loop)", "ms": timed(run_ghmr, device, warmup, iters)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
