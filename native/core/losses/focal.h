@@ -42,6 +42,20 @@ LossParts focalLoss(const torch::Tensor& classifications, const torch::Tensor& r
 LossParts focalLoss(const torch::Tensor& classifications, const torch::Tensor& regressions, const torch::Tensor& anchors,
                     const Assignment& assignment, const FocalLossOptions& opts);
 
+/// pytorch-retinanet's focal classification term, fused: Σ over anchors and classes of the focal
+/// term for every non-ignored anchor, per image, times scale [B] (1 / (B · max(1, positives))), summed
+/// over images → a scalar with autograd. One pass forward, one pass backward (CPU loop or CUDA kernel).
+/// logits [B, N, C], labels [B, N] int64 (class, −1 negative, −2 ignored).
+torch::Tensor fusedRetinaFocal(const torch::Tensor& logits, const torch::Tensor& labels, const torch::Tensor& scale,
+                               double alpha, double gamma, bool probabilities);
+
+#ifdef ONESTAGE_WITH_CUDA
+/// CUDA halves of fusedRetinaFocal (focal_cuda.cu): per-element loss, and the gradient.
+torch::Tensor focalTermCuda(const torch::Tensor& x, const torch::Tensor& labels, double alpha, double gamma, bool probabilities);
+torch::Tensor focalGradCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& scale, double alpha,
+                            double gamma, bool probabilities);
+#endif
+
 /// Elementwise sigmoid focal loss on logits (torchvision.ops.sigmoid_focal_loss, reduction none).
 torch::Tensor sigmoidFocalLoss(const torch::Tensor& logits, const torch::Tensor& targets, double alpha, double gamma);
 

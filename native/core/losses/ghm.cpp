@@ -69,13 +69,13 @@ std::pair<torch::Tensor, torch::Tensor> binsAndCounts(const torch::Tensor& g, co
     for (int64_t k = 0; k < bins; ++k) c[k] = static_cast<double>(counts[static_cast<size_t>(k)]);
     return {bin, c};
   }
-  // generic (CUDA): bucketize + scatter_add on the device, no host sync
+  // generic (CUDA): bucketize, then a histogram of the integer bin ids (histc's shared-memory kernel;
+  // scatter_add's atomics on a dozen addresses serialise), float64 so counts stay exact past 2^24;
+  // no host sync
   auto bin = torch::bucketize(g, edges, /*out_int32=*/false, /*right=*/true) - 1;
   const auto inBin = valid & (bin >= 0) & (bin < bins);
   bin = torch::where(inBin, bin, torch::full_like(bin, bins)).reshape({-1});
-  const auto counts = torch::zeros({bins + 1}, g.options().dtype(torch::kFloat64))
-                          .scatter_add(0, bin, inBin.reshape({-1}).to(torch::kFloat64))
-                          .narrow(0, 0, bins);
+  const auto counts = torch::histc(bin.to(torch::kFloat64), bins + 1, 0, static_cast<double>(bins + 1)).narrow(0, 0, bins);
   return {bin, counts};
 }
 
