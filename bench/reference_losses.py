@@ -42,12 +42,18 @@ def main():
         (c + r).backward()
 
     print(json.dumps({"loss": "Focal (pytorch-retinanet per-image loop)", "ms": timed(focal, device, warmup, iters)}), flush=True)
-    target = t["ghm_target"]
-    weight = t["ghm_weight"]
+    labels = t["ghm_labels"].view(-1)
+    row_weight = t["ghm_row_weight"].view(-1)
+    C = logits.shape[-1]
     ghmc = GHMC(10, 0.75)
 
     def run_ghmc():
-        ghmc(logits.view(-1, logits.shape[-1]), target.view(-1, target.shape[-1]), weight.view(-1, weight.shape[-1])).backward()
+        # mmdetection's GHMC receives labels and expands them to one-hot inside the loss
+        target = torch.zeros(labels.numel(), C, device=labels.device)
+        inds = torch.nonzero((labels >= 0) & (labels < C)).squeeze(1)
+        target[inds, labels[inds]] = 1
+        weight = row_weight.view(-1, 1).expand(-1, C)
+        ghmc(logits.view(-1, C), target, weight).backward()
 
     print(json.dumps({"loss": "GHM-C (authors' per-bin loop)", "ms": timed(run_ghmc, device, warmup, iters)}), flush=True)
     deltas = t["ghm_deltas"]

@@ -26,6 +26,7 @@ export interface NativeBinding {
   setNumThreads(threads: number): void;
   manualSeed(seed: number): void;
   setTf32(enabled: boolean): void;
+  synchronize(): void;
 
   tensorFromArray(data: NativeTypedArray, shape: number[], dtype: string, device: string): NativeTensor;
   tensorShape(t: NativeTensor): number[];

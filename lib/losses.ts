@@ -223,7 +223,9 @@ abstract class GhmLoss {
 }
 
 /**
- * GHM-C: pred `[..., C]` logits, target `[..., C]` 0/1, labelWeight `[..., C]` (> 0 counts).
+ * GHM-C: pred `[..., C]` logits with either target `[..., C]` 0/1 and labelWeight `[..., C]`
+ * (> 0 counts), or — mmdetection's labels form, fused and much faster — target `[...]` integer class
+ * indices (anything outside 0…C−1 is background) and labelWeight `[...]` per row.
  * mmdetection / the GHM authors' semantics, vectorised.
  */
 export class GHMC extends GhmLoss {

@@ -39,3 +39,11 @@ export function setTf32(enabled: boolean): void {
   if (typeof enabled !== 'boolean') throw invalid('enabled', 'a boolean', enabled);
   native().setTf32(enabled);
 }
+
+/**
+ * Waits until every queued CUDA kernel has finished (no-op without CUDA). Promises of onestage
+ * resolve when their work is queued on the GPU; call this before reading a clock.
+ */
+export function synchronize(): void {
+  native().synchronize();
+}

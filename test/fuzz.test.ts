@@ -41,6 +41,7 @@ function validArgs(): Record<keyof NativeBinding, Args> {
     setNumThreads: [2],
     manualSeed: [7],
     setTf32: [false],
+    synchronize: [],
     tensorFromArray: [new Float32Array(4), [2, 2], 'float32', 'cpu'],
     tensorShape: [t],
     tensorDtype: [t],

@@ -7,7 +7,7 @@
 import test from 'ava';
 import * as path from 'node:path';
 import { buildInfo, FocalLoss, GHMC, GHMR, MaxIoUAssigner, RetinaNetLoss, setTf32, sigmoidFocalLoss, Tensor } from '../lib';
-import { Bundle, BundleEntry, fromTensor, readBundle, toTensor, writeBundle } from './helpers/bundle';
+import { Bundle, fromTensor, readBundle, toTensor, writeBundle } from './helpers/bundle';
 import { assertClose } from './helpers/close';
 import { runReference, tempDir } from './helpers/python';
 import { Rng } from './helpers/random';
@@ -157,9 +157,28 @@ test('ghm: random inputs over three momentum calls equal the authors\' per-bin l
   }
 });
 
-function entry(data: number[], shape: number[]): BundleEntry {
-  return { shape, dtype: 'float32', data: Float32Array.from(data) };
-}
+test('ghmc: the fused labels form equals the one-hot form, values, gradients and momentum state', async (t) => {
+  const rng = new Rng(21);
+  const [R, C] = [3000, 7];
+  const dense = new GHMC({ momentum: 0.75 });
+  const fused = new GHMC({ momentum: 0.75 });
+  for (let call = 0; call < 3; call++) {
+    const x = rng.normal(R * C, 3);
+    const labels = Int32Array.from(rng.int(R, -1, C));
+    const rowWeight = Float32Array.from(rng.uniform(R), (v) => (v < 0.85 ? 1 : 0));
+    const onehot = Float32Array.from({ length: R * C }, (_, i) => (labels[Math.floor(i / C)] === i % C ? 1 : 0));
+    const weight = Float32Array.from({ length: R * C }, (_, i) => rowWeight[Math.floor(i / C)]);
+    const a = Tensor.from(x, [R, C]).setRequiresGrad();
+    const b = Tensor.from(x, [R, C]).setRequiresGrad();
+    const la = await dense.forward(a, Tensor.from(onehot, [R, C]), Tensor.from(weight, [R, C]));
+    const lb = await fused.forward(b, Tensor.from(BigInt64Array.from(labels, BigInt), [R]), Tensor.from(rowWeight, [R]));
+    assertClose(t, fromTensor(lb), fromTensor(la), { name: `loss ${call}`, rtol: 1e-5, atol: 1e-7 });
+    const [ga] = await withGrads([la], [a]);
+    const [gb] = await withGrads([lb], [b]);
+    assertClose(t, fromTensor(gb), fromTensor(ga), { name: `grad ${call}`, rtol: 1e-5, atol: 1e-9 });
+  }
+  assertClose(t, { shape: [10], data: fused.accSum! }, { shape: [10], data: dense.accSum! }, { name: 'accSum', rtol: 1e-12, atol: 0 });
+});
 
 test('ghmc: all gradients in one bin reduce to the mean binary cross-entropy; the first momentum step uses (1 − m)·count', async (t) => {
   // every |σ(x) − y| is the same, so every element falls in one bin: weight = tot / count / 1 = 1

@@ -42,12 +42,20 @@ Napi::Value SetTf32(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value Synchronize(const Napi::CallbackInfo& info) {
+#ifdef ONESTAGE_WITH_CUDA
+  if (torch::cuda::is_available()) torch::cuda::synchronize();
+#endif
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   initAddonData(env);
   exportFunction<BuildInfo>(env, exports, "buildInfo");
   exportFunction<SetNumThreads>(env, exports, "setNumThreads");
   exportFunction<ManualSeed>(env, exports, "manualSeed");
   exportFunction<SetTf32>(env, exports, "setTf32");
+  exportFunction<Synchronize>(env, exports, "synchronize");
   registerTensorExports(env, exports);
   registerModelExports(env, exports);
   registerGeometryExports(env, exports);

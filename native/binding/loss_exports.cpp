@@ -99,8 +99,10 @@ Napi::Value GhmForwardAsync(const Napi::CallbackInfo& info) {
   return tensorPromise(info.Env(), [g, pred, target, weight] {
     const c10::DeviceGuard guard(pred.device());
     std::lock_guard<std::mutex> lock(g->mutex);
-    return g->regression ? ghmrLoss(pred, target, weight, g->options, g->state)
-                         : ghmcLoss(pred, target, weight, g->options, g->state);
+    if (g->regression) return ghmrLoss(pred, target, weight, g->options, g->state);
+    // mmdetection's labels form: target = class index per row (one dimension fewer than pred)
+    if (target.dim() == pred.dim() - 1) return ghmcLossLabels(pred, target, weight, g->options, g->state);
+    return ghmcLoss(pred, target, weight, g->options, g->state);
   });
 }
 

@@ -28,6 +28,23 @@ struct GhmState {
 torch::Tensor ghmcLoss(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& labelWeight,
                        const GhmOptions& opts, GhmState& state);
 
+/// GHM-C in mmdetection's labels form, fused: pred [R, C] logits, labels [R] int64 (class index;
+/// anything else, e.g. −1, is background), labelWeight [R] (> 0: all C elements of the row count).
+/// Equal to ghmcLoss on the one-hot expansion; two passes forward, one backward, no [R, C] temporaries.
+torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& labels, const torch::Tensor& labelWeight,
+                             const GhmOptions& opts, GhmState& state);
+
+#ifdef ONESTAGE_WITH_CUDA
+/// CUDA halves of ghmcLossLabels (ghm_cuda.cu). counts: float64 [bins]; terms: weighted BCE [R, C];
+/// grad: scale[0] · w · (σ(x) − t).
+torch::Tensor ghmcCountsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
+                             const torch::Tensor& edges, int64_t bins);
+torch::Tensor ghmcTermsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
+                            const torch::Tensor& edges, const torch::Tensor& table, int64_t bins);
+torch::Tensor ghmcGradCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
+                           const torch::Tensor& edges, const torch::Tensor& table, const torch::Tensor& scale, int64_t bins);
+#endif
+
 /// GHM-R: pred [..., 4], target same shape (encoded deltas), labelWeight same shape.
 torch::Tensor ghmrLoss(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& labelWeight,
                        const GhmOptions& opts, GhmState& state);

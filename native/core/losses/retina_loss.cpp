@@ -49,12 +49,12 @@ LossParts RetinaLoss::forward(const torch::Tensor& cls, const torch::Tensor& reg
   focal.regression = o.regression == "ghmr" ? "none" : o.regression;
   LossParts out = focalLoss(cls, reg, anchors, a, focal);
   if (o.classification == "ghmc") {
-    const auto target = oneHotTargets(a.labels, cls.size(2), cls.scalar_type());
-    const auto weight = (a.labels != -2).unsqueeze(-1).expand_as(cls).to(cls.scalar_type());
+    // labels form (fused): −1 background, −2 ignored (weight 0)
+    const auto weight = (a.labels != -2).to(cls.scalar_type());
     const auto opts = o.ghmc;
-    out.cls = overLevels(o.ghmPerLevel, levelSizes, ghmc_, cls, target, weight,
+    out.cls = overLevels(o.ghmPerLevel, levelSizes, ghmc_, cls, a.labels, weight,
                          [&](const torch::Tensor& p, const torch::Tensor& t, const torch::Tensor& w, GhmState& s) {
-                           return ghmcLoss(p, t, w, opts, s);
+                           return ghmcLossLabels(p, t, w, opts, s);
                          });
   }
   if (o.regression == "ghmr") {

@@ -1,0 +1,34 @@
+// Per-element GHM-C pieces shared by the CPU loops (ghm.cpp) and the CUDA kernels (ghm_cuda.cu)
+// for the fused labels form: target t = (label == class), gradient norm g = |σ(x) − t|, its bin
+// (edges[i] ≤ g < edges[i+1], −1 outside), and binary cross-entropy with logits in PyTorch's stable form.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define ONESTAGE_HD __host__ __device__
+#else
+#define ONESTAGE_HD
+#endif
+
+namespace onestage {
+
+ONESTAGE_HD inline float ghmSigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+
+/// Bin of g among `bins` uniform float32 edges (edges[bins] may be past 1); −1 when outside or NaN.
+ONESTAGE_HD inline int64_t ghmBin(float g, const float* e, int64_t bins) {
+  if (!(g >= e[0]) || !(g < e[bins])) return -1;
+  const float scaled = g * static_cast<float>(bins);
+  int64_t b = scaled >= static_cast<float>(bins) ? bins - 1 : static_cast<int64_t>(scaled);
+  while (b > 0 && g < e[b]) --b;
+  while (b < bins - 1 && g >= e[b + 1]) ++b;
+  return b;
+}
+
+/// binary_cross_entropy_with_logits(x, t) as PyTorch computes it.
+ONESTAGE_HD inline float bceWithLogits(float x, float t) {
+  const float m = fmaxf(-x, 0.f);
+  return (1.f - t) * x + m + logf(expf(-m) + expf(-x - m));
+}
+
+}  // namespace onestage
