@@ -157,7 +157,7 @@ test('ghm: random inputs over three momentum calls equal the authors\' per-bin l
   }
 });
 
-test('ghmc: the fused labels form equals the one-hot form, values, gradients and momentum state', async (t) => {
+for (const device of devices) test(`ghmc: the labels form (fused on CUDA) equals the one-hot form, values, gradients and momentum state (${device})`, async (t) => {
   const rng = new Rng(21);
   const [R, C] = [3000, 7];
   const dense = new GHMC({ momentum: 0.75 });
@@ -168,10 +168,10 @@ test('ghmc: the fused labels form equals the one-hot form, values, gradients and
     const rowWeight = Float32Array.from(rng.uniform(R), (v) => (v < 0.85 ? 1 : 0));
     const onehot = Float32Array.from({ length: R * C }, (_, i) => (labels[Math.floor(i / C)] === i % C ? 1 : 0));
     const weight = Float32Array.from({ length: R * C }, (_, i) => rowWeight[Math.floor(i / C)]);
-    const a = Tensor.from(x, [R, C]).setRequiresGrad();
-    const b = Tensor.from(x, [R, C]).setRequiresGrad();
-    const la = await dense.forward(a, Tensor.from(onehot, [R, C]), Tensor.from(weight, [R, C]));
-    const lb = await fused.forward(b, Tensor.from(BigInt64Array.from(labels, BigInt), [R]), Tensor.from(rowWeight, [R]));
+    const a = Tensor.from(x, [R, C], { device }).setRequiresGrad();
+    const b = Tensor.from(x, [R, C], { device }).setRequiresGrad();
+    const la = await dense.forward(a, Tensor.from(onehot, [R, C], { device }), Tensor.from(weight, [R, C], { device }));
+    const lb = await fused.forward(b, Tensor.from(BigInt64Array.from(labels, BigInt), [R], { device }), Tensor.from(rowWeight, [R], { device }));
     assertClose(t, fromTensor(lb), fromTensor(la), { name: `loss ${call}`, rtol: 1e-5, atol: 1e-7 });
     const [ga] = await withGrads([la], [a]);
     const [gb] = await withGrads([lb], [b]);

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "core/errors.h"
-#include "core/losses/ghm_math.h"
 #include "core/tensor_types.h"
 
 namespace onestage {
@@ -80,26 +79,34 @@ std::pair<torch::Tensor, torch::Tensor> binsAndCounts(const torch::Tensor& g, co
   return {bin, counts};
 }
 
-/// Per-element harmonising weights for gradient norms g (detached), valid mask, total `tot`.
-torch::Tensor ghmWeights(const torch::Tensor& g, const torch::Tensor& valid, const torch::Tensor& tot, const GhmOptions& o,
-                         double lastEdge, bool addToLast, GhmState& state) {
-  const auto f32 = g.options();
-  auto edges = torch::arange(o.bins + 1, f32) / static_cast<double>(o.bins);
-  if (addToLast) edges[o.bins] += lastEdge;
-  else edges[o.bins] = lastEdge;
-  const auto [bin, counts] = binsAndCounts(g, valid, edges, o.bins);
+torch::Tensor ghmEdges(int64_t bins, double extra, bool addToLast, const torch::TensorOptions& f32) {
+  auto edges = torch::arange(bins + 1, f32) / static_cast<double>(bins);
+  if (addToLast) edges[bins] += extra;
+  else edges[bins] = extra;
+  return edges;
+}
+
+/// The per-bin weight table [bins] (float32, already divided by the non-empty bin count), updating the EMA.
+torch::Tensor ghmTable(const torch::Tensor& counts, const torch::Tensor& tot, const GhmOptions& o, GhmState& state,
+                       const torch::TensorOptions& f32) {
   const auto nonEmpty = counts > 0;
   torch::Tensor denom = counts;
   if (o.momentum > 0) {
-    state.ensure(o.bins, g.device());
+    state.ensure(o.bins, counts.device());
     state.accSum = torch::where(nonEmpty, o.momentum * state.accSum + (1 - o.momentum) * counts, state.accSum);
     denom = state.accSum;
   }
   const auto n = nonEmpty.sum().to(f32.dtype()).clamp_min(1.0);
-  const auto perBin = torch::where(nonEmpty, tot / denom.clamp_min(1e-300), torch::zeros_like(denom)).to(f32.dtype());
-  // weight of bin i = perBin_i / n (the authors divide the float32 weights by the bin count n)
-  const auto table = torch::cat({perBin, torch::zeros({1}, f32)}) / n;
-  return table.index_select(0, bin).view(g.sizes());
+  return torch::where(nonEmpty, tot / denom.clamp_min(1e-300), torch::zeros_like(denom)).to(f32.dtype()) / n;
+}
+
+/// Per-element harmonising weights for gradient norms g (detached), valid mask, total `tot`.
+torch::Tensor ghmWeights(const torch::Tensor& g, const torch::Tensor& valid, const torch::Tensor& tot, const GhmOptions& o,
+                         double lastEdge, bool addToLast, GhmState& state) {
+  const auto edges = ghmEdges(o.bins, lastEdge, addToLast, g.options());
+  const auto [bin, counts] = binsAndCounts(g, valid, edges, o.bins);
+  const auto table = ghmTable(counts, tot, o, state, g.options());
+  return torch::cat({table, torch::zeros({1}, g.options())}).index_select(0, bin).view(g.sizes());
 }
 
 }  // namespace
@@ -122,94 +129,28 @@ torch::Tensor ghmcLoss(const torch::Tensor& pred, const torch::Tensor& targetIn,
 
 namespace {
 
-torch::Tensor ghmEdges(int64_t bins, double extra, bool addToLast, const torch::TensorOptions& f32) {
-  auto edges = torch::arange(bins + 1, f32) / static_cast<double>(bins);
-  if (addToLast) edges[bins] += extra;
-  else edges[bins] = extra;
-  return edges;
-}
-
-/// The per-bin weight table [bins] (float32, already divided by the non-empty bin count), updating the EMA.
-torch::Tensor ghmTable(const torch::Tensor& counts, const torch::Tensor& tot, const GhmOptions& o, GhmState& state,
-                       const torch::TensorOptions& f32) {
-  const auto nonEmpty = counts > 0;
-  torch::Tensor denom = counts;
-  if (o.momentum > 0) {
-    state.ensure(o.bins, counts.device());
-    state.accSum = torch::where(nonEmpty, o.momentum * state.accSum + (1 - o.momentum) * counts, state.accSum);
-    denom = state.accSum;
-  }
-  const auto n = nonEmpty.sum().to(f32.dtype()).clamp_min(1.0);
-  return torch::where(nonEmpty, tot / denom.clamp_min(1e-300), torch::zeros_like(denom)).to(f32.dtype()) / n;
-}
-
-struct GhmcCpu {
-  const float* x;
-  const int64_t* labels;
-  const bool* valid;
-  const float* edges;
-  int64_t bins, C;
-};
-
+#ifdef ONESTAGE_WITH_CUDA
+/// The fused labels form on CUDA: counts, weighted BCE terms and gradient in three kernels.
 class GhmcLabelsFunction : public torch::autograd::Function<GhmcLabelsFunction> {
  public:
-  /// x [R, C] float32, labels [R] int64, valid [R] bool, edges [bins+1], table [bins], tot scalar f32.
+  /// x [R, C] float32 CUDA, labels [R] int64, valid [R] bool, edges [bins+1], table [bins], tot scalar f32.
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& labels,
                                const torch::Tensor& valid, const torch::Tensor& edges, const torch::Tensor& table,
                                const torch::Tensor& tot, int64_t bins) {
     ctx->save_for_backward({x, labels, valid, edges, table, tot});
     ctx->saved_data["bins"] = bins;
-    torch::Tensor terms;
-#ifdef ONESTAGE_WITH_CUDA
-    if (x.is_cuda()) terms = ghmcTermsCuda(x, labels, valid, edges, table, bins);
-#endif
-    if (!terms.defined()) {
-      terms = torch::empty_like(x);
-      const GhmcCpu d{x.data_ptr<float>(), labels.data_ptr<int64_t>(), valid.data_ptr<bool>(), edges.data_ptr<float>(), bins, x.size(1)};
-      const float* tb = table.data_ptr<float>();
-      float* out = terms.data_ptr<float>();
-      at::parallel_for(0, x.size(0), 256, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r)
-          for (int64_t c = 0; c < d.C; ++c) {
-            const int64_t i = r * d.C + c;
-            const float t = d.labels[r] == c ? 1.f : 0.f;
-            const int64_t b = d.valid[r] ? ghmBin(std::fabs(ghmSigmoid(d.x[i]) - t), d.edges, bins) : -1;
-            out[i] = b < 0 ? 0.f : tb[b] * bceWithLogits(d.x[i], t);
-          }
-      });
-    }
-    return terms.sum() / tot;
+    return ghmcTermsCuda(x, labels, valid, edges, table, bins).sum() / tot;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     const auto s = ctx->get_saved_variables();
-    const auto& x = s[0];
     const int64_t bins = ctx->saved_data["bins"].toInt();
     const auto scale = (grads[0] / s[5]).to(torch::kFloat32).reshape({1}).contiguous();
-    torch::Tensor g;
-#ifdef ONESTAGE_WITH_CUDA
-    if (x.is_cuda()) g = ghmcGradCuda(x, s[1], s[2], s[3], s[4], scale, bins);
-#endif
-    if (!g.defined()) {
-      g = torch::empty_like(x);
-      const GhmcCpu d{x.data_ptr<float>(), s[1].data_ptr<int64_t>(), s[2].data_ptr<bool>(), s[3].data_ptr<float>(), bins, x.size(1)};
-      const float* tb = s[4].data_ptr<float>();
-      const float k = scale.item<float>();
-      float* out = g.data_ptr<float>();
-      at::parallel_for(0, x.size(0), 256, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r)
-          for (int64_t c = 0; c < d.C; ++c) {
-            const int64_t i = r * d.C + c;
-            const float t = d.labels[r] == c ? 1.f : 0.f;
-            const float p = ghmSigmoid(d.x[i]);
-            const int64_t b = d.valid[r] ? ghmBin(std::fabs(p - t), d.edges, bins) : -1;
-            out[i] = b < 0 ? 0.f : k * tb[b] * (p - t);
-          }
-      });
-    }
-    return {g, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {ghmcGradCuda(s[0], s[1], s[2], s[3], s[4], scale, bins), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
+#endif
 
 }  // namespace
 
@@ -223,51 +164,28 @@ torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& lab
   if (labelsIn.is_floating_point() || labelsIn.scalar_type() == torch::kBool) throw TypeError("GHMC: labels must be integers");
   if (labelsIn.device() != pred.device() || labelWeight.device() != pred.device())
     throw TypeError("GHMC: pred, labels and labelWeight must be on one device");
-  if (o.bins < 1 || o.bins > 1024) throw RangeError("GHMC: bins must be between 1 and 1024");
-  if (pred.scalar_type() != torch::kFloat32) {
-    // other dtypes: expand to one-hot and use the generic path
-    const int64_t C = pred.size(-1);
-    const auto lab = labelsIn.to(torch::kInt64);
-    const auto target = (lab.unsqueeze(-1) == torch::arange(C, lab.options())).to(pred.scalar_type());
-    return ghmcLoss(pred, target, labelWeight.unsqueeze(-1).expand_as(pred), o, state);
-  }
+  if (o.bins < 1 || o.bins > 100000) throw RangeError("GHMC: bins must be between 1 and 100000");
   const int64_t C = pred.size(-1);
-  const auto x = pred.reshape({-1, C}).contiguous();
-  const auto labels = labelsIn.to(torch::kInt64).reshape({-1}).contiguous();
-  const auto valid = (labelWeight > 0).reshape({-1}).contiguous();
-  const auto f32 = x.options();
-  torch::Tensor edges, table, tot;
-  {
-    torch::NoGradGuard noGrad;
-    edges = ghmEdges(o.bins, 1e-6, true, f32);
-    tot = (valid.sum().to(torch::kFloat64) * static_cast<double>(C)).clamp_min(1.0);
-    torch::Tensor counts;
 #ifdef ONESTAGE_WITH_CUDA
-    if (x.is_cuda()) counts = ghmcCountsCuda(x.detach(), labels, valid, edges, o.bins);
-#endif
-    if (!counts.defined()) {
-      const GhmcCpu d{x.data_ptr<float>(), labels.data_ptr<int64_t>(), valid.data_ptr<bool>(), edges.data_ptr<float>(), o.bins, C};
-      std::vector<int64_t> total(static_cast<size_t>(o.bins), 0);
-      std::mutex merge;
-      at::parallel_for(0, x.size(0), 256, [&](int64_t begin, int64_t end) {
-        std::vector<int64_t> local(static_cast<size_t>(o.bins), 0);
-        for (int64_t r = begin; r < end; ++r) {
-          if (!d.valid[r]) continue;
-          for (int64_t c = 0; c < C; ++c) {
-            const float t = d.labels[r] == c ? 1.f : 0.f;
-            const int64_t b = ghmBin(std::fabs(ghmSigmoid(d.x[r * C + c]) - t), d.edges, o.bins);
-            if (b >= 0) ++local[static_cast<size_t>(b)];
-          }
-        }
-        std::lock_guard<std::mutex> lock(merge);
-        for (size_t k = 0; k < local.size(); ++k) total[k] += local[k];
-      });
-      counts = torch::empty({o.bins}, torch::kFloat64);
-      for (int64_t k = 0; k < o.bins; ++k) counts[k] = static_cast<double>(total[static_cast<size_t>(k)]);
+  if (pred.is_cuda() && pred.scalar_type() == torch::kFloat32) {
+    const auto x = pred.reshape({-1, C}).contiguous();
+    const auto labels = labelsIn.to(torch::kInt64).reshape({-1}).contiguous();
+    const auto valid = (labelWeight > 0).reshape({-1}).contiguous();
+    torch::Tensor edges, table, tot;
+    {
+      torch::NoGradGuard noGrad;
+      edges = ghmEdges(o.bins, 1e-6, true, x.options());
+      tot = (valid.sum().to(torch::kFloat64) * static_cast<double>(C)).clamp_min(1.0);
+      table = ghmTable(ghmcCountsCuda(x.detach(), labels, valid, edges, o.bins), tot, o, state, x.options()).contiguous();
     }
-    table = ghmTable(counts, tot, o, state, f32).contiguous();
+    return GhmcLabelsFunction::apply(x, labels, valid, edges, table, tot.to(torch::kFloat32), o.bins) * o.lossWeight;
   }
-  return GhmcLabelsFunction::apply(x, labels, valid, edges, table, tot.to(torch::kFloat32), o.bins) * o.lossWeight;
+#endif
+  // CPU (and other dtypes): the one-hot expansion through LibTorch's vectorised kernels is faster
+  // here than a scalar fused loop
+  const auto lab = labelsIn.to(torch::kInt64);
+  const auto target = (lab.unsqueeze(-1) == torch::arange(C, lab.options())).to(pred.scalar_type());
+  return ghmcLoss(pred, target, labelWeight.unsqueeze(-1).expand_as(pred), o, state);
 }
 
 torch::Tensor ghmrLoss(const torch::Tensor& pred, const torch::Tensor& targetIn, const torch::Tensor& labelWeight,

@@ -30,7 +30,8 @@ torch::Tensor ghmcLoss(const torch::Tensor& pred, const torch::Tensor& target, c
 
 /// GHM-C in mmdetection's labels form, fused: pred [R, C] logits, labels [R] int64 (class index;
 /// anything else, e.g. −1, is background), labelWeight [R] (> 0: all C elements of the row count).
-/// Equal to ghmcLoss on the one-hot expansion; two passes forward, one backward, no [R, C] temporaries.
+/// Equal to ghmcLoss on the one-hot expansion. On CUDA fused: two passes forward, one backward, no
+/// [R, C] temporaries (bins ≤ 1024, a shared-memory histogram); on CPU the expansion is used.
 torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& labels, const torch::Tensor& labelWeight,
                              const GhmOptions& opts, GhmState& state);
 
