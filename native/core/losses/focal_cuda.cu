@@ -10,20 +10,24 @@ namespace onestage {
 
 namespace {
 
-__global__ void focalTermKernel(const float* __restrict__ x, const int64_t* __restrict__ labels, int64_t total, int64_t C,
+// Index: int32_t when the tensor has fewer than 2^31 elements (64-bit division is emulated on the GPU)
+template <typename Index>
+__global__ void focalTermKernel(const float* __restrict__ x, const int64_t* __restrict__ labels, Index total, Index C,
                                 FocalTerm f, float* __restrict__ out) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t label = labels[i / C];
-    out[i] = label == -2 ? 0.f : f.value(x[i], label == i % C);
+  for (Index i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+    const Index row = i / C;
+    const int64_t label = labels[row];
+    out[i] = label == -2 ? 0.f : f.value(x[i], label == i - row * C);
   }
 }
 
+template <typename Index>
 __global__ void focalGradKernel(const float* __restrict__ x, const int64_t* __restrict__ labels, const float* __restrict__ scale,
-                                int64_t total, int64_t C, int64_t N, FocalTerm f, float* __restrict__ grad) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / C;
+                                Index total, Index C, Index N, FocalTerm f, float* __restrict__ grad) {
+  for (Index i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+    const Index row = i / C;
     const int64_t label = labels[row];
-    grad[i] = label == -2 ? 0.f : scale[row / N] * f.derivative(x[i], label == i % C);
+    grad[i] = label == -2 ? 0.f : scale[row / N] * f.derivative(x[i], label == i - row * C);
   }
 }
 
@@ -42,8 +46,14 @@ at::Tensor focalTermCuda(const at::Tensor& xIn, const at::Tensor& labelsIn, doub
   const int64_t total = x.numel();
   if (total == 0) return out;
   const FocalTerm f{static_cast<float>(alpha), static_cast<float>(gamma), probabilities};
-  focalTermKernel<<<blocksFor(total), 256, 0, at::cuda::getCurrentCUDAStream()>>>(x.data_ptr<float>(), labels.data_ptr<int64_t>(),
-                                                                                  total, x.size(2), f, out.data_ptr<float>());
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (total < INT32_MAX)
+    focalTermKernel<int32_t><<<blocksFor(total), 256, 0, stream>>>(x.data_ptr<float>(), labels.data_ptr<int64_t>(),
+                                                                   static_cast<int32_t>(total), static_cast<int32_t>(x.size(2)), f,
+                                                                   out.data_ptr<float>());
+  else
+    focalTermKernel<int64_t><<<blocksFor(total), 256, 0, stream>>>(x.data_ptr<float>(), labels.data_ptr<int64_t>(), total, x.size(2),
+                                                                   f, out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -58,9 +68,15 @@ at::Tensor focalGradCuda(const at::Tensor& xIn, const at::Tensor& labelsIn, cons
   const int64_t total = x.numel();
   if (total == 0) return grad;
   const FocalTerm f{static_cast<float>(alpha), static_cast<float>(gamma), probabilities};
-  focalGradKernel<<<blocksFor(total), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      x.data_ptr<float>(), labels.data_ptr<int64_t>(), scale.data_ptr<float>(), total, x.size(2), labels.size(1), f,
-      grad.data_ptr<float>());
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (total < INT32_MAX)
+    focalGradKernel<int32_t><<<blocksFor(total), 256, 0, stream>>>(
+        x.data_ptr<float>(), labels.data_ptr<int64_t>(), scale.data_ptr<float>(), static_cast<int32_t>(total),
+        static_cast<int32_t>(x.size(2)), static_cast<int32_t>(labels.size(1)), f, grad.data_ptr<float>());
+  else
+    focalGradKernel<int64_t><<<blocksFor(total), 256, 0, stream>>>(x.data_ptr<float>(), labels.data_ptr<int64_t>(),
+                                                                   scale.data_ptr<float>(), total, x.size(2), labels.size(1), f,
+                                                                   grad.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad;
 }

@@ -150,6 +150,28 @@ class GhmcLabelsFunction : public torch::autograd::Function<GhmcLabelsFunction> 
             torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
+
+/// The fused GHM-R on CUDA: counts, terms and gradient in three kernels (gradient w.r.t. pred only).
+class GhmrFunction : public torch::autograd::Function<GhmrFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& pred, const torch::Tensor& target,
+                               const torch::Tensor& weight, const torch::Tensor& edges, const torch::Tensor& table,
+                               const torch::Tensor& tot, double mu, int64_t bins) {
+    ctx->save_for_backward({pred, target, weight, edges, table, tot});
+    ctx->saved_data["bins"] = bins;
+    ctx->saved_data["mu"] = mu;
+    return ghmrTermsCuda(pred, target, weight, mu, edges, table, bins).sum() / tot;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const int64_t bins = ctx->saved_data["bins"].toInt();
+    const double mu = ctx->saved_data["mu"].toDouble();
+    const auto scale = (grads[0] / s[5]).to(torch::kFloat32).reshape({1}).contiguous();
+    return {ghmrGradCuda(s[0], s[1], s[2], mu, s[3], s[4], scale, bins), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
 #endif
 
 }  // namespace
@@ -192,6 +214,21 @@ torch::Tensor ghmrLoss(const torch::Tensor& pred, const torch::Tensor& targetIn,
                        const GhmOptions& o, GhmState& state) {
   checkGhmInputs(pred, targetIn, labelWeight, o, "GHMR");
   const auto target = targetIn.to(pred.scalar_type());
+#ifdef ONESTAGE_WITH_CUDA
+  if (pred.is_cuda() && pred.scalar_type() == torch::kFloat32 && o.bins <= 1024) {
+    const auto p = pred.contiguous();
+    const auto t = target.detach().contiguous();
+    const auto w = labelWeight.detach().to(torch::kFloat32).contiguous();
+    torch::Tensor edges, table, tot;
+    {
+      torch::NoGradGuard noGrad;
+      edges = ghmEdges(o.bins, 1e3, false, p.options());
+      tot = w.sum().to(torch::kFloat64).clamp_min(1.0);
+      table = ghmTable(ghmrCountsCuda(p.detach(), t, w, o.mu, edges, o.bins), tot, o, state, p.options()).contiguous();
+    }
+    return GhmrFunction::apply(p, t, w, edges, table, tot.to(torch::kFloat32), o.mu, o.bins) * o.lossWeight;
+  }
+#endif
   const double mu2 = o.mu * o.mu;
   const auto diff = pred - target;
   const auto loss = torch::sqrt(diff * diff + mu2) - o.mu;

@@ -44,6 +44,13 @@ torch::Tensor ghmcTermsCuda(const torch::Tensor& x, const torch::Tensor& labels,
                             const torch::Tensor& edges, const torch::Tensor& table, int64_t bins);
 torch::Tensor ghmcGradCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
                            const torch::Tensor& edges, const torch::Tensor& table, const torch::Tensor& scale, int64_t bins);
+/// CUDA halves of the fused GHM-R (float32 contiguous pred, target, weight of one shape).
+torch::Tensor ghmrCountsCuda(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight, double mu,
+                             const torch::Tensor& edges, int64_t bins);
+torch::Tensor ghmrTermsCuda(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight, double mu,
+                            const torch::Tensor& edges, const torch::Tensor& table, int64_t bins);
+torch::Tensor ghmrGradCuda(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight, double mu,
+                           const torch::Tensor& edges, const torch::Tensor& table, const torch::Tensor& scale, int64_t bins);
 #endif
 
 /// GHM-R: pred [..., 4], target same shape (encoded deltas), labelWeight same shape.
