@@ -213,7 +213,7 @@ torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& lab
 torch::Tensor ghmrLoss(const torch::Tensor& pred, const torch::Tensor& targetIn, const torch::Tensor& labelWeight,
                        const GhmOptions& o, GhmState& state) {
   checkGhmInputs(pred, targetIn, labelWeight, o, "GHMR");
-  const auto target = targetIn.to(pred.scalar_type());
+  const auto target = targetIn.to(pred.scalar_type()).detach();  // regression targets are constants
 #ifdef ONESTAGE_WITH_CUDA
   if (pred.is_cuda() && pred.scalar_type() == torch::kFloat32 && o.bins <= 1024) {
     const auto p = pred.contiguous();

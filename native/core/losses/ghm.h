@@ -53,7 +53,8 @@ torch::Tensor ghmrGradCuda(const torch::Tensor& pred, const torch::Tensor& targe
                            const torch::Tensor& edges, const torch::Tensor& table, const torch::Tensor& scale, int64_t bins);
 #endif
 
-/// GHM-R: pred [..., 4], target same shape (encoded deltas), labelWeight same shape.
+/// GHM-R: pred [..., 4], target same shape (encoded deltas, no gradient), labelWeight same shape.
+/// Fused on CUDA (three kernels), LibTorch ops on CPU.
 torch::Tensor ghmrLoss(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& labelWeight,
                        const GhmOptions& opts, GhmState& state);
 
