@@ -80,6 +80,9 @@ export interface NativeBinding {
   retinaLossForwardAsync(loss: NativeLoss, cls: NativeTensor, reg: NativeTensor, anchors: NativeTensor, annotations: NativeTensor, levelSizes: number[]): Promise<Record<string, NativeTensor>>;
   retinaLossState(loss: NativeLoss): { ghmc: Array<NativeTensor | null>; ghmr: Array<NativeTensor | null> };
   retinaLossDispose(loss: NativeLoss): void;
+
+  collateImagesAsync(images: Uint8Array[], sizes: number[], height: number, width: number, mean: number[], std: number[], device: string): Promise<NativeTensor>;
+  contrastiveViewsAsync(images: NativeTensor, annotations: NativeTensor, factors: NativeTensor): Promise<NativeTensor>;
 }
 
 /** Opaque handle to a native model. */

@@ -12,3 +12,17 @@ export { generateAnchors, encodeBoxes, decodeBoxes, boxIou, clipBoxes, nms, batc
 export type { AnchorOptions, BoxCoderOptions } from './geometry';
 export { MaxIoUAssigner, FocalLoss, GHMC, GHMR, RetinaNetLoss, sigmoidFocalLoss } from './losses';
 export type { AssignerOptions, Assignment, FocalLossOptions, GhmOptions, GhmrOptions, RetinaNetLossOptions, DetectionLossInput, LossValue } from './losses';
+export { CocoDataset } from './data/coco';
+export type { CocoOptions } from './data/coco';
+export { CsvDataset } from './data/csv';
+export type { DetectionDataset, SampleRecord, SampleAnnotation, DataWarning } from './data/dataset';
+export { DataLoader, disposeBatch } from './data/loader';
+export type { Batch, LoaderOptions, SkippedSample } from './data/loader';
+export { loadImage, imageSize, BadSampleError } from './data/image';
+export type { DecodedImage, LoadImageOptions } from './data/image';
+export { resizeScale, scaledSize, transformBoxes, paddedSize, IMAGENET_MEAN, IMAGENET_STD } from './data/transforms';
+export type { TransformOptions } from './data/transforms';
+export { makeShapes, SHAPE_CLASSES } from './data/shapes';
+export type { ShapesOptions, ShapesResult } from './data/shapes';
+export { Rng } from './data/random';
+export { contrastiveViews } from './data/views';

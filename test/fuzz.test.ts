@@ -90,6 +90,8 @@ function validArgs(): Record<keyof NativeBinding, Args> {
     retinaLossForwardAsync: [retinaLoss, cls, reg, anchors2, annotations, []],
     retinaLossState: [retinaLoss],
     retinaLossDispose: [b.retinaLossCreate({})],
+    collateImagesAsync: [[new Uint8Array(12)], [2, 2], 4, 4, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2], 'cpu'],
+    contrastiveViewsAsync: [b.tensorFromArray(new Float32Array(3 * 8 * 8), [1, 3, 8, 8], 'float32', 'cpu'), annotations, b.tensorFromArray(new Float32Array([2]), [1], 'float32', 'cpu')],
   };
 }
 

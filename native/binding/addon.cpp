@@ -11,6 +11,7 @@ void registerTensorExports(Napi::Env env, Napi::Object exports);
 void registerModelExports(Napi::Env env, Napi::Object exports);
 void registerGeometryExports(Napi::Env env, Napi::Object exports);
 void registerLossExports(Napi::Env env, Napi::Object exports);
+void registerDataExports(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -60,6 +61,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   registerModelExports(env, exports);
   registerGeometryExports(env, exports);
   registerLossExports(env, exports);
+  registerDataExports(env, exports);
   return exports;
 }
 

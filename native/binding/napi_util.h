@@ -137,7 +137,14 @@ class PromiseWorker : public Napi::AsyncWorker {
   using Convert = std::function<Napi::Value(Napi::Env, Result&)>;
 
   static Napi::Promise start(Napi::Env env, Compute compute, Convert convert) {
+    return start(env, std::move(compute), std::move(convert), {});
+  }
+
+  /// `keep`: JavaScript values (e.g. typed arrays whose memory `compute` reads) held until completion;
+  /// the worker releases them on the main thread.
+  static Napi::Promise start(Napi::Env env, Compute compute, Convert convert, std::vector<Napi::Value> keep) {
     auto* worker = new PromiseWorker(env, std::move(compute), std::move(convert));  // deletes itself
+    for (auto& v : keep) worker->keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
     auto promise = worker->deferred_.Promise();
     worker->Queue();
     return promise;
@@ -176,6 +183,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   Convert convert_;
   Result result_{};
   std::exception_ptr error_;
+  std::vector<Napi::ObjectReference> keep_;
 };
 
 /// A promise for a tensor computed on the thread pool.

@@ -1,27 +1,2 @@
-/** Seeded pseudo-random numbers for test inputs (mulberry32 + Box–Muller): same seed, same inputs. */
-export class Rng {
-  private state: number;
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  /** Uniform in [0, 1). */
-  next(): number {
-    let z = (this.state = (this.state + 0x6d2b79f5) >>> 0);
-    z = Math.imul(z ^ (z >>> 15), z | 1);
-    z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
-    return ((z ^ (z >>> 14)) >>> 0) / 4294967296;
-  }
-  uniform(n: number, lo = 0, hi = 1): Float32Array {
-    return Float32Array.from({ length: n }, () => lo + (hi - lo) * this.next());
-  }
-  normal(n: number, std = 1): Float32Array {
-    return Float32Array.from({ length: n }, () => {
-      const u = 1 - this.next();
-      const v = this.next();
-      return std * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-    });
-  }
-  int(n: number, lo: number, hi: number): Int32Array {
-    return Int32Array.from({ length: n }, () => lo + Math.floor(this.next() * (hi - lo)));
-  }
-}
+/** Seeded test inputs: the library's generator (same seed, same inputs). */
+export { Rng } from '../../lib/data/random';

@@ -1,0 +1,291 @@
+/**
+ * DataLoader: an async iterator of padded, normalised batches. Decoding and resizing run
+ * concurrently on sharp's thread pool, batching on onestage's; a bounded queue of `prefetch` batches
+ * is prepared ahead, so memory stays bounded however long the dataset. Shuffling, aspect-ratio
+ * grouping (as pytorch-retinanet's sampler, without its wrap-around repeats) and every augmentation
+ * choice come from seeded generators: the same seed gives the same batches.
+ */
+import { native } from '../binding';
+import { checkDevice, Device, Tensor } from '../tensor';
+import { checkInteger, checkOneOf, checkOptions, invalid } from '../validate';
+import { DetectionDataset, SampleRecord } from './dataset';
+import { BadSampleError, imageSize, loadImage } from './image';
+import { Rng } from './random';
+import { IMAGENET_MEAN, IMAGENET_STD, paddedSize, resizeScale, scaledSize, TransformOptions, transformBoxes } from './transforms';
+
+export interface Batch {
+  /** `[B, 3, H, W]` float32, normalised, zero-padded (after normalisation) to a multiple of padMultiple. */
+  images: Tensor;
+  /** With `views: 2`: the contrastive second view, aligned with `images` (same boxes). */
+  views?: Tensor;
+  /** `[B, M, 5]` float32 x1, y1, x2, y2, label in input pixels; −1 rows pad; label −2 ignore regions. */
+  annotations: Tensor;
+  /** Resize factor of each image (original → input pixels). */
+  scales: number[];
+  /** Original `[height, width]` of each image. */
+  sizes: Array<[number, number]>;
+  /** `[height, width]` of each resized image inside the padded batch. */
+  inputSizes: Array<[number, number]>;
+  ids: Array<number | string>;
+  files: string[];
+  /** Horizontal flip applied to each image. */
+  flipped: boolean[];
+}
+
+export interface LoaderOptions {
+  /** Images per batch; default 2. */
+  batchSize?: number;
+  /** Shuffle each epoch; default true. */
+  shuffle?: boolean;
+  /** Seed of every random choice; default 0. */
+  seed?: number;
+  /** Drop the last, smaller batch; default false. */
+  dropLast?: boolean;
+  /** Batch images of similar aspect ratio together (pytorch-retinanet's sampler); default true. */
+  groupByAspectRatio?: boolean;
+  /** Batches prepared ahead; default 2. */
+  prefetch?: number;
+  /** Where batches are put; default 'cpu'. */
+  device?: Device;
+  /** Random flips (and jitter when configured); default true. */
+  augment?: boolean;
+  transform?: TransformOptions;
+  /** 2: also produce the contrastive second view (`batch.views`); default 1. */
+  views?: 1 | 2;
+  /** Zoom factor range of the second view; default [2, 3). */
+  zoom?: [number, number];
+  /** One zoom factor per batch (default) or per image. */
+  zoomPer?: 'batch' | 'image';
+  /** 'error' (default): a bad sample stops iteration with an error naming the file; 'skip': it is left out and reported. */
+  onBadSample?: 'error' | 'skip';
+  /** sharp's limitInputPixels; default 0x3FFF². */
+  limitInputPixels?: number;
+}
+
+export interface SkippedSample {
+  epoch: number;
+  file: string;
+  reason: string;
+}
+
+interface LoadedSample {
+  record: SampleRecord;
+  data: Uint8Array;
+  width: number;
+  height: number;
+  originalWidth: number;
+  originalHeight: number;
+  scale: number;
+  boxes: Float32Array;
+  labels: Int32Array;
+  flipped: boolean;
+}
+
+export class DataLoader implements AsyncIterable<Batch> {
+  private readonly dataset: DetectionDataset;
+  private readonly o: Required<Omit<LoaderOptions, 'transform'>> & { transform: Required<Omit<TransformOptions, 'scaleJitter' | 'photometric'>> & TransformOptions };
+  private sizes: Array<{ width: number; height: number } | undefined>;
+  private nextEpoch = 0;
+  /** Samples skipped with `onBadSample: 'skip'`, with the reason. */
+  readonly skipped: SkippedSample[] = [];
+
+  constructor(dataset: DetectionDataset, options?: LoaderOptions) {
+    if (!dataset || typeof dataset.record !== 'function') throw invalid('dataset', 'a CocoDataset, CsvDataset or DetectionDataset', dataset);
+    const o = checkOptions('options', options);
+    const t = checkOptions('options.transform', o.transform);
+    this.dataset = dataset;
+    this.o = {
+      batchSize: checkInteger('options.batchSize', o.batchSize ?? 2, 1, 4096),
+      shuffle: o.shuffle ?? true,
+      seed: checkInteger('options.seed', o.seed ?? 0, 0, Number.MAX_SAFE_INTEGER),
+      dropLast: o.dropLast ?? false,
+      groupByAspectRatio: o.groupByAspectRatio ?? true,
+      prefetch: checkInteger('options.prefetch', o.prefetch ?? 2, 0, 64),
+      device: checkDevice('options.device', o.device ?? 'cpu'),
+      augment: o.augment ?? true,
+      views: checkInteger('options.views', o.views ?? 1, 1, 2) as 1 | 2,
+      zoom: o.zoom ?? [2, 3],
+      zoomPer: checkOneOf('options.zoomPer', o.zoomPer ?? 'batch', ['batch', 'image'] as const),
+      onBadSample: checkOneOf('options.onBadSample', o.onBadSample ?? 'error', ['error', 'skip'] as const),
+      limitInputPixels: o.limitInputPixels ?? 0x3fff * 0x3fff,
+      transform: {
+        ...t,
+        minSide: t.minSide ?? 608,
+        maxSide: t.maxSide ?? 1024,
+        padMultiple: checkInteger('options.transform.padMultiple', t.padMultiple ?? 32, 1, 1024),
+        flip: t.flip ?? 0.5,
+        mean: t.mean ?? IMAGENET_MEAN,
+        std: t.std ?? IMAGENET_STD,
+      },
+    };
+    if (!(this.o.zoom[0] > 0 && this.o.zoom[1] >= this.o.zoom[0])) throw invalid('options.zoom', 'a range [lo, hi) of positive factors', this.o.zoom, RangeError);
+    this.sizes = Array.from({ length: dataset.length }, (_, i) => {
+      const r = dataset.record(i);
+      return r.width && r.height ? { width: r.width, height: r.height } : undefined;
+    });
+  }
+
+  /** Batches per epoch. */
+  get length(): number {
+    const n = this.dataset.length;
+    return this.o.dropLast ? Math.floor(n / this.o.batchSize) : Math.ceil(n / this.o.batchSize);
+  }
+
+  /** Image indices of each batch of `epoch` (deterministic for the seed). */
+  async batchIndices(epoch: number): Promise<number[][]> {
+    const n = this.dataset.length;
+    const rng = new Rng(this.o.seed * 1000003 + epoch * 7919 + 1);
+    let order = Array.from({ length: n }, (_, i) => i);
+    const B = this.o.batchSize;
+    let batches: number[][];
+    if (this.o.groupByAspectRatio) {
+      await this.ensureSizes();
+      const ratio = (i: number) => this.sizes[i]!.width / this.sizes[i]!.height;
+      order = order.sort((a, b) => ratio(a) - ratio(b) || a - b);
+      batches = [];
+      for (let i = 0; i < n; i += B) batches.push(order.slice(i, i + B));
+      if (this.o.shuffle) rng.shuffle(batches);
+    } else {
+      if (this.o.shuffle) rng.shuffle(order);
+      batches = [];
+      for (let i = 0; i < n; i += B) batches.push(order.slice(i, i + B));
+    }
+    return this.o.dropLast ? batches.filter((b) => b.length === B) : batches;
+  }
+
+  /** The batches of one epoch. Breaking out of the loop frees what was prefetched. */
+  async *epoch(epoch: number): AsyncGenerator<Batch> {
+    checkInteger('epoch', epoch, 0, Number.MAX_SAFE_INTEGER);
+    const plan = await this.batchIndices(epoch);
+    const pending: Array<Promise<Batch | null>> = [];
+    let next = 0;
+    const launch = () => {
+      const k = next++;
+      const p = this.loadBatch(plan[k], epoch, k);
+      p.catch(() => undefined); // handled when awaited below
+      pending.push(p);
+    };
+    try {
+      while (next < plan.length && pending.length < this.o.prefetch + 1) launch();
+      while (pending.length > 0) {
+        const batch = await pending.shift()!;
+        if (next < plan.length) launch();
+        if (batch !== null) yield batch;
+      }
+    } finally {
+      for (const p of pending) {
+        const b = await p.catch(() => null);
+        if (b) disposeBatch(b);
+      }
+    }
+  }
+
+  /** Iterates the next epoch (0, 1, 2, … on successive loops). */
+  [Symbol.asyncIterator](): AsyncIterator<Batch> {
+    return this.epoch(this.nextEpoch++);
+  }
+
+  private async ensureSizes(): Promise<void> {
+    const missing = this.sizes.map((s, i) => (s ? -1 : i)).filter((i) => i >= 0);
+    for (let k = 0; k < missing.length; k += 16) {
+      await Promise.all(
+        missing.slice(k, k + 16).map(async (i) => {
+          try {
+            this.sizes[i] = await imageSize(this.dataset.record(i).file, { limitInputPixels: this.o.limitInputPixels });
+          } catch (err) {
+            if (this.o.onBadSample === 'error') throw err;
+            this.sizes[i] = { width: 1, height: 1 }; // reported when the sample is loaded
+          }
+        }),
+      );
+    }
+  }
+
+  private async loadSample(index: number, rng: Rng): Promise<LoadedSample> {
+    const record = this.dataset.record(index);
+    const t = this.o.transform;
+    const flip = this.o.augment && rng.next() < t.flip;
+    const jitter = this.o.augment && t.scaleJitter ? rng.between(t.scaleJitter[0], t.scaleJitter[1]) : 1;
+    const ph = this.o.augment && t.photometric ? t.photometric : undefined;
+    const modulate = ph
+      ? { brightness: 1 + rng.between(-(ph.brightness ?? 0), ph.brightness ?? 0), saturation: 1 + rng.between(-(ph.saturation ?? 0), ph.saturation ?? 0), hue: rng.between(-(ph.hue ?? 0), ph.hue ?? 0) }
+      : undefined;
+    const size = await imageSize(record.file, { limitInputPixels: this.o.limitInputPixels });
+    if (record.width && record.height && (record.width !== size.width || record.height !== size.height))
+      throw new BadSampleError(record.file, `the annotations say ${record.width}×${record.height} but the image is ${size.width}×${size.height}`);
+    const scale = resizeScale(size.width, size.height, t.minSide, t.maxSide) * jitter;
+    const out = scaledSize(size.width, size.height, scale);
+    const same = out.width === size.width && out.height === size.height;
+    const img = await loadImage(record.file, { limitInputPixels: this.o.limitInputPixels, resize: same ? undefined : out, flip, modulate });
+    return {
+      record,
+      data: img.data,
+      width: img.width,
+      height: img.height,
+      originalWidth: size.width,
+      originalHeight: size.height,
+      scale,
+      boxes: transformBoxes(record.boxes, size.width, size.height, img.width, img.height, flip),
+      labels: record.labels,
+      flipped: flip,
+    };
+  }
+
+  private async loadBatch(indices: number[], epoch: number, k: number): Promise<Batch | null> {
+    const rng = new Rng(this.o.seed * 1000003 + epoch * 7919 + k * 104729 + 2);
+    const choices = indices.map(() => new Rng(Math.floor(rng.next() * 2 ** 32)));
+    const loaded = await Promise.all(
+      indices.map((i, j) =>
+        this.loadSample(i, choices[j]).catch((err: unknown) => {
+          if (this.o.onBadSample === 'skip' && err instanceof BadSampleError) {
+            this.skipped.push({ epoch, file: err.file, reason: err.reason });
+            return null;
+          }
+          throw err;
+        }),
+      ),
+    );
+    const samples = loaded.filter((s): s is LoadedSample => s !== null);
+    if (samples.length === 0) return null;
+    const t = this.o.transform;
+    const padded = paddedSize(samples, t.padMultiple);
+    const images = new Tensor(
+      await native().collateImagesAsync(samples.map((s) => s.data), samples.flatMap((s) => [s.height, s.width]), padded.height, padded.width, [...t.mean], [...t.std], this.o.device),
+    );
+    const M = Math.max(1, ...samples.map((s) => s.labels.length));
+    const ann = new Float32Array(samples.length * M * 5).fill(-1);
+    samples.forEach((s, b) => {
+      for (let i = 0; i < s.labels.length; i++) {
+        ann.set(s.boxes.subarray(4 * i, 4 * i + 4), (b * M + i) * 5);
+        ann[(b * M + i) * 5 + 4] = s.labels[i];
+      }
+    });
+    const annotations = Tensor.from(ann, [samples.length, M, 5], { device: this.o.device });
+    let views: Tensor | undefined;
+    if (this.o.views === 2) {
+      const [lo, hi] = this.o.zoom;
+      const one = rng.between(lo, hi);
+      const factors = Tensor.from(Float32Array.from(samples, () => (this.o.zoomPer === 'batch' ? one : rng.between(lo, hi))));
+      views = new Tensor(await native().contrastiveViewsAsync(images.handle, annotations.handle, factors.handle));
+      factors.dispose();
+    }
+    return {
+      images,
+      views,
+      annotations,
+      scales: samples.map((s) => s.scale),
+      sizes: samples.map((s) => [s.originalHeight, s.originalWidth]),
+      inputSizes: samples.map((s) => [s.height, s.width]),
+      ids: samples.map((s) => s.record.id),
+      files: samples.map((s) => s.record.file),
+      flipped: samples.map((s) => s.flipped),
+    };
+  }
+}
+
+/** Frees a batch's tensors. */
+export function disposeBatch(batch: Batch): void {
+  batch.images.dispose();
+  batch.annotations.dispose();
+  batch.views?.dispose();
+}

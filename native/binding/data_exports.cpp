@@ -1,0 +1,75 @@
+// Data exports: batching decoded images into a normalised tensor, and the contrastive second view.
+#include <napi.h>
+
+#include "binding/napi_util.h"
+#include "core/data/collate.h"
+#include "core/data/contrastive_views.h"
+#include "core/tensor_types.h"
+
+namespace onestage::binding {
+
+namespace {
+
+std::array<double, 3> triple(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  const auto v = numberArrayArg(info, i, name);
+  if (v.size() != 3) throw Napi::RangeError::New(info.Env(), std::string("Expected 3 numbers for ") + name);
+  return {v[0], v[1], v[2]};
+}
+
+Napi::Value CollateImagesAsync(const Napi::CallbackInfo& info) {
+  Napi::Value list = arg(info, 0);
+  if (!list.IsArray()) throw Napi::TypeError::New(info.Env(), "Expected an array of Uint8Arrays for images but received " + describeValue(list));
+  auto arr = list.As<Napi::Array>();
+  const auto sizes = intArrayArg(info, 1, "sizes", 1, 1 << 20);
+  if (sizes.size() != 2 * arr.Length())
+    throw Napi::RangeError::New(info.Env(), "Expected a [height, width] pair in sizes for each of the " + std::to_string(arr.Length()) + " images");
+  const int64_t H = intArg(info, 2, "height", 1, 1 << 20);
+  const int64_t W = intArg(info, 3, "width", 1, 1 << 20);
+  const auto mean = triple(info, 4, "mean");
+  const auto std = triple(info, 5, "std");
+  for (double s : std)
+    if (!(s > 0)) throw Napi::RangeError::New(info.Env(), "std values must be positive");
+  const auto device = parseDevice(stringArg(info, 6, "device"));
+  requireDeviceAvailable(device);
+  std::vector<ImageView> views;
+  std::vector<Napi::Value> keep;
+  for (uint32_t k = 0; k < arr.Length(); ++k) {
+    Napi::Value e = arr.Get(k);
+    if (!e.IsTypedArray() || e.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw Napi::TypeError::New(info.Env(), "Expected a Uint8Array for images[" + std::to_string(k) + "] but received " + describeValue(e));
+    auto u8 = e.As<Napi::Uint8Array>();
+    const int64_t h = sizes[2 * k], w = sizes[2 * k + 1];
+    if (static_cast<int64_t>(u8.ElementLength()) != h * w * 3)
+      throw Napi::RangeError::New(info.Env(), "images[" + std::to_string(k) + "] has " + std::to_string(u8.ElementLength()) +
+                                                  " bytes but " + std::to_string(h) + "×" + std::to_string(w) + " RGB needs " +
+                                                  std::to_string(h * w * 3));
+    views.push_back({u8.Data(), h, w});
+    keep.push_back(e);
+  }
+  return PromiseWorker<torch::Tensor>::start(
+      info.Env(),
+      [views, H, W, mean, std, device] {
+        auto t = collateImages(views, H, W, mean, std);
+        return device.is_cpu() ? t : t.to(device, /*non_blocking=*/false);
+      },
+      [](Napi::Env env, torch::Tensor& t) -> Napi::Value { return wrapTensor(env, t); }, keep);
+}
+
+Napi::Value ContrastiveViewsAsync(const Napi::CallbackInfo& info) {
+  auto images = tensorArg(info, 0, "images");
+  auto annotations = tensorArg(info, 1, "annotations");
+  auto factors = tensorArg(info, 2, "factors");
+  return tensorPromise(info.Env(), [images, annotations, factors] {
+    const c10::DeviceGuard guard(images.device());
+    return contrastiveViews(images, annotations, factors);
+  });
+}
+
+}  // namespace
+
+void registerDataExports(Napi::Env env, Napi::Object exports) {
+  exportFunction<CollateImagesAsync>(env, exports, "collateImagesAsync");
+  exportFunction<ContrastiveViewsAsync>(env, exports, "contrastiveViewsAsync");
+}
+
+}  // namespace onestage::binding

@@ -1,0 +1,267 @@
+/**
+ * Data: the shapes generator, COCO and CSV datasets, decoding and resizing against PIL, exact box
+ * geometry, the loader (coverage, determinism, responsiveness), the contrastive second view against
+ * its definition, and every kind of bad input.
+ */
+import test from 'ava';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import sharp from 'sharp';
+import { Batch, CocoDataset, contrastiveViews, CsvDataset, DataLoader, disposeBatch, loadImage, makeShapes, resizeScale, Tensor, transformBoxes } from '../lib';
+import { fromTensor, readBundle, writeBundle } from './helpers/bundle';
+import { assertClose } from './helpers/close';
+import { runReference, tempDir } from './helpers/python';
+import { Rng } from './helpers/random';
+
+let shapesDir: Promise<string> | undefined;
+/** One small shapes dataset shared by the tests of this file (made once; tests run concurrently). */
+function shapes(): Promise<string> {
+  shapesDir ??= (async () => {
+    const dir = tempDir();
+    await makeShapes({ out: dir, train: 24, val: 6, size: 96, classes: 3, seed: 5 });
+    return dir;
+  })();
+  return shapesDir;
+}
+
+function hashFolder(dir: string): string {
+  const h = createHash('sha256');
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else h.update(e.name).update(fs.readFileSync(p));
+    }
+  };
+  walk(dir);
+  return h.digest('hex');
+}
+
+async function collect(loader: DataLoader, epoch: number): Promise<Batch[]> {
+  const out: Batch[] = [];
+  for await (const b of loader.epoch(epoch)) out.push(b);
+  return out;
+}
+
+test('shapes: deterministic for a seed, valid COCO with crowd regions and empty images', async (t) => {
+  const [a, b, c] = [tempDir(), tempDir(), tempDir()];
+  await makeShapes({ out: a, train: 30, val: 2, size: 64, seed: 3 });
+  await makeShapes({ out: b, train: 30, val: 2, size: 64, seed: 3 });
+  await makeShapes({ out: c, train: 30, val: 2, size: 64, seed: 4 });
+  t.is(hashFolder(a), hashFolder(b));
+  t.not(hashFolder(a), hashFolder(c));
+  const ds = await CocoDataset.open(path.join(a, 'instances_train.json'));
+  t.deepEqual(ds.classes, ['circle', 'square', 'triangle']);
+  t.is(ds.length, 30);
+  const all = Array.from({ length: ds.length }, (_, i) => ds.record(i));
+  t.true(all.some((r) => r.labels.length === 0), 'some images have no objects');
+  t.true(all.every((r) => fs.existsSync(r.file)));
+  const big = tempDir();
+  await makeShapes({ out: big, train: 120, val: 0, size: 64, seed: 1, classes: 10 });
+  const many = await CocoDataset.open(path.join(big, 'instances_train.json'));
+  const labels = Array.from({ length: many.length }, (_, i) => Array.from(many.record(i).labels)).flat();
+  t.true(labels.includes(-2), 'crowd regions are kept as ignore regions');
+  t.is(new Set(labels.filter((l) => l >= 0)).size, 10);
+  await t.throwsAsync(makeShapes({ out: tempDir(), classes: 11 }), { instanceOf: RangeError, message: /classes/ });
+});
+
+test('decode: loader tensors equal PIL decoding + ImageNet normalisation of the same PNGs to 1e-6', async (t) => {
+  const dir = tempDir();
+  const rng = new Rng(8);
+  const files: string[] = [];
+  for (const [w, h] of [[40, 30], [32, 48]]) {
+    const file = path.join(dir, `img${files.length}.png`);
+    await sharp(Buffer.from(Uint8Array.from({ length: w * h * 3 }, () => rng.integer(0, 256))), { raw: { width: w, height: h, channels: 3 } }).png().toFile(file);
+    files.push(file);
+  }
+  const coco = { images: files.map((f, i) => ({ id: i + 1, file_name: path.basename(f) })), annotations: [], categories: [{ id: 1, name: 'thing' }] };
+  fs.writeFileSync(path.join(dir, 'ann.json'), JSON.stringify(coco));
+  const ds = await CocoDataset.open(path.join(dir, 'ann.json'));
+  // minSide 30 keeps image 0 at 40×30; image 1 (32×48) would be scaled, so take it in its own run
+  runReference('data_ref.py', ['decode', path.join(dir, 'ref'), ...files]);
+  const { tensors: ref } = readBundle(path.join(dir, 'ref'));
+  for (const [k, minSide] of [[0, 30], [1, 32]] as const) {
+    const loader = new DataLoader(ds, { batchSize: 2, shuffle: false, augment: false, groupByAspectRatio: false, transform: { minSide, maxSide: 1000, padMultiple: 1 } });
+    const [batch] = await collect(loader, 0);
+    const i = batch.files.indexOf(files[k]);
+    const [h, w] = batch.inputSizes[i];
+    const img = batch.images.shape;
+    const data = batch.images.toArray() as Float32Array;
+    const mine = new Float32Array(3 * h * w);
+    for (let c = 0; c < 3; c++) for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) mine[(c * h + y) * w + x] = data[((i * 3 + c) * img[2] + y) * img[3] + x];
+    assertClose(t, { shape: [3, h, w], data: mine }, ref[`image${k}`], { name: `image ${k}`, atol: 1e-6, rtol: 0 });
+    disposeBatch(batch);
+  }
+});
+
+test('resize: sharp linear kernel vs PIL BILINEAR — shrinking within 0.5/255 mean, 4/255 max; enlarging within 2.5/255 mean', async (t) => {
+  const dir = await shapes();
+  const file = path.join(dir, 'train', 'train_00001.jpg');
+  for (const [w, h, meanTol, maxTol] of [[57, 41, 0.5, 4], [150, 130, 2.5, 64]]) {
+    const mine = await loadImage(file, { resize: { width: w, height: h } });
+    const out = path.join(tempDir(), 'r');
+    runReference('data_ref.py', ['resize', file, String(w), String(h), out]);
+    const ref = readBundle(out).tensors.image.data as Uint8Array;
+    let sum = 0;
+    let max = 0;
+    for (let i = 0; i < ref.length; i++) {
+      const d = Math.abs(ref[i] - mine.data[i]);
+      sum += d;
+      max = Math.max(max, d);
+    }
+    t.log(`${w}×${h}: mean |Δ| ${(sum / ref.length).toFixed(3)}, max ${max} (of 255)`);
+    // enlarging: the two libraries place sample centres differently, which shows at sharp edges
+    t.true(sum / ref.length <= meanTol && max <= maxTol, `mean ${sum / ref.length}, max ${max}`);
+  }
+});
+
+test('geometry: resize rule as pytorch-retinanet; flip, resize and padding move boxes exactly', async (t) => {
+  t.is(resizeScale(640, 480), 608 / 480);
+  t.is(resizeScale(2000, 500), 1024 / 2000);
+  const boxes = Float32Array.from([10, 20, 30, 60]);
+  t.deepEqual(Array.from(transformBoxes(boxes, 100, 80, 50, 40, false)), [5, 10, 15, 30]);
+  t.deepEqual(Array.from(transformBoxes(boxes, 100, 80, 50, 40, true)), [35, 10, 45, 30]);
+  // through the loader: boxes follow the image's real resize factors and flips
+  const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
+  const loader = new DataLoader(ds, { batchSize: 4, seed: 1, transform: { minSide: 50, maxSide: 200, flip: 0.5 } });
+  const byId = new Map(Array.from({ length: ds.length }, (_, k) => [ds.record(k).id, ds.record(k)]));
+  let flips = 0;
+  for await (const b of loader.epoch(0)) {
+    const ann = b.annotations.toArray() as Float32Array;
+    const M = b.annotations.shape[1];
+    b.ids.forEach((id, i) => {
+      const r = byId.get(id)!;
+      const [h, w] = b.inputSizes[i];
+      const expected = transformBoxes(r.boxes, r.width!, r.height!, w, h, b.flipped[i]);
+      flips += b.flipped[i] ? 1 : 0;
+      t.deepEqual(Array.from(ann.subarray(i * M * 5, i * M * 5 + r.labels.length * 5)).filter((_, k) => k % 5 !== 4), Array.from(expected));
+      t.true(b.images.shape[2] % 32 === 0 && b.images.shape[3] % 32 === 0 && b.images.shape[2] >= h && b.images.shape[3] >= w);
+    });
+    disposeBatch(b);
+  }
+  t.true(flips > 0);
+});
+
+test('loader: every image exactly once per epoch; the same seed gives the same batches; epochs differ', async (t) => {
+  const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
+  const make = (seed: number) => new DataLoader(ds, { batchSize: 5, seed, transform: { minSide: 64, maxSide: 96 } });
+  const a = await collect(make(7), 0);
+  const ids = a.flatMap((b) => b.ids).sort();
+  t.deepEqual(ids, Array.from({ length: ds.length }, (_, i) => ds.record(i).id).sort());
+  t.is(a.length, make(7).length);
+  const b = await collect(make(7), 0);
+  t.deepEqual(a.map((x) => x.ids), b.map((x) => x.ids));
+  t.deepEqual(a.map((x) => x.flipped), b.map((x) => x.flipped));
+  t.deepEqual(a[0].images.toArray(), b[0].images.toArray());
+  const e1 = await collect(make(7), 1);
+  t.notDeepEqual(a.map((x) => x.ids), e1.map((x) => x.ids));
+  const dropped = await collect(new DataLoader(ds, { batchSize: 5, dropLast: true, transform: { minSide: 64 } }), 0);
+  t.is(dropped.length, Math.floor(ds.length / 5));
+  t.true(dropped.every((x) => x.ids.length === 5));
+  for (const x of [...a, ...b, ...e1, ...dropped]) disposeBatch(x);
+});
+
+test('loader: prefetching keeps the event loop responsive', async (t) => {
+  const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
+  const loader = new DataLoader(ds, { batchSize: 4, prefetch: 3, transform: { minSide: 96, maxSide: 96 } });
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 2);
+  const started = Date.now();
+  for await (const b of loader.epoch(0)) disposeBatch(b);
+  clearInterval(timer);
+  const elapsed = Date.now() - started;
+  t.true(ticks >= Math.min(5, elapsed / 20), `${ticks} ticks in ${elapsed} ms`);
+});
+
+test('views: the second view equals the zoom-and-paste definition (Python, pixel by pixel); annotations unchanged', async (t) => {
+  const rng = new Rng(12);
+  const [B, C, H, W] = [2, 3, 24, 28];
+  const images = rng.normal(B * C * H * W);
+  const ann = Float32Array.from([2.3, 3.1, 20.2, 19.7, 0, 5, 6, 11.5, 13, 1, 14, 2, 26, 9.4, 2, /* image 2 */ 0, 0, 28, 24, 1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1]);
+  const factors = Float32Array.from([2.5, 2]);
+  const dir = tempDir();
+  writeBundle(path.join(dir, 'in'), { images: { shape: [B, C, H, W], dtype: 'float32', data: images }, annotations: { shape: [B, 3, 5], dtype: 'float32', data: ann }, factors: { shape: [B], dtype: 'float32', data: factors } });
+  runReference('data_ref.py', ['views', path.join(dir, 'in'), path.join(dir, 'out')]);
+  const views = await contrastiveViews(Tensor.from(images, [B, C, H, W]), Tensor.from(ann, [B, 3, 5]), Tensor.from(factors));
+  assertClose(t, fromTensor(views), readBundle(path.join(dir, 'out')).tensors.views, { name: 'views', atol: 1e-5, rtol: 1e-5 });
+  // through the loader: views come with the batch, same shape, boxes shared
+  const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
+  const loader = new DataLoader(ds, { batchSize: 3, views: 2, transform: { minSide: 64, maxSide: 96 } });
+  const [batch] = await collect(loader, 0);
+  t.deepEqual(batch.views!.shape, batch.images.shape);
+  disposeBatch(batch);
+});
+
+test('csv: pytorch-retinanet format with images without objects and relative paths', async (t) => {
+  const dir = await shapes();
+  const ds = await CocoDataset.open(path.join(dir, 'instances_train.json'));
+  const lines: string[] = [];
+  for (let i = 0; i < 6; i++) {
+    const r = ds.record(i);
+    const rel = path.relative(dir, r.file);
+    if (r.labels.length === 0) lines.push(`${rel},,,,,`);
+    for (let k = 0; k < r.labels.length; k++) if (r.labels[k] >= 0) lines.push(`${rel},${Array.from(r.boxes.subarray(4 * k, 4 * k + 4)).join(',')},${ds.classes[r.labels[k]]}`);
+  }
+  lines.push('train/train_00001.jpg,,,,,');
+  fs.writeFileSync(path.join(dir, 'ann.csv'), lines.join('\n'));
+  fs.writeFileSync(path.join(dir, 'classes.csv'), ds.classes.map((c, i) => `${c},${i}`).join('\n'));
+  const csv = await CsvDataset.open(path.join(dir, 'ann.csv'), path.join(dir, 'classes.csv'));
+  t.deepEqual(csv.classes, ds.classes);
+  t.true(csv.length <= 6 && csv.length >= 5);
+  t.true(fs.existsSync(csv.record(0).file));
+  const [batch] = await collect(new DataLoader(csv, { batchSize: 8, transform: { minSide: 64 } }), 0);
+  t.is(batch.ids.length, csv.length);
+  disposeBatch(batch);
+});
+
+test('bad input: each kind gives an error naming the file (and line), or is skipped and reported', async (t) => {
+  const dir = tempDir();
+  const good = path.join(await shapes(), 'train', 'train_00002.jpg');
+  const bytes = fs.readFileSync(good);
+  fs.writeFileSync(path.join(dir, 'truncated.jpg'), bytes.subarray(0, bytes.length / 2));
+  fs.writeFileSync(path.join(dir, 'notimage.jpg'), 'hello, I am text');
+  fs.copyFileSync(good, path.join(dir, 'good.jpg'));
+  const coco = (files: string[], extra: object = {}) => ({ images: files.map((f, i) => ({ id: i + 1, file_name: f, width: 96, height: 96 })), annotations: [], categories: [{ id: 1, name: 'a' }], ...extra });
+  const write = (name: string, content: unknown) => {
+    fs.writeFileSync(path.join(dir, name), typeof content === 'string' ? content : JSON.stringify(content));
+    return path.join(dir, name);
+  };
+  await t.throwsAsync(CocoDataset.open(write('bad.json', '{"images": [')), { message: /bad\.json: malformed JSON/ });
+  await t.throwsAsync(CocoDataset.open(write('u1.json', coco(['good.jpg'], { annotations: [{ id: 9, image_id: 5, category_id: 1, bbox: [0, 0, 5, 5] }] }))), { message: /annotation 9 references unknown image id 5/ });
+  await t.throwsAsync(CocoDataset.open(write('u2.json', coco(['good.jpg'], { annotations: [{ id: 3, image_id: 1, category_id: 7, bbox: [0, 0, 5, 5] }] }))), { message: /annotation 3 references unknown category id 7/ });
+  const clipped = await CocoDataset.open(write('clip.json', coco(['good.jpg'], { annotations: [{ id: 1, image_id: 1, category_id: 1, bbox: [80, 80, 30, 30] }, { id: 2, image_id: 1, category_id: 1, bbox: [10, 10, 0, 5] }] })));
+  t.deepEqual(Array.from(clipped.record(0).boxes), [80, 80, 96, 96]);
+  t.is(clipped.warnings.length, 2);
+  t.regex(clipped.warnings.map((w) => w.message).join('\n'), /clipped to the image.*\n.*dropped: zero or negative size/);
+
+  const errorFor = async (file: string, options = {}) => {
+    const ds = await CocoDataset.open(write(`${file}.json`, coco([file])));
+    const loader = new DataLoader(ds, { batchSize: 1, transform: { minSide: 64 }, ...options });
+    return t.throwsAsync(collect(loader, 0));
+  };
+  t.regex((await errorFor('missing.jpg'))!.message, /missing\.jpg: image file not found/);
+  t.regex((await errorFor('truncated.jpg'))!.message, /truncated\.jpg: cannot (decode|read) image/);
+  t.regex((await errorFor('notimage.jpg'))!.message, /notimage\.jpg: cannot (decode|read) image/);
+  t.regex((await errorFor('good.jpg', { limitInputPixels: 100 }))!.message, /good\.jpg: .*pixel limit/);
+
+  const mixed = await CocoDataset.open(write('mixed.json', coco(['good.jpg', 'missing.jpg', 'truncated.jpg', 'good.jpg'])));
+  const loader = new DataLoader(mixed, { batchSize: 2, onBadSample: 'skip', shuffle: false, groupByAspectRatio: false, transform: { minSide: 64 } });
+  const batches = await collect(loader, 0);
+  t.is(batches.flatMap((b) => b.files).length, 2);
+  t.deepEqual(loader.skipped.map((s) => path.basename(s.file)).sort(), ['missing.jpg', 'truncated.jpg']);
+  for (const b of batches) disposeBatch(b);
+
+  fs.writeFileSync(path.join(dir, 'classes.csv'), 'a,0\nb,1\n');
+  const csvErr = async (content: string) => {
+    fs.writeFileSync(path.join(dir, 'a.csv'), content);
+    return (await t.throwsAsync(CsvDataset.open(path.join(dir, 'a.csv'), path.join(dir, 'classes.csv'))))!.message;
+  };
+  t.regex(await csvErr('good.jpg,1,2,3,4,a\ngood.jpg,1,2,3,a\n'), /a\.csv:2: expected 'path,x1,y1,x2,y2,class_name' \(6 columns\) but found 5/);
+  t.regex(await csvErr('good.jpg,1,2,three,4,a\n'), /a\.csv:1: x2 'three' is not a number/);
+  t.regex(await csvErr('good.jpg,1,2,3,4,zebra\n'), /a\.csv:1: class 'zebra' is not in/);
+  fs.writeFileSync(path.join(dir, 'ok.csv'), 'good.jpg,1,2,3,4,a\n');
+  fs.writeFileSync(path.join(dir, 'classes2.csv'), 'a,0\nb\n');
+  await t.throwsAsync(CsvDataset.open(path.join(dir, 'ok.csv'), path.join(dir, 'classes2.csv')), { message: /classes2\.csv:2: expected 'class_name,id'/ });
+  t.throws(() => new DataLoader(mixed, { batchSize: 0 }), { instanceOf: RangeError, message: /options\.batchSize/ });
+});
