@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { Batch, CocoDataset, contrastiveViews, CsvDataset, DataLoader, disposeBatch, loadImage, makeShapes, resizeScale, Tensor, transformBoxes } from '../lib';
+import { Batch, buildInfo, CocoDataset, contrastiveViews, CsvDataset, DataLoader, disposeBatch, loadImage, makeShapes, resizeScale, Tensor, transformBoxes } from '../lib';
 import { fromTensor, readBundle, writeBundle } from './helpers/bundle';
 import { assertClose } from './helpers/close';
 import { runReference, tempDir } from './helpers/python';
@@ -183,8 +183,11 @@ test('views: the second view equals the zoom-and-paste definition (Python, pixel
   const dir = tempDir();
   writeBundle(path.join(dir, 'in'), { images: { shape: [B, C, H, W], dtype: 'float32', data: images }, annotations: { shape: [B, 3, 5], dtype: 'float32', data: ann }, factors: { shape: [B], dtype: 'float32', data: factors } });
   runReference('data_ref.py', ['views', path.join(dir, 'in'), path.join(dir, 'out')]);
-  const views = await contrastiveViews(Tensor.from(images, [B, C, H, W]), Tensor.from(ann, [B, 3, 5]), Tensor.from(factors));
-  assertClose(t, fromTensor(views), readBundle(path.join(dir, 'out')).tensors.views, { name: 'views', atol: 1e-5, rtol: 1e-5 });
+  for (const device of ['cpu', ...(buildInfo().cudaAvailable ? ['cuda' as const] : [])] as const) {
+    const views = await contrastiveViews(Tensor.from(images, [B, C, H, W], { device }), Tensor.from(ann, [B, 3, 5], { device }), Tensor.from(factors, [B], { device }));
+    t.is(views.device, device === 'cpu' ? 'cpu' : 'cuda:0');
+    assertClose(t, fromTensor(views), readBundle(path.join(dir, 'out')).tensors.views, { name: `views (${device})`, atol: 1e-5, rtol: 1e-5 });
+  }
   // through the loader: views come with the batch, same shape, boxes shared
   const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
   const loader = new DataLoader(ds, { batchSize: 3, views: 2, transform: { minSide: 64, maxSide: 96 } });
