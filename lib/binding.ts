@@ -146,6 +146,11 @@ function loadBinding(): NativeBinding {
         'Run `bash scripts/setup.sh` (Debian/Ubuntu) or `npm run build:native` with LibTorch installed.',
     );
   }
+  // OpenBLAS (LibTorch's CPU BLAS on Debian) registers a fork handler that joins its worker threads;
+  // a fork (any child_process call) while a native call is inside a GEMM then deadlocks the process.
+  // LibTorch's own intra-op threads do the parallel work, so OpenBLAS runs single-threaded unless the
+  // user asks otherwise. Must be set before the library loads.
+  process.env.OPENBLAS_NUM_THREADS ??= '1';
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     return require(found) as NativeBinding;

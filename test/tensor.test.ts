@@ -161,3 +161,16 @@ test('matmulAsync: errors reject the promise with the right error class', async 
   await t.throwsAsync(a.matmulAsync(a), { instanceOf: RangeError, message: /cannot be multiplied/ });
   a.dispose();
 });
+
+test('fork: spawning child processes while a native matrix product runs does not deadlock (OpenBLAS fork handler)', async (t) => {
+  t.timeout(60_000);
+  const { spawnSync } = await import('node:child_process');
+  const n = 600;
+  const a = Tensor.from(new Float32Array(n * n).fill(0.5), [n, n]);
+  for (let round = 0; round < 10; round++) {
+    const product = a.matmulAsync(a);
+    for (let k = 0; k < 3; k++) t.is(spawnSync(process.execPath, ['-e', ''], { stdio: 'ignore' }).status, 0);
+    (await product).dispose();
+  }
+  a.dispose();
+});
