@@ -20,7 +20,7 @@ export { DataLoader, disposeBatch } from './data/loader';
 export type { Batch, LoaderOptions, SkippedSample } from './data/loader';
 export { loadImage, imageSize, BadSampleError } from './data/image';
 export type { DecodedImage, LoadImageOptions } from './data/image';
-export { resizeScale, scaledSize, transformBoxes, paddedSize, IMAGENET_MEAN, IMAGENET_STD } from './data/transforms';
+export { resizeScale, scaledSize, transformBoxes, cropBoxes, paddedSize, IMAGENET_MEAN, IMAGENET_STD } from './data/transforms';
 export type { TransformOptions } from './data/transforms';
 export { makeShapes, SHAPE_CLASSES } from './data/shapes';
 export type { ShapesOptions, ShapesResult } from './data/shapes';

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { Batch, buildInfo, CocoDataset, contrastiveViews, CsvDataset, DataLoader, disposeBatch, loadImage, makeShapes, resizeScale, Tensor, transformBoxes } from '../lib';
+import { Batch, buildInfo, CocoDataset, contrastiveViews, cropBoxes, CsvDataset, DataLoader, disposeBatch, loadImage, makeShapes, resizeScale, Tensor, transformBoxes } from '../lib';
 import { fromTensor, readBundle, writeBundle } from './helpers/bundle';
 import { assertClose } from './helpers/close';
 import { runReference, tempDir } from './helpers/python';
@@ -141,6 +141,30 @@ test('geometry: resize rule as pytorch-retinanet; flip, resize and padding move 
     disposeBatch(b);
   }
   t.true(flips > 0);
+});
+
+test('crop: random crops cut the image and move, clip or drop boxes exactly', async (t) => {
+  const c = cropBoxes(Float32Array.from([10, 10, 30, 30, 0, 0, 12, 12, 40, 40, 50, 50]), Int32Array.from([0, 1, 2]), { x: 5, y: 5, width: 20, height: 40 });
+  // first clipped; second keeps 7×7 of 12×12 (34 % ≥ 25 %); third outside the window
+  t.deepEqual(Array.from(c.boxes), [5, 5, 20, 25, 0, 0, 7, 7]);
+  t.deepEqual(Array.from(c.labels), [0, 1]);
+  t.deepEqual(Array.from(cropBoxes(Float32Array.from([0, 0, 12, 12]), Int32Array.from([1]), { x: 5, y: 5, width: 20, height: 40 }, 0.4).labels), []);
+  const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
+  const byId = new Map(Array.from({ length: ds.length }, (_, k) => [ds.record(k).id, ds.record(k)]));
+  const loader = new DataLoader(ds, { batchSize: 4, seed: 2, transform: { minSide: 96, maxSide: 96, crop: { p: 1, minSize: 0.5 } } });
+  for await (const b of loader.epoch(0)) {
+    const ann = b.annotations.toArray() as Float32Array;
+    const M = b.annotations.shape[1];
+    b.ids.forEach((id, i) => {
+      const r = byId.get(id)!;
+      const crop = b.crops[i]!;
+      t.deepEqual(b.inputSizes[i], [crop.height, crop.width]);
+      const expected = cropBoxes(transformBoxes(r.boxes, r.width!, r.height!, 96, 96, b.flipped[i]), r.labels, crop);
+      const got = Array.from(ann.subarray(i * M * 5, (i + 1) * M * 5)).filter((_, k) => k < expected.labels.length * 5 && k % 5 !== 4);
+      t.deepEqual(got, Array.from(expected.boxes));
+    });
+    disposeBatch(b);
+  }
 });
 
 test('loader: every image exactly once per epoch; the same seed gives the same batches; epochs differ', async (t) => {

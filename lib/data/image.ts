@@ -31,6 +31,8 @@ export interface LoadImageOptions {
   resize?: { width: number; height: number };
   /** Mirror left–right after resizing. */
   flip?: boolean;
+  /** Window of the resized (and flipped) image to keep. */
+  extract?: { left: number; top: number; width: number; height: number };
   /** Photometric jitter: brightness and saturation multipliers, hue rotation in degrees. */
   modulate?: { brightness: number; saturation: number; hue: number };
 }
@@ -63,6 +65,11 @@ export async function loadImage(file: string, options: LoadImageOptions = {}): P
     p = p.removeAlpha().toColourspace('srgb');
     if (options.resize) p = p.resize(options.resize.width, options.resize.height, { fit: 'fill', kernel: 'linear' });
     if (options.flip) p = p.flop();
+    if (options.extract) {
+      // sharp applies extract before resize unless the resize happens in a pipeline of its own
+      const { data, info } = await p.raw().toBuffer({ resolveWithObject: true });
+      p = sharp(data, { raw: { width: info.width, height: info.height, channels: info.channels as 3 } }).extract(options.extract);
+    }
     if (options.modulate) p = p.modulate(options.modulate);
     const { data, info } = await p.raw().toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels`);

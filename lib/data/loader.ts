@@ -11,7 +11,7 @@ import { checkInteger, checkOneOf, checkOptions, invalid } from '../validate';
 import { DetectionDataset, SampleRecord } from './dataset';
 import { BadSampleError, imageSize, loadImage } from './image';
 import { Rng } from './random';
-import { IMAGENET_MEAN, IMAGENET_STD, paddedSize, resizeScale, scaledSize, TransformOptions, transformBoxes } from './transforms';
+import { cropBoxes, IMAGENET_MEAN, IMAGENET_STD, paddedSize, resizeScale, scaledSize, TransformOptions, transformBoxes } from './transforms';
 
 export interface Batch {
   /** `[B, 3, H, W]` float32, normalised, zero-padded (after normalisation) to a multiple of padMultiple. */
@@ -30,6 +30,8 @@ export interface Batch {
   files: string[];
   /** Horizontal flip applied to each image. */
   flipped: boolean[];
+  /** Crop window of each image in resized pixels (before the crop), or null. */
+  crops: Array<{ x: number; y: number; width: number; height: number } | null>;
 }
 
 export interface LoaderOptions {
@@ -79,11 +81,12 @@ interface LoadedSample {
   boxes: Float32Array;
   labels: Int32Array;
   flipped: boolean;
+  crop: { x: number; y: number; width: number; height: number } | null;
 }
 
 export class DataLoader implements AsyncIterable<Batch> {
   private readonly dataset: DetectionDataset;
-  private readonly o: Required<Omit<LoaderOptions, 'transform'>> & { transform: Required<Omit<TransformOptions, 'scaleJitter' | 'photometric'>> & TransformOptions };
+  private readonly o: Required<Omit<LoaderOptions, 'transform'>> & { transform: Required<Omit<TransformOptions, 'scaleJitter' | 'photometric' | 'crop'>> & TransformOptions };
   private sizes: Array<{ width: number; height: number } | undefined>;
   private nextEpoch = 0;
   /** Samples skipped with `onBadSample: 'skip'`, with the reason. */
@@ -216,19 +219,23 @@ export class DataLoader implements AsyncIterable<Batch> {
     const scale = resizeScale(size.width, size.height, t.minSide, t.maxSide) * jitter;
     const out = scaledSize(size.width, size.height, scale);
     const same = out.width === size.width && out.height === size.height;
-    const img = await loadImage(record.file, { limitInputPixels: this.o.limitInputPixels, resize: same ? undefined : out, flip, modulate });
-    return {
-      record,
-      data: img.data,
-      width: img.width,
-      height: img.height,
-      originalWidth: size.width,
-      originalHeight: size.height,
-      scale,
-      boxes: transformBoxes(record.boxes, size.width, size.height, img.width, img.height, flip),
-      labels: record.labels,
-      flipped: flip,
-    };
+    let crop: LoadedSample['crop'] = null;
+    if (this.o.augment && t.crop && rng.next() < t.crop.p) {
+      const width = Math.max(1, Math.round(out.width * rng.between(t.crop.minSize, 1)));
+      const height = Math.max(1, Math.round(out.height * rng.between(t.crop.minSize, 1)));
+      crop = { x: rng.integer(0, out.width - width + 1), y: rng.integer(0, out.height - height + 1), width, height };
+    }
+    const img = await loadImage(record.file, {
+      limitInputPixels: this.o.limitInputPixels,
+      resize: same ? undefined : out,
+      flip,
+      modulate,
+      extract: crop ? { left: crop.x, top: crop.y, width: crop.width, height: crop.height } : undefined,
+    });
+    let boxes = transformBoxes(record.boxes, size.width, size.height, out.width, out.height, flip);
+    let labels = record.labels;
+    if (crop) ({ boxes, labels } = cropBoxes(boxes, labels, crop, t.crop?.minVisible ?? 0.25));
+    return { record, data: img.data, width: img.width, height: img.height, originalWidth: size.width, originalHeight: size.height, scale, boxes, labels, flipped: flip, crop };
   }
 
   private async loadBatch(indices: number[], epoch: number, k: number): Promise<Batch | null> {
@@ -279,6 +286,7 @@ export class DataLoader implements AsyncIterable<Batch> {
       ids: samples.map((s) => s.record.id),
       files: samples.map((s) => s.record.file),
       flipped: samples.map((s) => s.flipped),
+      crops: samples.map((s) => s.crop),
     };
   }
 }

@@ -13,6 +13,12 @@ export interface TransformOptions {
   flip?: number;
   /** Random scale factor range multiplied into the resize scale, e.g. [0.8, 1.2]; default none. */
   scaleJitter?: [number, number];
+  /**
+   * Random crop of the resized image: with probability `p`, a window whose sides are U[minSize, 1]
+   * of the image's, at a random place; boxes are shifted and clipped, and a box keeping less than
+   * `minVisible` (default 0.25) of its area, or less than 1 px a side, is dropped. Default none.
+   */
+  crop?: { p: number; minSize: number; minVisible?: number };
   /** Photometric jitter: brightness and saturation ± fraction, hue ± degrees; default none. */
   photometric?: { brightness?: number; saturation?: number; hue?: number };
   /** ImageNet normalisation by default. */
@@ -57,4 +63,24 @@ export function transformBoxes(boxes: Float32Array, width: number, height: numbe
 export function paddedSize(sizes: Array<{ width: number; height: number }>, multiple = 32): { width: number; height: number } {
   const up = (v: number) => Math.ceil(v / multiple) * multiple;
   return { width: up(Math.max(...sizes.map((s) => s.width))), height: up(Math.max(...sizes.map((s) => s.height))) };
+}
+
+/**
+ * Boxes `[n × 4]` (with labels) into a crop window `x, y, width, height`: shifted, clipped, and
+ * dropped when less than `minVisible` of their area (or under 1 px a side) remains.
+ */
+export function cropBoxes(boxes: Float32Array, labels: Int32Array, window: { x: number; y: number; width: number; height: number }, minVisible = 0.25): { boxes: Float32Array; labels: Int32Array } {
+  const outB: number[] = [];
+  const outL: number[] = [];
+  for (let i = 0; i < labels.length; i++) {
+    const [x1, y1, x2, y2] = boxes.subarray(4 * i, 4 * i + 4);
+    const c = [Math.max(x1 - window.x, 0), Math.max(y1 - window.y, 0), Math.min(x2 - window.x, window.width), Math.min(y2 - window.y, window.height)];
+    const w = c[2] - c[0];
+    const h = c[3] - c[1];
+    const area = (x2 - x1) * (y2 - y1);
+    if (w < 1 || h < 1 || (area > 0 && (w * h) / area < minVisible)) continue;
+    outB.push(...c);
+    outL.push(labels[i]);
+  }
+  return { boxes: Float32Array.from(outB), labels: Int32Array.from(outL) };
 }
