@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { Command } from 'commander';
 import { buildInfo, Model, setTf32, Tensor } from '../lib';
 import { pythonWithTorch } from '../test/helpers/python';
+import { timeMs } from './timing';
 
 interface Row {
   system: string;
@@ -41,10 +42,7 @@ async function main(): Promise<void> {
   const model = Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval();
   for (const b of batches) {
     const x = Tensor.from(Float32Array.from({ length: b * 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [b, 3, size, size], { device });
-    for (let i = 0; i < warmup; i++) await model.detect(x);
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < iters; i++) await model.detect(x);
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6 / iters;
+    const ms = await timeMs(() => model.detect(x), warmup, iters);
     rows.push({ system: `onestage (LibTorch ${buildInfo().torchVersion})`, batch: b, ms });
     console.error(`onestage batch ${b}: ${ms.toFixed(1)} ms`);
     x.dispose();

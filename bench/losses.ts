@@ -10,7 +10,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { buildInfo, encodeBoxes, FocalLoss, generateAnchors, GHMC, GHMR, MaxIoUAssigner, synchronize, Tensor } from '../lib';
+import { buildInfo, encodeBoxes, FocalLoss, generateAnchors, GHMC, GHMR, MaxIoUAssigner, Tensor } from '../lib';
+import { timeMs as time } from './timing';
 import { Bundle, fromTensor, writeBundle } from '../test/helpers/bundle';
 import { pythonWithTorch, tempDir } from '../test/helpers/python';
 import { Rng } from '../test/helpers/random';
@@ -18,16 +19,6 @@ import { Rng } from '../test/helpers/random';
 interface Row {
   loss: string;
   ms: number;
-}
-
-/** Mean time per call; the GPU is drained before and after, as the reference does. */
-async function time(fn: () => Promise<void>, warmup: number, iters: number): Promise<number> {
-  for (let i = 0; i < warmup; i++) await fn();
-  synchronize();
-  const t0 = process.hrtime.bigint();
-  for (let i = 0; i < iters; i++) await fn();
-  synchronize();
-  return Number(process.hrtime.bigint() - t0) / 1e6 / iters;
 }
 
 async function main(): Promise<void> {

@@ -5,26 +5,14 @@ usage: reference_inference.py DEVICE DEPTH SIZE BATCHES WARMUP ITERS   → JSON 
 import json
 import os
 import sys
-import time
 
 import torch
 import torchvision
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "test", "reference"))
+from timing import timed  # noqa: E402 (bench/timing.py, beside this file)
 from retinanet_ref import RetinaNetRef, postprocess, randomise, retinanet_anchors  # noqa: E402
 
-
-def timed(fn, device, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters
 
 
 def main():
@@ -52,7 +40,7 @@ def main():
             return [o[0].cpu() for o in out]
 
         s = timed(run_ref, device, warmup, iters)
-        print(json.dumps({"system": "reference RetinaNet (PyTorch %s)" % torch.__version__, "batch": b, "ms": s * 1e3}), flush=True)
+        print(json.dumps({"system": "reference RetinaNet (PyTorch %s)" % torch.__version__, "batch": b, "ms": s}), flush=True)
         if tv is not None:
             imgs = list(x)
 
@@ -60,7 +48,7 @@ def main():
                 return [d["boxes"].cpu() for d in tv(imgs)]
 
             s = timed(run_tv, device, warmup, iters)
-            print(json.dumps({"system": "torchvision retinanet_resnet50_fpn", "batch": b, "ms": s * 1e3}), flush=True)
+            print(json.dumps({"system": "torchvision retinanet_resnet50_fpn", "batch": b, "ms": s}), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,26 +4,14 @@ GHM-C / GHM-R loops (with .item() each bin).  usage: reference_losses.py IN_DIR 
 import json
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "test", "reference"))
+from timing import timed  # noqa: E402 (bench/timing.py, beside this file)
 from bundle import read_bundle  # noqa: E402
 from losses_ref import GHMC, GHMR, encode, focal_retinanet  # noqa: E402
 
-
-def timed(fn, device, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters * 1e3
 
 
 def main():

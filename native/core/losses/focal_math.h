@@ -5,11 +5,7 @@
 #pragma once
 #include <cmath>
 
-#ifdef __CUDACC__
-#define ONESTAGE_HD __host__ __device__
-#else
-#define ONESTAGE_HD
-#endif
+#include "core/host_device.h"
 
 namespace onestage {
 
