@@ -83,6 +83,12 @@ export interface NativeBinding {
 
   collateImagesAsync(images: Uint8Array[], sizes: number[], height: number, width: number, mean: number[], std: number[], device: string): Promise<NativeTensor>;
   contrastiveViewsAsync(images: NativeTensor, annotations: NativeTensor, factors: NativeTensor): Promise<NativeTensor>;
+
+  trainerCreate(model: NativeModel, optimizer: object, loss: object): NativeSession;
+  trainerStepAsync(session: NativeSession, images: NativeTensor, annotations: NativeTensor, lr: number): Promise<NativeStepResult>;
+  trainerSaveOptimizerAsync(session: NativeSession, path: string): Promise<void>;
+  trainerLoadOptimizerAsync(session: NativeSession, path: string): Promise<void>;
+  trainerDispose(session: NativeSession): void;
 }
 
 /** Opaque handle to a native model. */
@@ -128,6 +134,20 @@ export interface NativeSafetensorsEntry {
 /** Opaque handle to a native stateful loss (GHM, RetinaNet loss). */
 export interface NativeLoss {
   readonly __nativeLoss: unique symbol;
+}
+
+/** Opaque handle to a native training session (model + loss + optimizer). */
+export interface NativeSession {
+  readonly __nativeSession: unique symbol;
+}
+
+export interface NativeStepResult {
+  cls: number;
+  reg: number;
+  total: number;
+  gradNorm: number;
+  skipped: boolean;
+  reason: string;
 }
 
 /** Folder of the package (holds package.json and build/). */

@@ -26,3 +26,5 @@ export { makeShapes, SHAPE_CLASSES } from './data/shapes';
 export type { ShapesOptions, ShapesResult } from './data/shapes';
 export { Rng } from './data/random';
 export { contrastiveViews } from './data/views';
+export { Trainer } from './train/trainer';
+export type { TrainerOptions, OptimizerOptions, ScheduleOptions, StepRecord, FitOptions, FitResult } from './train/trainer';

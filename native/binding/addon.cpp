@@ -12,6 +12,7 @@ void registerModelExports(Napi::Env env, Napi::Object exports);
 void registerGeometryExports(Napi::Env env, Napi::Object exports);
 void registerLossExports(Napi::Env env, Napi::Object exports);
 void registerDataExports(Napi::Env env, Napi::Object exports);
+void registerTrainExports(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -62,6 +63,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   registerGeometryExports(env, exports);
   registerLossExports(env, exports);
   registerDataExports(env, exports);
+  registerTrainExports(env, exports);
   return exports;
 }
 

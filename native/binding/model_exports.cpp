@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "binding/configs.h"
+#include "binding/model_handle.h"
 #include "binding/napi_util.h"
 #include "core/errors.h"
 #include "core/models/detector.h"
@@ -10,13 +11,16 @@
 namespace onestage::binding {
 
 namespace {
-
 constexpr napi_type_tag kModelTag = {0x6f6e657374616765ULL, 0x4d6f64656c000001ULL};
-using Detector = RetinaNetDetector;
+}  // namespace
 
-std::shared_ptr<Detector> modelArg(const Napi::CallbackInfo& info, size_t i = 0) {
-  return objectArg<Detector>(info, i, "model", &kModelTag, "Model");
+std::shared_ptr<RetinaNetDetector> modelArg(const Napi::CallbackInfo& info, size_t i) {
+  return objectArg<RetinaNetDetector>(info, i, "model", &kModelTag, "Model");
 }
+
+namespace {
+
+using Detector = RetinaNetDetector;
 
 Napi::Value ModelCreateRetinaNet(const Napi::CallbackInfo& info) {
   const auto opts = optionsArg(info, 0, "options");

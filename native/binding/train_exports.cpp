@@ -1,0 +1,99 @@
+// Training exports: a session (model + loss + optimizer) and its step, run on the thread pool.
+#include <napi.h>
+
+#include "binding/configs.h"
+#include "binding/model_handle.h"
+#include "binding/napi_util.h"
+#include "core/train/training_session.h"
+
+namespace onestage::binding {
+
+namespace {
+
+constexpr napi_type_tag kSessionTag = {0x6f6e657374616765ULL, 0x547261696e000001ULL};
+
+std::shared_ptr<TrainingSession> sessionArg(const Napi::CallbackInfo& info) {
+  return objectArg<TrainingSession>(info, 0, "session", &kSessionTag, "TrainingSession");
+}
+
+OptimizerOptions optimizerOptionsFrom(const Napi::Object& o) {
+  OptimizerOptions p;
+  p.type = optString(o, "optimizer", "type", p.type);
+  p.lr = optNumber(o, "optimizer", "lr", p.lr);
+  p.momentum = optNumber(o, "optimizer", "momentum", p.momentum);
+  p.weightDecay = optNumber(o, "optimizer", "weightDecay", p.weightDecay);
+  p.nesterov = optBool(o, "optimizer", "nesterov", p.nesterov);
+  p.beta1 = optNumber(o, "optimizer", "beta1", p.beta1);
+  p.beta2 = optNumber(o, "optimizer", "beta2", p.beta2);
+  p.eps = optNumber(o, "optimizer", "eps", p.eps);
+  p.clipGradNorm = optNumber(o, "optimizer", "clipGradNorm", p.clipGradNorm);
+  return p;
+}
+
+Napi::Value TrainerCreate(const Napi::CallbackInfo& info) {
+  auto model = modelArg(info, 0);
+  const auto optimizer = optimizerOptionsFrom(optionsArg(info, 1, "optimizer"));
+  const auto loss = retinaLossOptionsFrom(optionsArg(info, 2, "loss"));
+  std::lock_guard<std::mutex> lock(model->mutex());
+  return wrapObject(info.Env(), std::make_shared<TrainingSession>(model, optimizer, loss), &kSessionTag);
+}
+
+Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
+  auto session = sessionArg(info);
+  auto images = tensorArg(info, 1, "images");
+  auto annotations = tensorArg(info, 2, "annotations");
+  const double lr = numberArg(info, 3, "lr", 1e-12, 1e6);
+  return PromiseWorker<StepResult>::start(
+      info.Env(), [session, images, annotations, lr] { return session->step(images, annotations, lr); },
+      [](Napi::Env env, StepResult& r) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("cls", r.cls);
+        o.Set("reg", r.reg);
+        o.Set("total", r.total);
+        o.Set("gradNorm", r.gradNorm);
+        o.Set("skipped", r.skipped);
+        o.Set("reason", r.reason);
+        return o;
+      });
+}
+
+std::string optimizerPathArg(const Napi::CallbackInfo& info) {
+  const auto path = stringArg(info, 1, "path");
+  if (path.size() < 4 || path.compare(path.size() - 3, 3, ".pt") != 0)
+    throw Napi::RangeError::New(info.Env(), "Expected a path ending in .pt for path but received '" + path + "'");
+  return path;
+}
+
+Napi::Value TrainerSaveOptimizerAsync(const Napi::CallbackInfo& info) {
+  auto session = sessionArg(info);
+  const auto path = optimizerPathArg(info);
+  return PromiseWorker<bool>::start(
+      info.Env(), [session, path] { session->saveOptimizer(path); return true; },
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+}
+
+Napi::Value TrainerLoadOptimizerAsync(const Napi::CallbackInfo& info) {
+  auto session = sessionArg(info);
+  const auto path = optimizerPathArg(info);
+  return PromiseWorker<bool>::start(
+      info.Env(), [session, path] { session->loadOptimizer(path); return true; },
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+}
+
+Napi::Value TrainerDispose(const Napi::CallbackInfo& info) {
+  auto* box = objectBoxArg<TrainingSession>(info, 0, "session", &kSessionTag, "TrainingSession");
+  box->object.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void registerTrainExports(Napi::Env env, Napi::Object exports) {
+  exportFunction<TrainerCreate>(env, exports, "trainerCreate");
+  exportFunction<TrainerStepAsync>(env, exports, "trainerStepAsync");
+  exportFunction<TrainerSaveOptimizerAsync>(env, exports, "trainerSaveOptimizerAsync");
+  exportFunction<TrainerLoadOptimizerAsync>(env, exports, "trainerLoadOptimizerAsync");
+  exportFunction<TrainerDispose>(env, exports, "trainerDispose");
+}
+
+}  // namespace onestage::binding
