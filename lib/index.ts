@@ -28,3 +28,5 @@ export { Rng } from './data/random';
 export { contrastiveViews } from './data/views';
 export { Trainer } from './train/trainer';
 export type { TrainerOptions, OptimizerOptions, ScheduleOptions, StepRecord, FitOptions, FitResult } from './train/trainer';
+export { evaluateCoco, COCO_STAT_NAMES } from './eval/coco_eval';
+export type { CocoGroundTruth, CocoDetection, CocoEvalResult } from './eval/coco_eval';
