@@ -9,7 +9,7 @@
  */
 import { native, NativeLoss, NativeTensor } from './binding';
 import { BoxCoderOptions, checkBoxCoderOptions } from './geometry';
-import { handleOf, Tensor } from './tensor';
+import { handleOf, Tensor, wrapTensors } from './tensor';
 import { checkInteger, checkOneOf, checkOptions, invalid } from './validate';
 
 export interface AssignerOptions {
@@ -145,12 +145,6 @@ function lossInput(input: DetectionLossInput): [NativeTensor, NativeTensor, Nati
   return [handleOf('input.classifications', i.classifications), handleOf('input.regressions', i.regressions), handleOf('input.anchors', i.anchors), handleOf('input.annotations', i.annotations)];
 }
 
-function wrapAll<K extends string>(out: Record<string, NativeTensor>): Record<K, Tensor> {
-  const r: Record<string, Tensor> = {};
-  for (const [k, h] of Object.entries(out)) r[k] = new Tensor(h);
-  return r as Record<K, Tensor>;
-}
-
 /**
  * `torchvision.ops.sigmoid_focal_loss` per element (reduction none): logits and 0/1 targets of one
  * shape → loss of that shape, with autograd. α default 0.25 (negative disables), γ default 2.
@@ -171,7 +165,7 @@ export class MaxIoUAssigner {
   /** anchors `[N, 4]`, annotations `[B, M, 5]` → per-anchor labels, assigned boxes, IoU. */
   async assign(anchors: Tensor, annotations: Tensor): Promise<Assignment> {
     const out = await native().assignMaxIouAsync(handleOf('anchors', anchors), handleOf('annotations', annotations), this.options);
-    return wrapAll<keyof Assignment>(out);
+    return wrapTensors<keyof Assignment>(out);
   }
 }
 
@@ -184,7 +178,7 @@ export class FocalLoss {
   /** `{cls, reg}` scalars with autograd. */
   async forward(input: DetectionLossInput): Promise<LossValue> {
     const out = await native().focalLossAsync(...lossInput(input), this.options);
-    return wrapAll<keyof LossValue>(out);
+    return wrapTensors<keyof LossValue>(out);
   }
 }
 
@@ -264,7 +258,7 @@ export class RetinaNetLoss {
     if (!Array.isArray(levels)) throw invalid('input.levelSizes', 'an array of integers', levels);
     levels.forEach((n, i) => checkInteger(`input.levelSizes[${i}]`, n, 0, 2 ** 40));
     const out = await native().retinaLossForwardAsync(this.handle, ...lossInput(input), levels);
-    return wrapAll<keyof LossValue>(out);
+    return wrapTensors<keyof LossValue>(out);
   }
   /** GHM momentum states (one per level with ghmPerLevel), for checkpoints. */
   state(): { ghmc: Array<Float64Array | null>; ghmr: Array<Float64Array | null> } {

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { native, NativeDetection, NativeLoadReport, NativeModel, NativeModelInfo } from './binding';
 import { AnchorOptions, BoxCoderOptions, checkAnchorOptions, checkBoxCoderOptions } from './geometry';
 import { readSafetensorsHeader } from './safetensors';
-import { checkDevice, Device, handleOf, Tensor } from './tensor';
+import { checkDevice, Device, handleOf, Tensor, wrapTensors } from './tensor';
 import { checkInteger, checkOneOf, checkOptions, invalid } from './validate';
 
 export type ResNetDepth = 18 | 34 | 50 | 101 | 152;
@@ -160,10 +160,7 @@ export class Model {
 
   /** Raw outputs for a batch `[B, 3, H, W]` (float32, on the model's device), without gradients. */
   async forward(images: Tensor): Promise<ForwardOutput> {
-    const out = await native().modelForwardAsync(this.handle, handleOf('images', images));
-    const wrapped: Record<string, Tensor> = {};
-    for (const [k, h] of Object.entries(out)) wrapped[k] = new Tensor(h);
-    return wrapped as unknown as ForwardOutput;
+    return wrapTensors<keyof ForwardOutput>(await native().modelForwardAsync(this.handle, handleOf('images', images)));
   }
 
   /**

@@ -286,6 +286,13 @@ export function handleOf(name: string, value: unknown): NativeTensor {
   return value.handle;
 }
 
+/** A record of native handles (as async exports return them) as Tensors. @internal */
+export function wrapTensors<K extends string>(handles: Record<string, NativeTensor>): Record<K, Tensor> {
+  const out: Record<string, Tensor> = {};
+  for (const [k, h] of Object.entries(handles)) out[k] = new Tensor(h);
+  return out as Record<K, Tensor>;
+}
+
 /** Number of native tensors alive (created and neither disposed nor garbage-collected). */
 export function liveTensors(): number {
   return native().liveTensors();

@@ -6,7 +6,7 @@
  */
 import test from 'ava';
 import * as path from 'node:path';
-import { buildInfo, FocalLoss, GHMC, GHMR, MaxIoUAssigner, RetinaNetLoss, setTf32, sigmoidFocalLoss, Tensor } from '../lib';
+import { buildInfo, encodeBoxes, FocalLoss, GHMC, GHMR, MaxIoUAssigner, RetinaNetLoss, setTf32, sigmoidFocalLoss, Tensor } from '../lib';
 import { Bundle, fromTensor, readBundle, toTensor, writeBundle } from './helpers/bundle';
 import { assertClose } from './helpers/close';
 import { runReference, tempDir } from './helpers/python';
@@ -260,7 +260,6 @@ test('retinanet loss: focal + smoothL1 equals FocalLoss; ghmc + ghmr equals GHMC
   const shape = args.classifications.shape;
   const ghmc = await new GHMC({ momentum: 0 }).forward(args.classifications, Tensor.from(target, shape), Tensor.from(weight, shape));
   t.true(Math.abs(ghm.cls.toNumbers()[0] - ghmc.toNumbers()[0]) < 1e-6);
-  const { encodeBoxes } = await import('../lib');
   const deltas = encodeBoxes(args.anchors, a.boxes);
   const regWeight = Float32Array.from({ length: labels.length * 4 }, (_, i) => (labels[Math.floor(i / 4)] >= 0 ? 1 : 0));
   const ghmr = await new GHMR({ momentum: 0 }).forward(args.regressions, deltas, Tensor.from(regWeight, args.regressions.shape));

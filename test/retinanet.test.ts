@@ -6,7 +6,7 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildInfo, Detection, generateAnchors, Model, setTf32, Tensor } from '../lib';
+import { batchedNms, buildInfo, decodeBoxes, Detection, generateAnchors, Model, nms, setTf32, Tensor } from '../lib';
 import { Bundle, BundleEntry, fromTensor, readBundle, toTensor, writeBundle } from './helpers/bundle';
 import { assertClose } from './helpers/close';
 import { runReference, tempDir } from './helpers/python';
@@ -101,7 +101,6 @@ for (const depth of [18, 50] as const) {
     for (const k of ['c3', 'c4', 'c5', 'p3', 'p4', 'p5', 'p6', 'p7', 'regression', 'classification'] as const)
       assertClose(t, fromTensor(out[k]), ref[k], { name: k, ...NET });
     assertClose(t, fromTensor(out.anchors), ref.anchors, { name: 'anchors', atol: 0, rtol: 0 });
-    const { decodeBoxes } = await import('../lib');
     const decoded = decodeBoxes(out.anchors, out.regression);
     assertClose(t, fromTensor(decoded), ref.decoded, { name: 'decoded boxes', rtol: 1e-4, atol: 1e-3 });
     for (const v of [...Object.values(out), x, decoded]) v.dispose();
@@ -220,7 +219,6 @@ test('detect: equals torchvision-style post-processing (top-k per level, batched
 
 for (const device of devices) {
   test(`nms: equals torchvision.ops.nms and batched_nms on random boxes (${device})`, async (t) => {
-    const { nms, batchedNms } = await import('../lib');
     const rng = new Rng(17);
     for (const n of [0, 1, 7, 600]) {
       const xy = rng.uniform(n * 2, 0, 200);
@@ -248,7 +246,6 @@ for (const device of devices) {
 }
 
 test('nms: identical boxes keep only the best; disjoint boxes are all kept', async (t) => {
-  const { nms } = await import('../lib');
   const same = Tensor.from(new Float32Array([0, 0, 10, 10, 0, 0, 10, 10, 0, 0, 10, 10]), [3, 4]);
   const scores = Tensor.from([0.2, 0.9, 0.5]);
   t.deepEqual(nms(same, scores, 0.5).toNumbers(), [1]);

@@ -143,48 +143,53 @@ RegressionSums regressionSums(const std::string& type, const torch::Tensor& reg,
   return {(per * positive).sum({1, 2}), 4 * npos};
 }
 
+namespace {
+void checkVariant(const FocalLossOptions& opts) {
+  if (opts.variant != "retinanet" && opts.variant != "logits")
+    throw RangeError("Expected 'retinanet' or 'logits' for variant but received '" + opts.variant + "'");
+  if (opts.variant == "logits" && opts.normalize != "image" && opts.normalize != "batch")
+    throw RangeError("Expected 'image' or 'batch' for normalize but received '" + opts.normalize + "'");
+}
+}  // namespace
+
+torch::Tensor focalClassification(const torch::Tensor& cls, const Assignment& a, const FocalLossOptions& opts) {
+  checkVariant(opts);
+  const auto dtype = cls.scalar_type();
+  const auto npos = a.numPositives.to(dtype);
+  if (opts.variant == "retinanet" && dtype == torch::kFloat32) {
+    // fused: one pass forward, one backward (the same terms as below, without ~40 temporaries)
+    const auto scale = 1.0 / (npos.clamp_min(1.0) * static_cast<double>(cls.size(0)));
+    return fusedRetinaFocal(cls, a.labels, scale, opts.alpha, opts.gamma, opts.probabilities);
+  }
+  const auto t = oneHotTargets(a.labels, cls.size(2), dtype);
+  const auto valid = (a.labels != -2).unsqueeze(-1).to(dtype);  // ignored anchors contribute nothing
+  if (opts.variant == "retinanet") {
+    auto p = opts.probabilities ? cls : torch::sigmoid(cls);
+    p = torch::clamp(p, 1e-4, 1.0 - 1e-4);
+    const auto isPos = t == 1;
+    const auto alphaFactor = torch::where(isPos, torch::full_like(p, opts.alpha), torch::full_like(p, 1.0 - opts.alpha));
+    const auto focalWeight = alphaFactor * torch::pow(torch::where(isPos, 1.0 - p, p), opts.gamma);
+    const auto bce = -(t * torch::log(p) + (1.0 - t) * torch::log(1.0 - p));
+    return ((focalWeight * bce * valid).sum({1, 2}) / npos.clamp_min(1.0)).mean();
+  }
+  const auto loss = sigmoidFocalLoss(cls, t, opts.alpha, opts.gamma) * valid;
+  if (opts.normalize == "image") return (loss.sum({1, 2}) / npos.clamp_min(1.0)).mean();
+  return loss.sum() / npos.sum().clamp_min(1.0);
+}
+
+torch::Tensor focalRegression(const torch::Tensor& reg, const torch::Tensor& anchors, const Assignment& a,
+                              const FocalLossOptions& opts) {
+  checkVariant(opts);
+  const auto r = regressionSums(opts.regression, reg, anchors, a, opts.coder, opts.beta);
+  if (opts.variant == "retinanet") return (r.sum / r.count.clamp_min(1.0)).mean();  // mean over 4·positives
+  const auto npos = a.numPositives.to(reg.scalar_type());
+  if (opts.normalize == "image") return (r.sum / npos.clamp_min(1.0)).mean();
+  return r.sum.sum() / npos.sum().clamp_min(1.0);
+}
+
 LossParts focalLoss(const torch::Tensor& cls, const torch::Tensor& reg, const torch::Tensor& anchors, const Assignment& a,
                     const FocalLossOptions& opts) {
-  const int64_t C = cls.size(2);
-  const auto dtype = cls.scalar_type();
-  const bool fused = opts.variant == "retinanet" && dtype == torch::kFloat32;
-  const auto t = fused ? torch::Tensor() : oneHotTargets(a.labels, C, dtype);
-  const auto valid = (a.labels != -2).unsqueeze(-1).to(dtype);  // ignored anchors contribute nothing
-  const auto npos = a.numPositives.to(dtype);
-  LossParts out;
-  if (opts.variant == "retinanet") {
-    if (dtype == torch::kFloat32) {
-      // fused: one pass forward, one backward (the same terms as below, without ~40 temporaries)
-      const auto scale = 1.0 / (npos.clamp_min(1.0) * static_cast<double>(cls.size(0)));
-      out.cls = fusedRetinaFocal(cls, a.labels, scale, opts.alpha, opts.gamma, opts.probabilities);
-    } else {
-      auto p = opts.probabilities ? cls : torch::sigmoid(cls);
-      p = torch::clamp(p, 1e-4, 1.0 - 1e-4);
-      const auto isPos = t == 1;
-      const auto alphaFactor = torch::where(isPos, torch::full_like(p, opts.alpha), torch::full_like(p, 1.0 - opts.alpha));
-      const auto focalWeight = alphaFactor * torch::pow(torch::where(isPos, 1.0 - p, p), opts.gamma);
-      const auto bce = -(t * torch::log(p) + (1.0 - t) * torch::log(1.0 - p));
-      out.cls = ((focalWeight * bce * valid).sum({1, 2}) / npos.clamp_min(1.0)).mean();
-    }
-    const auto r = regressionSums(opts.regression, reg, anchors, a, opts.coder, opts.beta);
-    out.reg = (r.sum / r.count.clamp_min(1.0)).mean();
-    return out;
-  }
-  if (opts.variant != "logits")
-    throw RangeError("Expected 'retinanet' or 'logits' for variant but received '" + opts.variant + "'");
-  const auto loss = sigmoidFocalLoss(cls, t, opts.alpha, opts.gamma) * valid;
-  const auto r = regressionSums(opts.regression, reg, anchors, a, opts.coder, opts.beta);
-  if (opts.normalize == "image") {
-    out.cls = (loss.sum({1, 2}) / npos.clamp_min(1.0)).mean();
-    out.reg = (r.sum / npos.clamp_min(1.0)).mean();
-  } else if (opts.normalize == "batch") {
-    const auto total = npos.sum().clamp_min(1.0);
-    out.cls = loss.sum() / total;
-    out.reg = r.sum.sum() / total;
-  } else {
-    throw RangeError("Expected 'image' or 'batch' for normalize but received '" + opts.normalize + "'");
-  }
-  return out;
+  return {focalClassification(cls, a, opts), focalRegression(reg, anchors, a, opts)};
 }
 
 LossParts focalLoss(const torch::Tensor& cls, const torch::Tensor& reg, const torch::Tensor& anchors,

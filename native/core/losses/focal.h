@@ -38,7 +38,13 @@ struct LossParts {
 LossParts focalLoss(const torch::Tensor& classifications, const torch::Tensor& regressions, const torch::Tensor& anchors,
                     const torch::Tensor& annotations, const FocalLossOptions& opts);
 
-/// The same from a precomputed assignment (the composer shares one assignment between losses).
+/// The classification and regression parts separately, from a precomputed assignment (the composer
+/// shares one assignment between losses and computes only the parts it uses).
+torch::Tensor focalClassification(const torch::Tensor& classifications, const Assignment& assignment, const FocalLossOptions& opts);
+torch::Tensor focalRegression(const torch::Tensor& regressions, const torch::Tensor& anchors, const Assignment& assignment,
+                              const FocalLossOptions& opts);
+
+/// Both parts from a precomputed assignment.
 LossParts focalLoss(const torch::Tensor& classifications, const torch::Tensor& regressions, const torch::Tensor& anchors,
                     const Assignment& assignment, const FocalLossOptions& opts);
 

@@ -45,10 +45,10 @@ LossParts RetinaLoss::forward(const torch::Tensor& cls, const torch::Tensor& reg
   checkDetectionLossInputs(cls, reg, anchors, annotations);
   const auto& o = options_;
   const auto a = assignMaxIou(anchors, annotations, o.focal.assigner);
-  FocalLossOptions focal = o.focal;
-  focal.regression = o.regression == "ghmr" ? "none" : o.regression;
-  LossParts out = focalLoss(cls, reg, anchors, a, focal);
-  if (o.classification == "ghmc") {
+  LossParts out;
+  if (o.classification == "focal") {
+    out.cls = focalClassification(cls, a, o.focal);
+  } else {
     // labels form (fused): −1 background, −2 ignored (weight 0)
     const auto weight = (a.labels != -2).to(cls.scalar_type());
     const auto opts = o.ghmc;
@@ -57,7 +57,11 @@ LossParts RetinaLoss::forward(const torch::Tensor& cls, const torch::Tensor& reg
                            return ghmcLossLabels(p, t, w, opts, s);
                          });
   }
-  if (o.regression == "ghmr") {
+  if (o.regression != "ghmr") {
+    FocalLossOptions focal = o.focal;
+    focal.regression = o.regression;
+    out.reg = focalRegression(reg, anchors, a, focal);
+  } else {
     const auto target = o.focal.coder.encode(anchors.to(reg.scalar_type()).unsqueeze(0), a.boxes.to(reg.scalar_type())).detach();
     const auto weight = (a.labels >= 0).unsqueeze(-1).expand_as(reg).to(reg.scalar_type());
     const auto opts = o.ghmr;
