@@ -84,10 +84,12 @@ export interface NativeBinding {
   collateImagesAsync(images: Uint8Array[], sizes: number[], height: number, width: number, mean: number[], std: number[], device: string): Promise<NativeTensor>;
   contrastiveViewsAsync(images: NativeTensor, annotations: NativeTensor, factors: NativeTensor): Promise<NativeTensor>;
 
-  trainerCreate(model: NativeModel, optimizer: object, loss: object): NativeSession;
+  trainerCreate(model: NativeModel, optimizer: object, loss: object, training: object): NativeSession;
   trainerStepAsync(session: NativeSession, images: NativeTensor, annotations: NativeTensor, lr: number): Promise<NativeStepResult>;
-  trainerSaveOptimizerAsync(session: NativeSession, path: string): Promise<void>;
-  trainerLoadOptimizerAsync(session: NativeSession, path: string): Promise<void>;
+  trainerSaveStateAsync(session: NativeSession, path: string): Promise<void>;
+  trainerLoadStateAsync(session: NativeSession, path: string): Promise<void>;
+  /** Swaps model weights and EMA weights; false when the session keeps no EMA. */
+  trainerSwapEma(session: NativeSession): boolean;
   trainerDispose(session: NativeSession): void;
 }
 

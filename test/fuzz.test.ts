@@ -35,7 +35,7 @@ function validArgs(): Record<keyof NativeBinding, Args> {
   const leaf = b.tensorFromArray(new Float32Array([1, 2]), [2], 'float32', 'cpu');
   b.tensorSetRequiresGrad(leaf, true);
   const scalarLoss = b.tensorSum(leaf, []);
-  const session = b.trainerCreate(model, {}, {});
+  const session = b.trainerCreate(model, {}, {}, {});
   return {
     buildInfo: [],
     liveTensors: [],
@@ -92,11 +92,12 @@ function validArgs(): Record<keyof NativeBinding, Args> {
     retinaLossState: [retinaLoss],
     retinaLossDispose: [b.retinaLossCreate({})],
     collateImagesAsync: [[new Uint8Array(12)], [2, 2], 4, 4, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2], 'cpu'],
-    trainerCreate: [model, {}, {}],
+    trainerCreate: [model, {}, {}, {}],
     trainerStepAsync: [session, images, annotations, 0.01],
-    trainerSaveOptimizerAsync: [session, 'fuzz-optimizer.pt'],
-    trainerLoadOptimizerAsync: [session, 'no-such-optimizer.pt'],
-    trainerDispose: [b.trainerCreate(b.modelCreateRetinaNet({ depth: 18, numClasses: 1, featureSize: 4 }), {}, {})],
+    trainerSaveStateAsync: [session, 'fuzz-state.pt'],
+    trainerLoadStateAsync: [session, 'no-such-state.pt'],
+    trainerSwapEma: [session],
+    trainerDispose: [b.trainerCreate(b.modelCreateRetinaNet({ depth: 18, numClasses: 1, featureSize: 4 }), {}, {}, {})],
     contrastiveViewsAsync: [b.tensorFromArray(new Float32Array(3 * 8 * 8), [1, 3, 8, 8], 'float32', 'cpu'), annotations, b.tensorFromArray(new Float32Array([2]), [1], 'float32', 'cpu')],
   };
 }
@@ -115,7 +116,7 @@ const OPTION_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
   sigmoidFocalLossAsync: [2],
   ghmCreate: [1],
   retinaLossCreate: [0],
-  trainerCreate: [1, 2],
+  trainerCreate: [1, 2, 3],
 };
 
 function validAsOptions(v: unknown): boolean {

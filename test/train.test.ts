@@ -6,6 +6,7 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import sharp from 'sharp';
 import { buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, StepRecord, Tensor, Trainer } from '../lib';
 import { tempDir } from './helpers/python';
 
@@ -72,26 +73,106 @@ test('train: a batch with a NaN is skipped, reported, and leaves the weights unc
   model.dispose();
 });
 
-test('train: a run killed after an epoch and resumed ends with the weights of an uninterrupted run (bitwise)', async (t) => {
+const stateOf = (m: Model) => Object.fromEntries(Object.entries(m.stateDict()).map(([k, v]) => [k, v.toArray()]));
+
+test('train: a run killed mid-epoch and resumed ends with the weights, EMA weights and GHM state of an uninterrupted run (bitwise)', async (t) => {
   const ds = await dataset();
-  const opts = { optimizer: { lr: 0.01 }, schedule: { warmupSteps: 4, type: 'cosine' as const } };
+  const opts = {
+    optimizer: { lr: 0.01 },
+    schedule: { warmupSteps: 4, type: 'cosine' as const },
+    loss: { classification: 'ghmc' as const, regression: 'ghmr' as const, ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7 } },
+    ema: { decay: 0.9, tau: 3 },
+  };
   const straight = small();
-  await new Trainer(straight, opts).fit(loaderOf(ds), { epochs: 3 });
+  const straightTrainer = new Trainer(straight, opts);
+  await straightTrainer.fit(loaderOf(ds), { epochs: 3 });
   const dir = tempDir();
   const first = small();
-  await new Trainer(first, opts).fit(loaderOf(ds), { epochs: 1, runDir: dir });
-  t.true(fs.existsSync(path.join(dir, 'latest.json')));
-  t.is(fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').length, 3);
+  const killed = new Trainer(first, opts);
+  killed.on('step', (r: StepRecord) => {
+    if (r.step === 4) throw new Error('killed');
+  });
+  await t.throwsAsync(killed.fit(loaderOf(ds), { epochs: 3, runDir: dir, checkpointEvery: 2 }), { message: 'killed' });
+  t.regex(JSON.parse(fs.readFileSync(path.join(dir, 'latest.json'), 'utf8')).checkpoint, /e1b1$/, 'the last checkpoint is mid-epoch');
   // a fresh process would build a fresh model: different initial weights, overwritten by the checkpoint
   const resumed = Model.retinanet({ depth: 18, numClasses: 2, featureSize: 32, seed: 99 });
   const trainer = new Trainer(resumed, opts);
   const result = await trainer.fit(loaderOf(ds), { epochs: 3, runDir: dir, resume: true });
-  t.is(result.steps, 6);
-  const a = straight.stateDict();
-  const b = resumed.stateDict();
-  for (const k of Object.keys(a)) t.deepEqual(b[k].toArray(), a[k].toArray(), k);
+  t.is(result.steps, 5);
+  t.deepEqual(stateOf(resumed), stateOf(straight), 'training weights');
+  t.deepEqual(await trainer.withEmaWeights(async () => stateOf(resumed)), await straightTrainer.withEmaWeights(async () => stateOf(straight)), 'EMA weights');
+  t.notDeepEqual(await trainer.withEmaWeights(async () => stateOf(resumed)), stateOf(resumed), 'EMA weights differ from the training weights');
+  const steps = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).step);
+  t.deepEqual(steps, [0, 1, 2, 3, 4, 5, 6, 7, 8], 'one record per step, none repeated');
+  t.true(fs.existsSync(path.join(dir, 'model.safetensors')));
   t.is(fs.readdirSync(dir).filter((d) => d.startsWith('ckpt-')).length, 2, 'two checkpoints kept');
   await t.throwsAsync(new Trainer(small()).fit(loaderOf(ds), { epochs: 1, runDir: tempDir(), resume: true }), { message: /no readable checkpoint/ });
+  await t.throwsAsync(new Trainer(small(), { ...opts, optimizer: { lr: 0.02 } }).fit(loaderOf(ds), { epochs: 3, runDir: dir, resume: true }), { message: /other trainer options: optimizer\.lr \(0\.01 in the checkpoint, 0\.02 now\)/ });
+  const latest = path.join(dir, JSON.parse(fs.readFileSync(path.join(dir, 'latest.json'), 'utf8')).checkpoint);
+  const state = fs.readFileSync(path.join(latest, 'trainer.pt'));
+  fs.writeFileSync(path.join(latest, 'trainer.pt'), state.subarray(0, state.length >> 1));
+  await t.throwsAsync(new Trainer(small(), opts).fit(loaderOf(ds), { epochs: 3, runDir: dir, resume: true }), { message: /trainer\.pt: not a training state/ });
+  const weights = fs.readFileSync(path.join(latest, 'weights.safetensors'));
+  fs.writeFileSync(path.join(latest, 'weights.safetensors'), weights.subarray(0, weights.length - 100));
+  await t.throwsAsync(new Trainer(small(), opts).fit(loaderOf(ds), { epochs: 3, runDir: dir, resume: true }), { message: /weights\.safetensors/ });
+});
+
+test('train: validation every epoch writes epochs.jsonl, loss and AP plots (SVG and PNG), the best and final weights; AP rises above an untrained model', async (t) => {
+  const dir = tempDir();
+  await makeShapes({ out: dir, train: 16, val: 0, size: 64, classes: 1, seed: 5, maxObjects: 2 });
+  const ds = await CocoDataset.open(path.join(dir, 'instances_train.json'));
+  const model = Model.retinanet({ depth: 18, numClasses: 1, featureSize: 32, seed: 2, freezeBn: false, anchors: { sizes: [16, 32, 64, 128, 256] } });
+  const trainer = new Trainer(model, { optimizer: { type: 'adamw', lr: 2e-3, weightDecay: 0 }, schedule: { warmupSteps: 8 } });
+  const val = new DataLoader(ds, { batchSize: 8, shuffle: false, augment: false, transform: { minSide: 64, maxSide: 64 } });
+  const before = await trainer.evaluate(val);
+  const run = path.join(dir, 'run');
+  const result = await trainer.fit(new DataLoader(ds, { batchSize: 4, seed: 1, transform: { minSide: 64, maxSide: 64 } }), { epochs: 12, runDir: run, valLoader: val, evalEvery: 4, evaluate: { voc: true } });
+  const epochs = fs.readFileSync(path.join(run, 'epochs.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  t.is(epochs.length, 12);
+  t.deepEqual(epochs.filter((e) => e.val).map((e) => e.epoch), [3, 7, 11]);
+  const after = result.evaluation!;
+  t.log(`AP50 untrained ${before.stats[1].toFixed(3)} → trained ${after.stats[1].toFixed(3)} (VOC ${after.voc!.map.toFixed(3)})`);
+  t.true(before.stats[1] < 0.05);
+  t.true(after.stats[1] > 0.3, `AP50 ${after.stats[1]}`);
+  for (const f of ['loss.svg', 'loss.png', 'val.svg', 'val.png', 'model.safetensors', 'best.safetensors']) t.true(fs.existsSync(path.join(run, f)), f);
+  t.regex(fs.readFileSync(path.join(run, 'val.svg'), 'utf8'), /^<svg/);
+  const png = await sharp(path.join(run, 'loss.png')).metadata();
+  t.is(png.format, 'png');
+  t.true(png.width! > 500);
+  trainer.dispose();
+  model.dispose();
+});
+
+test('train: amp needs CUDA; bad options are named', (t) => {
+  const model = small();
+  if (!buildInfo().cudaAvailable || model.device === 'cpu') t.throws(() => new Trainer(model, { amp: true }), { message: /amp .*CUDA/ });
+  t.throws(() => new Trainer(model, { ema: { decay: 1.5 } }), { instanceOf: RangeError, message: /options\.ema\.decay/ });
+  t.throws(() => new Trainer(model, { schedule: { type: 'plateau', monitor: 'mAP' as never } }), { instanceOf: RangeError, message: /options\.schedule\.monitor/ });
+  model.dispose();
+});
+
+test('schedule: reduce-on-plateau multiplies the rate after `patience` evaluations without improvement', (t) => {
+  const model = small();
+  const tr = new Trainer(model, { optimizer: { lr: 0.1 }, schedule: { type: 'plateau', patience: 1, factor: 0.5, minLr: 0.03 } });
+  t.is(tr.lrAt(0, 10, 5), 0.1);
+  tr.observe(0.3, 'AP50');
+  tr.observe(0.4, 'AP50'); // better
+  tr.observe(0.4, 'AP50'); // 1 bad: within patience
+  t.is(tr.lrAt(0, 10, 5), 0.1);
+  tr.observe(0.39, 'AP50'); // 2 bad: reduce
+  t.is(tr.lrAt(0, 10, 5), 0.05);
+  tr.observe(0.1, 'AP50');
+  tr.observe(0.1, 'AP50');
+  t.is(tr.lrAt(0, 10, 5), 0.03, 'never below minLr');
+  const loss = new Trainer(model, { optimizer: { lr: 0.1 }, schedule: { type: 'plateau', patience: 0 } });
+  loss.observe(1.0, 'loss');
+  loss.observe(0.9, 'loss'); // lower loss is better
+  t.is(loss.lrAt(0, 10, 5), 0.1);
+  loss.observe(0.95, 'loss');
+  t.true(Math.abs(loss.lrAt(0, 10, 5) - 0.01) < 1e-12);
+  tr.dispose();
+  loss.dispose();
+  model.dispose();
 });
 
 test('schedule: linear warm-up, then constant, step and cosine rates', (t) => {

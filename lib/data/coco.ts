@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { checkIndex, cleanBoxes, DataWarning, DetectionDataset, SampleRecord } from './dataset';
+import { checkIndex, cleanBoxes, DataWarning, DetectionDataset, GroundTruth, SampleRecord } from './dataset';
 
 interface CocoImage {
   id: number;
@@ -19,6 +19,7 @@ interface CocoAnnotation {
   image_id: number;
   category_id: number;
   bbox: [number, number, number, number];
+  area?: number;
   iscrowd?: number;
 }
 interface CocoCategory {
@@ -37,12 +38,24 @@ export class CocoDataset implements DetectionDataset {
   /** COCO category id of each contiguous label. */
   readonly categoryIds: number[];
   private readonly records: SampleRecord[];
+  private readonly gt: GroundTruth;
 
-  private constructor(classes: string[], categoryIds: number[], records: SampleRecord[], warnings: DataWarning[]) {
+  private constructor(classes: string[], categoryIds: number[], records: SampleRecord[], warnings: DataWarning[], gt: GroundTruth) {
     this.classes = classes;
     this.categoryIds = categoryIds;
     this.records = records;
+    this.gt = gt;
     this.warnings.push(...warnings);
+  }
+
+  imageIdOf(recordId: number | string): number {
+    if (typeof recordId !== 'number') throw new TypeError(`Expected a COCO image id (number) but received ${typeof recordId}`);
+    return recordId;
+  }
+
+  /** The file's images, annotations (with their `area` and `iscrowd`) and categories. */
+  groundTruth(): GroundTruth {
+    return this.gt;
   }
 
   /** Reads and checks the annotation file. @example await CocoDataset.open('data/instances_train.json') */
@@ -101,7 +114,12 @@ export class CocoDataset implements DetectionDataset {
       const e = byImage.get(im.id)!;
       return { id: im.id, file, width: im.width, height: im.height, ...cleanBoxes(file, e.boxes, e.labels, im.width, im.height, warnings) };
     });
-    return new CocoDataset(categories.map((c) => c.name), categories.map((c) => c.id), records, warnings);
+    const gt: GroundTruth = {
+      images: images.map((im) => ({ id: im.id, file_name: im.file_name, width: im.width, height: im.height })),
+      annotations: annotations.map((a, k) => ({ id: a.id ?? k + 1, image_id: a.image_id, category_id: a.category_id, bbox: a.bbox, area: a.area ?? a.bbox[2] * a.bbox[3], iscrowd: a.iscrowd ? 1 : 0 })),
+      categories: categories.map((c) => ({ id: c.id, name: c.name })),
+    };
+    return new CocoDataset(categories.map((c) => c.name), categories.map((c) => c.id), records, warnings, gt);
   }
 
   get length(): number {

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parse } from 'csv-parse/sync';
-import { checkIndex, cleanBoxes, DataWarning, DetectionDataset, SampleRecord } from './dataset';
+import { checkIndex, cleanBoxes, DataWarning, DetectionDataset, GroundTruth, groundTruthFromRecords, SampleRecord } from './dataset';
 
 async function readCsv(file: string, what: string): Promise<string[][]> {
   let text: string;
@@ -25,12 +25,28 @@ async function readCsv(file: string, what: string): Promise<string[][]> {
 export class CsvDataset implements DetectionDataset {
   readonly classes: string[];
   readonly warnings: DataWarning[] = [];
+  /** 1 … K: the class id of the classes file + 1. */
+  readonly categoryIds: number[];
   private readonly records: SampleRecord[];
+  private readonly imageIds: Map<number | string, number>;
 
   private constructor(classes: string[], records: SampleRecord[], warnings: DataWarning[]) {
     this.classes = classes;
+    this.categoryIds = classes.map((_, i) => i + 1);
     this.records = records;
+    this.imageIds = new Map(records.map((r, k) => [r.id, k + 1]));
     this.warnings.push(...warnings);
+  }
+
+  imageIdOf(recordId: number | string): number {
+    const id = this.imageIds.get(recordId);
+    if (id === undefined) throw new RangeError(`no image '${String(recordId)}' in this dataset`);
+    return id;
+  }
+
+  /** Ground truth with image ids in row order from 1 and category ids = class id + 1. */
+  groundTruth(): GroundTruth {
+    return groundTruthFromRecords(this.records, this.classes, this.categoryIds);
   }
 
   /** @example await CsvDataset.open('train.csv', 'classes.csv') */

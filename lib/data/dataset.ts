@@ -24,10 +24,23 @@ export interface DataWarning {
   message: string;
 }
 
+/** Ground truth in COCO's form, for evaluation (`evaluateCoco`, `evaluateVoc`). */
+export interface GroundTruth {
+  images: Array<{ id: number; file_name?: string; width?: number; height?: number }>;
+  annotations: Array<{ id: number; image_id: number; category_id: number; bbox: number[]; area?: number; iscrowd?: number; ignore?: number }>;
+  categories: Array<{ id: number; name?: string }>;
+}
+
 export interface DetectionDataset {
   readonly length: number;
   /** Class names by contiguous index. */
   readonly classes: string[];
+  /** Category id (COCO: the file's; CSV: index + 1) of each contiguous label. */
+  readonly categoryIds: number[];
+  /** The numeric image id used in evaluation for a record id (COCO: the same; CSV: row order + 1). */
+  imageIdOf(recordId: number | string): number;
+  /** The dataset's ground truth for evaluation (COCO: as in the file, crowd regions and `area` included). */
+  groundTruth(): GroundTruth;
   /** Boxes changed on reading (clipped, or dropped for zero/negative size). Never silent. */
   readonly warnings: DataWarning[];
   record(index: number): SampleRecord;
@@ -60,4 +73,17 @@ export function cleanBoxes(file: string, boxes: number[][], labels: number[], wi
     outL.push(labels[i]);
   });
   return { boxes: Float32Array.from(outB), labels: Int32Array.from(outL) };
+}
+
+/** COCO-form ground truth built from records (area = box area, no crowd regions); image ids = index + 1. */
+export function groundTruthFromRecords(records: SampleRecord[], classes: string[], categoryIds: number[]): GroundTruth {
+  const gt: GroundTruth = { images: [], annotations: [], categories: classes.map((name, i) => ({ id: categoryIds[i], name })) };
+  records.forEach((r, k) => {
+    gt.images.push({ id: k + 1, file_name: r.file, width: r.width, height: r.height });
+    for (let i = 0; i < r.labels.length; i++) {
+      const [x1, y1, x2, y2] = r.boxes.subarray(4 * i, 4 * i + 4);
+      gt.annotations.push({ id: gt.annotations.length + 1, image_id: k + 1, category_id: categoryIds[r.labels[i]], bbox: [x1, y1, x2 - x1, y2 - y1], area: (x2 - x1) * (y2 - y1), iscrowd: 0 });
+    }
+  });
+  return gt;
 }

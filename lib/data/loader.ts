@@ -85,7 +85,8 @@ interface LoadedSample {
 }
 
 export class DataLoader implements AsyncIterable<Batch> {
-  private readonly dataset: DetectionDataset;
+  /** The dataset it reads. */
+  readonly dataset: DetectionDataset;
   private readonly o: Required<Omit<LoaderOptions, 'transform'>> & { transform: Required<Omit<TransformOptions, 'scaleJitter' | 'photometric' | 'crop'>> & TransformOptions };
   private sizes: Array<{ width: number; height: number } | undefined>;
   private nextEpoch = 0;
@@ -126,6 +127,16 @@ export class DataLoader implements AsyncIterable<Batch> {
       const r = dataset.record(i);
       return r.width && r.height ? { width: r.width, height: r.height } : undefined;
     });
+  }
+
+  /** Whether batches are augmented (flips, jitter, crops): evaluation needs a loader without. */
+  get augments(): boolean {
+    return this.o.augment;
+  }
+
+  /** Whether every image is seen exactly once per epoch (no dropped last batch, no skipped samples so far). */
+  get complete(): boolean {
+    return !this.o.dropLast && this.skipped.length === 0;
   }
 
   /** Batches per epoch. */

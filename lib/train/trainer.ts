@@ -1,7 +1,8 @@
 /**
- * Trainer: runs training steps natively (forward, loss, backward, clipping, optimizer step in one
- * async call — the event loop stays free), schedules the learning rate, records every step, and
- * checkpoints so that a killed run resumes at the exact next batch with the same learning rate.
+ * Trainer: runs training steps natively (forward, loss, backward, clipping, optimizer step and the
+ * EMA update in one async call — the event loop stays free), schedules the learning rate, evaluates
+ * on a validation loader, records every step, plots the curves, and checkpoints so that a killed run
+ * resumes at the exact next batch with the same learning rate.
  */
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
@@ -9,9 +10,14 @@ import * as path from 'node:path';
 import { native, NativeSession } from '../binding';
 import type { Batch, DataLoader } from '../data/loader';
 import { disposeBatch } from '../data/loader';
+import { COCO_STAT_NAMES } from '../eval/coco_eval';
+import { DetectorEvaluation, evaluateDetector, EvaluateOptions } from '../eval/evaluate';
+import { writeFileAtomic, writeJsonAtomic } from '../io';
 import type { RetinaNetLossOptions } from '../losses';
 import type { Model } from '../model';
 import { checkInteger, checkOneOf, checkOptions, invalid } from '../validate';
+import { smooth, thin, writeLineChart } from './plots';
+import { Progress, ProgressMode } from './progress';
 
 export interface OptimizerOptions {
   /** 'sgd' (default) or 'adamw'. */
@@ -35,18 +41,42 @@ export interface ScheduleOptions {
   warmupSteps?: number;
   /** Default 0.001. */
   warmupFactor?: number;
-  /** After warm-up: 'constant' (default), 'step' (× gamma at each milestone epoch) or 'cosine' (to 0 at the end). */
-  type?: 'constant' | 'step' | 'cosine';
+  /**
+   * After warm-up: 'constant' (default), 'step' (× gamma at each milestone epoch), 'cosine' (to 0 at
+   * the end) or 'plateau' (× factor when the monitored number has not improved for `patience` evaluations).
+   */
+  type?: 'constant' | 'step' | 'cosine' | 'plateau';
   /** Epochs at which 'step' multiplies the rate by gamma. */
   milestones?: number[];
   /** Default 0.1. */
   gamma?: number;
+  /** 'plateau': the number watched — validation 'AP', 'AP50' (default with a validation loader) or training 'loss' (default without). */
+  monitor?: 'AP' | 'AP50' | 'loss';
+  /** 'plateau': multiplier on each reduction; default 0.1. */
+  factor?: number;
+  /** 'plateau': evaluations without improvement before a reduction; default 2. */
+  patience?: number;
+  /** 'plateau': relative improvement that counts (torch's threshold, mode 'rel'); default 1e-4. */
+  threshold?: number;
+  /** 'plateau': the rate never goes below this; default 0. */
+  minLr?: number;
+}
+
+export interface EmaOptions {
+  /** Default 0.9998. */
+  decay?: number;
+  /** Ramp: the effective decay is decay·(1 − exp(−updates/tau)); default 2000. */
+  tau?: number;
 }
 
 export interface TrainerOptions {
   optimizer?: OptimizerOptions;
   loss?: RetinaNetLossOptions;
   schedule?: ScheduleOptions;
+  /** bf16 autocast of the forward pass on CUDA (losses stay float32); default false. An error on CPU. */
+  amp?: boolean;
+  /** Exponential moving average of the weights, used for validation and the final model; default off. */
+  ema?: boolean | EmaOptions;
   /** Training stops with an error after this many consecutive skipped (non-finite) steps; default 10. */
   maxConsecutiveSkips?: number;
 }
@@ -69,10 +99,27 @@ export interface StepRecord {
   imagesPerSecond: number;
 }
 
+export interface EpochRecord {
+  epoch: number;
+  /** Global steps done at the end of the epoch. */
+  step: number;
+  /** Means of the epoch's applied steps. */
+  cls: number;
+  reg: number;
+  total: number;
+  /** Learning rate of the last step. */
+  lr: number;
+  skipped: number;
+  seconds: number;
+  imagesPerSecond: number;
+  /** Validation (with the EMA weights when EMA is on): the 12 COCO numbers by name, and VOC mAP if asked. */
+  val?: Record<(typeof COCO_STAT_NAMES)[number], number> & { vocMap?: number; seconds: number };
+}
+
 export interface FitOptions {
   /** Total epochs to reach (resuming continues up to this). */
   epochs: number;
-  /** Folder for metrics.jsonl and checkpoints; none: nothing is written. */
+  /** Folder for metrics.jsonl, epochs.jsonl, plots, checkpoints and the final weights; none: nothing is written. */
   runDir?: string;
   /** Continue from runDir's latest checkpoint; default false. */
   resume?: boolean;
@@ -80,29 +127,101 @@ export interface FitOptions {
   checkpointEvery?: number;
   /** Keep this many checkpoints; default 2. */
   keep?: number;
+  /** Validation loader (no augmentation): evaluated with COCO AP after every `evalEvery` epochs and at the end. */
+  valLoader?: DataLoader;
+  /** Default 1. */
+  evalEvery?: number;
+  /** Detection options for validation, and `voc: true` for VOC AP@0.5 too. */
+  evaluate?: Omit<EvaluateOptions, 'onProgress'>;
+  /** Progress on stderr: 'auto' (a bar on a terminal, lines otherwise), 'bar', 'lines' or 'none' (default). */
+  progress?: ProgressMode;
+  /** Write loss and validation plots (SVG and PNG) to runDir after each epoch; default true with runDir. */
+  plots?: boolean;
 }
 
 export interface FitResult {
   epochs: number;
+  /** Steps run by this call. */
   steps: number;
   skipped: Array<{ step: number; ids: Array<number | string>; reason: string }>;
+  /** Per-epoch records of this call. */
+  history: EpochRecord[];
+  /** The last validation, if any. */
+  evaluation?: DetectorEvaluation;
+  /** The final weights (EMA weights when EMA is on), when runDir was given. */
+  weights?: string;
+}
+
+interface PlateauState {
+  scale: number;
+  best: number | null;
+  bad: number;
 }
 
 interface CheckpointState {
-  format: 'onestage-checkpoint-1';
+  format: 'onestage-checkpoint-2';
   /** Epoch and batch to run next. */
   epoch: number;
   batch: number;
   step: number;
+  plateau: PlateauState;
+  consecutiveSkips: number;
   options: TrainerOptions;
 }
 
-function writeAtomic(file: string, text: string): void {
-  fs.writeFileSync(file + '.tmp', text);
-  const fd = fs.openSync(file + '.tmp', 'r');
-  fs.fsyncSync(fd);
-  fs.closeSync(fd);
-  fs.renameSync(file + '.tmp', file);
+function emaSettings(ema: TrainerOptions['ema']): { emaDecay: number; emaTau: number } {
+  if (!ema) return { emaDecay: 0, emaTau: 2000 };
+  const o = ema === true ? {} : ema;
+  return { emaDecay: o.decay ?? 0.9998, emaTau: o.tau ?? 2000 };
+}
+
+function checkTrainerOptions(options: TrainerOptions | undefined): TrainerOptions {
+  const o = checkOptions('options', options);
+  const opt = checkOptions('options.optimizer', o.optimizer);
+  if (opt.type !== undefined) checkOneOf('options.optimizer.type', opt.type, ['sgd', 'adamw'] as const);
+  for (const k of ['lr', 'momentum', 'weightDecay', 'beta1', 'beta2', 'eps', 'clipGradNorm'] as const)
+    if (opt[k] !== undefined && (typeof opt[k] !== 'number' || !Number.isFinite(opt[k]) || (opt[k] as number) < 0)) throw invalid(`options.optimizer.${k}`, 'a non-negative number', opt[k]);
+  const sch = checkOptions('options.schedule', o.schedule);
+  if (sch.type !== undefined) checkOneOf('options.schedule.type', sch.type, ['constant', 'step', 'cosine', 'plateau'] as const);
+  if (sch.monitor !== undefined) checkOneOf('options.schedule.monitor', sch.monitor, ['AP', 'AP50', 'loss'] as const);
+  if (sch.warmupSteps !== undefined) checkInteger('options.schedule.warmupSteps', sch.warmupSteps, 0, 1e9);
+  if (sch.patience !== undefined) checkInteger('options.schedule.patience', sch.patience, 0, 1e6);
+  for (const k of ['warmupFactor', 'gamma', 'factor', 'threshold', 'minLr'] as const)
+    if (sch[k] !== undefined && (typeof sch[k] !== 'number' || !Number.isFinite(sch[k]) || (sch[k] as number) < 0)) throw invalid(`options.schedule.${k}`, 'a non-negative number', sch[k]);
+  if (sch.milestones !== undefined && (!Array.isArray(sch.milestones) || sch.milestones.some((m) => !Number.isInteger(m) || m < 0)))
+    throw invalid('options.schedule.milestones', 'an array of non-negative integers (epochs)', sch.milestones);
+  if (o.amp !== undefined && typeof o.amp !== 'boolean') throw invalid('options.amp', 'a boolean', o.amp);
+  if (o.ema !== undefined && typeof o.ema !== 'boolean') {
+    const e = checkOptions('options.ema', o.ema);
+    if (e.decay !== undefined && !(typeof e.decay === 'number' && e.decay > 0 && e.decay < 1)) throw invalid('options.ema.decay', 'a number in (0, 1)', e.decay, RangeError);
+    if (e.tau !== undefined && !(typeof e.tau === 'number' && e.tau > 0)) throw invalid('options.ema.tau', 'a positive number', e.tau, RangeError);
+  }
+  if (o.maxConsecutiveSkips !== undefined) checkInteger('options.maxConsecutiveSkips', o.maxConsecutiveSkips, 1, 1e9);
+  return { ...o, optimizer: opt, schedule: sch };
+}
+
+/** Keys whose values differ between two option objects (for a clear resume error). */
+function differences(a: unknown, b: unknown, prefix = ''): string[] {
+  if (a !== null && b !== null && typeof a === 'object' && typeof b === 'object' && !Array.isArray(a) && !Array.isArray(b)) {
+    const keys = new Set([...Object.keys(a as object), ...Object.keys(b as object)]);
+    return [...keys].flatMap((k) => differences((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], prefix ? `${prefix}.${k}` : k));
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? [] : [`${prefix} (${JSON.stringify(a)} in the checkpoint, ${JSON.stringify(b)} now)`];
+}
+
+function readJsonLines<T>(file: string): T[] {
+  if (!fs.existsSync(file)) return [];
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .flatMap((l) => {
+      try {
+        return [JSON.parse(l) as T];
+      } catch {
+        return []; // a line cut by a kill
+      }
+    });
 }
 
 export class Trainer extends EventEmitter {
@@ -112,23 +231,17 @@ export class Trainer extends EventEmitter {
   private consecutiveSkips = 0;
   private stepsPerEpoch = 0;
   private totalEpochs = 1;
+  private plateau: PlateauState = { scale: 1, best: null, bad: 0 };
 
   constructor(model: Model, options?: TrainerOptions) {
     super();
-    const o = checkOptions('options', options);
-    const opt = checkOptions('options.optimizer', o.optimizer);
-    if (opt.type !== undefined) checkOneOf('options.optimizer.type', opt.type, ['sgd', 'adamw'] as const);
-    for (const k of ['lr', 'momentum', 'weightDecay', 'beta1', 'beta2', 'eps', 'clipGradNorm'] as const)
-      if (opt[k] !== undefined && (typeof opt[k] !== 'number' || !Number.isFinite(opt[k]) || (opt[k] as number) < 0)) throw invalid(`options.optimizer.${k}`, 'a non-negative number', opt[k]);
-    const sch = checkOptions('options.schedule', o.schedule);
-    if (sch.type !== undefined) checkOneOf('options.schedule.type', sch.type, ['constant', 'step', 'cosine'] as const);
-    if (sch.warmupSteps !== undefined) checkInteger('options.schedule.warmupSteps', sch.warmupSteps, 0, 1e9);
+    this.options = checkTrainerOptions(options);
     this.model = model;
-    this.options = { ...o, optimizer: opt, schedule: sch };
-    this.session = native().trainerCreate(model.handle, opt, o.loss ?? {});
+    const { emaDecay, emaTau } = emaSettings(this.options.ema);
+    this.session = native().trainerCreate(model.handle, this.options.optimizer ?? {}, this.options.loss ?? {}, { amp: this.options.amp ?? false, emaDecay, emaTau });
   }
 
-  /** Learning rate of global step `step` (warm-up, then the schedule over `epochs` of `stepsPerEpoch`). */
+  /** Learning rate of global step `step`: warm-up, then the schedule over `epochs` of `stepsPerEpoch` (× the plateau factor). */
   lrAt(step: number, stepsPerEpoch = this.stepsPerEpoch, epochs = this.totalEpochs): number {
     const base = this.options.optimizer?.lr ?? 0.01;
     const s = this.options.schedule ?? {};
@@ -145,8 +258,26 @@ export class Trainer extends EventEmitter {
         const total = Math.max(1, stepsPerEpoch * epochs - warm);
         return 0.5 * base * (1 + Math.cos((Math.PI * Math.min(step - warm, total)) / total));
       }
+      case 'plateau':
+        return Math.max(base * this.plateau.scale, Math.min(base, s.minLr ?? 0));
       default:
         return base;
+    }
+  }
+
+  /** Feeds one evaluation of the monitored number to the 'plateau' schedule (higher is better for AP, lower for loss). */
+  observe(value: number, monitor: 'AP' | 'AP50' | 'loss'): void {
+    const s = this.options.schedule ?? {};
+    if (s.type !== 'plateau' || !Number.isFinite(value)) return;
+    const v = monitor === 'loss' ? -value : value;
+    const thr = s.threshold ?? 1e-4;
+    const p = this.plateau;
+    if (p.best === null || v > p.best + Math.abs(p.best) * thr) {
+      p.best = v;
+      p.bad = 0;
+    } else if (++p.bad > (s.patience ?? 2)) {
+      p.scale *= s.factor ?? 0.1;
+      p.bad = 0;
     }
   }
 
@@ -161,69 +292,185 @@ export class Trainer extends EventEmitter {
     return record;
   }
 
+  /** Whether the weights are averaged (EMA). */
+  get hasEma(): boolean {
+    return emaSettings(this.options.ema).emaDecay > 0;
+  }
+
   /**
-   * Trains over `loader` up to `epochs`. With `runDir`: appends every step to metrics.jsonl and
-   * checkpoints after each epoch (and every `checkpointEvery` steps); with `resume` it continues
-   * from the latest checkpoint at the exact next batch.
+   * Runs `fn` with the EMA weights in the model (the training weights are put back after, even on
+   * error). Without EMA it just runs `fn`.
+   */
+  async withEmaWeights<T>(fn: () => Promise<T>): Promise<T> {
+    if (!this.hasEma) return fn();
+    native().trainerSwapEma(this.session);
+    try {
+      return await fn();
+    } finally {
+      native().trainerSwapEma(this.session);
+    }
+  }
+
+  /** COCO evaluation of the model (EMA weights when on) on `loader`. */
+  async evaluate(loader: DataLoader, options?: EvaluateOptions): Promise<DetectorEvaluation> {
+    return this.withEmaWeights(() => evaluateDetector(this.model, loader, options));
+  }
+
+  /**
+   * Trains over `loader` up to `epochs`. With `runDir`: appends every step to metrics.jsonl and every
+   * epoch to epochs.jsonl, plots them, checkpoints after each epoch (and every `checkpointEvery`
+   * steps), and writes the final weights to `model.safetensors` (and `best.safetensors`, the best
+   * validation); with `resume` it continues from the latest checkpoint at the exact next batch.
    */
   async fit(loader: DataLoader, options: FitOptions): Promise<FitResult> {
     const o = checkOptions('options', options) as FitOptions;
     checkInteger('options.epochs', o.epochs, 1, 1e6);
+    if (o.evalEvery !== undefined) checkInteger('options.evalEvery', o.evalEvery, 1, 1e6);
+    if (o.checkpointEvery !== undefined) checkInteger('options.checkpointEvery', o.checkpointEvery, 1, 1e9);
+    if (o.keep !== undefined) checkInteger('options.keep', o.keep, 1, 1e6);
+    if (o.progress !== undefined) checkOneOf('options.progress', o.progress, ['auto', 'bar', 'lines', 'none'] as const);
+    if (o.valLoader !== undefined && o.valLoader.augments) throw new RangeError('options.valLoader must not augment (create it with augment: false)');
+    if (o.resume && !o.runDir) throw new TypeError('options.resume needs options.runDir');
     this.stepsPerEpoch = loader.length;
     this.totalEpochs = o.epochs;
     let epoch = 0;
     let firstBatch = 0;
     let step = 0;
-    if (o.resume) {
-      if (!o.runDir) throw new TypeError('options.resume needs options.runDir');
-      const state = await this.loadCheckpoint(o.runDir);
-      ({ epoch, batch: firstBatch, step } = state);
+    if (o.resume) ({ epoch, batch: firstBatch, step } = await this.loadCheckpoint(o.runDir!));
+    const files = o.runDir ? this.runFiles(o.runDir) : undefined;
+    if (files) {
+      fs.mkdirSync(o.runDir!, { recursive: true });
+      // steps and epochs after the checkpoint are run again: drop their records
+      writeFileAtomic(files.metrics, readJsonLines<StepRecord>(files.metrics).filter((r) => r.step < step).map((r) => JSON.stringify(r) + '\n').join(''));
+      writeFileAtomic(files.epochs, readJsonLines<EpochRecord>(files.epochs).filter((r) => r.epoch < epoch).map((r) => JSON.stringify(r) + '\n').join(''));
     }
-    if (o.runDir) fs.mkdirSync(o.runDir, { recursive: true });
-    const metrics = o.runDir ? path.join(o.runDir, 'metrics.jsonl') : undefined;
-    const result: FitResult = { epochs: o.epochs, steps: 0, skipped: [] };
+    const monitor = this.options.schedule?.monitor ?? (o.valLoader ? 'AP50' : 'loss');
+    if (monitor !== 'loss' && this.options.schedule?.type === 'plateau' && !o.valLoader) throw new RangeError(`options.schedule.monitor '${monitor}' needs options.valLoader`);
+    const progress = new Progress(o.progress ?? 'none', loader.length);
+    const plots = files && o.plots !== false;
+    const result: FitResult = { epochs: o.epochs, steps: 0, skipped: [], history: [] };
+    let bestAp = files && fs.existsSync(files.best) ? (readJsonLines<EpochRecord>(files.epochs).reduce((b, r) => Math.max(b, r.val?.[monitor === 'AP' ? 'AP' : 'AP50'] ?? -1), -1)) : -1;
     this.model.train();
-    for (; epoch < o.epochs; epoch++, firstBatch = 0) {
-      let k = 0;
-      for await (const batch of loader.epoch(epoch)) {
-        try {
-          if (k < firstBatch) continue;
-          const rec = await this.step(batch, this.lrAt(step), { epoch, batch: k, step });
-          if (metrics) fs.appendFileSync(metrics, JSON.stringify(rec) + '\n');
-          if (rec.skipped) {
-            result.skipped.push({ step, ids: rec.ids, reason: rec.reason ?? '' });
-            if (this.consecutiveSkips >= (this.options.maxConsecutiveSkips ?? 10))
-              throw new Error(`training stopped: ${this.consecutiveSkips} consecutive steps were skipped; the last (epoch ${epoch}, batch ${k}, images ${rec.ids.join(', ')}): ${rec.reason}`);
+    try {
+      for (; epoch < o.epochs; epoch++, firstBatch = 0) {
+        const sums = { cls: 0, reg: 0, total: 0, n: 0, images: 0, skipped: 0, lr: 0 };
+        const epochStart = process.hrtime.bigint();
+        let k = 0;
+        progress.startEpoch(loader.length, firstBatch, { epoch, epochs: o.epochs, loss: NaN, cls: NaN, reg: NaN, lr: this.lrAt(step), imagesPerSecond: 0 });
+        for await (const batch of loader.epoch(epoch)) {
+          try {
+            if (k < firstBatch) continue;
+            const rec = await this.step(batch, this.lrAt(step), { epoch, batch: k, step });
+            if (files) fs.appendFileSync(files.metrics, JSON.stringify(rec) + '\n');
+            sums.lr = rec.lr;
+            if (rec.skipped) {
+              sums.skipped++;
+              result.skipped.push({ step, ids: rec.ids, reason: rec.reason ?? '' });
+              progress.log(`step ${step} skipped (images ${rec.ids.join(', ')}): ${rec.reason}`);
+              if (this.consecutiveSkips >= (this.options.maxConsecutiveSkips ?? 10))
+                throw new Error(`training stopped: ${this.consecutiveSkips} consecutive steps were skipped; the last (epoch ${epoch}, batch ${k}, images ${rec.ids.join(', ')}): ${rec.reason}`);
+            } else {
+              sums.cls += rec.cls;
+              sums.reg += rec.reg;
+              sums.total += rec.total;
+              sums.n++;
+            }
+            sums.images += rec.ids.length;
+            step++;
+            result.steps++;
+            const elapsed = Number(process.hrtime.bigint() - epochStart) / 1e9;
+            progress.update(k + 1, loader.length, { epoch, epochs: o.epochs, loss: rec.total, cls: rec.cls, reg: rec.reg, lr: rec.lr, imagesPerSecond: sums.images / elapsed });
+            if (o.runDir && o.checkpointEvery && step % o.checkpointEvery === 0) await this.saveCheckpoint(o.runDir, { epoch, batch: k + 1, step }, o.keep);
+          } finally {
+            k++;
+            disposeBatch(batch);
           }
-          step++;
-          result.steps++;
-          if (o.runDir && o.checkpointEvery && step % o.checkpointEvery === 0) await this.saveCheckpoint(o.runDir, { epoch, batch: k + 1, step }, o.keep);
-        } finally {
-          k++;
-          disposeBatch(batch);
         }
+        progress.stopBar();
+        const seconds = Number(process.hrtime.bigint() - epochStart) / 1e9;
+        const n = Math.max(1, sums.n);
+        const record: EpochRecord = { epoch, step, cls: sums.cls / n, reg: sums.reg / n, total: sums.total / n, lr: sums.lr, skipped: sums.skipped, seconds, imagesPerSecond: sums.images / seconds };
+        const last = epoch === o.epochs - 1;
+        if (o.valLoader && ((epoch + 1) % (o.evalEvery ?? 1) === 0 || last)) {
+          const ev = await this.evaluate(o.valLoader, o.evaluate);
+          this.model.train();
+          result.evaluation = ev;
+          const named = Object.fromEntries(COCO_STAT_NAMES.map((name, i) => [name, ev.stats[i]])) as NonNullable<EpochRecord['val']>;
+          record.val = { ...named, ...(ev.voc ? { vocMap: ev.voc.map } : {}), seconds: ev.seconds };
+          const watched = monitor === 'AP' ? ev.stats[0] : ev.stats[1];
+          if (monitor !== 'loss') this.observe(watched, monitor);
+          if (files && watched > bestAp) {
+            bestAp = watched;
+            await this.withEmaWeights(() => this.model.saveWeights(files.best));
+          }
+        }
+        if (monitor === 'loss') this.observe(record.total, 'loss');
+        progress.log(`epoch ${epoch + 1}/${o.epochs}: loss ${record.total.toFixed(4)} (cls ${record.cls.toFixed(4)} reg ${record.reg.toFixed(4)}) ${record.imagesPerSecond.toFixed(1)} img/s ${seconds.toFixed(1)} s` +
+          (record.val ? ` | val AP ${record.val.AP.toFixed(4)} AP50 ${record.val.AP50.toFixed(4)} AP75 ${record.val.AP75.toFixed(4)}` : ''));
+        result.history.push(record);
+        if (files) fs.appendFileSync(files.epochs, JSON.stringify(record) + '\n');
+        this.emit('epoch', record);
+        if (o.runDir) await this.saveCheckpoint(o.runDir, { epoch: epoch + 1, batch: 0, step }, o.keep);
+        if (plots) await this.writePlots(o.runDir!);
       }
-      this.emit('epoch', { epoch, step });
-      if (o.runDir) await this.saveCheckpoint(o.runDir, { epoch: epoch + 1, batch: 0, step }, o.keep);
+      if (files) {
+        await this.withEmaWeights(() => this.model.saveWeights(files.final));
+        result.weights = files.final;
+      }
+    } finally {
+      progress.stopBar();
     }
     return result;
   }
 
-  /** Writes `runDir/ckpt-<step>/` (weights.safetensors, optimizer.pt, state.json), then `latest.json` atomically. */
+  private runFiles(runDir: string) {
+    return {
+      metrics: path.join(runDir, 'metrics.jsonl'),
+      epochs: path.join(runDir, 'epochs.jsonl'),
+      final: path.join(runDir, 'model.safetensors'),
+      best: path.join(runDir, 'best.safetensors'),
+    };
+  }
+
+  /** Writes loss.svg/.png (every step, smoothed, and epoch means) and, with validation, val.svg/.png. */
+  async writePlots(runDir: string): Promise<void> {
+    const files = this.runFiles(runDir);
+    const steps = readJsonLines<StepRecord>(files.metrics).filter((r) => !r.skipped);
+    const epochs = readJsonLines<EpochRecord>(files.epochs);
+    const perEpoch = Math.max(1, this.stepsPerEpoch);
+    const x = (r: StepRecord) => r.step / perEpoch;
+    const curve = (key: 'total' | 'cls' | 'reg') => thin(smooth(steps.map((r) => [x(r), r[key]] as [number, number])), 1500);
+    await writeLineChart(path.join(runDir, 'loss'), [
+      { name: 'total', points: curve('total') },
+      { name: 'classification', points: curve('cls') },
+      { name: 'regression', points: curve('reg') },
+      { name: 'total (epoch mean)', points: epochs.map((e) => [e.epoch + 1, e.total]) },
+    ], { title: 'Training loss (smoothed)', xTitle: 'epoch', yTitle: 'loss', logY: true });
+    const val = epochs.filter((e) => e.val);
+    if (val.length > 0)
+      await writeLineChart(path.join(runDir, 'val'), [
+        { name: 'AP', points: val.map((e) => [e.epoch + 1, e.val!.AP]) },
+        { name: 'AP50', points: val.map((e) => [e.epoch + 1, e.val!.AP50]) },
+        { name: 'AP75', points: val.map((e) => [e.epoch + 1, e.val!.AP75]) },
+        ...(val.some((e) => e.val!.vocMap !== undefined) ? [{ name: 'VOC mAP@0.5', points: val.map((e) => [e.epoch + 1, e.val!.vocMap ?? NaN] as [number, number]) }] : []),
+      ], { title: 'Validation', xTitle: 'epoch', yTitle: 'average precision', yDomain: [0, 1] });
+  }
+
+  /** Writes `runDir/ckpt-<step>/` (weights.safetensors, trainer.pt, state.json), then `latest.json` atomically. */
   async saveCheckpoint(runDir: string, at: { epoch: number; batch: number; step: number }, keep = 2): Promise<string> {
     const dir = path.join(runDir, `ckpt-${String(at.step).padStart(8, '0')}-e${at.epoch}b${at.batch}`);
     fs.mkdirSync(dir, { recursive: true });
     await this.model.saveWeights(path.join(dir, 'weights.safetensors'));
-    await native().trainerSaveOptimizerAsync(this.session, path.join(dir, 'optimizer.pt'));
-    const state: CheckpointState = { format: 'onestage-checkpoint-1', ...at, options: this.options };
-    writeAtomic(path.join(dir, 'state.json'), JSON.stringify(state, null, 1));
-    writeAtomic(path.join(runDir, 'latest.json'), JSON.stringify({ checkpoint: path.basename(dir) }));
+    await native().trainerSaveStateAsync(this.session, path.join(dir, 'trainer.pt'));
+    const state: CheckpointState = { format: 'onestage-checkpoint-2', ...at, plateau: { ...this.plateau }, consecutiveSkips: this.consecutiveSkips, options: this.options };
+    writeJsonAtomic(path.join(dir, 'state.json'), state, 1);
+    writeJsonAtomic(path.join(runDir, 'latest.json'), { checkpoint: path.basename(dir) });
     const all = fs.readdirSync(runDir).filter((d) => d.startsWith('ckpt-')).sort();
     for (const old of all.slice(0, Math.max(0, all.length - keep))) if (old !== path.basename(dir)) fs.rmSync(path.join(runDir, old), { recursive: true, force: true });
     return dir;
   }
 
-  /** Restores weights and optimizer state from `runDir/latest.json`; returns where to continue. */
+  /** Restores weights, optimizer, GHM and EMA state and the schedule from `runDir/latest.json`; returns where to continue. */
   async loadCheckpoint(runDir: string): Promise<CheckpointState> {
     let dir: string;
     let state: CheckpointState;
@@ -233,9 +480,17 @@ export class Trainer extends EventEmitter {
     } catch (err) {
       throw new Error(`${runDir}: no readable checkpoint to resume from (${(err as Error).message})`);
     }
-    if (state.format !== 'onestage-checkpoint-1') throw new Error(`${dir}/state.json: unknown checkpoint format ${String(state.format)}`);
-    await this.model.loadWeights(path.join(dir, 'weights.safetensors'));
-    await native().trainerLoadOptimizerAsync(this.session, path.join(dir, 'optimizer.pt'));
+    if (state.format !== 'onestage-checkpoint-2') throw new Error(`${dir}/state.json: unknown checkpoint format ${String(state.format)}`);
+    const changed = differences(state.options, JSON.parse(JSON.stringify(this.options)));
+    if (changed.length > 0) throw new Error(`${dir}: the checkpoint was written with other trainer options: ${changed.join('; ')}`);
+    try {
+      await this.model.loadWeights(path.join(dir, 'weights.safetensors'));
+    } catch (err) {
+      throw new Error(`${dir}/weights.safetensors: ${(err as Error).message}`);
+    }
+    await native().trainerLoadStateAsync(this.session, path.join(dir, 'trainer.pt'));
+    this.plateau = { ...state.plateau };
+    this.consecutiveSkips = state.consecutiveSkips;
     return state;
   }
 

@@ -30,12 +30,21 @@ OptimizerOptions optimizerOptionsFrom(const Napi::Object& o) {
   return p;
 }
 
+TrainingOptions trainingOptionsFrom(const Napi::Object& o) {
+  TrainingOptions t;
+  t.amp = optBool(o, "training", "amp", t.amp);
+  t.emaDecay = optNumber(o, "training", "emaDecay", t.emaDecay);
+  t.emaTau = optNumber(o, "training", "emaTau", t.emaTau);
+  return t;
+}
+
 Napi::Value TrainerCreate(const Napi::CallbackInfo& info) {
   auto model = modelArg(info, 0);
   const auto optimizer = optimizerOptionsFrom(optionsArg(info, 1, "optimizer"));
   const auto loss = retinaLossOptionsFrom(optionsArg(info, 2, "loss"));
+  const auto training = trainingOptionsFrom(optionsArg(info, 3, "training"));
   std::lock_guard<std::mutex> lock(model->mutex());
-  return wrapObject(info.Env(), std::make_shared<TrainingSession>(model, optimizer, loss), &kSessionTag);
+  return wrapObject(info.Env(), std::make_shared<TrainingSession>(model, optimizer, loss, training), &kSessionTag);
 }
 
 Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
@@ -57,27 +66,34 @@ Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
       });
 }
 
-std::string optimizerPathArg(const Napi::CallbackInfo& info) {
+std::string statePathArg(const Napi::CallbackInfo& info) {
   const auto path = stringArg(info, 1, "path");
   if (path.size() < 4 || path.compare(path.size() - 3, 3, ".pt") != 0)
     throw Napi::RangeError::New(info.Env(), "Expected a path ending in .pt for path but received '" + path + "'");
   return path;
 }
 
-Napi::Value TrainerSaveOptimizerAsync(const Napi::CallbackInfo& info) {
+Napi::Value TrainerSaveStateAsync(const Napi::CallbackInfo& info) {
   auto session = sessionArg(info);
-  const auto path = optimizerPathArg(info);
+  const auto path = statePathArg(info);
   return PromiseWorker<bool>::start(
-      info.Env(), [session, path] { session->saveOptimizer(path); return true; },
+      info.Env(), [session, path] { session->saveState(path); return true; },
       [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
 }
 
-Napi::Value TrainerLoadOptimizerAsync(const Napi::CallbackInfo& info) {
+Napi::Value TrainerLoadStateAsync(const Napi::CallbackInfo& info) {
   auto session = sessionArg(info);
-  const auto path = optimizerPathArg(info);
+  const auto path = statePathArg(info);
   return PromiseWorker<bool>::start(
-      info.Env(), [session, path] { session->loadOptimizer(path); return true; },
+      info.Env(), [session, path] { session->loadState(path); return true; },
       [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+}
+
+// Swaps the model's weights with the EMA weights (synchronous: a copy of the weights).
+Napi::Value TrainerSwapEma(const Napi::CallbackInfo& info) {
+  auto session = sessionArg(info);
+  session->swapEma();
+  return Napi::Boolean::New(info.Env(), session->hasEma());
 }
 
 Napi::Value TrainerDispose(const Napi::CallbackInfo& info) {
@@ -91,8 +107,9 @@ Napi::Value TrainerDispose(const Napi::CallbackInfo& info) {
 void registerTrainExports(Napi::Env env, Napi::Object exports) {
   exportFunction<TrainerCreate>(env, exports, "trainerCreate");
   exportFunction<TrainerStepAsync>(env, exports, "trainerStepAsync");
-  exportFunction<TrainerSaveOptimizerAsync>(env, exports, "trainerSaveOptimizerAsync");
-  exportFunction<TrainerLoadOptimizerAsync>(env, exports, "trainerLoadOptimizerAsync");
+  exportFunction<TrainerSaveStateAsync>(env, exports, "trainerSaveStateAsync");
+  exportFunction<TrainerLoadStateAsync>(env, exports, "trainerLoadStateAsync");
+  exportFunction<TrainerSwapEma>(env, exports, "trainerSwapEma");
   exportFunction<TrainerDispose>(env, exports, "trainerDispose");
 }
 

@@ -1,5 +1,9 @@
 #include "core/train/training_session.h"
 
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
+#include <cmath>
 #include <cstdio>
 #include <random>
 
@@ -7,8 +11,58 @@
 
 namespace onestage {
 
-TrainingSession::TrainingSession(std::shared_ptr<RetinaNetDetector> detector, const OptimizerOptions& o, const RetinaLossOptions& loss)
-    : detector_(std::move(detector)), options_(o), loss_(std::make_unique<RetinaLoss>(loss)) {
+namespace {
+
+// bf16 autocast of CUDA ops for the lifetime of the guard (the C++ form of
+// `torch.autocast('cuda', dtype=torch.bfloat16)`); restores the previous state.
+class CudaBf16Autocast {
+ public:
+  explicit CudaBf16Autocast(bool on) : on_(on) {
+    if (!on_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    wasEnabled_ = at::autocast::is_autocast_enabled(at::kCUDA);
+    oldDtype_ = at::autocast::get_autocast_dtype(at::kCUDA);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+#else
+    wasEnabled_ = at::autocast::is_enabled();
+    oldDtype_ = at::autocast::get_autocast_gpu_dtype();
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(true);
+#endif
+    at::autocast::increment_nesting();
+  }
+  ~CudaBf16Autocast() {
+    if (!on_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCUDA, wasEnabled_);
+    at::autocast::set_autocast_dtype(at::kCUDA, oldDtype_);
+#else
+    at::autocast::set_enabled(wasEnabled_);
+    at::autocast::set_autocast_gpu_dtype(oldDtype_);
+#endif
+  }
+  CudaBf16Autocast(const CudaBf16Autocast&) = delete;
+  CudaBf16Autocast& operator=(const CudaBf16Autocast&) = delete;
+
+ private:
+  bool on_;
+  bool wasEnabled_ = false;
+  at::ScalarType oldDtype_ = at::kHalf;
+};
+
+constexpr const char* kStateFormat = "onestage-trainer-state-1";
+
+}  // namespace
+
+TrainingSession::TrainingSession(std::shared_ptr<RetinaNetDetector> detector, const OptimizerOptions& o, const RetinaLossOptions& loss,
+                                 const TrainingOptions& training)
+    : detector_(std::move(detector)), options_(o), training_(training), loss_(std::make_unique<RetinaLoss>(loss)) {
+  if (training.amp && !detector_->device().is_cuda())
+    throw RangeError("amp (bf16 autocast) needs a model on CUDA; this one is on " + detector_->device().str());
+  if (!(training.emaDecay >= 0 && training.emaDecay < 1)) throw RangeError("Expected a number in [0, 1) for ema decay");
+  if (!(training.emaTau > 0)) throw RangeError("Expected a positive number for ema tau");
   for (const auto& p : detector_->net()->parameters())
     if (p.requires_grad()) params_.push_back(p);
   if (!(o.lr > 0)) throw RangeError("optimizer lr must be positive");
@@ -21,6 +75,44 @@ TrainingSession::TrainingSession(std::shared_ptr<RetinaNetDetector> detector, co
   } else {
     throw RangeError("Expected 'sgd' or 'adamw' for optimizer.type but received '" + o.type + "'");
   }
+  if (training.emaDecay > 0) {
+    torch::NoGradGuard noGrad;
+    for (const auto& t : emaTargets()) ema_.push_back(t.detach().clone());
+  }
+}
+
+std::vector<torch::Tensor> TrainingSession::emaTargets() {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : detector_->net()->parameters()) out.push_back(p);
+  for (const auto& b : detector_->net()->buffers()) out.push_back(b);
+  return out;
+}
+
+void TrainingSession::updateEma() {
+  if (ema_.empty()) return;
+  torch::NoGradGuard noGrad;
+  ++emaUpdates_;
+  const double d = training_.emaDecay * (1.0 - std::exp(-static_cast<double>(emaUpdates_) / training_.emaTau));
+  const auto targets = emaTargets();
+  for (size_t i = 0; i < ema_.size(); ++i) {
+    if (ema_[i].device() != targets[i].device()) ema_[i] = ema_[i].to(targets[i].device());
+    if (ema_[i].is_floating_point())
+      ema_[i].mul_(d).add_(targets[i].detach(), 1.0 - d);
+    else
+      ema_[i].copy_(targets[i]);  // e.g. BatchNorm's num_batches_tracked
+  }
+}
+
+void TrainingSession::swapEma() {
+  if (ema_.empty()) return;
+  std::lock_guard<std::mutex> lock(detector_->mutex());
+  torch::NoGradGuard noGrad;
+  const auto targets = emaTargets();
+  for (size_t i = 0; i < ema_.size(); ++i) {
+    auto held = targets[i].detach().clone();
+    targets[i].detach().copy_(ema_[i]);
+    ema_[i] = held;
+  }
 }
 
 StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tensor& annotations, double lr) {
@@ -30,10 +122,16 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
   auto& net = detector_->net();
   net->train(true);
-  const auto out = net->forward(images.to(detector_->device()));
+  RetinaNetOutput out;
+  {
+    const CudaBf16Autocast autocast(training_.amp);
+    out = net->forward(images.to(detector_->device()));
+  }
   std::vector<int64_t> levels;
   for (const auto& p : out.pyramid) levels.push_back(p.size(2) * p.size(3) * net->config().anchors.anchorsPerLocation());
-  const auto parts = loss_->forward(out.classification, out.regression, out.anchors, annotations.to(detector_->device()), levels);
+  // losses in float32 (a no-op without amp)
+  const auto parts = loss_->forward(out.classification.to(torch::kFloat), out.regression.to(torch::kFloat), out.anchors,
+                                    annotations.to(detector_->device()), levels);
   const auto total = parts.cls + parts.reg;
   StepResult r;
   // one host synchronisation per step, for the values reported and the finiteness check
@@ -57,15 +155,52 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
     return r;
   }
   optimizer_->step();
+  updateEma();
   return r;
 }
 
-void TrainingSession::saveOptimizer(const std::string& path) {
+namespace {
+
+void writeGhm(torch::serialize::OutputArchive& archive, const std::string& name, const std::vector<GhmState>& states) {
+  archive.write(name + "/count", torch::tensor(static_cast<int64_t>(states.size())));
+  for (size_t i = 0; i < states.size(); ++i)
+    if (states[i].accSum.defined()) archive.write(name + "/" + std::to_string(i), states[i].accSum.cpu());
+}
+
+void readGhm(torch::serialize::InputArchive& archive, const std::string& name, std::vector<GhmState>& states,
+             const GhmOptions& opts, const torch::Device& device) {
+  torch::Tensor count;
+  archive.read(name + "/count", count);
+  states.assign(static_cast<size_t>(count.item<int64_t>()), GhmState{});
+  for (size_t i = 0; i < states.size(); ++i) {
+    torch::Tensor acc;
+    if (!archive.try_read(name + "/" + std::to_string(i), acc)) continue;
+    if (acc.dim() != 1 || acc.size(0) != opts.bins)
+      throw std::runtime_error(name + " momentum state has " + std::to_string(acc.numel()) + " bins, the loss has " + std::to_string(opts.bins));
+    states[i].accSum = acc.to(device, torch::kFloat64);
+  }
+}
+
+}  // namespace
+
+void TrainingSession::saveState(const std::string& path) {
   std::lock_guard<std::mutex> lock(detector_->mutex());
   std::random_device rd;
   const std::string tmp = path + ".tmp-" + std::to_string(rd());
   torch::serialize::OutputArchive archive;
-  optimizer_->save(archive);
+  archive.write("format/" + std::string(kStateFormat), torch::tensor(1));
+  archive.write("optimizer/type/" + options_.type, torch::tensor(1));
+  torch::serialize::OutputArchive optimizer;
+  optimizer_->save(optimizer);
+  archive.write("optimizer", optimizer);
+  {
+    std::lock_guard<std::mutex> lossLock(loss_->mutex());
+    writeGhm(archive, "ghmc", loss_->ghmcStates());
+    writeGhm(archive, "ghmr", loss_->ghmrStates());
+  }
+  archive.write("ema/count", torch::tensor(static_cast<int64_t>(ema_.size())));
+  archive.write("ema/updates", torch::tensor(emaUpdates_));
+  for (size_t i = 0; i < ema_.size(); ++i) archive.write("ema/" + std::to_string(i), ema_[i].cpu());
   archive.save_to(tmp);
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());
@@ -73,15 +208,47 @@ void TrainingSession::saveOptimizer(const std::string& path) {
   }
 }
 
-void TrainingSession::loadOptimizer(const std::string& path) {
+void TrainingSession::loadState(const std::string& path) {
   std::lock_guard<std::mutex> lock(detector_->mutex());
-  torch::serialize::InputArchive archive;
+  const auto device = detector_->device();
   try {
-    archive.load_from(path, detector_->device());
-    optimizer_->load(archive);
+    torch::serialize::InputArchive archive;
+    archive.load_from(path, device);
+    torch::Tensor flag;
+    if (!archive.try_read("format/" + std::string(kStateFormat), flag))
+      throw std::runtime_error("not a training state written by this version of onestage");
+    if (!archive.try_read("optimizer/type/" + options_.type, flag))
+      throw std::runtime_error("written with another optimizer than '" + options_.type + "'");
+    torch::Tensor emaCount, emaUpdates;
+    archive.read("ema/count", emaCount);
+    archive.read("ema/updates", emaUpdates);
+    if (static_cast<size_t>(emaCount.item<int64_t>()) != ema_.size())
+      throw std::runtime_error(ema_.empty() ? "written with EMA weights, this session has none" : "written without EMA weights, this session has EMA on");
+    // read and check everything before the optimizer, the last thing changed
+    std::vector<torch::Tensor> ema(ema_.size());
+    const auto targets = emaTargets();
+    for (size_t i = 0; i < ema.size(); ++i) {
+      archive.read("ema/" + std::to_string(i), ema[i]);
+      if (ema[i].sizes() != targets[i].sizes()) throw std::runtime_error("EMA weight " + std::to_string(i) + " has another shape than the model's");
+      ema[i] = ema[i].to(device);
+    }
+    std::vector<GhmState> ghmc, ghmr;
+    readGhm(archive, "ghmc", ghmc, loss_->options().ghmc, device);
+    readGhm(archive, "ghmr", ghmr, loss_->options().ghmr, device);
+    torch::serialize::InputArchive optimizer;
+    archive.read("optimizer", optimizer);
+    // LibTorch checks the parameter count; the shapes were checked with the weights (strict load)
+    optimizer_->load(optimizer);
+    ema_ = std::move(ema);
+    emaUpdates_ = emaUpdates.item<int64_t>();
+    std::lock_guard<std::mutex> lossLock(loss_->mutex());
+    loss_->ghmcStates() = std::move(ghmc);
+    loss_->ghmrStates() = std::move(ghmr);
   } catch (const c10::Error& e) {
     const std::string msg = e.what_without_backtrace();
-    throw std::runtime_error(path + ": not an optimizer state of this model and optimizer (" + msg.substr(0, msg.find('\n')) + ")");
+    throw std::runtime_error(path + ": not a training state of this model and optimizer (" + msg.substr(0, msg.find('\n')) + ")");
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(path + ": " + e.what());
   }
 }
 

@@ -23,6 +23,16 @@ struct OptimizerOptions {
   double clipGradNorm = 0.1;  // ≤ 0: no clipping (pytorch-retinanet clips at 0.1)
 };
 
+struct TrainingOptions {
+  /// bf16 autocast of the forward pass (CUDA only); losses are computed in float32.
+  bool amp = false;
+  /// Exponential moving average of the weights (parameters and buffers): after each applied step
+  /// ema = d·ema + (1 − d)·w with d = decay·(1 − exp(−updates / tau)) (the ramp of YOLOv5/NanoDet's
+  /// ModelEMA). decay 0 disables.
+  double emaDecay = 0.0;
+  double emaTau = 2000.0;
+};
+
 struct StepResult {
   double cls = 0, reg = 0, total = 0;
   double gradNorm = 0;  // before clipping
@@ -32,23 +42,37 @@ struct StepResult {
 
 class TrainingSession {
  public:
-  TrainingSession(std::shared_ptr<RetinaNetDetector> detector, const OptimizerOptions& optimizer, const RetinaLossOptions& loss);
+  TrainingSession(std::shared_ptr<RetinaNetDetector> detector, const OptimizerOptions& optimizer, const RetinaLossOptions& loss,
+                  const TrainingOptions& training = {});
 
   /// images [B, 3, H, W] float32, annotations [B, M, 5] (−1 padded), on the model's device; lr for this step.
   StepResult step(const torch::Tensor& images, const torch::Tensor& annotations, double lr);
 
-  /// Optimizer state (momentum buffers, Adam moments, step counts) to and from a file of onestage's own
-  /// (LibTorch archive), written atomically.
-  void saveOptimizer(const std::string& path);
-  void loadOptimizer(const std::string& path);
+  /// Everything of the session that is not the model's weights — optimizer state (momentum buffers,
+  /// Adam moments, step counts), GHM momentum states, the EMA weights and their update count — to and
+  /// from a LibTorch archive of onestage's own, written atomically. Loading checks that the file was
+  /// written by a session of the same kind (optimizer type, parameter shapes, GHM bins, EMA on/off).
+  void saveState(const std::string& path);
+  void loadState(const std::string& path);
+
+  /// Swaps the model's weights with the EMA weights (a second call swaps back). No-op without EMA.
+  void swapEma();
+  bool hasEma() const { return !ema_.empty(); }
+  int64_t emaUpdates() const { return emaUpdates_; }
 
   RetinaLoss& loss() { return *loss_; }
   std::shared_ptr<RetinaNetDetector> detector() { return detector_; }
 
  private:
   std::shared_ptr<RetinaNetDetector> detector_;
+  void updateEma();
+  std::vector<torch::Tensor> emaTargets();  // parameters then buffers, in registration order
+
   OptimizerOptions options_;
+  TrainingOptions training_;
   std::unique_ptr<RetinaLoss> loss_;
+  std::vector<torch::Tensor> ema_;
+  int64_t emaUpdates_ = 0;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::vector<torch::Tensor> params_;
 };
