@@ -1,16 +1,71 @@
 /**
- * The `onestage` command line. Each command is a thin layer over the public API.
+ * The `onestage` command line. Each command is a thin layer over the public API and the jobs in
+ * lib/jobs; errors print as one line naming what was wrong and set a non-zero exit code.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseTrainConfig } from './config';
 import { makeShapes } from './data/shapes';
-import { buildInfo } from './runtime';
-import { Tensor, liveTensors } from './tensor';
+import { formatEvaluation } from './eval/evaluate';
+import { DatasetSpec } from './jobs/common';
+import { demoJob } from './jobs/demo';
+import { detectJob } from './jobs/detect';
+import { evalJob } from './jobs/evaluate';
+import { trainJob } from './jobs/train';
+import { Model } from './model';
+import { buildInfo, synchronize } from './runtime';
+import { Tensor } from './tensor';
+
+function intOption(name: string, min = 0): (value: string) => number {
+  return (value: string) => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} expects an integer ≥ ${min}, received '${value}'`);
+    return n;
+  };
+}
+
+function numberOption(name: string): (value: string) => number {
+  return (value: string) => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} expects a number, received '${value}'`);
+    return n;
+  };
+}
+
+const deviceOption = () => new Option('--device <device>', 'where to run').choices(['auto', 'cpu', 'cuda']).default('auto');
+
+interface DatasetFlags {
+  coco?: string;
+  csv?: string;
+  classes?: string;
+  images?: string;
+}
+
+function datasetFrom(o: DatasetFlags): DatasetSpec {
+  if (o.coco && o.csv) throw new Error('give either --coco or --csv, not both');
+  if (o.coco) return { format: 'coco', file: o.coco, images: o.images };
+  if (o.csv) {
+    if (!o.classes) throw new Error('--csv needs --classes (the classes file)');
+    return { format: 'csv', file: o.csv, classes: o.classes };
+  }
+  throw new Error('give the dataset: --coco instances.json or --csv annotations.csv --classes classes.csv');
+}
+
+/** Sets `value` at a dotted `key` of `target` (creating objects on the way) when value is defined. */
+function setPath(target: Record<string, unknown>, key: string, value: unknown): void {
+  if (value === undefined) return;
+  const parts = key.split('.');
+  let o = target;
+  for (const p of parts.slice(0, -1)) o = (o[p] ??= {}) as Record<string, unknown>;
+  o[parts[parts.length - 1]] = value;
+}
 
 export function makeProgram(): Command {
   const program = new Command();
   program
     .name('onestage')
-    .description('Train, evaluate and run one-stage object detectors (RetinaNet, NanoDet-Plus) on LibTorch')
+    .description('Train, evaluate and run one-stage object detectors (RetinaNet with Focal / GHM losses) on LibTorch')
     .showHelpAfterError();
 
   program
@@ -36,37 +91,154 @@ export function makeProgram(): Command {
     });
 
   program
-    .command('demo')
-    .description('the main job on the embedded default data (for now: build info and a tiny forward pass)')
-    .option('--device <device>', "'cpu' or 'cuda'", 'cpu')
-    .action(async (opts: { device: 'cpu' | 'cuda' }) => {
-      const info = buildInfo();
-      console.log(`onestage ${info.version} on LibTorch ${info.torchVersion} (CUDA ${info.cudaAvailable ? 'available' : 'not available'})`);
-      // a two-layer perceptron forward on fixed inputs: x·W1 → ReLU → ·W2 → softmax
-      const x = Tensor.from(Float32Array.from({ length: 4 * 8 }, (_, i) => Math.sin(i)), [4, 8], { device: opts.device });
-      const w1 = Tensor.from(Float32Array.from({ length: 8 * 16 }, (_, i) => Math.cos(i) / 4), [8, 16], { device: opts.device });
-      const w2 = Tensor.from(Float32Array.from({ length: 16 * 3 }, (_, i) => Math.sin(2 * i) / 4), [16, 3], { device: opts.device });
-      const xw1 = await x.matmulAsync(w1);
-      const h = xw1.relu();
-      const logits = h.matmul(w2);
-      const p = logits.softmax(-1);
-      const probs = p.toArray() as Float32Array;
-      for (let r = 0; r < 4; r++) {
-        console.log(`sample ${r}: class probabilities ${Array.from(probs.subarray(3 * r, 3 * r + 3), (v) => v.toFixed(4)).join(' ')}`);
+    .command('train')
+    .description('train a RetinaNet from a JSON configuration (validated against its schema) and/or flags; flags override the file')
+    .option('--config <file>', 'configuration JSON (see README: Training configuration)')
+    .option('--coco-train <file>', 'COCO instances JSON of the training set')
+    .option('--coco-val <file>', 'COCO instances JSON of the validation set')
+    .option('--csv-train <file>', 'CSV annotations of the training set')
+    .option('--csv-val <file>', 'CSV annotations of the validation set')
+    .option('--classes <file>', 'CSV classes file')
+    .option('--depth <n>', 'ResNet depth (18, 34, 50, 101, 152)', intOption('--depth', 1))
+    .option('--feature-size <n>', 'FPN and subnet channels', intOption('--feature-size', 1))
+    .option('--weights <file>', 'start from these weights')
+    .option('--backbone <file>', 'ResNet backbone weights (torchvision state_dict)')
+    .addOption(new Option('--loss <kind>', "'focal' (Focal + smooth L1) or 'ghm' (GHM-C + GHM-R)").choices(['focal', 'ghm']))
+    .addOption(new Option('--optimizer <type>', 'optimizer').choices(['sgd', 'adamw']))
+    .option('--lr <rate>', 'base learning rate', numberOption('--lr'))
+    .option('--epochs <n>', 'epochs', intOption('--epochs', 1))
+    .option('--batch-size <n>', 'images per batch', intOption('--batch-size', 1))
+    .option('--min-side <px>', 'resize: shorter side', intOption('--min-side', 1))
+    .option('--max-side <px>', 'resize: longest side at most', intOption('--max-side', 1))
+    .addOption(new Option('--device <device>', 'where to train').choices(['auto', 'cpu', 'cuda']))
+    .option('--amp', 'bf16 autocast (CUDA)')
+    .option('--ema', 'exponential moving average of the weights')
+    .option('--seed <n>', 'seed of initialisation and data order', intOption('--seed'))
+    .option('--out <dir>', 'run folder')
+    .option('--resume', 'continue the run in --out from its latest checkpoint')
+    .option('--print-config', 'print the resolved configuration and exit')
+    .action(async (o: Record<string, string | number | boolean | undefined>) => {
+      let base: Record<string, unknown> = {};
+      if (o.config) {
+        try {
+          base = JSON.parse(fs.readFileSync(String(o.config), 'utf8')) as Record<string, unknown>;
+        } catch (err) {
+          throw new Error(`${String(o.config)}: cannot read the configuration (${(err as Error).message})`);
+        }
       }
-      for (const t of [x, w1, w2, xw1, h, logits, p]) t.dispose();
-      console.log(`native tensors alive after dispose: ${liveTensors()}`);
+      if (o.cocoTrain && o.csvTrain) throw new Error('give either --coco-train or --csv-train, not both');
+      if (o.cocoTrain) setPath(base, 'data.format', 'coco');
+      if (o.csvTrain) setPath(base, 'data.format', 'csv');
+      setPath(base, 'data.train', o.cocoTrain ?? o.csvTrain);
+      setPath(base, 'data.val', o.cocoVal ?? o.csvVal);
+      setPath(base, 'data.classes', o.classes);
+      setPath(base, 'data.batchSize', o.batchSize);
+      setPath(base, 'data.minSide', o.minSide);
+      setPath(base, 'data.maxSide', o.maxSide);
+      setPath(base, 'model.depth', o.depth);
+      setPath(base, 'model.featureSize', o.featureSize);
+      setPath(base, 'model.weights', o.weights);
+      setPath(base, 'model.backbone', o.backbone);
+      if (o.loss === 'ghm') {
+        setPath(base, 'loss.classification', 'ghmc');
+        setPath(base, 'loss.regression', 'ghmr');
+      } else if (o.loss === 'focal') {
+        setPath(base, 'loss.classification', 'focal');
+        setPath(base, 'loss.regression', 'smoothL1');
+      }
+      setPath(base, 'optimizer.type', o.optimizer);
+      setPath(base, 'optimizer.lr', o.lr);
+      setPath(base, 'epochs', o.epochs);
+      setPath(base, 'device', o.device);
+      setPath(base, 'amp', o.amp);
+      setPath(base, 'ema', o.ema);
+      setPath(base, 'seed', o.seed);
+      setPath(base, 'out', o.out);
+      const config = parseTrainConfig(base, o.config ? 'config' : 'options');
+      if (o.printConfig) {
+        console.log(JSON.stringify(config, null, 2));
+        return;
+      }
+      const r = await trainJob(config, { resume: Boolean(o.resume) });
+      if (r.evaluation) console.log(formatEvaluation(r.evaluation));
+      console.log(`weights: ${r.weights} (${r.seconds.toFixed(0)} s)`);
+    });
+
+  program
+    .command('eval')
+    .description('evaluate saved weights on a dataset: prints the COCO table, writes eval.json and detections.json (COCO results)')
+    .requiredOption('--weights <file>', 'weights saved by onestage (.safetensors)')
+    .option('--coco <file>', 'COCO instances JSON')
+    .option('--images <dir>', 'COCO image folder (default: the JSON file\'s folder)')
+    .option('--csv <file>', 'CSV annotations')
+    .option('--classes <file>', 'CSV classes file')
+    .option('--out <dir>', 'where to write eval.json and detections.json')
+    .option('--voc', 'also VOC AP@0.5 (all-point)')
+    .option('--batch-size <n>', 'images per batch', intOption('--batch-size', 1), 4)
+    .option('--min-side <px>', 'resize (default: as trained)', intOption('--min-side', 1))
+    .option('--max-side <px>', 'resize (default: as trained)', intOption('--max-side', 1))
+    .option('--json', 'print the result as JSON instead of the table')
+    .addOption(deviceOption())
+    .action(async (o: DatasetFlags & { weights: string; out?: string; voc?: boolean; batchSize: number; minSide?: number; maxSide?: number; json?: boolean; device: 'auto' | 'cpu' | 'cuda' }) => {
+      const r = await evalJob({ weights: o.weights, dataset: datasetFrom(o), out: o.out, voc: o.voc, batchSize: o.batchSize, minSide: o.minSide, maxSide: o.maxSide, device: o.device });
+      if (o.json) console.log(JSON.stringify({ stats: r.stats, perClass: r.perClass, voc: r.voc }));
+      else console.log(formatEvaluation(r) + `\n\n${r.images} images in ${r.seconds.toFixed(1)} s` + (o.out ? `; written to ${path.join(o.out, 'eval.json')}` : ''));
+    });
+
+  program
+    .command('detect')
+    .description('run saved weights on images: writes each image with boxes, classes and scores drawn, and detections.json')
+    .requiredOption('--weights <file>', 'weights saved by onestage (.safetensors)')
+    .requiredOption('--out <dir>', 'output folder')
+    .argument('<images...>', 'image files')
+    .option('--score-threshold <p>', 'minimum score', numberOption('--score-threshold'), 0.3)
+    .option('--max-detections <n>', 'per image', intOption('--max-detections'), 100)
+    .option('--min-side <px>', 'resize (default: as trained)', intOption('--min-side', 1))
+    .option('--max-side <px>', 'resize (default: as trained)', intOption('--max-side', 1))
+    .addOption(deviceOption())
+    .action(async (images: string[], o: { weights: string; out: string; scoreThreshold: number; maxDetections: number; minSide?: number; maxSide?: number; device: 'auto' | 'cpu' | 'cuda' }) => {
+      const r = await detectJob({ weights: o.weights, images, out: o.out, scoreThreshold: o.scoreThreshold, maxDetections: o.maxDetections, minSide: o.minSide, maxSide: o.maxSide, device: o.device });
+      for (const im of r) console.log(`${im.output}: ${im.detections.length} detections${im.detections.length ? ` (${im.detections.slice(0, 3).map((d) => `${d.class} ${d.score.toFixed(2)}`).join(', ')}${im.detections.length > 3 ? ', …' : ''})` : ''}`);
+      console.log(`detections: ${path.join(o.out, 'detections.json')}`);
+    });
+
+  program
+    .command('bench')
+    .description('time RetinaNet inference (forward + post-processing) on random weights and inputs')
+    .option('--depth <n>', 'ResNet depth', intOption('--depth', 1), 50)
+    .option('--size <px>', 'square input side', intOption('--size', 32), 640)
+    .option('--batch-size <n>', 'images per batch', intOption('--batch-size', 1), 1)
+    .option('--iterations <n>', 'timed runs', intOption('--iterations', 1), 10)
+    .addOption(deviceOption())
+    .action(async (o: { depth: number; size: number; batchSize: number; iterations: number; device: 'auto' | 'cpu' | 'cuda' }) => {
+      const device = o.device === 'auto' ? (buildInfo().cudaAvailable ? 'cuda' : 'cpu') : o.device;
+      const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 }).eval();
+      const x = Tensor.from(Float32Array.from({ length: o.batchSize * 3 * o.size * o.size }, (_, i) => Math.sin(i * 0.37)), [o.batchSize, 3, o.size, o.size], { device });
+      try {
+        await model.detect(x); // warm-up
+        synchronize();
+        const t0 = process.hrtime.bigint();
+        for (let i = 0; i < o.iterations; i++) await model.detect(x);
+        synchronize();
+        const ms = Number(process.hrtime.bigint() - t0) / 1e6 / o.iterations;
+        console.log(`RetinaNet ResNet-${o.depth} ${o.size}×${o.size} batch ${o.batchSize} on ${device}: ${ms.toFixed(1)} ms per batch, ${((1000 * o.batchSize) / ms).toFixed(1)} img/s`);
+      } finally {
+        x.dispose();
+        model.dispose();
+      }
+    });
+
+  program
+    .command('demo')
+    .description('the main job: generate the shapes dataset, train RetinaNet ResNet-18 with focal loss, evaluate, write plots and annotated pictures')
+    .option('--out <dir>', 'output folder', path.join('runs', 'demo'))
+    .option('--epochs <n>', 'epochs (default: chosen for the device)', intOption('--epochs', 1))
+    .addOption(deviceOption())
+    .action(async (o: { out: string; epochs?: number; device: 'auto' | 'cpu' | 'cuda' }) => {
+      await demoJob({ out: o.out, epochs: o.epochs, device: o.device });
     });
 
   return program;
-}
-
-function intOption(name: string): (value: string) => number {
-  return (value: string) => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} expects a non-negative integer, received '${value}'`);
-    return n;
-  };
 }
 
 /** Runs the CLI; errors print as one line (no stack) and set exit code 1. */

@@ -6,7 +6,7 @@ export { buildInfo, setNumThreads, manualSeed, setTf32, synchronize } from './ru
 export type { BuildInfo } from './runtime';
 export { Tensor, liveTensors, DTYPES } from './tensor';
 export type { DType, Device, TensorOptions, TensorData, TypedArrayOf } from './tensor';
-export { Model } from './model';
+export { Model, MODEL_METADATA_KEY } from './model';
 export type { RetinaNetOptions, DetectOptions, DetectBatch, Detection, ForwardOutput, LoadWeightsOptions, LoadReport, ModelInfo, ResNetDepth } from './model';
 export { generateAnchors, encodeBoxes, decodeBoxes, boxIou, clipBoxes, nms, batchedNms } from './geometry';
 export type { AnchorOptions, BoxCoderOptions } from './geometry';

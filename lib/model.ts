@@ -31,7 +31,12 @@ export interface RetinaNetOptions {
   device?: Device;
   /** Seeds the initialisation (LibTorch's generator) for reproducible weights. */
   seed?: number;
+  /** Class names (numClasses of them), kept with saved weights and used to label drawn detections. */
+  classes?: string[];
 }
+
+/** Metadata key under which `saveWeights` records the architecture (`Model.fromWeights` reads it). */
+export const MODEL_METADATA_KEY = 'onestage.model';
 
 export interface DetectOptions {
   /** Candidates need a score above this; default 0.05. */
@@ -98,9 +103,12 @@ const DEPTHS = [18, 34, 50, 101, 152] as const;
 export class Model {
   /** @internal */
   readonly handle: NativeModel;
+  /** The options it was built with (without device and seed). */
+  readonly config: Omit<RetinaNetOptions, 'device' | 'seed'>;
 
-  private constructor(handle: NativeModel) {
+  private constructor(handle: NativeModel, config: Omit<RetinaNetOptions, 'device' | 'seed'>) {
     this.handle = handle;
+    this.config = config;
   }
 
   /**
@@ -120,9 +128,40 @@ export class Model {
       if (o[k] !== undefined && typeof o[k] !== 'boolean') throw invalid(`options.${k}`, 'a boolean', o[k]);
     if (o.device !== undefined) checkDevice('options.device', o.device);
     if (o.seed !== undefined) checkInteger('options.seed', o.seed, 0, Number.MAX_SAFE_INTEGER);
+    if (o.classes !== undefined && (!Array.isArray(o.classes) || o.classes.length !== o.numClasses || o.classes.some((c) => typeof c !== 'string')))
+      throw invalid('options.classes', `an array of ${o.numClasses} class names`, o.classes);
     const anchors = checkAnchorOptions('options.anchors', o.anchors);
     const boxCoder = checkBoxCoderOptions('options.boxCoder', o.boxCoder);
-    return new Model(native().modelCreateRetinaNet({ ...o, anchors, boxCoder }));
+    const { device: _device, seed: _seed, classes, ...arch } = o;
+    void _device;
+    void _seed;
+    const handle = native().modelCreateRetinaNet({ ...arch, ...(o.device ? { device: o.device } : {}), ...(o.seed !== undefined ? { seed: o.seed } : {}), anchors, boxCoder });
+    return new Model(handle, { ...arch, ...(classes ? { classes: [...classes] } : {}) } as Omit<RetinaNetOptions, "device" | "seed">);
+  }
+
+  /**
+   * A model rebuilt from weights that onestage saved (the architecture is in the file's metadata),
+   * with the weights loaded.
+   * @example const model = await Model.fromWeights('runs/shapes/model.safetensors', { device: 'cuda' });
+   */
+  static async fromWeights(file: string, options: { device?: Device } = {}): Promise<Model> {
+    if (typeof file !== 'string' || !file.endsWith('.safetensors')) throw invalid('path', 'a path ending in .safetensors', file);
+    const text = readSafetensorsHeader(file).metadata[MODEL_METADATA_KEY];
+    if (text === undefined) throw new Error(`${file}: no '${MODEL_METADATA_KEY}' metadata (not saved by onestage); build the model with Model.retinanet and call loadWeights`);
+    let config: RetinaNetOptions;
+    try {
+      config = JSON.parse(text) as RetinaNetOptions;
+    } catch (err) {
+      throw new Error(`${file}: malformed '${MODEL_METADATA_KEY}' metadata (${(err as Error).message})`);
+    }
+    const model = Model.retinanet({ ...config, ...(options.device ? { device: options.device } : {}) });
+    try {
+      await model.loadWeights(file);
+    } catch (err) {
+      model.dispose();
+      throw err;
+    }
+    return model;
   }
 
   /** Architecture, sizes, device, mode and parameter counts. */
@@ -216,11 +255,11 @@ export class Model {
     return native().modelLoadTorchAsync(this.handle, file, o);
   }
 
-  /** Writes the weights as `.safetensors` (atomically: temporary file, fsync, rename). */
+  /** Writes the weights as `.safetensors` (atomically: temporary file, fsync, rename), with the architecture in the metadata. */
   async saveWeights(file: string, metadata: Record<string, string> = {}): Promise<void> {
     if (typeof file !== 'string' || !file.endsWith('.safetensors')) throw invalid('path', 'a path ending in .safetensors', file);
     checkOptions('metadata', metadata);
-    await native().modelSaveSafetensorsAsync(this.handle, path.resolve(file), { format: 'pt', ...metadata });
+    await native().modelSaveSafetensorsAsync(this.handle, path.resolve(file), { format: 'pt', [MODEL_METADATA_KEY]: JSON.stringify(this.config), ...metadata });
   }
 
   /** Copies of every parameter and buffer, by state_dict name. */

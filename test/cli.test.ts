@@ -1,7 +1,14 @@
+/**
+ * The command line end to end on tiny data: make-shapes → train (JSON config) → resume → eval →
+ * detect; configuration errors name the field; bad commands and options fail with a message.
+ */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
+import sharp from 'sharp';
 import { buildInfo } from '../lib';
+import { tempDir } from './helpers/python';
 
 const cli = path.resolve(__dirname, '..', 'bin', 'onestage.js');
 const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
@@ -12,20 +19,94 @@ test('cli: `onestage info` prints buildInfo as JSON', (t) => {
   t.deepEqual(JSON.parse(r.stdout), buildInfo());
 });
 
-test('cli: `onestage demo` runs a forward pass and frees its tensors', (t) => {
-  const r = run('demo');
-  t.is(r.status, 0, r.stderr);
-  t.regex(r.stdout, /sample 3: class probabilities/);
-  t.regex(r.stdout, /native tensors alive after dispose: 0/);
+test('cli: make-shapes, train --config, train --resume, eval and detect run end to end', (t) => {
+  const dir = tempDir();
+  const data = path.join(dir, 'data');
+  const made = run('make-shapes', '--out', data, '--train', '8', '--val', '4', '--size', '64', '--classes', '2', '--seed', '3');
+  t.is(made.status, 0, made.stderr);
+  const run1 = path.join(dir, 'run');
+  const config = {
+    data: { train: path.join(data, 'instances_train.json'), val: path.join(data, 'instances_val.json'), minSide: 64, maxSide: 64, batchSize: 4 },
+    model: { depth: 18, featureSize: 16, freezeBn: false },
+    optimizer: { type: 'adamw', lr: 0.001 },
+    epochs: 1,
+    device: 'cpu',
+    out: run1,
+    progress: 'lines',
+  };
+  fs.writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify(config));
+  const trained = run('train', '--config', path.join(dir, 'cfg.json'));
+  t.is(trained.status, 0, trained.stderr);
+  t.regex(trained.stderr, /epoch 1\/1: loss/);
+  t.regex(trained.stdout, /AP50 /);
+  for (const f of ['model.safetensors', 'best.safetensors', 'config.json', 'eval.json', 'detections.json', 'metrics.jsonl', 'epochs.jsonl', 'loss.svg', 'loss.png', 'val.svg', 'val.png', 'latest.json'])
+    t.true(fs.existsSync(path.join(run1, f)), f);
+  // flags override the file; --resume continues to the new epoch count
+  const resumed = run('train', '--config', path.join(dir, 'cfg.json'), '--epochs', '2', '--resume');
+  t.is(resumed.status, 0, resumed.stderr);
+  t.regex(resumed.stderr, /epoch 2\/2: loss/);
+  t.notRegex(resumed.stderr, /epoch 1\/2: loss/);
+  t.is(fs.readFileSync(path.join(run1, 'epochs.jsonl'), 'utf8').trim().split('\n').length, 2);
+
+  const evalOut = path.join(dir, 'eval');
+  const ev = run('eval', '--weights', path.join(run1, 'model.safetensors'), '--coco', path.join(data, 'instances_val.json'), '--out', evalOut, '--voc', '--device', 'cpu');
+  t.is(ev.status, 0, ev.stderr);
+  t.regex(ev.stdout, /AP50 +\d\.\d{4}/);
+  t.regex(ev.stdout, /mAP \(VOC\)/);
+  const written = JSON.parse(fs.readFileSync(path.join(evalOut, 'eval.json'), 'utf8'));
+  t.is(written.stats.length, 12);
+  t.true(Array.isArray(JSON.parse(fs.readFileSync(path.join(evalOut, 'detections.json'), 'utf8'))));
+
+  const images = JSON.parse(fs.readFileSync(path.join(data, 'instances_val.json'), 'utf8')).images.slice(0, 2).map((im: { file_name: string }) => path.join(data, im.file_name));
+  const detOut = path.join(dir, 'drawn');
+  const det = run('detect', '--weights', path.join(run1, 'model.safetensors'), '--out', detOut, '--score-threshold', '0.01', '--device', 'cpu', ...images);
+  t.is(det.status, 0, det.stderr);
+  const listed = JSON.parse(fs.readFileSync(path.join(detOut, 'detections.json'), 'utf8'));
+  t.is(listed.length, 2);
+  for (const im of listed) {
+    t.true(fs.existsSync(im.output));
+    t.is(im.width, 64);
+    for (const d of im.detections) t.true(['circle', 'square'].includes(d.class) && d.score >= 0.01);
+  }
+  return sharp(listed[0].output).metadata().then((m) => t.is(m.width, 64));
+});
+
+test('cli: a bad configuration is rejected with every bad field named', (t) => {
+  const dir = tempDir();
+  const cfg = path.join(dir, 'bad.json');
+  fs.writeFileSync(cfg, JSON.stringify({ data: { train: 'x.json', batchSize: 0 }, model: { dept: 18 }, optimizer: { lr: -1, type: 'rmsprop' }, epochs: 'ten' }));
+  const r = run('train', '--config', cfg);
+  t.is(r.status, 1);
+  t.regex(r.stderr, /config\.data\.batchSize must be >= 1 \(received 0\)/);
+  t.regex(r.stderr, /config\.model has an unknown field 'dept'/);
+  t.regex(r.stderr, /config\.optimizer\.lr must be > 0 \(received -1\)/);
+  t.regex(r.stderr, /config\.optimizer\.type must be one of "sgd", "adamw" \(received "rmsprop"\)/);
+  t.regex(r.stderr, /config\.epochs must be integer \(received "ten"\)/);
+  fs.writeFileSync(cfg, '{ "data": ');
+  t.regex(run('train', '--config', cfg).stderr, /bad\.json: cannot read the configuration/);
+  const csv = run('train', '--csv-train', 'a.csv', '--print-config');
+  t.is(csv.status, 1);
+  t.regex(csv.stderr, /options\.data\.classes is required with format 'csv'/);
+  const printed = run('train', '--coco-train', 'a.json', '--depth', '18', '--print-config');
+  t.is(printed.status, 0, printed.stderr);
+  const resolved = JSON.parse(printed.stdout);
+  t.is(resolved.model.depth, 18);
+  t.is(resolved.data.minSide, 608, 'defaults are filled in');
 });
 
 test('cli: an unknown command or a bad option fails with a message and exit code 1', (t) => {
   const r = run('nonsense');
   t.is(r.status, 1);
   t.regex(r.stderr, /unknown command 'nonsense'/);
+  const bad = run('detect', '--weights', 'w.safetensors', '--out', 'o', '--score-threshold', 'high', 'a.jpg');
+  t.is(bad.status, 1);
+  t.regex(bad.stderr, /--score-threshold expects a number, received 'high'/);
+  const missing = run('eval', '--weights', 'missing.safetensors', '--coco', 'missing.json');
+  t.is(missing.status, 1);
+  t.regex(missing.stderr, /onestage: missing\.json: cannot read the annotation file/);
   if (!buildInfo().cudaAvailable) {
     const c = run('demo', '--device', 'cuda');
     t.is(c.status, 1);
-    t.regex(c.stderr, /onestage: CUDA is not available/);
+    t.regex(c.stderr, /onestage: device 'cuda' was asked for but CUDA is not available/);
   }
 });

@@ -137,6 +137,8 @@ export interface FitOptions {
   progress?: ProgressMode;
   /** Write loss and validation plots (SVG and PNG) to runDir after each epoch; default true with runDir. */
   plots?: boolean;
+  /** Extra safetensors metadata for model.safetensors and best.safetensors. */
+  metadata?: Record<string, string>;
 }
 
 export interface FitResult {
@@ -401,7 +403,7 @@ export class Trainer extends EventEmitter {
           if (monitor !== 'loss') this.observe(watched, monitor);
           if (files && watched > bestAp) {
             bestAp = watched;
-            await this.withEmaWeights(() => this.model.saveWeights(files.best));
+            await this.withEmaWeights(() => this.model.saveWeights(files.best, o.metadata));
           }
         }
         if (monitor === 'loss') this.observe(record.total, 'loss');
@@ -414,7 +416,7 @@ export class Trainer extends EventEmitter {
         if (plots) await this.writePlots(o.runDir!);
       }
       if (files) {
-        await this.withEmaWeights(() => this.model.saveWeights(files.final));
+        await this.withEmaWeights(() => this.model.saveWeights(files.final, o.metadata));
         result.weights = files.final;
       }
     } finally {

@@ -1,0 +1,210 @@
+/**
+ * The training configuration of `onestage train --config cfg.json`: a JSON Schema (validated with
+ * ajv, defaults filled in, unknown fields rejected) and its TypeScript type. Errors name the field
+ * (`config.optimizer.lr must be >= 0 (received -1)`).
+ */
+import Ajv, { ErrorObject } from 'ajv';
+import * as fs from 'node:fs';
+import type { AnchorOptions, BoxCoderOptions } from './geometry';
+import type { RetinaNetLossOptions } from './losses';
+import type { ResNetDepth } from './model';
+import type { EmaOptions, OptimizerOptions, ScheduleOptions } from './train/trainer';
+import type { ProgressMode } from './train/progress';
+
+export interface TrainConfig {
+  data: {
+    /** 'coco' (instances JSON + images) or 'csv' (pytorch-retinanet's CSV files). */
+    format: 'coco' | 'csv';
+    /** COCO instances JSON or CSV annotations of the training set. */
+    train: string;
+    /** The same for validation (optional). */
+    val?: string;
+    /** CSV: the classes file. */
+    classes?: string;
+    /** COCO: image folder (default: the JSON file's folder). */
+    images?: string;
+    /** Resize: shorter side to this, longer side at most maxSide. */
+    minSide: number;
+    maxSide: number;
+    batchSize: number;
+    /** Random flips during training. */
+    augment: boolean;
+  };
+  model: {
+    depth: ResNetDepth;
+    featureSize: number;
+    freezeBn: boolean;
+    anchors?: AnchorOptions;
+    boxCoder?: BoxCoderOptions;
+    /** Start from these weights (.safetensors or .pt state_dict). */
+    weights?: string;
+    /** Backbone weights only (torchvision ResNet state_dict). */
+    backbone?: string;
+  };
+  loss: RetinaNetLossOptions;
+  optimizer: OptimizerOptions;
+  schedule: ScheduleOptions;
+  epochs: number;
+  /** 'auto' (CUDA when available), 'cpu' or 'cuda'. */
+  device: 'auto' | 'cpu' | 'cuda';
+  amp: boolean;
+  ema: boolean | EmaOptions;
+  seed: number;
+  /** Run folder. */
+  out: string;
+  evalEvery: number;
+  checkpointEvery?: number;
+  keep: number;
+  progress: ProgressMode;
+  /** Also VOC AP@0.5 at validation. */
+  voc: boolean;
+}
+
+const num = (extra: object = {}) => ({ type: 'number', ...extra });
+const int = (extra: object = {}) => ({ type: 'integer', ...extra });
+const nonNeg = num({ minimum: 0 });
+const prob = num({ exclusiveMinimum: 0, exclusiveMaximum: 1 });
+const four = { type: 'array', items: num(), minItems: 4, maxItems: 4 };
+const closed = (properties: Record<string, object>, extra: object = {}) => ({ type: 'object', additionalProperties: false, properties, ...extra });
+
+const assigner = closed({ positiveIou: num({ minimum: 0, maximum: 1 }), negativeIou: num({ minimum: 0, maximum: 1 }), lowQualityMatches: { type: 'boolean' }, minPositiveIou: num({ minimum: 0, maximum: 1 }), ignoreIof: num({ minimum: 0, maximum: 1 }) });
+const boxCoder = closed({ std: four, mean: four, minTargetSize: nonNeg, maxDeltaExp: nonNeg });
+const ghm = { bins: int({ minimum: 1, maximum: 1000 }), momentum: num({ minimum: 0, maximum: 1, exclusiveMaximum: 1 }), lossWeight: nonNeg };
+
+/** JSON Schema (draft-07) of the training configuration. */
+export const TRAIN_CONFIG_SCHEMA = closed(
+  {
+    data: closed(
+      {
+        format: { enum: ['coco', 'csv'], default: 'coco' },
+        train: { type: 'string', minLength: 1 },
+        val: { type: 'string', minLength: 1 },
+        classes: { type: 'string', minLength: 1 },
+        images: { type: 'string', minLength: 1 },
+        minSide: int({ minimum: 32, maximum: 8192, default: 608 }),
+        maxSide: int({ minimum: 32, maximum: 8192, default: 1024 }),
+        batchSize: int({ minimum: 1, maximum: 4096, default: 2 }),
+        augment: { type: 'boolean', default: true },
+      },
+      { required: ['train'] },
+    ),
+    model: closed(
+      {
+        depth: { enum: [18, 34, 50, 101, 152], default: 50 },
+        featureSize: int({ minimum: 1, maximum: 4096, default: 256 }),
+        freezeBn: { type: 'boolean', default: true },
+        anchors: closed({ levels: { type: 'array', items: int() }, strides: { type: 'array', items: num({ exclusiveMinimum: 0 }) }, sizes: { type: 'array', items: num({ exclusiveMinimum: 0 }) }, ratios: { type: 'array', items: num({ exclusiveMinimum: 0 }) }, scales: { type: 'array', items: num({ exclusiveMinimum: 0 }) } }),
+        boxCoder,
+        weights: { type: 'string', minLength: 1 },
+        backbone: { type: 'string', minLength: 1 },
+      },
+      { default: {} },
+    ),
+    loss: closed(
+      {
+        classification: { enum: ['focal', 'ghmc'] },
+        regression: { enum: ['smoothL1', 'l1', 'giou', 'ghmr', 'none'] },
+        clsWeight: nonNeg,
+        regWeight: nonNeg,
+        focal: closed({ variant: { enum: ['retinanet', 'logits'] }, alpha: num(), gamma: nonNeg, probabilities: { type: 'boolean' }, normalize: { enum: ['image', 'batch'] }, regression: { enum: ['smoothL1', 'l1', 'giou', 'none'] }, beta: nonNeg, boxCoder, assigner }),
+        ghmc: closed(ghm),
+        ghmr: closed({ ...ghm, mu: num({ exclusiveMinimum: 0 }) }),
+        ghmPerLevel: { type: 'boolean' },
+      },
+      { default: {} },
+    ),
+    optimizer: closed(
+      { type: { enum: ['sgd', 'adamw'] }, lr: num({ exclusiveMinimum: 0 }), momentum: nonNeg, weightDecay: nonNeg, nesterov: { type: 'boolean' }, beta1: num({ minimum: 0, exclusiveMaximum: 1 }), beta2: num({ minimum: 0, exclusiveMaximum: 1 }), eps: num({ exclusiveMinimum: 0 }), clipGradNorm: nonNeg },
+      { default: {} },
+    ),
+    schedule: closed(
+      {
+        warmupSteps: int({ minimum: 0 }),
+        warmupFactor: num({ minimum: 0, maximum: 1 }),
+        type: { enum: ['constant', 'step', 'cosine', 'plateau'] },
+        milestones: { type: 'array', items: int({ minimum: 0 }) },
+        gamma: nonNeg,
+        monitor: { enum: ['AP', 'AP50', 'loss'] },
+        factor: num({ exclusiveMinimum: 0, maximum: 1 }),
+        patience: int({ minimum: 0 }),
+        threshold: nonNeg,
+        minLr: nonNeg,
+      },
+      { default: {} },
+    ),
+    epochs: int({ minimum: 1, maximum: 1e6, default: 12 }),
+    device: { enum: ['auto', 'cpu', 'cuda'], default: 'auto' },
+    amp: { type: 'boolean', default: false },
+    ema: { anyOf: [{ type: 'boolean' }, closed({ decay: prob, tau: num({ exclusiveMinimum: 0 }) })], default: false },
+    seed: int({ minimum: 0, default: 0 }),
+    out: { type: 'string', minLength: 1, default: 'runs/train' },
+    evalEvery: int({ minimum: 1, default: 1 }),
+    checkpointEvery: int({ minimum: 1 }),
+    keep: int({ minimum: 1, default: 2 }),
+    progress: { enum: ['auto', 'bar', 'lines', 'none'], default: 'auto' },
+    voc: { type: 'boolean', default: false },
+  },
+  { required: ['data'] },
+);
+
+function describe(e: ErrorObject, root: string): string {
+  const where = root + e.instancePath.replace(/\//g, '.');
+  switch (e.keyword) {
+    case 'additionalProperties':
+      return `${where} has an unknown field '${(e.params as { additionalProperty: string }).additionalProperty}'`;
+    case 'required':
+      return `${where}.${(e.params as { missingProperty: string }).missingProperty} is required`;
+    case 'enum':
+      return `${where} must be one of ${((e.params as { allowedValues: unknown[] }).allowedValues).map((v) => JSON.stringify(v)).join(', ')} (received ${JSON.stringify(e.data)})`;
+    default:
+      return `${where} ${e.message ?? 'is invalid'} (received ${JSON.stringify(e.data)})`;
+  }
+}
+
+let validator: ReturnType<Ajv['compile']> | undefined;
+
+/**
+ * Validates a configuration object, fills in defaults (in a copy), and applies cross-field rules.
+ * Throws an Error listing every problem, each naming its field.
+ */
+export function parseTrainConfig(value: unknown, root = 'config'): TrainConfig {
+  validator ??= new Ajv({ allErrors: true, useDefaults: true, verbose: true, strict: false }).compile(TRAIN_CONFIG_SCHEMA);
+  const copy = JSON.parse(JSON.stringify(value ?? null)) as unknown;
+  if (copy === null || typeof copy !== 'object' || Array.isArray(copy)) throw new TypeError(`${root} must be a JSON object`);
+  const problems: string[] = [];
+  if (!validator(copy)) {
+    // anyOf reports each branch; keep the most specific messages
+    const errors = (validator.errors ?? []).filter((e) => e.keyword !== 'anyOf');
+    problems.push(...[...new Set(errors.map((e) => describe(e, root)))]);
+  } else {
+    const c = copy as TrainConfig;
+    if (c.data.format === 'csv' && !c.data.classes) problems.push(`${root}.data.classes is required with format 'csv'`);
+    if (c.data.format === 'coco' && c.data.classes) problems.push(`${root}.data.classes is only for format 'csv'`);
+    if (c.data.minSide > c.data.maxSide) problems.push(`${root}.data.minSide (${c.data.minSide}) must not exceed ${root}.data.maxSide (${c.data.maxSide})`);
+    if (c.model.weights && c.model.backbone) problems.push(`${root}.model.weights and ${root}.model.backbone exclude each other`);
+    if (c.schedule.type === 'plateau' && c.schedule.monitor && c.schedule.monitor !== 'loss' && !c.data.val) problems.push(`${root}.schedule.monitor '${c.schedule.monitor}' needs ${root}.data.val`);
+  }
+  if (problems.length > 0) throw new Error(`invalid configuration:\n  ${problems.join('\n  ')}`);
+  return copy as TrainConfig;
+}
+
+/** Reads and validates a JSON configuration file. */
+export function readTrainConfig(file: string): TrainConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`${file}: cannot read the configuration (${(err as Error).message})`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${file}: malformed JSON (${(err as Error).message})`);
+  }
+  try {
+    return parseTrainConfig(value);
+  } catch (err) {
+    throw new Error(`${file}: ${(err as Error).message}`);
+  }
+}

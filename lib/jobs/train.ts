@@ -1,0 +1,74 @@
+/**
+ * `onestage train`: a training run from a validated configuration — datasets and loaders, the
+ * model (optionally from weights or a backbone), the trainer with validation, and at the end a
+ * COCO evaluation (eval.json) and the validation detections as COCO results (detections.json).
+ */
+import * as path from 'node:path';
+import { TrainConfig } from '../config';
+import { DataLoader } from '../data/loader';
+import { DetectorEvaluation } from '../eval/evaluate';
+import { writeJsonAtomic } from '../io';
+import { Model } from '../model';
+import { Trainer, FitResult } from '../train/trainer';
+import { INPUT_METADATA_KEY, openDataset, resolveDevice } from './common';
+
+export interface TrainJobOptions {
+  /** Continue the run in `config.out` from its latest checkpoint. */
+  resume?: boolean;
+  /** Lines of text for the user (default: stderr). */
+  log?: (line: string) => void;
+}
+
+export interface TrainJobResult {
+  runDir: string;
+  weights: string;
+  fit: FitResult;
+  evaluation?: DetectorEvaluation;
+  seconds: number;
+}
+
+export async function trainJob(config: TrainConfig, options: TrainJobOptions = {}): Promise<TrainJobResult> {
+  const log = options.log ?? ((line: string) => process.stderr.write(line + '\n'));
+  const started = Date.now();
+  const device = resolveDevice(config.device);
+  const d = config.data;
+  const train = await openDataset({ format: d.format, file: d.train, classes: d.classes, images: d.images });
+  const val = d.val ? await openDataset({ format: d.format, file: d.val, classes: d.classes, images: d.images }) : undefined;
+  if (val && val.classes.join('\n') !== train.classes.join('\n')) throw new Error(`${d.val}: its classes (${val.classes.join(', ')}) differ from the training set's (${train.classes.join(', ')})`);
+  for (const w of [...train.warnings, ...(val?.warnings ?? [])].slice(0, 5)) log(`data: ${w.file}: ${w.message}`);
+  const transform = { minSide: d.minSide, maxSide: d.maxSide };
+  const loader = new DataLoader(train, { batchSize: d.batchSize, seed: config.seed, device, augment: d.augment, transform });
+  const valLoader = val ? new DataLoader(val, { batchSize: d.batchSize, shuffle: false, augment: false, device, transform }) : undefined;
+  const m = config.model;
+  const model = Model.retinanet({ numClasses: train.classes.length, classes: train.classes, depth: m.depth, featureSize: m.featureSize, freezeBn: m.freezeBn, anchors: m.anchors, boxCoder: m.boxCoder, device, seed: config.seed });
+  let trainer: Trainer | undefined;
+  try {
+    if (m.weights) await model.loadWeights(m.weights);
+    if (m.backbone) await model.loadWeights(m.backbone, { backboneOnly: true });
+    trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, ema: config.ema });
+    log(`training RetinaNet ResNet-${m.depth} (${(model.parameters() / 1e6).toFixed(1)} M parameters) on ${device}: ${train.length} images, ${train.classes.length} classes` +
+      (val ? `, validating on ${val.length}` : '') + ` → ${config.out}`);
+    writeJsonAtomic(path.join(config.out, 'config.json'), config, 2);
+    const fit = await trainer.fit(loader, {
+      epochs: config.epochs,
+      runDir: config.out,
+      resume: options.resume,
+      valLoader,
+      evalEvery: config.evalEvery,
+      checkpointEvery: config.checkpointEvery,
+      keep: config.keep,
+      progress: config.progress,
+      evaluate: { voc: config.voc },
+      metadata: { [INPUT_METADATA_KEY]: JSON.stringify(transform) },
+    });
+    const evaluation = fit.evaluation;
+    if (evaluation) {
+      writeJsonAtomic(path.join(config.out, 'eval.json'), { stats: evaluation.stats, perClass: evaluation.perClass, voc: evaluation.voc, images: evaluation.images }, 2);
+      writeJsonAtomic(path.join(config.out, 'detections.json'), evaluation.detections);
+    }
+    return { runDir: config.out, weights: fit.weights!, fit, evaluation, seconds: (Date.now() - started) / 1000 };
+  } finally {
+    trainer?.dispose();
+    model.dispose();
+  }
+}
