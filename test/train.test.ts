@@ -144,6 +144,32 @@ test('train: validation every epoch writes epochs.jsonl, loss and AP plots (SVG 
   model.dispose();
 });
 
+(buildInfo().cudaAvailable ? test : test.skip)('train: bf16 autocast on CUDA gives the fp32 loss to bf16 precision, learns, and keeps EMA weights on the GPU', async (t) => {
+  const ds = await dataset();
+  const loader = loaderOf(ds, 'cuda');
+  const it = loader.epoch(0)[Symbol.asyncIterator]();
+  const batch = (await it.next()).value;
+  const fp32 = small('cuda');
+  const bf16 = small('cuda');
+  const a = await new Trainer(fp32).step(batch, 1e-9);
+  const b = await new Trainer(bf16, { amp: true }).step(batch, 1e-9);
+  t.log(`first-step loss fp32 ${a.total.toFixed(5)} bf16 ${b.total.toFixed(5)}`);
+  t.true(Math.abs(a.total - b.total) < 0.05 * Math.abs(a.total));
+  disposeBatch(batch);
+  await it.return?.(undefined);
+  const model = small('cuda');
+  const trainer = new Trainer(model, { amp: true, ema: { decay: 0.9, tau: 2 }, optimizer: { lr: 0.01 } });
+  const records: StepRecord[] = [];
+  trainer.on('step', (r: StepRecord) => records.push(r));
+  await trainer.fit(loaderOf(ds, 'cuda'), { epochs: 6 });
+  t.true(records.every((r) => !r.skipped));
+  const mean = (rs: StepRecord[]) => rs.reduce((s, r) => s + r.total, 0) / rs.length;
+  t.true(mean(records.slice(-3)) < 0.9 * mean(records.slice(0, 3)));
+  const ema = await trainer.withEmaWeights(async () => stateOf(model));
+  t.notDeepEqual(ema['layer1.0.conv1.weight'], stateOf(model)['layer1.0.conv1.weight']);
+  for (const m of [fp32, bf16, model]) m.dispose();
+});
+
 test('train: amp needs CUDA; bad options are named', (t) => {
   const model = small();
   if (!buildInfo().cudaAvailable || model.device === 'cpu') t.throws(() => new Trainer(model, { amp: true }), { message: /amp .*CUDA/ });
