@@ -26,7 +26,7 @@ export { makeShapes, SHAPE_CLASSES } from './data/shapes';
 export type { ShapesOptions, ShapesResult } from './data/shapes';
 export { Rng } from './data/random';
 export { contrastiveViews } from './data/views';
-export { Trainer } from './train/trainer';
+export { Trainer, resolveReplicas } from './train/trainer';
 export type { TrainerOptions, OptimizerOptions, ScheduleOptions, EmaOptions, StepRecord, EpochRecord, FitOptions, FitResult } from './train/trainer';
 export type { ProgressMode } from './train/progress';
 export { lineChartSvg, writeLineChart } from './train/plots';

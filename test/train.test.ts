@@ -7,7 +7,9 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, StepRecord, Tensor, Trainer } from '../lib';
+import * as os from 'node:os';
+import { buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, resolveReplicas, StepRecord, Tensor, Trainer } from '../lib';
+import { assertClose } from './helpers/close';
 import { tempDir } from './helpers/python';
 
 let data: Promise<CocoDataset> | undefined;
@@ -168,6 +170,29 @@ test('train: validation every epoch writes epochs.jsonl, loss and AP plots (SVG 
   const ema = await trainer.withEmaWeights(async () => stateOf(model));
   t.notDeepEqual(ema['layer1.0.conv1.weight'], stateOf(model)['layer1.0.conv1.weight']);
   for (const m of [fp32, bf16, model]) m.dispose();
+});
+
+test('train: replicas split a batch over threads; with frozen BatchNorm the step equals the single-model step', async (t) => {
+  const ds = await dataset();
+  const it = loaderOf(ds).epoch(0)[Symbol.asyncIterator]();
+  const batch = (await it.next()).value;
+  const one = small(); // freezeBn (the default): no per-chunk statistics
+  const two = small();
+  const ra = await new Trainer(one, { optimizer: { lr: 0.05 } }).step(batch, 0.05);
+  const rb = await new Trainer(two, { optimizer: { lr: 0.05 }, replicas: 2 }).step(batch, 0.05);
+  t.true(Math.abs(ra.total - rb.total) < 1e-5 * ra.total, `${ra.total} vs ${rb.total}`);
+  t.true(Math.abs(ra.gradNorm - rb.gradNorm) < 1e-5 * ra.gradNorm, `${ra.gradNorm} vs ${rb.gradNorm}`);
+  const a = one.stateDict();
+  const b = two.stateDict();
+  for (const k of ['conv1.weight', 'layer4.1.conv2.weight', 'fpn.P3_1.weight', 'classificationModel.output.bias', 'regressionModel.output.weight'])
+    assertClose(t, b[k], a[k], { atol: 1e-6, rtol: 1e-5 });
+  t.notDeepEqual(b['classificationModel.output.bias'].toArray(), small().stateDict()['classificationModel.output.bias'].toArray(), 'the step changed the weights');
+  disposeBatch(batch);
+  await it.return?.(undefined);
+  t.throws(() => new Trainer(small(), { replicas: 2, loss: { classification: 'ghmc' } }), { instanceOf: RangeError, message: /replicas > 1 needs losses without batch statistics/ });
+  t.is(resolveReplicas('auto', 'cpu', { classification: 'ghmc' }), 1);
+  t.is(resolveReplicas('auto', 'cuda:0'), 1);
+  t.is(resolveReplicas('auto', 'cpu'), os.availableParallelism());
 });
 
 test('train: amp needs CUDA; bad options are named', (t) => {

@@ -6,6 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { native, NativeSession } from '../binding';
 import type { Batch, DataLoader } from '../data/loader';
@@ -79,6 +80,22 @@ export interface TrainerOptions {
   ema?: boolean | EmaOptions;
   /** Training stops with an error after this many consecutive skipped (non-finite) steps; default 10. */
   maxConsecutiveSkips?: number;
+  /**
+   * CPU data parallelism: each batch is split over this many copies of the model, each on its own
+   * thread (LibTorch's CPU kernels here run one thread each), gradients summed before one optimizer
+   * step — the batch-mean loss and its gradient, with BatchNorm statistics per chunk. 'auto': the
+   * number of CPU cores when the model is on the CPU and the losses allow it (no GHM, per-image
+   * normalisation), else 1. Default 1.
+   */
+  replicas?: number | 'auto';
+}
+
+/** The replica count `replicas` resolves to for a model on `device` with `loss`. */
+export function resolveReplicas(replicas: TrainerOptions['replicas'], device: string, loss: RetinaNetLossOptions = {}): number {
+  if (replicas === undefined) return 1;
+  if (replicas !== 'auto') return replicas;
+  const batchStatistics = (loss.classification ?? 'focal') !== 'focal' || loss.regression === 'ghmr' || (loss.focal?.variant === 'logits' && loss.focal?.normalize === 'batch');
+  return device === 'cpu' && !batchStatistics ? Math.max(1, os.availableParallelism()) : 1;
 }
 
 export interface StepRecord {
@@ -199,6 +216,7 @@ function checkTrainerOptions(options: TrainerOptions | undefined): TrainerOption
     if (e.tau !== undefined && !(typeof e.tau === 'number' && e.tau > 0)) throw invalid('options.ema.tau', 'a positive number', e.tau, RangeError);
   }
   if (o.maxConsecutiveSkips !== undefined) checkInteger('options.maxConsecutiveSkips', o.maxConsecutiveSkips, 1, 1e9);
+  if (o.replicas !== undefined && o.replicas !== 'auto') checkInteger('options.replicas', o.replicas, 1, 256);
   return { ...o, optimizer: opt, schedule: sch };
 }
 
@@ -240,7 +258,8 @@ export class Trainer extends EventEmitter {
     this.options = checkTrainerOptions(options);
     this.model = model;
     const { emaDecay, emaTau } = emaSettings(this.options.ema);
-    this.session = native().trainerCreate(model.handle, this.options.optimizer ?? {}, this.options.loss ?? {}, { amp: this.options.amp ?? false, emaDecay, emaTau });
+    const replicas = resolveReplicas(this.options.replicas, model.device, this.options.loss);
+    this.session = native().trainerCreate(model.handle, this.options.optimizer ?? {}, this.options.loss ?? {}, { amp: this.options.amp ?? false, emaDecay, emaTau, replicas });
   }
 
   /** Learning rate of global step `step`: warm-up, then the schedule over `epochs` of `stepsPerEpoch` (× the plateau factor). */

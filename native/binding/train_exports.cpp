@@ -35,6 +35,7 @@ TrainingOptions trainingOptionsFrom(const Napi::Object& o) {
   t.amp = optBool(o, "training", "amp", t.amp);
   t.emaDecay = optNumber(o, "training", "emaDecay", t.emaDecay);
   t.emaTau = optNumber(o, "training", "emaTau", t.emaTau);
+  t.replicas = static_cast<int64_t>(optNumber(o, "training", "replicas", static_cast<double>(t.replicas)));
   return t;
 }
 

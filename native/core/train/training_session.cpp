@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <random>
+#include <thread>
 
 #include "core/errors.h"
 
@@ -79,6 +81,93 @@ TrainingSession::TrainingSession(std::shared_ptr<RetinaNetDetector> detector, co
     torch::NoGradGuard noGrad;
     for (const auto& t : emaTargets()) ema_.push_back(t.detach().clone());
   }
+  if (training.replicas < 1 || training.replicas > 256) throw RangeError("Expected an integer between 1 and 256 for replicas");
+  if (training.replicas > 1) {
+    if (!detector_->device().is_cpu())
+      throw RangeError("replicas > 1 is CPU data parallelism; this model is on " + detector_->device().str());
+    const auto& lo = loss_->options();
+    if (lo.classification != "focal" || lo.regression == "ghmr")
+      throw RangeError("replicas > 1 needs losses without batch statistics (GHM's bin counts are per batch): use classification 'focal' and a regression other than 'ghmr'");
+    if (lo.focal.variant == "logits" && lo.focal.normalize == "batch")
+      throw RangeError("replicas > 1 needs per-image normalisation: focal normalize 'batch' would differ per chunk");
+    torch::NoGradGuard noGrad;
+    for (int64_t r = 1; r < training.replicas; ++r) {
+      RetinaNet replica(detector_->net()->config());
+      replica->to(detector_->device());
+      replicas_.push_back(replica);
+      replicaLosses_.push_back(std::make_unique<RetinaLoss>(lo));
+    }
+  }
+}
+
+LossParts TrainingSession::forwardBackwardParallel(const torch::Tensor& images, const torch::Tensor& annotations) {
+  auto& net = detector_->net();
+  const int64_t B = images.size(0);
+  const auto xs = images.chunk(static_cast<int64_t>(replicas_.size()) + 1, 0);
+  const auto as = annotations.chunk(static_cast<int64_t>(replicas_.size()) + 1, 0);
+  const size_t used = xs.size();
+  {
+    // the replicas start each step as copies of the model (parameters and buffers)
+    torch::NoGradGuard noGrad;
+    const auto params = net->parameters();
+    const auto buffers = net->buffers();
+    for (size_t r = 0; r + 1 < used; ++r) {
+      auto rp = replicas_[r]->parameters();
+      auto rb = replicas_[r]->buffers();
+      for (size_t i = 0; i < params.size(); ++i) {
+        rp[i].copy_(params[i]);
+        if (rp[i].grad().defined()) rp[i].mutable_grad().zero_();
+      }
+      for (size_t i = 0; i < buffers.size(); ++i) rb[i].copy_(buffers[i]);
+      replicas_[r]->train(net->is_training());
+    }
+  }
+  std::vector<LossParts> parts(used);
+  std::vector<std::exception_ptr> errors(used);
+  auto work = [&](size_t r) {
+    try {
+      RetinaNet& model = r == 0 ? net : replicas_[r - 1];
+      RetinaLoss& loss = r == 0 ? *loss_ : *replicaLosses_[r - 1];
+      const auto out = model->forward(xs[r]);
+      std::vector<int64_t> levels;
+      for (const auto& p : out.pyramid) levels.push_back(p.size(2) * p.size(3) * model->config().anchors.anchorsPerLocation());
+      auto lp = loss.forward(out.classification.to(torch::kFloat), out.regression.to(torch::kFloat), out.anchors, as[r], levels);
+      const double share = static_cast<double>(xs[r].size(0)) / static_cast<double>(B);
+      lp.cls = lp.cls * share;
+      lp.reg = lp.reg * share;
+      (lp.cls + lp.reg).backward();
+      parts[r] = lp;
+    } catch (...) {
+      errors[r] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (size_t r = 1; r < used; ++r) threads.emplace_back(work, r);
+  work(0);
+  for (auto& t : threads) t.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  // gradients of the replicas summed into the model's, in a fixed order (deterministic)
+  torch::NoGradGuard noGrad;
+  auto params = net->parameters();
+  for (size_t r = 0; r + 1 < used; ++r) {
+    const auto rp = replicas_[r]->parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!rp[i].grad().defined()) continue;
+      if (params[i].grad().defined())
+        params[i].mutable_grad().add_(rp[i].grad());
+      else
+        params[i].mutable_grad() = rp[i].grad().clone();
+    }
+  }
+  LossParts total = parts[0];
+  total.cls = total.cls.detach();
+  total.reg = total.reg.detach();
+  for (size_t r = 1; r < used; ++r) {
+    total.cls = total.cls + parts[r].cls.detach();
+    total.reg = total.reg + parts[r].reg.detach();
+  }
+  return total;
 }
 
 std::vector<torch::Tensor> TrainingSession::emaTargets() {
@@ -122,30 +211,40 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
   auto& net = detector_->net();
   net->train(true);
-  RetinaNetOutput out;
-  {
-    const CudaBf16Autocast autocast(training_.amp);
-    out = net->forward(images.to(detector_->device()));
-  }
-  std::vector<int64_t> levels;
-  for (const auto& p : out.pyramid) levels.push_back(p.size(2) * p.size(3) * net->config().anchors.anchorsPerLocation());
-  // losses in float32 (a no-op without amp)
-  const auto parts = loss_->forward(out.classification.to(torch::kFloat), out.regression.to(torch::kFloat), out.anchors,
-                                    annotations.to(detector_->device()), levels);
-  const auto total = parts.cls + parts.reg;
-  StepResult r;
-  // one host synchronisation per step, for the values reported and the finiteness check
-  const auto values = torch::stack({parts.cls.detach().reshape({}), parts.reg.detach().reshape({})}).to(torch::kCPU, torch::kFloat64);
-  r.cls = values[0].item<double>();
-  r.reg = values[1].item<double>();
-  r.total = r.cls + r.reg;
+  const auto x = images.to(detector_->device());
+  const auto ann = annotations.to(detector_->device());
   optimizer_->zero_grad();
-  if (!std::isfinite(r.total)) {
+  StepResult r;
+  auto report = [&r](const LossParts& parts) {
+    // one host synchronisation per step, for the values reported and the finiteness check
+    const auto values = torch::stack({parts.cls.detach().reshape({}), parts.reg.detach().reshape({})}).to(torch::kCPU, torch::kFloat64);
+    r.cls = values[0].item<double>();
+    r.reg = values[1].item<double>();
+    r.total = r.cls + r.reg;
+    if (std::isfinite(r.total)) return true;
     r.skipped = true;
     r.reason = "non-finite loss (cls " + std::to_string(r.cls) + ", reg " + std::to_string(r.reg) + ")";
-    return r;
+    return false;
+  };
+  if (!replicas_.empty() && x.size(0) > 1) {
+    if (!report(forwardBackwardParallel(x, ann))) {
+      optimizer_->zero_grad();
+      for (auto& replica : replicas_) replica->zero_grad();
+      return r;
+    }
+  } else {
+    RetinaNetOutput out;
+    {
+      const CudaBf16Autocast autocast(training_.amp);
+      out = net->forward(x);
+    }
+    std::vector<int64_t> levels;
+    for (const auto& p : out.pyramid) levels.push_back(p.size(2) * p.size(3) * net->config().anchors.anchorsPerLocation());
+    // losses in float32 (a no-op without amp)
+    const auto parts = loss_->forward(out.classification.to(torch::kFloat), out.regression.to(torch::kFloat), out.anchors, ann, levels);
+    if (!report(parts)) return r;
+    (parts.cls + parts.reg).backward();
   }
-  total.backward();
   const double maxNorm = options_.clipGradNorm > 0 ? options_.clipGradNorm : std::numeric_limits<double>::infinity();
   r.gradNorm = torch::nn::utils::clip_grad_norm_(params_, maxNorm);
   if (!std::isfinite(r.gradNorm)) {

@@ -31,6 +31,13 @@ struct TrainingOptions {
   /// ModelEMA). decay 0 disables.
   double emaDecay = 0.0;
   double emaTau = 2000.0;
+  /// CPU data parallelism: the batch is split into this many chunks, each run (forward, loss,
+  /// backward) by its own copy of the model on its own thread; gradients are summed into the model
+  /// (each chunk's loss weighted by its share of the images, so the sum is the batch mean) before
+  /// one optimizer step. BatchNorm statistics are per chunk (as under DistributedDataParallel) and
+  /// the model's running statistics are those of the first chunk. Needs per-image normalised,
+  /// stateless losses (focal 'retinanet', or 'logits' with normalize 'image'; no GHM).
+  int64_t replicas = 1;
 };
 
 struct StepResult {
@@ -66,12 +73,16 @@ class TrainingSession {
  private:
   std::shared_ptr<RetinaNetDetector> detector_;
   void updateEma();
+  /// Forward, loss and backward of the batch split over the model and its replicas.
+  LossParts forwardBackwardParallel(const torch::Tensor& images, const torch::Tensor& annotations);
   std::vector<torch::Tensor> emaTargets();  // parameters then buffers, in registration order
 
   OptimizerOptions options_;
   TrainingOptions training_;
   std::unique_ptr<RetinaLoss> loss_;
   std::vector<torch::Tensor> ema_;
+  std::vector<RetinaNet> replicas_;
+  std::vector<std::unique_ptr<RetinaLoss>> replicaLosses_;
   int64_t emaUpdates_ = 0;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::vector<torch::Tensor> params_;
