@@ -49,6 +49,8 @@ export interface TrainConfig {
   device: 'auto' | 'cpu' | 'cuda';
   amp: boolean;
   ema: boolean | EmaOptions;
+  /** CPU data parallelism: copies of the model, each on its own thread ('auto': the cores, when possible). */
+  replicas: number | 'auto';
   seed: number;
   /** Run folder. */
   out: string;
@@ -136,6 +138,7 @@ export const TRAIN_CONFIG_SCHEMA = closed(
     device: { enum: ['auto', 'cpu', 'cuda'], default: 'auto' },
     amp: { type: 'boolean', default: false },
     ema: { anyOf: [{ type: 'boolean' }, closed({ decay: prob, tau: num({ exclusiveMinimum: 0 }) })], default: false },
+    replicas: { anyOf: [{ const: 'auto' }, int({ minimum: 1, maximum: 256 })], default: 'auto' },
     seed: int({ minimum: 0, default: 0 }),
     out: { type: 'string', minLength: 1, default: 'runs/train' },
     evalEvery: int({ minimum: 1, default: 1 }),

@@ -9,7 +9,7 @@ import { DataLoader } from '../data/loader';
 import { DetectorEvaluation } from '../eval/evaluate';
 import { writeJsonAtomic } from '../io';
 import { Model } from '../model';
-import { Trainer, FitResult } from '../train/trainer';
+import { FitResult, resolveReplicas, Trainer } from '../train/trainer';
 import { INPUT_METADATA_KEY, openDataset, resolveDevice } from './common';
 
 export interface TrainJobOptions {
@@ -45,8 +45,9 @@ export async function trainJob(config: TrainConfig, options: TrainJobOptions = {
   try {
     if (m.weights) await model.loadWeights(m.weights);
     if (m.backbone) await model.loadWeights(m.backbone, { backboneOnly: true });
-    trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, ema: config.ema });
-    log(`training RetinaNet ResNet-${m.depth} (${(model.parameters() / 1e6).toFixed(1)} M parameters) on ${device}: ${train.length} images, ${train.classes.length} classes` +
+    trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, ema: config.ema, replicas: config.replicas });
+    const replicas = resolveReplicas(config.replicas, device, config.loss);
+    log(`training RetinaNet ResNet-${m.depth} (${(model.parameters() / 1e6).toFixed(1)} M parameters) on ${device}${replicas > 1 ? ` (${replicas} replicas)` : ''}: ${train.length} images, ${train.classes.length} classes` +
       (val ? `, validating on ${val.length}` : '') + ` → ${config.out}`);
     writeJsonAtomic(path.join(config.out, 'config.json'), config, 2);
     const fit = await trainer.fit(loader, {

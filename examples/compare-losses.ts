@@ -1,0 +1,80 @@
+/**
+ * Compares the losses on the shapes data: the same RetinaNet (ResNet-18, same seed, same data order)
+ * trained with each loss configuration, evaluated on the validation set after every epoch.
+ * Writes <out>/compare-losses.md (AP, AP50, AP75, seconds per epoch) and <out>/compare-losses.{svg,png}
+ * (validation AP50 of every configuration per epoch).
+ *
+ *   npx ts-node --transpile-only examples/compare-losses.ts [--epochs 12] [--device auto] [--out runs/compare]
+ *
+ * Configurations: focal + smooth L1 (pytorch-retinanet), GHM-C + GHM-R (mmdetection). The contrastive
+ * and NanoDet-Plus configurations join this list when those losses land (issues 7 and 8).
+ */
+import * as path from 'node:path';
+import { Command } from 'commander';
+import {
+  buildInfo, CocoDataset, DataLoader, Device, EpochRecord, makeShapes, Model, RetinaNetLossOptions, Trainer, TrainerOptions, writeFileAtomic, writeLineChart,
+} from '../lib';
+
+interface Variant {
+  name: string;
+  loss: RetinaNetLossOptions;
+}
+
+const VARIANTS: Variant[] = [
+  { name: 'focal + smooth L1', loss: { classification: 'focal', regression: 'smoothL1' } },
+  { name: 'GHM-C + GHM-R', loss: { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7, mu: 0.02 } } },
+];
+
+async function main(): Promise<void> {
+  const o = new Command()
+    .option('--epochs <n>', 'epochs per configuration', '12')
+    .option('--device <device>', "'auto', 'cpu' or 'cuda'", 'auto')
+    .option('--out <dir>', 'output folder', path.join('runs', 'compare'))
+    .option('--train <n>', 'training images', '300')
+    .parse()
+    .opts<{ epochs: string; device: string; out: string; train: string }>();
+  const device: Device = o.device === 'auto' ? (buildInfo().cudaAvailable ? 'cuda' : 'cpu') : (o.device as Device);
+  const epochs = Number(o.epochs);
+  const data = path.join(o.out, 'data');
+  await makeShapes({ out: data, train: Number(o.train), val: 60, size: 128, classes: 3, seed: 0 });
+  const train = await CocoDataset.open(path.join(data, 'instances_train.json'));
+  const val = await CocoDataset.open(path.join(data, 'instances_val.json'));
+  const transform = { minSide: 128, maxSide: 128 };
+  const rows: string[] = [];
+  const curves: Array<{ name: string; points: Array<[number, number]> }> = [];
+  for (const v of VARIANTS) {
+    const model = Model.retinanet({ depth: 18, numClasses: 3, featureSize: 128, freezeBn: false, anchors: { sizes: [16, 32, 64, 128, 256] }, device, seed: 0 });
+    const options: TrainerOptions = { loss: v.loss, optimizer: { type: 'adamw', lr: 1e-3, weightDecay: 0.05 }, schedule: { warmupSteps: 50, type: 'cosine' }, replicas: 'auto' };
+    const trainer = new Trainer(model, options);
+    const history: EpochRecord[] = [];
+    trainer.on('epoch', (e: EpochRecord) => {
+      history.push(e);
+      console.error(`${v.name}: epoch ${e.epoch + 1}/${epochs} loss ${e.total.toFixed(4)} AP50 ${e.val?.AP50.toFixed(4)} (${e.seconds.toFixed(1)} s)`);
+    });
+    const loader = new DataLoader(train, { batchSize: 8, seed: 0, device, transform });
+    const valLoader = new DataLoader(val, { batchSize: 8, shuffle: false, augment: false, device, transform });
+    const result = await trainer.fit(loader, { epochs, valLoader, evalEvery: 1 });
+    const s = result.evaluation!.stats;
+    const perEpoch = history.reduce((a, e) => a + e.seconds, 0) / history.length;
+    rows.push(`| ${v.name} | ${s[0].toFixed(3)} | ${s[1].toFixed(3)} | ${s[2].toFixed(3)} | ${perEpoch.toFixed(1)} |`);
+    curves.push({ name: v.name, points: history.map((e) => [e.epoch + 1, e.val!.AP50]) });
+    trainer.dispose();
+    model.dispose();
+  }
+  const table = [
+    `Shapes (${train.length} train / ${val.length} val images, 128 px), RetinaNet ResNet-18, ${epochs} epochs on ${device}, AdamW 1e-3 cosine`,
+    '',
+    '| loss | AP | AP50 | AP75 | s / epoch |',
+    '| --- | --- | --- | --- | --- |',
+    ...rows,
+    '',
+  ].join('\n');
+  writeFileAtomic(path.join(o.out, 'compare-losses.md'), table);
+  await writeLineChart(path.join(o.out, 'compare-losses'), curves, { title: 'Validation AP50 by loss', xTitle: 'epoch', yTitle: 'AP50', yDomain: [0, 1] });
+  console.log(table);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});
