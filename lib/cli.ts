@@ -61,6 +61,14 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
   o[parts[parts.length - 1]] = value;
 }
 
+/** `train` flags that set one configuration field each. */
+const TRAIN_FLAG_FIELDS: Array<[string, string]> = [
+  ['classes', 'data.classes'], ['batchSize', 'data.batchSize'], ['minSide', 'data.minSide'], ['maxSide', 'data.maxSide'],
+  ['depth', 'model.depth'], ['featureSize', 'model.featureSize'], ['weights', 'model.weights'], ['backbone', 'model.backbone'],
+  ['optimizer', 'optimizer.type'], ['lr', 'optimizer.lr'],
+  ['epochs', 'epochs'], ['device', 'device'], ['amp', 'amp'], ['ema', 'ema'], ['seed', 'seed'], ['out', 'out'],
+];
+
 export function makeProgram(): Command {
   const program = new Command();
   program
@@ -131,29 +139,12 @@ export function makeProgram(): Command {
       if (o.csvTrain) setPath(base, 'data.format', 'csv');
       setPath(base, 'data.train', o.cocoTrain ?? o.csvTrain);
       setPath(base, 'data.val', o.cocoVal ?? o.csvVal);
-      setPath(base, 'data.classes', o.classes);
-      setPath(base, 'data.batchSize', o.batchSize);
-      setPath(base, 'data.minSide', o.minSide);
-      setPath(base, 'data.maxSide', o.maxSide);
-      setPath(base, 'model.depth', o.depth);
-      setPath(base, 'model.featureSize', o.featureSize);
-      setPath(base, 'model.weights', o.weights);
-      setPath(base, 'model.backbone', o.backbone);
-      if (o.loss === 'ghm') {
-        setPath(base, 'loss.classification', 'ghmc');
-        setPath(base, 'loss.regression', 'ghmr');
-      } else if (o.loss === 'focal') {
-        setPath(base, 'loss.classification', 'focal');
-        setPath(base, 'loss.regression', 'smoothL1');
+      for (const [flag, field] of TRAIN_FLAG_FIELDS) setPath(base, field, o[flag]);
+      if (o.loss !== undefined) {
+        const [classification, regression] = o.loss === 'ghm' ? ['ghmc', 'ghmr'] : ['focal', 'smoothL1'];
+        setPath(base, 'loss.classification', classification);
+        setPath(base, 'loss.regression', regression);
       }
-      setPath(base, 'optimizer.type', o.optimizer);
-      setPath(base, 'optimizer.lr', o.lr);
-      setPath(base, 'epochs', o.epochs);
-      setPath(base, 'device', o.device);
-      setPath(base, 'amp', o.amp);
-      setPath(base, 'ema', o.ema);
-      setPath(base, 'seed', o.seed);
-      setPath(base, 'out', o.out);
       const config = parseTrainConfig(base, o.config ? 'config' : 'options');
       if (o.printConfig) {
         console.log(JSON.stringify(config, null, 2));

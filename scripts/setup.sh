@@ -4,7 +4,10 @@
 #     with apt-get when we are root (or have passwordless sudo);
 #  2. node_modules (npm ci), which also builds the addon and compiles the TypeScript;
 #  3. otherwise an incremental build of the addon and the TypeScript (seconds when nothing changed).
+# With --runtime (npm run demo) the PyTorch packages, needed only by the parity tests, are skipped.
 set -euo pipefail
+runtime=0
+[[ "${1:-}" == --runtime ]] && runtime=1
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 say() { echo "setup: $*" >&2; }
@@ -28,7 +31,7 @@ python_torch_found() {
 
 missing=()
 torch_found || missing+=(libtorch-dev)
-python_torch_found || missing+=(python3-torch python3-torchvision)
+((runtime)) || python_torch_found || missing+=(python3-torch python3-torchvision)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v ninja >/dev/null || missing+=(ninja-build)
 command -v c++ >/dev/null || missing+=(g++)
@@ -48,7 +51,9 @@ if ((${#missing[@]})); then
   say "installing ${missing[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive
   "${sudo[@]}" apt-get update -q
-  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" python3-numpy
+  extra=()
+  ((runtime)) || extra=(python3-numpy)
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" "${extra[@]}"
 fi
 
 if [[ ! -d node_modules || ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then

@@ -30,6 +30,15 @@ export interface DemoResult {
   runDir: string;
 }
 
+/**
+ * The recipe was chosen by measurement on the 2-core machine (ResNet-18 from scratch): with a fixed
+ * budget of ~12 000 training images seen, more distinct pictures beat more epochs (300 × 40 epochs:
+ * AP50 0.38, 1 500 × 8: 0.46, 3 000 × 4: 0.53), AdamW 3e-3 and SGD 0.02 without clipping diverged.
+ */
+export const DEMO_SHAPES = { train: 3000, val: 60, size: 128, classes: 3, seed: 0 };
+export const DEMO_EPOCHS_CPU = 4;
+export const DEMO_EPOCHS_CUDA = 8;
+
 /** The dataset and training configuration of the main job. */
 export function demoConfig(out: string, device: Device, epochs?: number): TrainConfig {
   const data = path.join(out, 'data');
@@ -37,13 +46,13 @@ export function demoConfig(out: string, device: Device, epochs?: number): TrainC
     data: { format: 'coco', train: path.join(data, 'instances_train.json'), val: path.join(data, 'instances_val.json'), minSide: 128, maxSide: 128, batchSize: 8 },
     model: { depth: 18, featureSize: 128, freezeBn: false, anchors: { sizes: [16, 32, 64, 128, 256] } },
     loss: { classification: 'focal', regression: 'smoothL1' },
-    optimizer: { type: 'adamw', lr: 0.003, weightDecay: 0.05, clipGradNorm: 0 },
+    optimizer: { type: 'adamw', lr: 0.001, weightDecay: 0.05, clipGradNorm: 0.1 },
     schedule: { warmupSteps: 50, type: 'cosine' },
-    epochs: epochs ?? (device === 'cuda' ? 30 : 20),
+    epochs: epochs ?? (device === 'cuda' ? DEMO_EPOCHS_CUDA : DEMO_EPOCHS_CPU),
     device,
-    seed: 0,
+    seed: 1,
     out: path.join(out, 'run'),
-    evalEvery: 5,
+    evalEvery: 1,
     progress: 'auto',
     voc: true,
   }, 'demo config');
@@ -56,7 +65,7 @@ export async function demoJob(o: DemoOptions = {}): Promise<DemoResult> {
   const device = resolveDevice(o.device ?? 'auto');
   const config = demoConfig(out, device, o.epochs);
   const data = path.dirname(config.data.train);
-  const shapes = await makeShapes({ out: data, train: 300, val: 60, size: 128, classes: 3, seed: 0 });
+  const shapes = await makeShapes({ out: data, ...DEMO_SHAPES });
   log(`shapes dataset: ${shapes.images} images, ${shapes.objects} objects (circles, squares, triangles) in ${data}`);
   const trained = await trainJob(config, { log });
   const ev = trained.evaluation!;

@@ -17,7 +17,7 @@ export interface ProgressValues {
   imagesPerSecond: number;
 }
 
-const fmt = (v: number) => (Math.abs(v) >= 0.01 || v === 0 ? v.toFixed(4) : v.toExponential(2));
+const fmt = (v: number) => (!Number.isFinite(v) ? '-' : Math.abs(v) >= 0.01 || v === 0 ? v.toFixed(4) : v.toExponential(2));
 
 export class Progress {
   private readonly mode: Exclude<ProgressMode, 'auto'>;

@@ -1,0 +1,75 @@
+#include "core/roi_align.h"
+
+#include "core/errors.h"
+
+namespace onestage {
+
+torch::Tensor roiAlign(const torch::Tensor& features, const torch::Tensor& rois, const RoiAlignOptions& o) {
+  if (features.dim() != 4) throw RangeError("roiAlign: features must be [B, C, H, W]");
+  if (rois.dim() != 2 || rois.size(1) != 5) throw RangeError("roiAlign: rois must be [R, 5] (batch index, x1, y1, x2, y2)");
+  if (o.outputHeight < 1 || o.outputWidth < 1 || o.samplingRatio < 1) throw RangeError("roiAlign: output size and sampling ratio must be ≥ 1");
+  const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
+  const int64_t R = rois.size(0), PH = o.outputHeight, PW = o.outputWidth, S = o.samplingRatio;
+  if (R == 0) return features.new_zeros({0, C, PH, PW});
+  const auto opts = features.options();
+  const auto r = rois.to(opts.dtype(torch::kFloat64)).detach();
+  const double offset = o.aligned ? 0.5 : 0.0;
+  auto startX = r.select(1, 1) * o.spatialScale - offset;
+  auto startY = r.select(1, 2) * o.spatialScale - offset;
+  auto roiW = r.select(1, 3) * o.spatialScale - offset - startX;
+  auto roiH = r.select(1, 4) * o.spatialScale - offset - startY;
+  if (!o.aligned) {
+    roiW = roiW.clamp_min(1.0);
+    roiH = roiH.clamp_min(1.0);
+  }
+  const auto binW = roiW / static_cast<double>(PW);
+  const auto binH = roiH / static_cast<double>(PH);
+  const auto f64 = opts.dtype(torch::kFloat64);
+  // sample offsets within the RoI in units of bins: p + (i + 0.5) / S for p < P, i < S
+  const auto along = [&](int64_t P) {
+    auto p = torch::arange(P, f64).unsqueeze(1);
+    auto i = torch::arange(S, f64).unsqueeze(0);
+    return (p + (i + 0.5) / static_cast<double>(S)).reshape({P * S});  // [P·S]
+  };
+  auto y = startY.unsqueeze(1) + binH.unsqueeze(1) * along(PH).unsqueeze(0);  // [R, PH·S]
+  auto x = startX.unsqueeze(1) + binW.unsqueeze(1) * along(PW).unsqueeze(0);  // [R, PW·S]
+  // torchvision's bilinear_interpolate, per axis
+  struct Axis {
+    torch::Tensor low, high, wLow, wHigh, valid;
+  };
+  const auto axis = [](torch::Tensor v, int64_t size) {
+    Axis a;
+    a.valid = (v >= -1.0) & (v <= static_cast<double>(size));
+    v = v.clamp_min(0.0);
+    auto low = v.floor().to(torch::kLong);
+    const auto atEdge = low >= size - 1;
+    low = torch::where(atEdge, torch::full_like(low, size - 1), low);
+    v = torch::where(atEdge, low.to(v.scalar_type()), v);
+    a.low = low;
+    a.high = torch::where(atEdge, low, low + 1);
+    a.wHigh = v - low.to(v.scalar_type());
+    a.wLow = 1.0 - a.wHigh;
+    return a;
+  };
+  const Axis ay = axis(y, H), ax = axis(x, W);
+  // every (row sample, column sample) pair: [R, PH·S, PW·S]
+  const auto b = r.select(1, 0).to(torch::kLong).clamp(0, B - 1).view({R, 1, 1});
+  const auto rowBase = b * (H * W);
+  const auto valid = (ay.valid.unsqueeze(2) & ax.valid.unsqueeze(1)).to(opts.dtype());
+  const auto flat = features.permute({0, 2, 3, 1}).reshape({B * H * W, C});
+  torch::Tensor sum;
+  for (int corner = 0; corner < 4; ++corner) {
+    const auto& yi = corner < 2 ? ay.low : ay.high;
+    const auto& wy = corner < 2 ? ay.wLow : ay.wHigh;
+    const auto& xi = corner % 2 == 0 ? ax.low : ax.high;
+    const auto& wx = corner % 2 == 0 ? ax.wLow : ax.wHigh;
+    const auto index = (rowBase + yi.unsqueeze(2) * W + xi.unsqueeze(1)).reshape({-1});
+    const auto weight = (wy.unsqueeze(2) * wx.unsqueeze(1)).to(opts.dtype()) * valid;  // [R, PH·S, PW·S]
+    const auto term = flat.index_select(0, index).view({R, PH * S, PW * S, C}) * weight.unsqueeze(3);
+    sum = corner == 0 ? term : sum + term;
+  }
+  // mean over the S×S samples of each bin → [R, C, PH, PW]
+  return sum.view({R, PH, S, PW, S, C}).mean({2, 4}).permute({0, 3, 1, 2}).contiguous();
+}
+
+}  // namespace onestage
