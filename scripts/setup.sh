@@ -35,6 +35,8 @@ torch_found || missing+=(libtorch-dev)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v ninja >/dev/null || missing+=(ninja-build)
 command -v c++ >/dev/null || missing+=(g++)
+# text in the plots and the drawn detections is rendered by sharp (librsvg) through fontconfig
+compgen -G "/usr/share/fonts/*/*/*.[ot]tf" >/dev/null || compgen -G "/usr/share/fonts/*/*.[ot]tf" >/dev/null || missing+=(fonts-dejavu-core)
 
 if ((${#missing[@]})); then
   sudo=()
