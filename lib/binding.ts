@@ -64,6 +64,7 @@ export interface NativeBinding {
   boxEncode(anchors: NativeTensor, boxes: NativeTensor, options: object): NativeTensor;
   boxDecode(anchors: NativeTensor, deltas: NativeTensor, options: object): NativeTensor;
   boxIou(a: NativeTensor, b: NativeTensor): NativeTensor;
+  roiAlign(features: NativeTensor, rois: NativeTensor, options: object): NativeTensor;
   clipBoxes(boxes: NativeTensor, height: number, width: number): NativeTensor;
   nms(boxes: NativeTensor, scores: NativeTensor, iouThreshold: number): NativeTensor;
   batchedNms(boxes: NativeTensor, scores: NativeTensor, groups: NativeTensor, iouThreshold: number): NativeTensor;

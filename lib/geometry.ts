@@ -96,3 +96,31 @@ export function nms(boxes: Tensor, scores: Tensor, iouThreshold: number): Tensor
 export function batchedNms(boxes: Tensor, scores: Tensor, groups: Tensor, iouThreshold: number): Tensor {
   return new Tensor(native().batchedNms(handleOf('boxes', boxes), handleOf('scores', scores), handleOf('groups', groups), iouThreshold));
 }
+
+export interface RoiAlignOptions {
+  /** Output bins `[height, width]`; default `[7, 7]`. */
+  outputSize?: [number, number];
+  /** Multiplies box coordinates (1 / the feature stride); default 1. */
+  spatialScale?: number;
+  /** Sample points per bin along each axis (torchvision's `sampling_ratio`, fixed, ≥ 1); default 2. */
+  samplingRatio?: number;
+  /** Pixel centres at +0.5 (torchvision's `aligned=True`); default true. */
+  aligned?: boolean;
+}
+
+/**
+ * RoIAlign with `torchvision.ops.roi_align`'s arithmetic (fixed sampling ratio): features
+ * `[B, C, H, W]`, rois `[R, 5]` (batch index, x1, y1, x2, y2 in input pixels) → `[R, C, oh, ow]`.
+ * Differentiable with respect to the features (autograd).
+ */
+export function roiAlign(features: Tensor, rois: Tensor, options: RoiAlignOptions = {}): Tensor {
+  const o = checkOptions('options', options);
+  if (o.outputSize !== undefined) numberList('options.outputSize', o.outputSize, 2);
+  const [outputHeight, outputWidth] = o.outputSize ?? [7, 7];
+  if (o.samplingRatio !== undefined) checkInteger('options.samplingRatio', o.samplingRatio, 1, 64);
+  if (o.spatialScale !== undefined && !(typeof o.spatialScale === 'number' && o.spatialScale > 0)) throw invalid('options.spatialScale', 'a positive number', o.spatialScale);
+  if (o.aligned !== undefined && typeof o.aligned !== 'boolean') throw invalid('options.aligned', 'a boolean', o.aligned);
+  checkInteger('options.outputSize[0]', outputHeight, 1, 1024);
+  checkInteger('options.outputSize[1]', outputWidth, 1, 1024);
+  return new Tensor(native().roiAlign(handleOf('features', features), handleOf('rois', rois), { outputHeight, outputWidth, spatialScale: o.spatialScale, samplingRatio: o.samplingRatio, aligned: o.aligned }));
+}

@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import * as path from 'node:path';
-import { buildInfo, Tensor } from '../lib';
+import { buildInfo, roiAlign, Tensor } from '../lib';
 import { Bundle, fromTensor, readBundle, toTensor, writeBundle } from './helpers/bundle';
 import { assertClose, compareClose } from './helpers/close';
 import { pythonWithTorch, runReference, tempDir } from './helpers/python';
@@ -77,3 +77,39 @@ test('bundles: fixtures of the reference projects read with their shapes and dty
   t.is(tensors.loss.dtype, 'float32');
   t.regex(String(meta.source), /sigmoid_focal_loss/);
 });
+
+for (const device of devices) {
+  test(`parity: roiAlign equals torchvision.ops.roi_align (aligned, sampling ratio 2) forward and gradient on ${device}`, async (t) => {
+    if (pythonWithTorch() === null) return t.fail('no python3 with torch: install python3-torch');
+    const rng = new Rng(77);
+    const [B, C, H, W, oh, ow, scale] = [2, 3, 9, 11, 3, 4, 0.25];
+    // boxes in input pixels (4× the feature map): fractional, tiny, partly and wholly outside, one on the last row/column
+    const rois = [
+      0, 3.3, 5.1, 20.7, 30.2,
+      1, -6, -4, 10, 9,
+      0, 30, 20, 30.5, 20.5,
+      1, 35.7, 27.1, 44, 36,
+      1, 50, 50, 60, 60,
+      0, 0, 0, 44, 36,
+    ];
+    const R = rois.length / 5;
+    const input: Bundle = {
+      features: { shape: [B, C, H, W], dtype: 'float32', data: rng.normal(B * C * H * W) },
+      rois: { shape: [R, 5], dtype: 'float32', data: Float32Array.from(rois) },
+      weight: { shape: [R, C, oh, ow], dtype: 'float32', data: rng.normal(R * C * oh * ow) },
+    };
+    const dir = tempDir();
+    writeBundle(path.join(dir, 'in'), input, { spatial_scale: scale, sampling_ratio: 2 });
+    runReference('roi_align_ref.py', [path.join(dir, 'in'), path.join(dir, 'out'), device]);
+    const expected = readBundle(path.join(dir, 'out')).tensors;
+    const features = toTensor(input.features, device).setRequiresGrad(true);
+    const out = roiAlign(features, toTensor(input.rois, device), { outputSize: [oh, ow], spatialScale: scale, samplingRatio: 2 });
+    t.deepEqual(out.shape, [R, C, oh, ow]);
+    assertClose(t, out, expected.output, { atol: 1e-6, rtol: 1e-5 });
+    await out.mul(toTensor(input.weight, device)).sum().backward();
+    assertClose(t, features.grad!, expected.grad, { atol: 1e-6, rtol: 1e-5 });
+    t.deepEqual(roiAlign(features, Tensor.from(new Float32Array(0), [0, 5], { device })).shape, [0, C, 7, 7]);
+    t.throws(() => roiAlign(features, Tensor.from(new Float32Array(4), [1, 4], { device })), { message: /rois of shape \[R, 5\]/ });
+    t.throws(() => roiAlign(features, toTensor(input.rois, device), { samplingRatio: 0 }), { instanceOf: RangeError, message: /options\.samplingRatio/ });
+  });
+}

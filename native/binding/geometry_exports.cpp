@@ -6,6 +6,7 @@
 #include "core/anchors.h"
 #include "core/boxes.h"
 #include "core/nms.h"
+#include "core/roi_align.h"
 
 namespace onestage::binding {
 
@@ -61,6 +62,26 @@ Napi::Value BatchedNms(const Napi::CallbackInfo& info) {
   return wrapTensor(info.Env(), batchedNms(boxes, scores, groups, numberArg(info, 3, "iouThreshold", 0, 1)));
 }
 
+Napi::Value RoiAlign(const Napi::CallbackInfo& info) {
+  const auto features = tensorArg(info, 0, "features");
+  const auto rois = tensorArg(info, 1, "rois");
+  const auto o = optionsArg(info, 2, "options");
+  if (features.dim() != 4 || !features.is_floating_point())
+    throw Napi::RangeError::New(info.Env(), "Expected floating-point features of shape [B, C, H, W]");
+  if (rois.dim() != 2 || rois.size(1) != 5 || !rois.is_floating_point())
+    throw Napi::RangeError::New(info.Env(), "Expected floating-point rois of shape [R, 5] (batch index, x1, y1, x2, y2)");
+  if (features.device() != rois.device()) throw Napi::RangeError::New(info.Env(), "features and rois must be on the same device");
+  RoiAlignOptions opts;
+  opts.outputHeight = static_cast<int64_t>(optNumber(o, "options", "outputHeight", 7));
+  opts.outputWidth = static_cast<int64_t>(optNumber(o, "options", "outputWidth", 7));
+  opts.spatialScale = optNumber(o, "options", "spatialScale", 1.0);
+  opts.samplingRatio = static_cast<int64_t>(optNumber(o, "options", "samplingRatio", 2));
+  opts.aligned = optBool(o, "options", "aligned", true);
+  if (opts.outputHeight < 1 || opts.outputWidth < 1 || opts.outputHeight > 1024 || opts.outputWidth > 1024 || opts.samplingRatio < 1 || opts.samplingRatio > 64 || !(opts.spatialScale > 0))
+    throw Napi::RangeError::New(info.Env(), "Expected output sizes in 1…1024, samplingRatio in 1…64 and a positive spatialScale");
+  return wrapTensor(info.Env(), roiAlign(features, rois, opts));
+}
+
 }  // namespace
 
 void registerGeometryExports(Napi::Env env, Napi::Object exports) {
@@ -71,6 +92,7 @@ void registerGeometryExports(Napi::Env env, Napi::Object exports) {
   exportFunction<ClipBoxes>(env, exports, "clipBoxes");
   exportFunction<Nms>(env, exports, "nms");
   exportFunction<BatchedNms>(env, exports, "batchedNms");
+  exportFunction<RoiAlign>(env, exports, "roiAlign");
 }
 
 }  // namespace onestage::binding
