@@ -6,7 +6,7 @@
  *
  *   npx ts-node --transpile-only examples/compare-losses.ts [--epochs 12] [--device auto] [--out runs/compare]
  *
- * Configurations: focal + smooth L1 (pytorch-retinanet), GHM-C + GHM-R (mmdetection). The contrastive
+ * Configurations: focal + smooth L1 (pytorch-retinanet), GHM-C + GHM-R (mmdetection, box std 1). The contrastive
  * and NanoDet-Plus configurations join this list when those losses land (issues 7 and 8).
  */
 import * as path from 'node:path';
@@ -18,11 +18,18 @@ import {
 interface Variant {
   name: string;
   loss: RetinaNetLossOptions;
+  /** Box coder std of targets and decoding. */
+  std: [number, number, number, number];
 }
 
+const RETINANET_STD: [number, number, number, number] = [0.1, 0.1, 0.2, 0.2];
+const MMDET_STD: [number, number, number, number] = [1, 1, 1, 1];
+
 const VARIANTS: Variant[] = [
-  { name: 'focal + smooth L1', loss: { classification: 'focal', regression: 'smoothL1' } },
-  { name: 'GHM-C + GHM-R', loss: { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7, mu: 0.02 } } },
+  // pytorch-retinanet
+  { name: 'focal + smooth L1', loss: { classification: 'focal', regression: 'smoothL1' }, std: RETINANET_STD },
+  // mmdetection's GHM RetinaNet: box deltas with std 1 (GHM-R's μ = 0.02 is meant for that scale)
+  { name: 'GHM-C + GHM-R', loss: { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7, mu: 0.02 }, focal: { boxCoder: { std: MMDET_STD } } }, std: MMDET_STD },
 ];
 
 async function main(): Promise<void> {
@@ -43,7 +50,7 @@ async function main(): Promise<void> {
   const rows: string[] = [];
   const curves: Array<{ name: string; points: Array<[number, number]> }> = [];
   for (const v of VARIANTS) {
-    const model = Model.retinanet({ depth: 18, numClasses: 3, featureSize: 128, freezeBn: false, anchors: { sizes: [16, 32, 64, 128, 256] }, device, seed: 0 });
+    const model = Model.retinanet({ depth: 18, numClasses: 3, featureSize: 128, freezeBn: false, anchors: { sizes: [16, 32, 64, 128, 256] }, boxCoder: { std: v.std }, device, seed: 0 });
     const options: TrainerOptions = { loss: v.loss, optimizer: { type: 'adamw', lr: 1e-3, weightDecay: 0.05 }, schedule: { warmupSteps: 50, type: 'cosine' }, replicas: 'auto' };
     const trainer = new Trainer(model, options);
     const history: EpochRecord[] = [];
