@@ -10,6 +10,7 @@ export class ImageListDataset implements DetectionDataset {
   readonly categoryIds: number[];
   readonly warnings: DataWarning[] = [];
   private readonly records: SampleRecord[];
+  private readonly imageIds: Map<number | string, number>;
 
   /** `files`: image paths (record ids are the resolved paths); `classes`: the model's class names. */
   constructor(files: string[], classes: string[]) {
@@ -17,6 +18,7 @@ export class ImageListDataset implements DetectionDataset {
     this.classes = [...classes];
     this.categoryIds = classes.map((_, i) => i + 1);
     this.records = files.map((f) => ({ id: path.resolve(f), file: path.resolve(f), boxes: new Float32Array(0), labels: new Int32Array(0) }));
+    this.imageIds = new Map(this.records.map((r, k) => [r.id, k + 1]));
   }
 
   get length(): number {
@@ -29,9 +31,9 @@ export class ImageListDataset implements DetectionDataset {
   }
 
   imageIdOf(recordId: number | string): number {
-    const k = this.records.findIndex((r) => r.id === recordId);
-    if (k < 0) throw new RangeError(`no image '${String(recordId)}' in this list`);
-    return k + 1;
+    const id = this.imageIds.get(recordId);
+    if (id === undefined) throw new RangeError(`no image '${String(recordId)}' in this list`);
+    return id;
   }
 
   groundTruth(): GroundTruth {
