@@ -12,6 +12,8 @@ export { generateAnchors, encodeBoxes, decodeBoxes, boxIou, clipBoxes, nms, batc
 export type { AnchorOptions, BoxCoderOptions, RoiAlignOptions } from './geometry';
 export { MaxIoUAssigner, FocalLoss, GHMC, GHMR, RetinaNetLoss, sigmoidFocalLoss } from './losses';
 export type { AssignerOptions, Assignment, FocalLossOptions, GhmOptions, GhmrOptions, RetinaNetLossOptions, DetectionLossInput, LossValue } from './losses';
+export { ContrastiveLoss } from './contrastive';
+export type { ContrastiveLossOptions, ContrastiveInput, ContrastiveValue } from './contrastive';
 export { CocoDataset } from './data/coco';
 export type { CocoOptions } from './data/coco';
 export { CsvDataset } from './data/csv';

@@ -5,6 +5,7 @@
 #include "binding/configs.h"
 #include "binding/napi_util.h"
 #include "core/errors.h"
+#include "core/losses/contrastive.h"
 #include "core/tensor_types.h"
 
 namespace onestage::binding {
@@ -60,6 +61,43 @@ Napi::Value FocalLossAsync(const Napi::CallbackInfo& info) {
         return Named{{"cls", l.cls}, {"reg", l.reg}};
       },
       namedToJs);
+}
+
+Napi::Value ContrastiveLossAsync(const Napi::CallbackInfo& info) {
+  const auto f1 = tensorListArg(info, 0, "features1", 1, 16);
+  const auto f2 = tensorListArg(info, 1, "features2", 1, 16);
+  auto annotations = tensorArg(info, 2, "annotations");
+  const int64_t height = intArg(info, 3, "inputHeight", 1, 1 << 20);
+  const int64_t width = intArg(info, 4, "inputWidth", 1, 1 << 20);
+  const auto o = optionsArg(info, 5, "options");
+  ContrastiveLossOptions opts;
+  opts.temperature = optNumber(o, "options", "temperature", opts.temperature);
+  opts.levels = optString(o, "options", "levels", opts.levels);
+  opts.negatives = optString(o, "options", "negatives", opts.negatives);
+  opts.pooling = optString(o, "options", "pooling", opts.pooling);
+  opts.outputSize = static_cast<int64_t>(optNumber(o, "options", "outputSize", static_cast<double>(opts.outputSize)));
+  opts.samplingRatio = static_cast<int64_t>(optNumber(o, "options", "samplingRatio", static_cast<double>(opts.samplingRatio)));
+  opts.firstLevel = static_cast<int64_t>(optNumber(o, "options", "firstLevel", static_cast<double>(opts.firstLevel)));
+  opts.backgroundGrid = static_cast<int64_t>(optNumber(o, "options", "backgroundGrid", static_cast<double>(opts.backgroundGrid)));
+  if (opts.outputSize < 1 || opts.outputSize > 64 || opts.samplingRatio < 1 || opts.samplingRatio > 16 || opts.backgroundGrid < 1 || opts.backgroundGrid > 64)
+    throw onestage::RangeError("contrastiveLoss: outputSize 1…64, samplingRatio 1…16 and backgroundGrid 1…64 expected");
+  for (const auto& t : f1)
+    if (!t.is_floating_point() || t.device() != f1[0].device()) throw onestage::RangeError("contrastiveLoss: features must be floating point on one device");
+  for (const auto& t : f2)
+    if (!t.is_floating_point() || t.device() != f1[0].device()) throw onestage::RangeError("contrastiveLoss: features must be floating point on one device");
+  return PromiseWorker<ContrastiveParts>::start(
+      info.Env(),
+      [f1, f2, annotations, height, width, opts] {
+        const c10::DeviceGuard guard(f1[0].device());
+        return contrastiveLoss(f1, f2, annotations, height, width, opts);
+      },
+      [](Napi::Env env, ContrastiveParts& r) -> Napi::Value {
+        Napi::Object out = Napi::Object::New(env);
+        out.Set("loss", wrapTensor(env, r.loss));
+        out.Set("embeddings", Napi::Number::New(env, static_cast<double>(r.embeddings)));
+        out.Set("withBackground", Napi::Number::New(env, static_cast<double>(r.withBackground)));
+        return out;
+      });
 }
 
 Napi::Value SigmoidFocalLossAsync(const Napi::CallbackInfo& info) {
@@ -187,6 +225,7 @@ void registerLossExports(Napi::Env env, Napi::Object exports) {
   exportFunction<AssignMaxIouAsync>(env, exports, "assignMaxIouAsync");
   exportFunction<FocalLossAsync>(env, exports, "focalLossAsync");
   exportFunction<SigmoidFocalLossAsync>(env, exports, "sigmoidFocalLossAsync");
+  exportFunction<ContrastiveLossAsync>(env, exports, "contrastiveLossAsync");
   exportFunction<GhmCreate>(env, exports, "ghmCreate");
   exportFunction<GhmForwardAsync>(env, exports, "ghmForwardAsync");
   exportFunction<GhmAccSum>(env, exports, "ghmAccSum");

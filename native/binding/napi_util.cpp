@@ -60,19 +60,21 @@ std::string formatNumber(double d) {
   return s.str();
 }
 
-TensorBox* unwrapBox(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  Napi::Value v = arg(info, i);
+TensorBox* unwrapBoxValue(Napi::Env env, Napi::Value v, const std::string& name) {
   bool tagged = false;
   if (v.IsObject()) {
-    if (napi_check_object_type_tag(info.Env(), v, &kTensorTag, &tagged) != napi_ok) tagged = false;
+    if (napi_check_object_type_tag(env, v, &kTensorTag, &tagged) != napi_ok) tagged = false;
   }
   if (!tagged)
-    throw Napi::TypeError::New(info.Env(),
-                               std::string("Expected a Tensor for ") + name + " but received " + describeValue(v));
+    throw Napi::TypeError::New(env, "Expected a Tensor for " + name + " but received " + describeValue(v));
   void* raw = nullptr;
-  if (napi_unwrap(info.Env(), v, &raw) != napi_ok || raw == nullptr)
-    throw Napi::TypeError::New(info.Env(), std::string("Expected a Tensor for ") + name + " but received a foreign object");
+  if (napi_unwrap(env, v, &raw) != napi_ok || raw == nullptr)
+    throw Napi::TypeError::New(env, "Expected a Tensor for " + name + " but received a foreign object");
   return static_cast<TensorBox*>(raw);
+}
+
+TensorBox* unwrapBox(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return unwrapBoxValue(info.Env(), arg(info, i), name);
 }
 
 }  // namespace
@@ -304,6 +306,23 @@ torch::Tensor tensorArg(const Napi::CallbackInfo& info, size_t i, const char* na
   if (box->disposed)
     throw Napi::Error::New(info.Env(), std::string(name) + " has been disposed and can no longer be used");
   return box->tensor;
+}
+
+std::vector<torch::Tensor> tensorListArg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t minLength, size_t maxLength) {
+  Napi::Value v = arg(info, i);
+  if (!v.IsArray()) throw Napi::TypeError::New(info.Env(), std::string("Expected an array of Tensors for ") + name + " but received " + describeValue(v));
+  const auto a = v.As<Napi::Array>();
+  if (a.Length() < minLength || a.Length() > maxLength)
+    throw Napi::RangeError::New(info.Env(), std::string("Expected ") + std::to_string(minLength) + "…" + std::to_string(maxLength) + " Tensors for " + name +
+                                                " but received " + std::to_string(a.Length()));
+  std::vector<torch::Tensor> out;
+  for (uint32_t k = 0; k < a.Length(); ++k) {
+    const std::string item = std::string(name) + "[" + std::to_string(k) + "]";
+    TensorBox* box = unwrapBoxValue(info.Env(), a.Get(k), item);
+    if (box->disposed) throw Napi::Error::New(info.Env(), item + " has been disposed and can no longer be used");
+    out.push_back(box->tensor);
+  }
+  return out;
 }
 
 bool disposeTensor(const Napi::CallbackInfo& info, size_t i, const char* name) {

@@ -58,6 +58,8 @@ std::vector<int64_t> intArrayArg(const Napi::CallbackInfo& info, size_t i, const
 Napi::Object wrapTensor(Napi::Env env, torch::Tensor tensor);
 /// The tensor behind argument `i`: TypeError when it is not a tensor handle, Error when disposed.
 torch::Tensor tensorArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+/// An array of minLength…maxLength tensors (each checked as tensorArg checks one).
+std::vector<torch::Tensor> tensorListArg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t minLength, size_t maxLength);
 /// Frees the tensor now (idempotent). Returns false when it was already disposed.
 bool disposeTensor(const Napi::CallbackInfo& info, size_t i, const char* name);
 bool isDisposedTensor(const Napi::CallbackInfo& info, size_t i, const char* name);
