@@ -6,8 +6,8 @@
  *
  *   npx ts-node --transpile-only examples/compare-losses.ts [--epochs 12] [--device auto] [--out runs/compare]
  *
- * Configurations: focal + smooth L1 (pytorch-retinanet), GHM-C + GHM-R (mmdetection, box std 1). The contrastive
- * and NanoDet-Plus configurations join this list when those losses land (issues 7 and 8).
+ * Configurations: focal + smooth L1 (pytorch-retinanet), focal + contrastive (the second view, weight 0.1),
+ * GHM-C + GHM-R (mmdetection, box std 1). NanoDet-Plus joins this list when it lands (issue 8).
  */
 import * as path from 'node:path';
 import { Command } from 'commander';
@@ -20,6 +20,8 @@ interface Variant {
   loss: RetinaNetLossOptions;
   /** Box coder std of targets and decoding. */
   std: [number, number, number, number];
+  /** The loader also makes the second view. */
+  views?: 2;
 }
 
 const RETINANET_STD: [number, number, number, number] = [0.1, 0.1, 0.2, 0.2];
@@ -29,6 +31,8 @@ const VARIANTS: Variant[] = [
   // pytorch-retinanet
   { name: 'focal + smooth L1', loss: { classification: 'focal', regression: 'smoothL1' }, std: RETINANET_STD },
   // mmdetection's GHM RetinaNet: box deltas with std 1 (GHM-R's μ = 0.02 is meant for that scale)
+  // the contrastive idea: focal + NT-Xent between the two views of every box (weight 0.1, projection head)
+  { name: 'focal + contrastive', loss: { classification: 'focal', regression: 'smoothL1', contrastive: { weight: 0.1, temperature: 0.5, negatives: 'other-class', projection: { hidden: 128, out: 64 } } }, std: RETINANET_STD, views: 2 },
   { name: 'GHM-C + GHM-R', loss: { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7, mu: 0.02 }, focal: { boxCoder: { std: MMDET_STD } } }, std: MMDET_STD },
 ];
 
@@ -58,7 +62,7 @@ async function main(): Promise<void> {
       history.push(e);
       console.error(`${v.name}: epoch ${e.epoch + 1}/${epochs} loss ${e.total.toFixed(4)} AP50 ${e.val?.AP50.toFixed(4)} (${e.seconds.toFixed(1)} s)`);
     });
-    const loader = new DataLoader(train, { batchSize: 8, seed: 0, device, transform });
+    const loader = new DataLoader(train, { batchSize: 8, seed: 0, device, transform, views: v.views ?? 1 });
     const valLoader = new DataLoader(val, { batchSize: 8, shuffle: false, augment: false, device, transform });
     const result = await trainer.fit(loader, { epochs, valLoader, evalEvery: 1 });
     const s = result.evaluation!.stats;

@@ -87,7 +87,7 @@ export interface NativeBinding {
   contrastiveViewsAsync(images: NativeTensor, annotations: NativeTensor, factors: NativeTensor): Promise<NativeTensor>;
 
   trainerCreate(model: NativeModel, optimizer: object, loss: object, training: object): NativeSession;
-  trainerStepAsync(session: NativeSession, images: NativeTensor, annotations: NativeTensor, lr: number): Promise<NativeStepResult>;
+  trainerStepAsync(session: NativeSession, images: NativeTensor, annotations: NativeTensor, lr: number, views?: NativeTensor | null): Promise<NativeStepResult>;
   trainerSaveStateAsync(session: NativeSession, path: string): Promise<void>;
   trainerLoadStateAsync(session: NativeSession, path: string): Promise<void>;
   /** Swaps model weights and EMA weights; false when the session keeps no EMA. */
@@ -148,6 +148,8 @@ export interface NativeSession {
 export interface NativeStepResult {
   cls: number;
   reg: number;
+  /** The weighted contrastive term (0 without it). */
+  contrastive: number;
   total: number;
   gradNorm: number;
   skipped: boolean;

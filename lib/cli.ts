@@ -65,7 +65,7 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
 const TRAIN_FLAG_FIELDS: Array<[string, string]> = [
   ['classes', 'data.classes'], ['batchSize', 'data.batchSize'], ['minSide', 'data.minSide'], ['maxSide', 'data.maxSide'],
   ['depth', 'model.depth'], ['featureSize', 'model.featureSize'], ['weights', 'model.weights'], ['backbone', 'model.backbone'],
-  ['optimizer', 'optimizer.type'], ['lr', 'optimizer.lr'],
+  ['optimizer', 'optimizer.type'], ['lr', 'optimizer.lr'], ['contrastive', 'loss.contrastive.weight'],
   ['epochs', 'epochs'], ['device', 'device'], ['amp', 'amp'], ['ema', 'ema'], ['seed', 'seed'], ['out', 'out'],
 ];
 
@@ -112,6 +112,7 @@ export function makeProgram(): Command {
     .option('--weights <file>', 'start from these weights')
     .option('--backbone <file>', 'ResNet backbone weights (torchvision state_dict)')
     .addOption(new Option('--loss <kind>', "'focal' (Focal + smooth L1) or 'ghm' (GHM-C + GHM-R)").choices(['focal', 'ghm']))
+    .option('--contrastive <weight>', 'add the contrastive loss between two views with this weight', numberOption('--contrastive'))
     .addOption(new Option('--optimizer <type>', 'optimizer').choices(['sgd', 'adamw']))
     .option('--lr <rate>', 'base learning rate', numberOption('--lr'))
     .option('--epochs <n>', 'epochs', intOption('--epochs', 1))

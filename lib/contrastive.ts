@@ -51,20 +51,25 @@ export interface ContrastiveValue {
   withBackground: number;
 }
 
+/** Checks contrastive loss options; errors name the field under `name`. */
+export function checkContrastiveOptions(name: string, options: ContrastiveLossOptions | undefined): ContrastiveLossOptions {
+  const o = checkOptions(name, options);
+  if (o.temperature !== undefined && !(typeof o.temperature === 'number' && o.temperature > 0 && Number.isFinite(o.temperature))) throw invalid(`${name}.temperature`, 'a positive number', o.temperature);
+  if (o.levels !== undefined) checkOneOf(`${name}.levels`, o.levels, ['all', 'assigned'] as const);
+  if (o.negatives !== undefined) checkOneOf(`${name}.negatives`, o.negatives, ['other-class', 'all-other', 'same-region-other-images'] as const);
+  if (o.pooling !== undefined) checkOneOf(`${name}.pooling`, o.pooling, ['average', 'flatten'] as const);
+  if (o.outputSize !== undefined) checkInteger(`${name}.outputSize`, o.outputSize, 1, 64);
+  if (o.samplingRatio !== undefined) checkInteger(`${name}.samplingRatio`, o.samplingRatio, 1, 16);
+  if (o.firstLevel !== undefined) checkInteger(`${name}.firstLevel`, o.firstLevel, 0, 16);
+  if (o.backgroundGrid !== undefined) checkInteger(`${name}.backgroundGrid`, o.backgroundGrid, 1, 64);
+  return o;
+}
+
 export class ContrastiveLoss {
   private readonly options: ContrastiveLossOptions;
 
   constructor(options?: ContrastiveLossOptions) {
-    const o = checkOptions('options', options);
-    if (o.temperature !== undefined && !(typeof o.temperature === 'number' && o.temperature > 0 && Number.isFinite(o.temperature))) throw invalid('options.temperature', 'a positive number', o.temperature);
-    if (o.levels !== undefined) checkOneOf('options.levels', o.levels, ['all', 'assigned'] as const);
-    if (o.negatives !== undefined) checkOneOf('options.negatives', o.negatives, ['other-class', 'all-other', 'same-region-other-images'] as const);
-    if (o.pooling !== undefined) checkOneOf('options.pooling', o.pooling, ['average', 'flatten'] as const);
-    if (o.outputSize !== undefined) checkInteger('options.outputSize', o.outputSize, 1, 64);
-    if (o.samplingRatio !== undefined) checkInteger('options.samplingRatio', o.samplingRatio, 1, 16);
-    if (o.firstLevel !== undefined) checkInteger('options.firstLevel', o.firstLevel, 0, 16);
-    if (o.backgroundGrid !== undefined) checkInteger('options.backgroundGrid', o.backgroundGrid, 1, 64);
-    this.options = o;
+    this.options = checkContrastiveOptions('options', options);
   }
 
   async forward(input: ContrastiveInput): Promise<ContrastiveValue> {

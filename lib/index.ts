@@ -11,7 +11,7 @@ export type { RetinaNetOptions, DetectOptions, DetectBatch, Detection, ForwardOu
 export { generateAnchors, encodeBoxes, decodeBoxes, boxIou, clipBoxes, nms, batchedNms, roiAlign } from './geometry';
 export type { AnchorOptions, BoxCoderOptions, RoiAlignOptions } from './geometry';
 export { MaxIoUAssigner, FocalLoss, GHMC, GHMR, RetinaNetLoss, sigmoidFocalLoss } from './losses';
-export type { AssignerOptions, Assignment, FocalLossOptions, GhmOptions, GhmrOptions, RetinaNetLossOptions, DetectionLossInput, LossValue } from './losses';
+export type { AssignerOptions, Assignment, FocalLossOptions, GhmOptions, GhmrOptions, RetinaNetLossOptions, ContrastiveTrainingOptions, DetectionLossInput, LossValue } from './losses';
 export { ContrastiveLoss } from './contrastive';
 export type { ContrastiveLossOptions, ContrastiveInput, ContrastiveValue } from './contrastive';
 export { CocoDataset } from './data/coco';

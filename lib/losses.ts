@@ -11,6 +11,7 @@ import { native, NativeLoss, NativeTensor } from './binding';
 import { BoxCoderOptions, checkBoxCoderOptions } from './geometry';
 import { handleOf, Tensor, wrapTensors } from './tensor';
 import { checkInteger, checkOneOf, checkOptions, invalid } from './validate';
+import { checkContrastiveOptions, ContrastiveLossOptions } from './contrastive';
 
 export interface AssignerOptions {
   /** IoU ≥ this: positive; default 0.5. */
@@ -92,6 +93,36 @@ export interface RetinaNetLossOptions {
   ghmr?: GhmrOptions;
   /** GHM once per pyramid level (mmdetection's call pattern, one EMA update per level) instead of once over all levels (default). */
   ghmPerLevel?: boolean;
+  /**
+   * The contrastive term of joint training (Trainer only: it needs the loader's second view,
+   * `views: 2`): `weight` × ContrastiveLoss on the FPN features of the batch and of its second view.
+   */
+  contrastive?: ContrastiveTrainingOptions;
+}
+
+export interface ContrastiveTrainingOptions extends ContrastiveLossOptions {
+  /** Default 0 (off). */
+  weight?: number;
+  /** SimCLR projection head Linear(D, hidden) → ReLU → Linear(hidden, out) before normalisation, trained with the model; default none. */
+  projection?: { hidden: number; out?: number };
+  /** Also the detection losses on the second view (added to cls and reg); default false. */
+  detectOnViews?: boolean;
+}
+
+/** Checks `options.contrastive` (throws naming the field). */
+export function checkContrastiveTraining(name: string, c: ContrastiveTrainingOptions | undefined): ContrastiveTrainingOptions | undefined {
+  if (c === undefined) return undefined;
+  const o = checkOptions(name, c);
+  const { weight, projection, detectOnViews, ...loss } = o;
+  if (weight !== undefined && !(typeof weight === 'number' && weight >= 0 && Number.isFinite(weight))) throw invalid(`${name}.weight`, 'a non-negative number', weight);
+  checkContrastiveOptions(name, loss);
+  if (projection !== undefined) {
+    const p = checkOptions(`${name}.projection`, projection);
+    checkInteger(`${name}.projection.hidden`, p.hidden, 1, 65536);
+    if (p.out !== undefined) checkInteger(`${name}.projection.out`, p.out, 1, 65536);
+  }
+  if (detectOnViews !== undefined && typeof detectOnViews !== 'boolean') throw invalid(`${name}.detectOnViews`, 'a boolean', detectOnViews);
+  return o;
 }
 
 export interface DetectionLossInput {
@@ -245,6 +276,8 @@ export class RetinaNetLoss {
     if (o.regression !== undefined) checkOneOf('options.regression', o.regression, ['smoothL1', 'l1', 'giou', 'ghmr', 'none'] as const);
     finite('options.clsWeight', o.clsWeight);
     finite('options.regWeight', o.regWeight);
+    if ((checkContrastiveTraining('options.contrastive', o.contrastive)?.weight ?? 0) > 0)
+      throw new RangeError('options.contrastive runs in the Trainer, which has both views; use ContrastiveLoss on its own tensors');
     this.handle = native().retinaLossCreate({
       ...o,
       focal: checkFocal('options.focal', o.focal),

@@ -195,6 +195,28 @@ test('train: replicas split a batch over threads; with frozen BatchNorm the step
   t.is(resolveReplicas('auto', 'cpu'), os.availableParallelism());
 });
 
+test('train: joint focal + contrastive training reports the contrastive term, needs the second view, and resumes bitwise with the projection head', async (t) => {
+  const ds = await dataset();
+  const views = (device: Device = 'cpu') => new DataLoader(ds, { batchSize: 4, seed: 3, device, views: 2, transform: { minSide: 64, maxSide: 64 } });
+  const opts = { optimizer: { lr: 0.01 }, loss: { contrastive: { weight: 0.5, temperature: 0.5, projection: { hidden: 16, out: 8 } } } };
+  const straight = small();
+  const records: StepRecord[] = [];
+  const a = new Trainer(straight, opts);
+  a.on('step', (r: StepRecord) => records.push(r));
+  await a.fit(views(), { epochs: 2 });
+  t.true(records.every((r) => !r.skipped && r.contrastive > 0 && Math.abs(r.total - (r.cls + r.reg + r.contrastive)) < 1e-9));
+  t.log(`contrastive term ${records[0].contrastive.toFixed(4)} → ${records[records.length - 1].contrastive.toFixed(4)}`);
+  const dir = tempDir();
+  await new Trainer(small(), opts).fit(views(), { epochs: 1, runDir: dir });
+  const resumed = small();
+  await new Trainer(resumed, opts).fit(views(), { epochs: 2, runDir: dir, resume: true });
+  t.deepEqual(stateOf(resumed), stateOf(straight));
+  await t.throwsAsync(new Trainer(small(), opts).fit(loaderOf(ds), { epochs: 1 }), { message: /needs the second view.*views: 2/ });
+  t.throws(() => new Trainer(small(), { ...opts, replicas: 2 }), { message: /replicas > 1 cannot run the contrastive loss/ });
+  t.throws(() => new Trainer(small(), { loss: { contrastive: { weight: 1, negatives: 'nearest' as never } } }), { instanceOf: RangeError, message: /options\.loss\.contrastive\.negatives/ });
+  t.is(resolveReplicas('auto', 'cpu', opts.loss), 1);
+});
+
 test('train: amp needs CUDA; bad options are named', (t) => {
   const model = small();
   if (!buildInfo().cudaAvailable || model.device === 'cpu') t.throws(() => new Trainer(model, { amp: true }), { message: /amp .*CUDA/ });

@@ -37,7 +37,9 @@ export async function trainJob(config: TrainConfig, options: TrainJobOptions = {
   if (val && val.classes.join('\n') !== train.classes.join('\n')) throw new Error(`${d.val}: its classes (${val.classes.join(', ')}) differ from the training set's (${train.classes.join(', ')})`);
   for (const w of [...train.warnings, ...(val?.warnings ?? [])].slice(0, 5)) log(`data: ${w.file}: ${w.message}`);
   const transform = { minSide: d.minSide, maxSide: d.maxSide };
-  const loader = new DataLoader(train, { batchSize: d.batchSize, seed: config.seed, device, augment: d.augment, transform });
+  // the contrastive term trains on the batch and its second view
+  const views = (config.loss.contrastive?.weight ?? 0) > 0 ? 2 : 1;
+  const loader = new DataLoader(train, { batchSize: d.batchSize, seed: config.seed, device, augment: d.augment, transform, views });
   const valLoader = val ? new DataLoader(val, { batchSize: d.batchSize, shuffle: false, augment: false, device, transform }) : undefined;
   const m = config.model;
   const model = Model.retinanet({ numClasses: train.classes.length, classes: train.classes, depth: m.depth, featureSize: m.featureSize, freezeBn: m.freezeBn, anchors: m.anchors, boxCoder: m.boxCoder, device, seed: config.seed });

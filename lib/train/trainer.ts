@@ -14,7 +14,7 @@ import { disposeBatch } from '../data/loader';
 import { COCO_STAT_NAMES } from '../eval/coco_eval';
 import { DetectorEvaluation, evaluateDetector, EvaluateOptions } from '../eval/evaluate';
 import { writeFileAtomic, writeJsonAtomic } from '../io';
-import type { RetinaNetLossOptions } from '../losses';
+import { checkContrastiveTraining, RetinaNetLossOptions } from '../losses';
 import type { Model } from '../model';
 import { checkInteger, checkOneOf, checkOptions, invalid } from '../validate';
 import { smooth, thin, writeLineChart } from './plots';
@@ -94,7 +94,7 @@ export interface TrainerOptions {
 export function resolveReplicas(replicas: TrainerOptions['replicas'], device: string, loss: RetinaNetLossOptions = {}): number {
   if (replicas === undefined) return 1;
   if (replicas !== 'auto') return replicas;
-  const batchStatistics = (loss.classification ?? 'focal') !== 'focal' || loss.regression === 'ghmr' || (loss.focal?.variant === 'logits' && loss.focal?.normalize === 'batch');
+  const batchStatistics = (loss.classification ?? 'focal') !== 'focal' || loss.regression === 'ghmr' || (loss.focal?.variant === 'logits' && loss.focal?.normalize === 'batch') || (loss.contrastive?.weight ?? 0) > 0;
   return device === 'cpu' && !batchStatistics ? Math.max(1, os.availableParallelism()) : 1;
 }
 
@@ -107,6 +107,8 @@ export interface StepRecord {
   lr: number;
   cls: number;
   reg: number;
+  /** The weighted contrastive term (0 without it). */
+  contrastive: number;
   total: number;
   gradNorm: number;
   skipped: boolean;
@@ -123,6 +125,7 @@ export interface EpochRecord {
   /** Means of the epoch's applied steps. */
   cls: number;
   reg: number;
+  contrastive: number;
   total: number;
   /** Learning rate of the last step. */
   lr: number;
@@ -217,6 +220,7 @@ function checkTrainerOptions(options: TrainerOptions | undefined): TrainerOption
   }
   if (o.maxConsecutiveSkips !== undefined) checkInteger('options.maxConsecutiveSkips', o.maxConsecutiveSkips, 1, 1e9);
   if (o.replicas !== undefined && o.replicas !== 'auto') checkInteger('options.replicas', o.replicas, 1, 256);
+  if (o.loss !== undefined) checkContrastiveTraining('options.loss.contrastive', checkOptions('options.loss', o.loss).contrastive);
   return { ...o, optimizer: opt, schedule: sch };
 }
 
@@ -305,12 +309,18 @@ export class Trainer extends EventEmitter {
   /** One training step on a batch (the model is put in train mode). */
   async step(batch: Batch, lr = this.lrAt(0), where: { epoch: number; batch: number; step: number } = { epoch: 0, batch: 0, step: 0 }): Promise<StepRecord> {
     const started = process.hrtime.bigint();
-    const r = await native().trainerStepAsync(this.session, batch.images.handle, batch.annotations.handle, lr);
+    if (this.usesViews && !batch.views) throw new Error('the contrastive loss needs the second view of every batch: create the DataLoader with views: 2');
+    const r = await native().trainerStepAsync(this.session, batch.images.handle, batch.annotations.handle, lr, this.usesViews ? batch.views!.handle : null);
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const record: StepRecord = { ...where, lr, ...r, reason: r.skipped ? r.reason : undefined, ids: batch.ids, seconds, imagesPerSecond: batch.ids.length / seconds };
     this.consecutiveSkips = r.skipped ? this.consecutiveSkips + 1 : 0;
     this.emit('step', record);
     return record;
+  }
+
+  /** Whether the steps use the batches' second view (the contrastive term is on). */
+  get usesViews(): boolean {
+    return (this.options.loss?.contrastive?.weight ?? 0) > 0;
   }
 
   /** Whether the weights are averaged (EMA). */
@@ -374,7 +384,7 @@ export class Trainer extends EventEmitter {
     this.model.train();
     try {
       for (; epoch < o.epochs; epoch++, firstBatch = 0) {
-        const sums = { cls: 0, reg: 0, total: 0, n: 0, images: 0, skipped: 0, lr: 0 };
+        const sums = { cls: 0, reg: 0, contrastive: 0, total: 0, n: 0, images: 0, skipped: 0, lr: 0 };
         const epochStart = process.hrtime.bigint();
         let k = 0;
         progress.startEpoch(loader.length, firstBatch, { epoch, epochs: o.epochs, loss: NaN, cls: NaN, reg: NaN, lr: this.lrAt(step), imagesPerSecond: 0 });
@@ -393,6 +403,7 @@ export class Trainer extends EventEmitter {
             } else {
               sums.cls += rec.cls;
               sums.reg += rec.reg;
+              sums.contrastive += rec.contrastive;
               sums.total += rec.total;
               sums.n++;
             }
@@ -410,7 +421,7 @@ export class Trainer extends EventEmitter {
         progress.stopBar();
         const seconds = Number(process.hrtime.bigint() - epochStart) / 1e9;
         const n = Math.max(1, sums.n);
-        const record: EpochRecord = { epoch, step, cls: sums.cls / n, reg: sums.reg / n, total: sums.total / n, lr: sums.lr, skipped: sums.skipped, seconds, imagesPerSecond: sums.images / seconds };
+        const record: EpochRecord = { epoch, step, cls: sums.cls / n, reg: sums.reg / n, contrastive: sums.contrastive / n, total: sums.total / n, lr: sums.lr, skipped: sums.skipped, seconds, imagesPerSecond: sums.images / seconds };
         const last = epoch === o.epochs - 1;
         if (o.valLoader && ((epoch + 1) % (o.evalEvery ?? 1) === 0 || last)) {
           const ev = await this.evaluate(o.valLoader, o.evaluate);
@@ -426,7 +437,7 @@ export class Trainer extends EventEmitter {
           }
         }
         if (monitor === 'loss') this.observe(record.total, 'loss');
-        progress.log(`epoch ${epoch + 1}/${o.epochs}: loss ${record.total.toFixed(4)} (cls ${record.cls.toFixed(4)} reg ${record.reg.toFixed(4)}) ${record.imagesPerSecond.toFixed(1)} img/s ${seconds.toFixed(1)} s` +
+        progress.log(`epoch ${epoch + 1}/${o.epochs}: loss ${record.total.toFixed(4)} (cls ${record.cls.toFixed(4)} reg ${record.reg.toFixed(4)}${this.usesViews ? ` contrastive ${record.contrastive.toFixed(4)}` : ''}) ${record.imagesPerSecond.toFixed(1)} img/s ${seconds.toFixed(1)} s` +
           (record.val ? ` | val AP ${record.val.AP.toFixed(4)} AP50 ${record.val.AP50.toFixed(4)} AP75 ${record.val.AP75.toFixed(4)}` : ''));
         result.history.push(record);
         if (files) fs.appendFileSync(files.epochs, JSON.stringify(record) + '\n');
@@ -460,11 +471,12 @@ export class Trainer extends EventEmitter {
     const epochs = readJsonLines<EpochRecord>(files.epochs);
     const perEpoch = Math.max(1, this.stepsPerEpoch);
     const x = (r: StepRecord) => r.step / perEpoch;
-    const curve = (key: 'total' | 'cls' | 'reg') => thin(smooth(steps.map((r) => [x(r), r[key]] as [number, number])), 1500);
+    const curve = (key: 'total' | 'cls' | 'reg' | 'contrastive') => thin(smooth(steps.map((r) => [x(r), r[key] ?? 0] as [number, number])), 1500);
     await writeLineChart(path.join(runDir, 'loss'), [
       { name: 'total', points: curve('total') },
       { name: 'classification', points: curve('cls') },
       { name: 'regression', points: curve('reg') },
+      ...(this.usesViews ? [{ name: 'contrastive', points: curve('contrastive') }] : []),
       { name: 'total (epoch mean)', points: epochs.map((e) => [e.epoch + 1, e.total]) },
     ], { title: 'Training loss (smoothed)', xTitle: 'epoch', yTitle: 'loss', logY: true });
     const val = epochs.filter((e) => e.val);

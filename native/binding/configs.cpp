@@ -123,6 +123,24 @@ RetinaLossOptions retinaLossOptionsFrom(const Napi::Object& o) {
   r.ghmc = ghmOptionsFrom(optObject(o, "options", "ghmc"), "options.ghmc", r.ghmc);
   r.ghmr = ghmOptionsFrom(optObject(o, "options", "ghmr"), "options.ghmr", r.ghmr);
   r.ghmPerLevel = optBool(o, "options", "ghmPerLevel", r.ghmPerLevel);
+  const auto c = optObject(o, "options", "contrastive");
+  auto& ct = r.contrastive;
+  ct.weight = optNumber(c, "options.contrastive", "weight", ct.weight);
+  ct.loss.temperature = optNumber(c, "options.contrastive", "temperature", ct.loss.temperature);
+  if (c.Has("levels")) ct.loss.levels = oneOf(c, "options.contrastive", "levels", {"all", "assigned"});
+  if (c.Has("negatives")) ct.loss.negatives = oneOf(c, "options.contrastive", "negatives", {"other-class", "all-other", "same-region-other-images"});
+  if (c.Has("pooling")) ct.loss.pooling = oneOf(c, "options.contrastive", "pooling", {"average", "flatten"});
+  ct.loss.outputSize = static_cast<int64_t>(optNumber(c, "options.contrastive", "outputSize", static_cast<double>(ct.loss.outputSize)));
+  ct.loss.samplingRatio = static_cast<int64_t>(optNumber(c, "options.contrastive", "samplingRatio", static_cast<double>(ct.loss.samplingRatio)));
+  ct.loss.backgroundGrid = static_cast<int64_t>(optNumber(c, "options.contrastive", "backgroundGrid", static_cast<double>(ct.loss.backgroundGrid)));
+  const auto p = optObject(c, "options.contrastive", "projection");
+  ct.projectionHidden = static_cast<int64_t>(optNumber(p, "options.contrastive.projection", "hidden", 0));
+  ct.projectionOut = static_cast<int64_t>(optNumber(p, "options.contrastive.projection", "out", static_cast<double>(ct.projectionOut)));
+  ct.detectOnViews = optBool(c, "options.contrastive", "detectOnViews", ct.detectOnViews);
+  if (!(ct.weight >= 0) || !(ct.loss.temperature > 0) || ct.loss.outputSize < 1 || ct.loss.outputSize > 64 || ct.loss.samplingRatio < 1 ||
+      ct.loss.samplingRatio > 16 || ct.loss.backgroundGrid < 1 || ct.loss.backgroundGrid > 64 || ct.projectionHidden < 0 || ct.projectionHidden > 65536 ||
+      ct.projectionOut < 1 || ct.projectionOut > 65536)
+    throw Napi::RangeError::New(o.Env(), "options.contrastive: weight ≥ 0, temperature > 0, outputSize 1…64, samplingRatio 1…16, backgroundGrid 1…64, projection sizes 0…65536 expected");
   return r;
 }
 

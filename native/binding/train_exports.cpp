@@ -53,12 +53,15 @@ Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
   auto images = tensorArg(info, 1, "images");
   auto annotations = tensorArg(info, 2, "annotations");
   const double lr = numberArg(info, 3, "lr", 1e-12, 1e6);
+  torch::Tensor views;
+  if (info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined()) views = tensorArg(info, 4, "views");
   return PromiseWorker<StepResult>::start(
-      info.Env(), [session, images, annotations, lr] { return session->step(images, annotations, lr); },
+      info.Env(), [session, images, annotations, lr, views] { return session->step(images, annotations, lr, views); },
       [](Napi::Env env, StepResult& r) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
         o.Set("cls", r.cls);
         o.Set("reg", r.reg);
+        o.Set("contrastive", r.contrastive);
         o.Set("total", r.total);
         o.Set("gradNorm", r.gradNorm);
         o.Set("skipped", r.skipped);

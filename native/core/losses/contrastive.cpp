@@ -33,8 +33,9 @@ torch::Tensor backgroundBoxes(const torch::Tensor& annotations, int64_t height, 
   return cells.index_select(0, first);
 }
 
-torch::Tensor pool(const torch::Tensor& pooled, const std::string& mode) {
-  const auto flat = mode == "flatten" ? pooled.flatten(1) : pooled.mean({2, 3});
+torch::Tensor pool(const torch::Tensor& pooled, const std::string& mode, const Projection& project) {
+  auto flat = mode == "flatten" ? pooled.flatten(1) : pooled.mean({2, 3});
+  if (project) flat = project(flat);
   return torch::nn::functional::normalize(flat, torch::nn::functional::NormalizeFuncOptions().dim(1));
 }
 
@@ -42,7 +43,7 @@ torch::Tensor pool(const torch::Tensor& pooled, const std::string& mode) {
 
 ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std::vector<torch::Tensor>& f2,
                                  const torch::Tensor& annotations, int64_t inputHeight, int64_t inputWidth,
-                                 const ContrastiveLossOptions& o) {
+                                 const ContrastiveLossOptions& o, const Projection& project) {
   const auto L = static_cast<int64_t>(f1.size());
   if (L == 0 || f2.size() != f1.size()) throw RangeError("contrastiveLoss: both views need the same non-empty list of feature maps");
   for (int64_t l = 0; l < L; ++l)
@@ -98,7 +99,7 @@ ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std
     ro.aligned = true;
     const auto rois = torch::cat({torch::cat({image.index_select(0, gts).to(torch::kFloat32).unsqueeze(1), boxes.index_select(0, gts)}, 1), bgRois}, 0);
     for (int v = 0; v < 2; ++v) {
-      const auto e = pool(roiAlign(v == 0 ? f1[l] : f2[l], rois, ro), o.pooling);  // [Gl + B, D]
+      const auto e = pool(roiAlign(v == 0 ? f1[l] : f2[l], rois, ro), o.pooling, project);  // [Gl + B, D]
       emb.push_back(e.slice(0, 0, Gl));
       bgEmb.push_back(e.slice(0, Gl));
       rowLevel.push_back(torch::full({Gl}, l, longOpts));

@@ -6,6 +6,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,11 +40,15 @@ struct ContrastiveParts {
   int64_t withBackground = 0;  // of them, those whose negatives are background regions
 };
 
+/// Maps pooled region features [R, D] to the embedding space before normalisation (e.g. SimCLR's
+/// projection head); empty: identity.
+using Projection = std::function<torch::Tensor(const torch::Tensor&)>;
+
 /// features1, features2: the FPN maps [B, C, H_l, W_l] of the two views (same shapes), annotations
 /// [B, M, 5] in input pixels (label ≥ 0 boxes; padding −1 and crowd/ignore ≤ −2 rows are left out),
 /// inputSize {height, width} of the network input. Without boxes the loss is 0 with a gradient path.
 ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& features1, const std::vector<torch::Tensor>& features2,
                                  const torch::Tensor& annotations, int64_t inputHeight, int64_t inputWidth,
-                                 const ContrastiveLossOptions& options);
+                                 const ContrastiveLossOptions& options, const Projection& project = {});
 
 }  // namespace onestage

@@ -8,10 +8,22 @@
 #include <string>
 #include <vector>
 
+#include "core/losses/contrastive.h"
 #include "core/losses/focal.h"
 #include "core/losses/ghm.h"
 
 namespace onestage {
+
+/// The contrastive term of joint training (computed by the training step, which has both views).
+struct ContrastiveTraining {
+  double weight = 0.0;  // 0: off
+  ContrastiveLossOptions loss;
+  /// SimCLR projection head Linear(D, hidden) → ReLU → Linear(hidden, out); hidden 0: none.
+  int64_t projectionHidden = 0;
+  int64_t projectionOut = 128;
+  /// Also the detection losses on the second view (added to cls and reg).
+  bool detectOnViews = false;
+};
 
 struct RetinaLossOptions {
   std::string classification = "focal";
@@ -22,6 +34,7 @@ struct RetinaLossOptions {
   GhmOptions ghmc{10, 0.75, 1.0, 0.02};
   GhmOptions ghmr{10, 0.7, 1.0, 0.02};
   bool ghmPerLevel = false;
+  ContrastiveTraining contrastive;
 };
 
 class RetinaLoss {

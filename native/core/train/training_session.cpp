@@ -67,6 +67,15 @@ TrainingSession::TrainingSession(std::shared_ptr<RetinaNetDetector> detector, co
   if (!(training.emaTau > 0)) throw RangeError("Expected a positive number for ema tau");
   for (const auto& p : detector_->net()->parameters())
     if (p.requires_grad()) params_.push_back(p);
+  const auto& ct = loss.contrastive;
+  if (ct.weight > 0 && ct.projectionHidden > 0) {
+    // SimCLR's projection head on the pooled region features; trained with the model
+    const int64_t channels = detector_->net()->config().featureSize;
+    const int64_t in = ct.loss.pooling == "flatten" ? channels * ct.loss.outputSize * ct.loss.outputSize : channels;
+    projection_ = torch::nn::Sequential(torch::nn::Linear(in, ct.projectionHidden), torch::nn::ReLU(), torch::nn::Linear(ct.projectionHidden, ct.projectionOut));
+    projection_->to(detector_->device());
+    for (const auto& p : projection_->parameters()) params_.push_back(p);
+  }
   if (!(o.lr > 0)) throw RangeError("optimizer lr must be positive");
   if (o.type == "sgd") {
     optimizer_ = std::make_unique<torch::optim::SGD>(
@@ -86,6 +95,8 @@ TrainingSession::TrainingSession(std::shared_ptr<RetinaNetDetector> detector, co
     if (!detector_->device().is_cpu())
       throw RangeError("replicas > 1 is CPU data parallelism; this model is on " + detector_->device().str());
     const auto& lo = loss_->options();
+    if (lo.contrastive.weight > 0)
+      throw RangeError("replicas > 1 cannot run the contrastive loss: its negatives come from the whole batch");
     if (lo.classification != "focal" || lo.regression == "ghmr")
       throw RangeError("replicas > 1 needs losses without batch statistics (GHM's bin counts are per batch): use classification 'focal' and a regression other than 'ghmr'");
     if (lo.focal.variant == "logits" && lo.focal.normalize == "batch")
@@ -204,7 +215,7 @@ void TrainingSession::swapEma() {
   }
 }
 
-StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tensor& annotations, double lr) {
+StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tensor& annotations, double lr, const torch::Tensor& views) {
   if (!(lr > 0) || !std::isfinite(lr)) throw RangeError("lr must be a positive finite number");
   std::lock_guard<std::mutex> lock(detector_->mutex());
   const c10::DeviceGuard guard(detector_->device());
@@ -215,35 +226,57 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   const auto ann = annotations.to(detector_->device());
   optimizer_->zero_grad();
   StepResult r;
-  auto report = [&r](const LossParts& parts) {
+  const auto& ct = loss_->options().contrastive;
+  const bool contrastive = ct.weight > 0;
+  if (contrastive && (!views.defined() || views.sizes() != images.sizes()))
+    throw RangeError("the contrastive loss needs the second view of the batch (a loader with views: 2), of the images' shape");
+  auto report = [&r, contrastive](const LossParts& parts, const torch::Tensor& extra) {
     // one host synchronisation per step, for the values reported and the finiteness check
-    const auto values = torch::stack({parts.cls.detach().reshape({}), parts.reg.detach().reshape({})}).to(torch::kCPU, torch::kFloat64);
+    const auto values = torch::stack({parts.cls.detach().reshape({}), parts.reg.detach().reshape({}), extra.detach().reshape({}).to(parts.cls.scalar_type())})
+                            .to(torch::kCPU, torch::kFloat64);
     r.cls = values[0].item<double>();
     r.reg = values[1].item<double>();
-    r.total = r.cls + r.reg;
+    r.contrastive = values[2].item<double>();
+    r.total = r.cls + r.reg + r.contrastive;
     if (std::isfinite(r.total)) return true;
     r.skipped = true;
-    r.reason = "non-finite loss (cls " + std::to_string(r.cls) + ", reg " + std::to_string(r.reg) + ")";
+    r.reason = "non-finite loss (cls " + std::to_string(r.cls) + ", reg " + std::to_string(r.reg) + (contrastive ? ", contrastive " + std::to_string(r.contrastive) : "") + ")";
     return false;
   };
+  const auto zero = torch::zeros({}, x.options());
   if (!replicas_.empty() && x.size(0) > 1) {
-    if (!report(forwardBackwardParallel(x, ann))) {
+    if (!report(forwardBackwardParallel(x, ann), zero)) {
       optimizer_->zero_grad();
       for (auto& replica : replicas_) replica->zero_grad();
       return r;
     }
   } else {
-    RetinaNetOutput out;
+    RetinaNetOutput out, viewOut;
     {
       const CudaBf16Autocast autocast(training_.amp);
       out = net->forward(x);
+      if (contrastive) viewOut = net->forward(views.to(detector_->device()));
     }
     std::vector<int64_t> levels;
     for (const auto& p : out.pyramid) levels.push_back(p.size(2) * p.size(3) * net->config().anchors.anchorsPerLocation());
     // losses in float32 (a no-op without amp)
-    const auto parts = loss_->forward(out.classification.to(torch::kFloat), out.regression.to(torch::kFloat), out.anchors, ann, levels);
-    if (!report(parts)) return r;
-    (parts.cls + parts.reg).backward();
+    auto parts = loss_->forward(out.classification.to(torch::kFloat), out.regression.to(torch::kFloat), out.anchors, ann, levels);
+    torch::Tensor extra = zero;
+    if (contrastive) {
+      if (ct.detectOnViews) {
+        const auto more = loss_->forward(viewOut.classification.to(torch::kFloat), viewOut.regression.to(torch::kFloat), viewOut.anchors, ann, levels);
+        parts.cls = parts.cls + more.cls;
+        parts.reg = parts.reg + more.reg;
+      }
+      std::vector<torch::Tensor> f1, f2;
+      for (const auto& p : out.pyramid) f1.push_back(p.to(torch::kFloat));
+      for (const auto& p : viewOut.pyramid) f2.push_back(p.to(torch::kFloat));
+      Projection project;
+      if (projection_) project = [this](const torch::Tensor& t) { return projection_->forward(t); };
+      extra = contrastiveLoss(f1, f2, ann, x.size(2), x.size(3), ct.loss, project).loss * ct.weight;
+    }
+    if (!report(parts, extra)) return r;
+    (parts.cls + parts.reg + extra).backward();
   }
   const double maxNorm = options_.clipGradNorm > 0 ? options_.clipGradNorm : std::numeric_limits<double>::infinity();
   r.gradNorm = torch::nn::utils::clip_grad_norm_(params_, maxNorm);
@@ -297,6 +330,11 @@ void TrainingSession::saveState(const std::string& path) {
     writeGhm(archive, "ghmc", loss_->ghmcStates());
     writeGhm(archive, "ghmr", loss_->ghmrStates());
   }
+  if (projection_) {
+    torch::serialize::OutputArchive head;
+    projection_->save(head);
+    archive.write("projection", head);
+  }
   archive.write("ema/count", torch::tensor(static_cast<int64_t>(ema_.size())));
   archive.write("ema/updates", torch::tensor(emaUpdates_));
   for (size_t i = 0; i < ema_.size(); ++i) archive.write("ema/" + std::to_string(i), ema_[i].cpu());
@@ -330,6 +368,11 @@ void TrainingSession::loadState(const std::string& path) {
       archive.read("ema/" + std::to_string(i), ema[i]);
       if (ema[i].sizes() != targets[i].sizes()) throw std::runtime_error("EMA weight " + std::to_string(i) + " has another shape than the model's");
       ema[i] = ema[i].to(device);
+    }
+    if (projection_) {
+      torch::serialize::InputArchive head;
+      if (!archive.try_read("projection", head)) throw std::runtime_error("written without the contrastive projection head this session has");
+      projection_->load(head);
     }
     std::vector<GhmState> ghmc, ghmr;
     readGhm(archive, "ghmc", ghmc, loss_->options().ghmc, device);

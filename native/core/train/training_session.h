@@ -41,7 +41,7 @@ struct TrainingOptions {
 };
 
 struct StepResult {
-  double cls = 0, reg = 0, total = 0;
+  double cls = 0, reg = 0, contrastive = 0, total = 0;
   double gradNorm = 0;  // before clipping
   bool skipped = false;
   std::string reason;   // why it was skipped
@@ -52,8 +52,9 @@ class TrainingSession {
   TrainingSession(std::shared_ptr<RetinaNetDetector> detector, const OptimizerOptions& optimizer, const RetinaLossOptions& loss,
                   const TrainingOptions& training = {});
 
-  /// images [B, 3, H, W] float32, annotations [B, M, 5] (−1 padded), on the model's device; lr for this step.
-  StepResult step(const torch::Tensor& images, const torch::Tensor& annotations, double lr);
+  /// images [B, 3, H, W] float32, annotations [B, M, 5] (−1 padded), on the model's device; lr for this
+  /// step; views [B, 3, H, W]: the contrastive second view (needed when the loss has a contrastive weight).
+  StepResult step(const torch::Tensor& images, const torch::Tensor& annotations, double lr, const torch::Tensor& views = {});
 
   /// Everything of the session that is not the model's weights — optimizer state (momentum buffers,
   /// Adam moments, step counts), GHM momentum states, the EMA weights and their update count — to and
@@ -82,6 +83,7 @@ class TrainingSession {
   std::unique_ptr<RetinaLoss> loss_;
   std::vector<torch::Tensor> ema_;
   std::vector<RetinaNet> replicas_;
+  torch::nn::Sequential projection_{nullptr};  // the contrastive loss's projection head, when asked
   std::vector<std::unique_ptr<RetinaLoss>> replicaLosses_;
   int64_t emaUpdates_ = 0;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
