@@ -44,12 +44,9 @@ def embed(feature, b, box, stride, m):
     return F.normalize(v, dim=0)
 
 
-def main(in_dir, out_dir, device='cpu'):
-    t, m = read_bundle(in_dir)
-    L = sum(1 for k in t if k.startswith('f1_'))
-    f1 = [t[f'f1_{l}'].to(device).requires_grad_(True) for l in range(L)]
-    f2 = [t[f'f2_{l}'].to(device).requires_grad_(True) for l in range(L)]
-    ann = t['annotations'].tolist()
+def reference_loss(f1, f2, ann, m):
+    """The loss from feature lists of both views and annotation rows (lists); (loss, embeddings, with background)."""
+    L = len(f1)
     B = len(ann)
     strides = [2.0 ** (m['first_level'] + l) for l in range(L)]
     boxes = []  # (image, row, box, class)
@@ -58,50 +55,56 @@ def main(in_dir, out_dir, device='cpu'):
             if row[4] >= 0:
                 boxes.append((b, r, row[:4], int(row[4])))
     if not boxes:
-        loss = sum(x.sum() * 0.0 for x in f1 + f2)
-        emb_count, bg_count = 0, 0
-    else:
-        def level_of(box):
-            side = math.sqrt(max((box[2] - box[0]) * (box[3] - box[1]), 1e-12))
-            return min(max(math.floor(4 + math.log2(side / 224.0)) - m['first_level'], 0), L - 1)
-        items = []  # (level, view, box index, embedding)
-        for g, (b, r, box, c) in enumerate(boxes):
-            levels = range(L) if m['levels'] == 'all' else [level_of(box)]
-            for l in levels:
-                for v, feats in enumerate((f1, f2)):
-                    items.append((l, v, g, embed(feats[l], b, box, strides[l], m)))
-        backgrounds = {}  # (image, level, view) -> embedding
-        for b in range(B):
-            cell = background_box(ann[b], m['height'], m['width'], m['grid'])
-            for l in range(L):
-                for v, feats in enumerate((f1, f2)):
-                    backgrounds[(b, l, v)] = embed(feats[l], b, cell, strides[l], m)
-        tau = m['temperature']
-        terms = []
-        bg_count = 0
-        for (l, v, g, e) in items:
-            b, r, _, c = boxes[g]
-            positive = next(x[3] for x in items if x[0] == l and x[1] == 1 - v and x[2] == g)
-            negatives = []
-            for (l2, v2, g2, e2) in items:
-                if l2 != l:
-                    continue
-                b2, r2, _, c2 = boxes[g2]
-                if m['negatives'] == 'other-class':
-                    ok = c2 != c
-                elif m['negatives'] == 'all-other':
-                    ok = g2 != g
-                else:
-                    ok = b2 != b and r2 == r
-                if ok:
-                    negatives.append(e2)
-            if not negatives:
-                bg_count += 1
-                negatives = [backgrounds[(b, l, 0)], backgrounds[(b, l, 1)]]
-            logits = torch.stack([torch.dot(e, positive)] + [torch.dot(e, n) for n in negatives]) / tau
-            terms.append(torch.logsumexp(logits, 0) - logits[0])
-        loss = torch.stack(terms).mean()
-        emb_count = len(items)
+        return sum(x.sum() * 0.0 for x in f1 + f2), 0, 0
+
+    def level_of(box):
+        side = math.sqrt(max((box[2] - box[0]) * (box[3] - box[1]), 1e-12))
+        return min(max(math.floor(4 + math.log2(side / 224.0)) - m['first_level'], 0), L - 1)
+    items = []  # (level, view, box index, embedding)
+    for g, (b, r, box, c) in enumerate(boxes):
+        levels = range(L) if m['levels'] == 'all' else [level_of(box)]
+        for l in levels:
+            for v, feats in enumerate((f1, f2)):
+                items.append((l, v, g, embed(feats[l], b, box, strides[l], m)))
+    backgrounds = {}  # (image, level, view) -> embedding
+    for b in range(B):
+        cell = background_box(ann[b], m['height'], m['width'], m['grid'])
+        for l in range(L):
+            for v, feats in enumerate((f1, f2)):
+                backgrounds[(b, l, v)] = embed(feats[l], b, cell, strides[l], m)
+    tau = m['temperature']
+    terms = []
+    bg_count = 0
+    for (l, v, g, e) in items:
+        b, r, _, c = boxes[g]
+        positive = next(x[3] for x in items if x[0] == l and x[1] == 1 - v and x[2] == g)
+        negatives = []
+        for (l2, v2, g2, e2) in items:
+            if l2 != l:
+                continue
+            b2, r2, _, c2 = boxes[g2]
+            if m['negatives'] == 'other-class':
+                ok = c2 != c
+            elif m['negatives'] == 'all-other':
+                ok = g2 != g
+            else:
+                ok = b2 != b and r2 == r
+            if ok:
+                negatives.append(e2)
+        if not negatives:
+            bg_count += 1
+            negatives = [backgrounds[(b, l, 0)], backgrounds[(b, l, 1)]]
+        logits = torch.stack([torch.dot(e, positive)] + [torch.dot(e, n) for n in negatives]) / tau
+        terms.append(torch.logsumexp(logits, 0) - logits[0])
+    return torch.stack(terms).mean(), len(items), bg_count
+
+
+def main(in_dir, out_dir, device='cpu'):
+    t, m = read_bundle(in_dir)
+    L = sum(1 for k in t if k.startswith('f1_'))
+    f1 = [t[f'f1_{l}'].to(device).requires_grad_(True) for l in range(L)]
+    f2 = [t[f'f2_{l}'].to(device).requires_grad_(True) for l in range(L)]
+    loss, emb_count, bg_count = reference_loss(f1, f2, t['annotations'].tolist(), m)
     loss.backward()
     out = {'loss': loss.detach().reshape(1).cpu(), 'counts': torch.tensor([emb_count, bg_count], dtype=torch.float32)}
     for l in range(L):

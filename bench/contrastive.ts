@@ -1,0 +1,78 @@
+/**
+ * Contrastive loss benchmark: forward + backward on B 8, 10 boxes per image, 5 FPN levels of 256
+ * channels at 640×640 (80² … 5²), onestage vs the loop reference (explicit loops over images, boxes,
+ * levels and views; torchvision's roi_align) in the same run.
+ *   npx ts-node --transpile-only bench/contrastive.ts [--device cuda] [--batch 8] [--boxes 10]
+ * Prints a table and writes bench/results/contrastive-<device>.json.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command } from 'commander';
+import { buildInfo, ContrastiveLoss, Tensor } from '../lib';
+import { timeMs } from './timing';
+import { Bundle, writeBundle } from '../test/helpers/bundle';
+import { pythonWithTorch, tempDir } from '../test/helpers/python';
+import { Rng } from '../test/helpers/random';
+
+async function main(): Promise<void> {
+  const o = new Command()
+    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--batch <n>', 'images', '8')
+    .option('--boxes <n>', 'boxes per image', '10')
+    .option('--channels <n>', 'FPN channels', '256')
+    .option('--size <px>', 'input side', '640')
+    .option('--iters <n>', 'timed runs', '')
+    .parse()
+    .opts<{ device: 'cpu' | 'cuda'; batch: string; boxes: string; channels: string; size: string; iters: string }>();
+  const device = o.device;
+  const gpu = device === 'cuda';
+  const [B, G, C, S] = [Number(o.batch), Number(o.boxes), Number(o.channels), Number(o.size)];
+  const iters = Number(o.iters || (gpu ? 20 : 2));
+  const warmup = gpu ? 3 : 1;
+  const rng = new Rng(5);
+  const bundle: Bundle = {};
+  const levels = [3, 4, 5, 6, 7].map((l) => Math.ceil(S / 2 ** l));
+  levels.forEach((n, l) => {
+    bundle[`f1_${l}`] = { shape: [B, C, n, n], dtype: 'float32', data: rng.normal(B * C * n * n) };
+    bundle[`f2_${l}`] = { shape: [B, C, n, n], dtype: 'float32', data: rng.normal(B * C * n * n) };
+  });
+  const ann = new Float32Array(B * G * 5);
+  for (let i = 0; i < B * G; i++) {
+    const w = rng.between(16, 300);
+    const h = rng.between(16, 300);
+    const x = rng.between(0, S - w);
+    const y = rng.between(0, S - h);
+    ann.set([x, y, x + w, y + h, rng.integer(0, 79)], i * 5);
+  }
+  bundle.annotations = { shape: [B, G, 5], dtype: 'float32', data: ann };
+  const f1 = levels.map((_, l) => Tensor.from(bundle[`f1_${l}`].data as Float32Array, bundle[`f1_${l}`].shape, { device }).setRequiresGrad(true));
+  const f2 = levels.map((_, l) => Tensor.from(bundle[`f2_${l}`].data as Float32Array, bundle[`f2_${l}`].shape, { device }).setRequiresGrad(true));
+  const annotations = Tensor.from(ann, [B, G, 5], { device });
+  const loss = new ContrastiveLoss();
+  const ms = await timeMs(async () => {
+    const r = await loss.forward({ features1: f1, features2: f2, annotations, inputSize: [S, S] });
+    await r.loss.backward();
+  }, warmup, iters);
+  const rows = [{ system: `onestage (LibTorch ${buildInfo().torchVersion})`, ms }];
+  console.error(`onestage: ${ms.toFixed(2)} ms`);
+  const py = pythonWithTorch();
+  if (py) {
+    const dir = tempDir();
+    writeBundle(dir, bundle, { temperature: 0.5, levels: 'all', negatives: 'other-class', pooling: 'average', output_size: 7, sampling_ratio: 2, first_level: 3, grid: 4, height: S, width: S });
+    const res = spawnSync(py, [path.join(__dirname, 'reference_contrastive.py'), dir, device, String(gpu ? 1 : 0), String(gpu ? 3 : 1)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    if (res.status === 0) rows.push(JSON.parse(res.stdout.trim().split('\n').pop()!));
+    else console.error(`reference failed: ${res.stderr}`);
+  }
+  console.log(`\nContrastive loss forward + backward, B ${B}, ${G} boxes per image, 5 levels × ${C} channels (${S}×${S}), ${device}\n`);
+  console.log('| system | ms | vs onestage |');
+  console.log('| --- | --- | --- |');
+  for (const r of rows) console.log(`| ${r.system} | ${r.ms.toFixed(2)} | ${(r.ms / ms).toFixed(1)}× |`);
+  fs.mkdirSync(path.join(__dirname, 'results'), { recursive: true });
+  fs.writeFileSync(path.join(__dirname, 'results', `contrastive-${device}.json`), JSON.stringify({ rows }, null, 1));
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});
