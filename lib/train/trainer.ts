@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { native, NativeSession } from '../binding';
+import { native, NativeSession, NativeStepResult } from '../binding';
 import type { Batch, DataLoader } from '../data/loader';
 import { disposeBatch } from '../data/loader';
 import { COCO_STAT_NAMES } from '../eval/coco_eval';
@@ -98,20 +98,15 @@ export function resolveReplicas(replicas: TrainerOptions['replicas'], device: st
   return device === 'cpu' && !batchStatistics ? Math.max(1, os.availableParallelism()) : 1;
 }
 
-export interface StepRecord {
+/** One training step: the native step's losses (cls, reg, contrastive, total), gradNorm, skipped, and where and how fast it ran. */
+export interface StepRecord extends Omit<NativeStepResult, 'reason'> {
   epoch: number;
   /** Batch index within the epoch. */
   batch: number;
   /** Global step (all epochs). */
   step: number;
   lr: number;
-  cls: number;
-  reg: number;
-  /** The weighted contrastive term (0 without it). */
-  contrastive: number;
-  total: number;
-  gradNorm: number;
-  skipped: boolean;
+  /** Why the step was skipped (only when skipped). */
   reason?: string;
   ids: Array<number | string>;
   seconds: number;

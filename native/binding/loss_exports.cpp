@@ -89,13 +89,15 @@ Napi::Value ContrastiveLossAsync(const Napi::CallbackInfo& info) {
       info.Env(),
       [f1, f2, annotations, height, width, opts] {
         const c10::DeviceGuard guard(f1[0].device());
-        return contrastiveLoss(f1, f2, annotations, height, width, opts);
+        auto r = contrastiveLoss(f1, f2, annotations, height, width, opts);
+        if (r.withBackground.defined()) r.withBackground = r.withBackground.cpu();  // the wait happens here, off the event loop
+        return r;
       },
       [](Napi::Env env, ContrastiveParts& r) -> Napi::Value {
         Napi::Object out = Napi::Object::New(env);
         out.Set("loss", wrapTensor(env, r.loss));
         out.Set("embeddings", Napi::Number::New(env, static_cast<double>(r.embeddings)));
-        out.Set("withBackground", Napi::Number::New(env, static_cast<double>(r.withBackground)));
+        out.Set("withBackground", Napi::Number::New(env, r.withBackground.defined() ? static_cast<double>(r.withBackground.item<int64_t>()) : 0.0));
         return out;
       });
 }

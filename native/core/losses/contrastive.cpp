@@ -135,7 +135,7 @@ ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std
   const auto hasNegative = negative.any(1);
   const auto bgL = torch::cat(bgLevel), bgI = torch::cat(bgImage);
   const auto useBg = (level.unsqueeze(1) == bgL.unsqueeze(0)) & (rImage.unsqueeze(1) == bgI.unsqueeze(0)) & hasNegative.logical_not().unsqueeze(1);
-  out.withBackground = (~hasNegative).sum().item<int64_t>();
+  out.withBackground = (~hasNegative).sum();
   const double invT = 1.0 / o.temperature;
   const auto S = E.matmul(E.t()) * invT;
   const auto posIndex = torch::tensor(positive, longOpts).unsqueeze(1);

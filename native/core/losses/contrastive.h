@@ -37,7 +37,9 @@ struct ContrastiveLossOptions {
 struct ContrastiveParts {
   torch::Tensor loss;        // scalar
   int64_t embeddings = 0;    // anchors in the loss (2 · boxes · levels)
-  int64_t withBackground = 0;  // of them, those whose negatives are background regions
+  /// Of them, those whose negatives are background regions: an int64 scalar tensor, left on the
+  /// device (reading it is a host synchronisation the training step does not need).
+  torch::Tensor withBackground;
 };
 
 /// Maps pooled region features [R, D] to the embedding space before normalisation (e.g. SimCLR's
