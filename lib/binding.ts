@@ -49,6 +49,7 @@ export interface NativeBinding {
   tensorBackwardAsync(t: NativeTensor): Promise<void>;
 
   modelCreateRetinaNet(options: object): NativeModel;
+  modelCreateNanoDetPlus(options: object): NativeModel;
   modelDispose(m: NativeModel): boolean;
   modelInfo(m: NativeModel): NativeModelInfo;
   modelSetTraining(m: NativeModel, training: boolean): void;
@@ -69,10 +70,19 @@ export interface NativeBinding {
   clipBoxes(boxes: NativeTensor, height: number, width: number): NativeTensor;
   nms(boxes: NativeTensor, scores: NativeTensor, iouThreshold: number): NativeTensor;
   batchedNms(boxes: NativeTensor, scores: NativeTensor, groups: NativeTensor, iouThreshold: number): NativeTensor;
+  centrePriors(strides: number[], height: number, width: number, device: string): NativeTensor;
+  distanceToBox(points: NativeTensor, distances: NativeTensor, height: number, width: number): NativeTensor;
+  boxToDistance(points: NativeTensor, boxes: NativeTensor): NativeTensor;
+  integralDistances(reg: NativeTensor, regMax: number): NativeTensor;
 
   assignMaxIouAsync(anchors: NativeTensor, annotations: NativeTensor, options: object): Promise<Record<string, NativeTensor>>;
   focalLossAsync(cls: NativeTensor, reg: NativeTensor, anchors: NativeTensor, annotations: NativeTensor, options: object): Promise<Record<string, NativeTensor>>;
   sigmoidFocalLossAsync(logits: NativeTensor, targets: NativeTensor, options: object): Promise<NativeTensor>;
+  qualityFocalLossAsync(pred: NativeTensor, label: NativeTensor, score: NativeTensor, options: object): Promise<NativeTensor>;
+  distributionFocalLossAsync(pred: NativeTensor, label: NativeTensor): Promise<NativeTensor>;
+  giouLossAsync(pred: NativeTensor, target: NativeTensor, options: object): Promise<NativeTensor>;
+  assignDslAsync(logits: NativeTensor, priors: NativeTensor, decoded: NativeTensor, annotations: NativeTensor, options: object): Promise<Record<string, NativeTensor>>;
+  nanodetLossAsync(preds: NativeTensor, auxPreds: NativeTensor | null, priors: NativeTensor, annotations: NativeTensor, options: object): Promise<Record<string, NativeTensor>>;
   ghmCreate(kind: 'ghmc' | 'ghmr', options: object): NativeLoss;
   ghmForwardAsync(loss: NativeLoss, pred: NativeTensor, target: NativeTensor, labelWeight: NativeTensor): Promise<NativeTensor>;
   ghmAccSum(loss: NativeLoss): NativeTensor | null;
@@ -87,7 +97,7 @@ export interface NativeBinding {
   contrastiveViewsAsync(images: NativeTensor, annotations: NativeTensor, factors: NativeTensor): Promise<NativeTensor>;
 
   trainerCreate(model: NativeModel, optimizer: object, loss: object, training: object): NativeSession;
-  trainerStepAsync(session: NativeSession, images: NativeTensor, annotations: NativeTensor, lr: number, views?: NativeTensor | null): Promise<NativeStepResult>;
+  trainerStepAsync(session: NativeSession, images: NativeTensor, annotations: NativeTensor, lr: number, views?: NativeTensor | null, epoch?: number): Promise<NativeStepResult>;
   trainerSaveStateAsync(session: NativeSession, path: string): Promise<void>;
   trainerLoadStateAsync(session: NativeSession, path: string): Promise<void>;
   /** Swaps model weights and EMA weights; false when the session keeps no EMA. */
@@ -101,11 +111,17 @@ export interface NativeModel {
 }
 
 export interface NativeModelInfo {
-  architecture: 'retinanet';
+  architecture: 'retinanet' | 'nanodet-plus';
   depth: number;
   numClasses: number;
+  /** FPN channels. */
   featureSize: number;
-  anchorsPerLocation: number;
+  /** RetinaNet only. */
+  anchorsPerLocation?: number;
+  /** NanoDet-Plus only: distribution bins − 1. */
+  regMax?: number;
+  /** NanoDet-Plus only: whether the model has the AGM (aux_fpn, aux_head). */
+  aux?: boolean;
   freezeBn: boolean;
   freezeBnAffine: boolean;
   device: string;
@@ -154,6 +170,8 @@ export interface NativeStepResult {
   gradNorm: number;
   skipped: boolean;
   reason: string;
+  /** The architecture's own terms by name (NanoDet-Plus: qfl, bbox, dfl, auxQfl, auxBbox, auxDfl; RetinaNet: none). */
+  components: Record<string, number>;
 }
 
 /** Folder of the package (holds package.json and build/). */

@@ -1,9 +1,10 @@
 /**
- * Box geometry on tensors: anchors, the box coder, IoU, clipping and NMS.
+ * Box geometry on tensors: anchors and NanoDet-Plus priors, the box coder and distance coding, IoU,
+ * clipping and NMS.
  * Boxes are `x1, y1, x2, y2` in pixels of the network input (no +1).
  */
 import { native } from './binding';
-import { handleOf, Tensor } from './tensor';
+import { checkDevice, Device, handleOf, Tensor } from './tensor';
 import { checkInteger, checkOptions, invalid } from './validate';
 
 /** Anchor layout (defaults: RetinaNet, DESIGN.md). */
@@ -95,6 +96,46 @@ export function nms(boxes: Tensor, scores: Tensor, iouThreshold: number): Tensor
 /** Class-aware NMS (torchvision.ops.batched_nms): only boxes of the same `groups` value `[N]` suppress each other. */
 export function batchedNms(boxes: Tensor, scores: Tensor, groups: Tensor, iouThreshold: number): Tensor {
   return new Tensor(native().batchedNms(handleOf('boxes', boxes), handleOf('scores', scores), handleOf('groups', groups), iouThreshold));
+}
+
+/**
+ * NanoDet-Plus centre priors for an input of `height × width`: `[N, 4]` float32 rows
+ * `(cx, cy, stride, stride)`, level by level (feature sizes ceil(H/s) × ceil(W/s)), row-major,
+ * centres at `(i·s, j·s)` (no +0.5). Strides default to 8, 16, 32, 64.
+ */
+export function centrePriors(height: number, width: number, options: { strides?: number[]; device?: Device } = {}): Tensor {
+  checkInteger('height', height, 1, 1 << 20);
+  checkInteger('width', width, 1, 1 << 20);
+  const o = checkOptions('options', options);
+  const strides = o.strides ?? [8, 16, 32, 64];
+  if (!Array.isArray(strides) || strides.length === 0) throw invalid('options.strides', 'a non-empty array of integers', strides);
+  strides.forEach((s, i) => checkInteger(`options.strides[${i}]`, s, 1, 4096));
+  return new Tensor(native().centrePriors(strides, height, width, checkDevice('options.device', o.device ?? 'cpu')));
+}
+
+/**
+ * Boxes from distances to the four sides (NanoDet's distance2bbox): points `[..., 2]`, distances
+ * `[..., 4]` (left, top, right, bottom) → `[..., 4]`; with `maxShape` [height, width] the boxes are
+ * clamped into the image.
+ */
+export function distanceToBox(points: Tensor, distances: Tensor, maxShape?: [number, number]): Tensor {
+  const [h, w] = maxShape ?? [0, 0];
+  if (maxShape !== undefined && (!Array.isArray(maxShape) || maxShape.length !== 2 || !(h > 0) || !(w > 0))) throw invalid('maxShape', '[height, width] of positive numbers', maxShape);
+  return new Tensor(native().distanceToBox(handleOf('points', points), handleOf('distances', distances), h, w));
+}
+
+/** Distances from points `[..., 2]` to the sides of boxes `[..., 4]` (NanoDet's bbox2distance, unclamped). */
+export function boxToDistance(points: Tensor, boxes: Tensor): Tensor {
+  return new Tensor(native().boxToDistance(handleOf('points', points), handleOf('boxes', boxes)));
+}
+
+/**
+ * GFL's Integral: distribution logits `[..., 4·(regMax+1)]` → expected distances `[..., 4]` in bins
+ * (softmax per side · [0, 1, …, regMax]); multiply by the stride for pixels. regMax defaults to 7.
+ */
+export function integralDistances(reg: Tensor, regMax = 7): Tensor {
+  checkInteger('regMax', regMax, 1, 64);
+  return new Tensor(native().integralDistances(handleOf('reg', reg), regMax));
 }
 
 export interface RoiAlignOptions {

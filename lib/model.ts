@@ -35,15 +35,48 @@ export interface RetinaNetOptions {
   classes?: string[];
 }
 
+export interface NanoDetPlusOptions {
+  /** Classes to detect (no background class). */
+  numClasses: number;
+  /** ResNet depth; default 18. */
+  depth?: ResNetDepth;
+  /** Channels of the FPN; default 96. */
+  featureSize?: number;
+  /** Strides of the levels used (P3…): 8, 16, 32 then optionally 64 and 128; default [8, 16, 32, 64]. */
+  strides?: number[];
+  /** The NanoDet-Plus head: `channels` (default 96), `stackedConvs` (2), `kernelSize` (5), `convType` 'depthwise' (default: depthwise-separable) or 'conv'. */
+  head?: { channels?: number; stackedConvs?: number; kernelSize?: number; convType?: 'depthwise' | 'conv' };
+  /** Distribution bins − 1 (GFL's reg_max); default 7. */
+  regMax?: number;
+  /**
+   * The assignment-guidance module (aux FPN + SimpleConvHead with GroupNorm) used in training:
+   * true (default), false, or its sizes: `channels` (default 192), `stackedConvs` (4), `groups` (32).
+   */
+  aux?: boolean | { channels?: number; stackedConvs?: number; groups?: number };
+  /** BatchNorm running statistics stay fixed in train mode; default false (NanoDet trains them). */
+  freezeBn?: boolean;
+  /** Default 'cpu'. */
+  device?: Device;
+  /** Seeds the initialisation. */
+  seed?: number;
+  /** Class names (numClasses of them). */
+  classes?: string[];
+}
+
+/** What a model was built from (kept in saved weights): the architecture and its options. */
+export type ModelConfig =
+  | (Omit<RetinaNetOptions, 'device' | 'seed'> & { architecture?: 'retinanet' })
+  | (Omit<NanoDetPlusOptions, 'device' | 'seed'> & { architecture: 'nanodet-plus' });
+
 /** Metadata key under which `saveWeights` records the architecture (`Model.fromWeights` reads it). */
 export const MODEL_METADATA_KEY = 'onestage.model';
 
 export interface DetectOptions {
   /** Candidates need a score above this; default 0.05. */
   scoreThreshold?: number;
-  /** Candidates kept per pyramid level and image before NMS; default 1000; 0 keeps all above the threshold. */
+  /** Candidates kept per pyramid level and image before NMS; default 1000 (RetinaNet) or 0 (NanoDet-Plus); 0 keeps all above the threshold. */
   topkCandidates?: number;
-  /** IoU above which a lower-scored box of the same class is suppressed; default 0.5. */
+  /** IoU above which a lower-scored box of the same class is suppressed; default 0.5 (RetinaNet) or 0.6 (NanoDet-Plus). */
   nmsThreshold?: number;
   /** Detections kept per image; default 100; 0 keeps all. */
   maxDetections?: number;
@@ -68,7 +101,29 @@ export interface Detection {
   labels: Int32Array;
 }
 
-/** Raw outputs of one forward pass (no gradient). */
+/** Raw outputs of one NanoDet-Plus forward pass (no gradient). */
+export interface NanoDetPlusForwardOutput {
+  c3: Tensor;
+  c4: Tensor;
+  c5: Tensor;
+  p3: Tensor;
+  p4: Tensor;
+  p5: Tensor;
+  /** Present with stride 64. */
+  p6?: Tensor;
+  /** `[B, N, numClasses + 4·(regMax+1)]`: the head's output as NanoDet returns it. */
+  preds: Tensor;
+  /** `[B, N, numClasses]` logits. */
+  classification: Tensor;
+  /** `[B, N, 4·(regMax+1)]` distance logits. */
+  distribution: Tensor;
+  /** `[B, N, 4]` decoded boxes in input pixels. */
+  boxes: Tensor;
+  /** `[N, 4]` centre priors for this input size. */
+  priors: Tensor;
+}
+
+/** Raw outputs of one RetinaNet forward pass (no gradient). */
 export interface ForwardOutput {
   c3: Tensor;
   c4: Tensor;
@@ -100,22 +155,28 @@ export type ModelInfo = NativeModelInfo;
 
 const DEPTHS = [18, 34, 50, 101, 152] as const;
 
-export class Model {
+/** A detector: RetinaNet (`Model.retinanet`, forward gives `ForwardOutput`) or NanoDet-Plus (`Model.nanodetPlus`, `NanoDetPlusForwardOutput`). */
+export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput> {
   /** @internal */
   readonly handle: NativeModel;
   /** The options it was built with (without device and seed). */
-  readonly config: Omit<RetinaNetOptions, 'device' | 'seed'>;
+  readonly config: ModelConfig;
 
-  private constructor(handle: NativeModel, config: Omit<RetinaNetOptions, 'device' | 'seed'>) {
+  private constructor(handle: NativeModel, config: ModelConfig) {
     this.handle = handle;
     this.config = config;
+  }
+
+  /** 'retinanet' or 'nanodet-plus'. */
+  get architecture(): 'retinanet' | 'nanodet-plus' {
+    return this.config.architecture ?? 'retinanet';
   }
 
   /**
    * A RetinaNet (ResNet + FPN P3–P7 + subnets), initialised as pytorch-retinanet.
    * @example const model = Model.retinanet({ depth: 50, numClasses: 80 });
    */
-  static retinanet(options: RetinaNetOptions): Model {
+  static retinanet(options: RetinaNetOptions): Model<ForwardOutput> {
     if (options === undefined || options === null || typeof options !== 'object') throw invalid('options', 'an object', options);
     const o = checkOptions('options', options);
     checkInteger('options.numClasses', o.numClasses, 1, 100000);
@@ -136,7 +197,43 @@ export class Model {
     void _device;
     void _seed;
     const handle = native().modelCreateRetinaNet({ ...arch, ...(o.device ? { device: o.device } : {}), ...(o.seed !== undefined ? { seed: o.seed } : {}), anchors, boxCoder });
-    return new Model(handle, { ...arch, ...(classes ? { classes: [...classes] } : {}) } as Omit<RetinaNetOptions, "device" | "seed">);
+    return new Model<ForwardOutput>(handle, { ...arch, numClasses: options.numClasses, ...(classes ? { classes: [...classes] } : {}) });
+  }
+
+  /**
+   * A NanoDet-Plus detector (ResNet + FPN P3–P6 + NanoDet-Plus head over centre priors, with the
+   * AGM's auxiliary FPN and head for training), heads initialised as NanoDet.
+   * @example const model = Model.nanodetPlus({ depth: 18, numClasses: 80 });
+   */
+  static nanodetPlus(options: NanoDetPlusOptions): Model<NanoDetPlusForwardOutput> {
+    if (options === undefined || options === null || typeof options !== 'object') throw invalid('options', 'an object', options);
+    const o = checkOptions('options', options);
+    checkInteger('options.numClasses', o.numClasses, 1, 100000);
+    if (o.depth !== undefined && !(DEPTHS as readonly unknown[]).includes(o.depth))
+      throw invalid('options.depth', `one of ${DEPTHS.join(', ')}`, o.depth, RangeError);
+    if (o.featureSize !== undefined) checkInteger('options.featureSize', o.featureSize, 1, 4096);
+    if (o.regMax !== undefined) checkInteger('options.regMax', o.regMax, 1, 64);
+    if (o.strides !== undefined) {
+      if (!Array.isArray(o.strides) || o.strides.length < 3 || o.strides.length > 5 || o.strides.some((v, i) => v !== 8 << i))
+        throw invalid('options.strides', 'the strides of P3… in order: [8, 16, 32], [8, 16, 32, 64] or [8, 16, 32, 64, 128]', o.strides, RangeError);
+    }
+    const head = checkOptions('options.head', o.head);
+    for (const k of ['channels', 'stackedConvs', 'kernelSize'] as const) if (head[k] !== undefined) checkInteger(`options.head.${k}`, head[k], k === 'channels' ? 1 : 0, 4096);
+    if (head.convType !== undefined) checkOneOf('options.head.convType', head.convType, ['depthwise', 'conv'] as const);
+    if (o.aux !== undefined && typeof o.aux !== 'boolean') {
+      const a = checkOptions('options.aux', o.aux);
+      for (const k of ['channels', 'stackedConvs', 'groups'] as const) if (a[k] !== undefined) checkInteger(`options.aux.${k}`, a[k], k === 'stackedConvs' ? 0 : 1, 4096);
+    }
+    if (o.freezeBn !== undefined && typeof o.freezeBn !== 'boolean') throw invalid('options.freezeBn', 'a boolean', o.freezeBn);
+    if (o.device !== undefined) checkDevice('options.device', o.device);
+    if (o.seed !== undefined) checkInteger('options.seed', o.seed, 0, Number.MAX_SAFE_INTEGER);
+    if (o.classes !== undefined && (!Array.isArray(o.classes) || o.classes.length !== o.numClasses || o.classes.some((c) => typeof c !== 'string')))
+      throw invalid('options.classes', `an array of ${o.numClasses} class names`, o.classes);
+    const { device: _device, seed: _seed, classes, ...arch } = o;
+    void _device;
+    void _seed;
+    const handle = native().modelCreateNanoDetPlus({ ...arch, ...(o.device ? { device: o.device } : {}), ...(o.seed !== undefined ? { seed: o.seed } : {}) });
+    return new Model<NanoDetPlusForwardOutput>(handle, { architecture: 'nanodet-plus', ...arch, numClasses: options.numClasses, ...(classes ? { classes: [...classes] } : {}) });
   }
 
   /**
@@ -148,13 +245,25 @@ export class Model {
     if (typeof file !== 'string' || !file.endsWith('.safetensors')) throw invalid('path', 'a path ending in .safetensors', file);
     const text = readSafetensorsHeader(file).metadata[MODEL_METADATA_KEY];
     if (text === undefined) throw new Error(`${file}: no '${MODEL_METADATA_KEY}' metadata (not saved by onestage); build the model with Model.retinanet and call loadWeights`);
-    let config: RetinaNetOptions;
+    let config: ModelConfig;
     try {
-      config = JSON.parse(text) as RetinaNetOptions;
+      config = JSON.parse(text) as ModelConfig;
     } catch (err) {
       throw new Error(`${file}: malformed '${MODEL_METADATA_KEY}' metadata (${(err as Error).message})`);
     }
-    const model = Model.retinanet({ ...config, ...(options.device ? { device: options.device } : {}) });
+    const device = options.device ? { device: options.device } : {};
+    let model: Model;
+    if (config.architecture === 'nanodet-plus') {
+      const { architecture: _a, ...rest } = config;
+      void _a;
+      model = Model.nanodetPlus({ ...rest, ...device });
+    } else if (config.architecture === undefined || config.architecture === 'retinanet') {
+      const { architecture: _a, ...rest } = config;
+      void _a;
+      model = Model.retinanet({ ...rest, ...device });
+    } else {
+      throw new Error(`${file}: unknown architecture '${String((config as { architecture: unknown }).architecture)}' in its metadata`);
+    }
     try {
       await model.loadWeights(file);
     } catch (err) {
@@ -198,14 +307,16 @@ export class Model {
   }
 
   /** Raw outputs for a batch `[B, 3, H, W]` (float32, on the model's device), without gradients. */
-  async forward(images: Tensor): Promise<ForwardOutput> {
-    return wrapTensors<keyof ForwardOutput>(await native().modelForwardAsync(this.handle, handleOf('images', images)));
+  async forward(images: Tensor): Promise<Out> {
+    return wrapTensors<string>(await native().modelForwardAsync(this.handle, handleOf('images', images))) as unknown as Out;
   }
 
   /**
    * Detections for each image of a batch, in original image pixels: sigmoid scores, the top
    * `topkCandidates` per level above `scoreThreshold`, decoded and clipped to the image, class-aware
-   * NMS, the best `maxDetections`. Runs in whatever mode the model is in (call `eval()` first).
+   * NMS, the best `maxDetections` (defaults per architecture: RetinaNet 1000 candidates per level,
+   * NMS 0.5; NanoDet-Plus every candidate above 0.05, NMS 0.6, as its post-processing). Runs in
+   * whatever mode the model is in (call `eval()` first).
    */
   async detect(input: Tensor | DetectBatch, options?: DetectOptions): Promise<Detection[]> {
     const batch: DetectBatch = input instanceof Tensor ? { images: input } : (checkOptions('input', input) as DetectBatch);

@@ -36,6 +36,10 @@ function validArgs(): Record<keyof NativeBinding, Args> {
   b.tensorSetRequiresGrad(leaf, true);
   const scalarLoss = b.tensorSum(leaf, []);
   const session = b.trainerCreate(model, {}, {}, {});
+  const points = b.tensorFromArray(new Float32Array([4, 4, 12, 4]), [2, 2], 'float32', 'cpu');
+  const priors2 = b.tensorFromArray(new Float32Array([4, 4, 8, 8, 12, 4, 8, 8]), [2, 4], 'float32', 'cpu');
+  const labels2 = b.tensorFromArray(new BigInt64Array([0n, 3n]), [2], 'int64', 'cpu');
+  const preds = b.tensorFromArray(new Float32Array(2 * 35), [1, 2, 35], 'float32', 'cpu');
   return {
     buildInfo: [],
     liveTensors: [],
@@ -58,6 +62,7 @@ function validArgs(): Record<keyof NativeBinding, Args> {
     tensorSoftmax: [t, 'softmax', -1],
     tensorSum: [t, [0]],
     modelCreateRetinaNet: [{ depth: 18, numClasses: 2, featureSize: 8 }],
+    modelCreateNanoDetPlus: [{ depth: 18, numClasses: 2, featureSize: 8, head: { channels: 8 }, aux: { channels: 8, groups: 4 } }],
     modelDispose: [b.modelCreateRetinaNet({ depth: 18, numClasses: 1, featureSize: 4 })],
     modelInfo: [model],
     modelSetTraining: [model, false],
@@ -77,6 +82,15 @@ function validArgs(): Record<keyof NativeBinding, Args> {
     clipBoxes: [boxes, 10, 10],
     nms: [boxes, scores, 0.5],
     batchedNms: [boxes, scores, groups, 0.5],
+    centrePriors: [[8, 16, 32], 64, 64, 'cpu'],
+    distanceToBox: [points, boxes, 0, 0],
+    boxToDistance: [points, boxes],
+    integralDistances: [b.tensorFromArray(new Float32Array(64), [2, 32], 'float32', 'cpu'), 7],
+    qualityFocalLossAsync: [pred, labels2, scores, {}],
+    distributionFocalLossAsync: [b.tensorFromArray(new Float32Array(16), [2, 8], 'float32', 'cpu'), b.tensorFromArray(new Float32Array([0.5, 3.2]), [2], 'float32', 'cpu')],
+    giouLossAsync: [boxes, boxes, {}],
+    assignDslAsync: [cls, priors2, reg, annotations, {}],
+    nanodetLossAsync: [preds, preds, priors2, annotations, { numClasses: 3 }],
     tensorSetRequiresGrad: [t, true],
     tensorRequiresGrad: [t],
     tensorGrad: [t],
@@ -104,6 +118,11 @@ function validArgs(): Record<keyof NativeBinding, Args> {
   };
 }
 
+/** Positions where null and undefined mean "none". */
+const NULLABLE_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
+  nanodetLossAsync: [1],
+};
+
 /** Positions that take an options object: undefined and any object are valid there. */
 const OPTION_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
   modelDetectAsync: [4],
@@ -118,6 +137,10 @@ const OPTION_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
   contrastiveLossAsync: [5],
   focalLossAsync: [4],
   sigmoidFocalLossAsync: [2],
+  qualityFocalLossAsync: [3],
+  giouLossAsync: [2],
+  assignDslAsync: [4],
+  nanodetLossAsync: [4],
   ghmCreate: [1],
   retinaLossCreate: [0],
   trainerCreate: [1, 2, 3],
@@ -202,7 +225,8 @@ test('fuzz: a wrong value at each argument position throws a JavaScript error', 
         // disposing twice is allowed (idempotent), and asking whether a tensor is disposed
         const allowed =
           ((name === 'tensorDispose' || name === 'tensorIsDisposed') && v === disposed) ||
-          ((OPTION_POSITIONS[name as keyof NativeBinding] ?? []).includes(p) && validAsOptions(v));
+          ((OPTION_POSITIONS[name as keyof NativeBinding] ?? []).includes(p) && validAsOptions(v)) ||
+          ((NULLABLE_POSITIONS[name as keyof NativeBinding] ?? []).includes(p) && (v === null || v === undefined));
         await expectError(t, name, fn, [...args.slice(0, p), v, ...args.slice(p + 1)], !allowed);
       }
     }

@@ -54,13 +54,63 @@ RetinaNetConfig retinaNetConfigFrom(const Napi::Object& o) {
   return c;
 }
 
-DetectOptions detectOptionsFrom(const Napi::Object& o) {
-  DetectOptions d;
+DetectOptions detectOptionsFrom(const Napi::Object& o, DetectOptions d) {
   d.scoreThreshold = optNumber(o, "options", "scoreThreshold", d.scoreThreshold);
   d.nmsThreshold = optNumber(o, "options", "nmsThreshold", d.nmsThreshold);
   d.topkCandidates = optInt(o, "options", "topkCandidates", 0, 1LL << 40, d.topkCandidates);
   d.maxDetections = optInt(o, "options", "maxDetections", 0, 1LL << 40, d.maxDetections);
   return d;
+}
+
+NanoDetPlusConfig nanodetPlusConfigFrom(const Napi::Object& o) {
+  NanoDetPlusConfig c;
+  c.depth = optInt(o, "options", "depth", 18, 152, c.depth);
+  if (o.Get("numClasses").IsUndefined())
+    throw Napi::TypeError::New(o.Env(), "Expected an integer between 1 and 100000 for options.numClasses but received undefined");
+  c.numClasses = optInt(o, "options", "numClasses", 1, 100000, c.numClasses);
+  c.fpnChannels = optInt(o, "options", "featureSize", 1, 4096, c.fpnChannels);
+  std::vector<double> strides = optNumbers(o, "options", "strides", {});
+  if (!strides.empty()) {
+    c.strides.clear();
+    for (double s : strides) {
+      if (s != std::floor(s) || s < 1 || s > 4096) throw Napi::RangeError::New(o.Env(), "Expected integers for options.strides");
+      c.strides.push_back(static_cast<int64_t>(s));
+    }
+  }
+  const auto h = optObject(o, "options", "head");
+  c.headChannels = optInt(h, "options.head", "channels", 1, 4096, c.headChannels);
+  c.stackedConvs = optInt(h, "options.head", "stackedConvs", 0, 16, c.stackedConvs);
+  c.kernelSize = optInt(h, "options.head", "kernelSize", 1, 15, c.kernelSize);
+  c.convType = optString(h, "options.head", "convType", c.convType);
+  c.regMax = optInt(o, "options", "regMax", 1, 64, c.regMax);
+  const auto a = o.Get("aux");
+  if (a.IsBoolean()) {
+    c.aux = a.As<Napi::Boolean>().Value();
+  } else if (!a.IsUndefined()) {
+    const auto ao = optObject(o, "options", "aux");
+    c.aux = true;
+    c.auxChannels = optInt(ao, "options.aux", "channels", 1, 4096, c.auxChannels);
+    c.auxStackedConvs = optInt(ao, "options.aux", "stackedConvs", 0, 16, c.auxStackedConvs);
+    c.auxGroups = optInt(ao, "options.aux", "groups", 1, 4096, c.auxGroups);
+  }
+  c.freezeBn = optBool(o, "options", "freezeBn", c.freezeBn);
+  try {
+    c.check();
+  } catch (const std::exception& e) {
+    throw Napi::RangeError::New(o.Env(), std::string("options: ") + e.what());
+  }
+  return c;
+}
+
+DslAssignerOptions dslAssignerOptionsFrom(const Napi::Object& o, const char* prefix) {
+  DslAssignerOptions a;
+  a.topk = optInt(o, prefix, "topk", 1, 1000, a.topk);
+  a.iouFactor = optNumber(o, prefix, "iouFactor", a.iouFactor);
+  a.softCenterPrior = optBool(o, prefix, "softCenterPrior", a.softCenterPrior);
+  a.softCenterRadius = optNumber(o, prefix, "softCenterRadius", a.softCenterRadius);
+  a.ignoreIof = optNumber(o, prefix, "ignoreIof", a.ignoreIof);
+  a.maxPairs = optInt(o, prefix, "maxPairs", 1, int64_t{1} << 40, a.maxPairs);
+  return a;
 }
 
 MaxIoUAssignerOptions assignerOptionsFrom(const Napi::Object& o, const char* prefix) {
@@ -111,6 +161,18 @@ GhmOptions ghmOptionsFrom(const Napi::Object& o, const char* prefix, GhmOptions 
   d.mu = optNumber(o, prefix, "mu", d.mu);
   if (!(d.mu > 0)) throw Napi::RangeError::New(o.Env(), std::string(prefix) + ".mu must be positive");
   return d;
+}
+
+NanoDetLossOptions nanodetLossOptionsFrom(const Napi::Object& o) {
+  NanoDetLossOptions n;
+  n.qflBeta = optNumber(o, "options", "qflBeta", n.qflBeta);
+  n.qflWeight = optNumber(o, "options", "qflWeight", n.qflWeight);
+  n.bboxWeight = optNumber(o, "options", "giouWeight", n.bboxWeight);
+  n.dflWeight = optNumber(o, "options", "dflWeight", n.dflWeight);
+  n.detachEpoch = optInt(o, "options", "detachEpoch", 0, 1000000, n.detachEpoch);
+  if (o.Has("assignBy")) n.assignBy = oneOf(o, "options", "assignBy", {"aux", "aux-until-detach"});
+  n.assigner = dslAssignerOptionsFrom(optObject(o, "options", "assigner"), "options.assigner");
+  return n;
 }
 
 RetinaLossOptions retinaLossOptionsFrom(const Napi::Object& o) {

@@ -5,7 +5,10 @@
 #include "binding/napi_util.h"
 #include "core/anchors.h"
 #include "core/boxes.h"
+#include "core/losses/gfocal.h"
 #include "core/nms.h"
+#include "core/priors.h"
+#include "core/tensor_types.h"
 #include "core/roi_align.h"
 
 namespace onestage::binding {
@@ -82,6 +85,45 @@ Napi::Value RoiAlign(const Napi::CallbackInfo& info) {
   return wrapTensor(info.Env(), roiAlign(features, rois, opts));
 }
 
+Napi::Value CentrePriors(const Napi::CallbackInfo& info) {
+  std::vector<int64_t> strides;
+  Napi::Value sv = arg(info, 0);
+  if (!sv.IsArray()) throw Napi::TypeError::New(info.Env(), "Expected an array of integers for strides but received " + describeValue(sv));
+  auto arr = sv.As<Napi::Array>();
+  for (uint32_t k = 0; k < arr.Length(); ++k) {
+    Napi::Value v = arr.Get(k);
+    if (!v.IsNumber() || v.As<Napi::Number>().DoubleValue() != std::floor(v.As<Napi::Number>().DoubleValue()))
+      throw Napi::TypeError::New(info.Env(), "Expected an integer for strides[" + std::to_string(k) + "] but received " + describeValue(v));
+    strides.push_back(static_cast<int64_t>(v.As<Napi::Number>().DoubleValue()));
+  }
+  const int64_t h = intArg(info, 1, "height", 1, 1 << 20);
+  const int64_t w = intArg(info, 2, "width", 1, 1 << 20);
+  const auto device = parseDevice(stringArg(info, 3, "device"));
+  return wrapTensor(info.Env(), centrePriors(strides, h, w, device));
+}
+
+Napi::Value DistanceToBox(const Napi::CallbackInfo& info) {
+  const auto points = tensorArg(info, 0, "points");
+  const auto distances = tensorArg(info, 1, "distances");
+  if (!points.is_floating_point() || points.dim() < 1 || points.size(-1) != 2) throw Napi::RangeError::New(info.Env(), "Expected floating-point points of shape [..., 2]");
+  checkBoxes(distances, "distances");
+  return wrapTensor(info.Env(), distanceToBox(points, distances, numberArg(info, 2, "height", 0, 1e9), numberArg(info, 3, "width", 0, 1e9)));
+}
+
+Napi::Value BoxToDistance(const Napi::CallbackInfo& info) {
+  const auto points = tensorArg(info, 0, "points");
+  const auto boxes = tensorArg(info, 1, "boxes");
+  if (!points.is_floating_point() || points.dim() < 1 || points.size(-1) != 2) throw Napi::RangeError::New(info.Env(), "Expected floating-point points of shape [..., 2]");
+  checkBoxes(boxes, "boxes");
+  return wrapTensor(info.Env(), boxToDistance(points, boxes));
+}
+
+Napi::Value IntegralDistances(const Napi::CallbackInfo& info) {
+  const auto reg = tensorArg(info, 0, "reg");
+  if (!reg.is_floating_point()) throw Napi::TypeError::New(info.Env(), "Expected a floating-point tensor for reg");
+  return wrapTensor(info.Env(), integralDistances(reg, intArg(info, 1, "regMax", 1, 64)));
+}
+
 }  // namespace
 
 void registerGeometryExports(Napi::Env env, Napi::Object exports) {
@@ -93,6 +135,10 @@ void registerGeometryExports(Napi::Env env, Napi::Object exports) {
   exportFunction<Nms>(env, exports, "nms");
   exportFunction<BatchedNms>(env, exports, "batchedNms");
   exportFunction<RoiAlign>(env, exports, "roiAlign");
+  exportFunction<CentrePriors>(env, exports, "centrePriors");
+  exportFunction<DistanceToBox>(env, exports, "distanceToBox");
+  exportFunction<BoxToDistance>(env, exports, "boxToDistance");
+  exportFunction<IntegralDistances>(env, exports, "integralDistances");
 }
 
 }  // namespace onestage::binding

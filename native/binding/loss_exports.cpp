@@ -6,6 +6,9 @@
 #include "binding/napi_util.h"
 #include "core/errors.h"
 #include "core/losses/contrastive.h"
+#include "core/losses/gfocal.h"
+#include "core/losses/iou_loss.h"
+#include "core/losses/nanodet_loss.h"
 #include "core/tensor_types.h"
 
 namespace onestage::binding {
@@ -115,6 +118,95 @@ Napi::Value SigmoidFocalLossAsync(const Napi::CallbackInfo& info) {
     const c10::DeviceGuard guard(x.device());
     return sigmoidFocalLoss(x, t.to(x.scalar_type()), alpha, gamma);
   });
+}
+
+void checkSameDevice(const std::vector<const torch::Tensor*>& ts, const char* what) {
+  for (const auto* t : ts)
+    if (t->device() != ts.front()->device()) throw onestage::RangeError(std::string(what) + ": the tensors must be on one device");
+}
+
+Napi::Value QualityFocalLossAsync(const Napi::CallbackInfo& info) {
+  auto pred = tensorArg(info, 0, "pred");
+  auto label = tensorArg(info, 1, "label");
+  auto score = tensorArg(info, 2, "score");
+  const double beta = optNumber(optionsArg(info, 3, "options"), "options", "beta", 2.0);
+  if (!pred.is_floating_point() || !score.is_floating_point()) throw onestage::TypeError("qualityFocalLoss: pred and score must be floating point");
+  checkSameDevice({&pred, &label, &score}, "qualityFocalLoss");
+  return tensorPromise(info.Env(), [pred, label, score, beta] {
+    const c10::DeviceGuard guard(pred.device());
+    return qualityFocalLoss(pred, label, score, beta);
+  });
+}
+
+Napi::Value DistributionFocalLossAsync(const Napi::CallbackInfo& info) {
+  auto pred = tensorArg(info, 0, "pred");
+  auto label = tensorArg(info, 1, "label");
+  if (!pred.is_floating_point() || !label.is_floating_point()) throw onestage::TypeError("distributionFocalLoss: pred and label must be floating point");
+  checkSameDevice({&pred, &label}, "distributionFocalLoss");
+  return tensorPromise(info.Env(), [pred, label] {
+    const c10::DeviceGuard guard(pred.device());
+    return distributionFocalLoss(pred, label);
+  });
+}
+
+Napi::Value GiouLossAsync(const Napi::CallbackInfo& info) {
+  auto pred = tensorArg(info, 0, "pred");
+  auto target = tensorArg(info, 1, "target");
+  const double eps = optNumber(optionsArg(info, 2, "options"), "options", "eps", 1e-6);
+  checkBoxes(pred, "pred");
+  checkBoxes(target, "target");
+  if (pred.sizes() != target.sizes()) throw onestage::RangeError("giouLoss: pred " + describeShape(pred.sizes()) + " and target " + describeShape(target.sizes()) + " must have one shape");
+  checkSameDevice({&pred, &target}, "giouLoss");
+  return tensorPromise(info.Env(), [pred, target, eps] {
+    const c10::DeviceGuard guard(pred.device());
+    return giouLoss(pred, target, eps);
+  });
+}
+
+Napi::Value AssignDslAsync(const Napi::CallbackInfo& info) {
+  auto logits = tensorArg(info, 0, "logits");
+  auto priors = tensorArg(info, 1, "priors");
+  auto decoded = tensorArg(info, 2, "decoded");
+  auto annotations = tensorArg(info, 3, "annotations");
+  const auto opts = dslAssignerOptionsFrom(optionsArg(info, 4, "options"), "options");
+  return PromiseWorker<Named>::start(
+      info.Env(),
+      [logits, priors, decoded, annotations, opts] {
+        const c10::DeviceGuard guard(logits.device());
+        const auto a = assignDsl(logits, priors, decoded, annotations, opts);
+        return Named{{"gtIndex", a.gtIndex}, {"labels", a.labels}, {"ious", a.ious}, {"ignored", a.ignored}, {"numPositives", a.numPositives}};
+      },
+      namedToJs);
+}
+
+Napi::Value NanodetLossAsync(const Napi::CallbackInfo& info) {
+  auto preds = tensorArg(info, 0, "preds");
+  torch::Tensor aux;
+  if (!info[1].IsNull() && !info[1].IsUndefined()) aux = tensorArg(info, 1, "auxPreds");
+  auto priors = tensorArg(info, 2, "priors");
+  auto annotations = tensorArg(info, 3, "annotations");
+  const auto o = optionsArg(info, 4, "options");
+  const auto opts = nanodetLossOptionsFrom(o);
+  const int64_t numClasses = optInt(o, "options", "numClasses", 1, 100000, 1);
+  const int64_t regMax = optInt(o, "options", "regMax", 1, 64, 7);
+  const bool assignWithMain = optBool(o, "options", "assignWithMain", false);
+  std::vector<const torch::Tensor*> all{&preds, &priors, &annotations};
+  if (aux.defined()) all.push_back(&aux);
+  checkSameDevice(all, "nanodetPlusLoss");
+  return PromiseWorker<Named>::start(
+      info.Env(),
+      [preds, aux, priors, annotations, opts, numClasses, regMax, assignWithMain] {
+        const c10::DeviceGuard guard(preds.device());
+        const auto p = nanodetPlusLoss(preds, aux, priors, annotations, numClasses, regMax, opts, assignWithMain);
+        Named out{{"qfl", p.main.qfl}, {"bbox", p.main.bbox}, {"dfl", p.main.dfl}, {"numPositives", p.numPositives}, {"total", p.total()}};
+        if (p.aux.qfl.defined()) {
+          out.emplace_back("auxQfl", p.aux.qfl);
+          out.emplace_back("auxBbox", p.aux.bbox);
+          out.emplace_back("auxDfl", p.aux.dfl);
+        }
+        return out;
+      },
+      namedToJs);
 }
 
 std::shared_ptr<GhmObject> ghmArg(const Napi::CallbackInfo& info) {
@@ -228,6 +320,11 @@ void registerLossExports(Napi::Env env, Napi::Object exports) {
   exportFunction<FocalLossAsync>(env, exports, "focalLossAsync");
   exportFunction<SigmoidFocalLossAsync>(env, exports, "sigmoidFocalLossAsync");
   exportFunction<ContrastiveLossAsync>(env, exports, "contrastiveLossAsync");
+  exportFunction<QualityFocalLossAsync>(env, exports, "qualityFocalLossAsync");
+  exportFunction<DistributionFocalLossAsync>(env, exports, "distributionFocalLossAsync");
+  exportFunction<GiouLossAsync>(env, exports, "giouLossAsync");
+  exportFunction<AssignDslAsync>(env, exports, "assignDslAsync");
+  exportFunction<NanodetLossAsync>(env, exports, "nanodetLossAsync");
   exportFunction<GhmCreate>(env, exports, "ghmCreate");
   exportFunction<GhmForwardAsync>(env, exports, "ghmForwardAsync");
   exportFunction<GhmAccSum>(env, exports, "ghmAccSum");

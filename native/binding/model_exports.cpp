@@ -14,22 +14,26 @@ namespace {
 constexpr napi_type_tag kModelTag = {0x6f6e657374616765ULL, 0x4d6f64656c000001ULL};
 }  // namespace
 
-std::shared_ptr<RetinaNetDetector> modelArg(const Napi::CallbackInfo& info, size_t i) {
-  return objectArg<RetinaNetDetector>(info, i, "model", &kModelTag, "Model");
+std::shared_ptr<Detector> modelArg(const Napi::CallbackInfo& info, size_t i) {
+  return objectArg<Detector>(info, i, "model", &kModelTag, "Model");
 }
 
 namespace {
 
-using Detector = RetinaNetDetector;
-
-Napi::Value ModelCreateRetinaNet(const Napi::CallbackInfo& info) {
+/// Builds a detector of type D from options (device, seed and the architecture's fields).
+template <typename D, typename Config>
+Napi::Value createModel(const Napi::CallbackInfo& info, Config (*configFrom)(const Napi::Object&)) {
   const auto opts = optionsArg(info, 0, "options");
-  const auto config = retinaNetConfigFrom(opts);
+  const auto config = configFrom(opts);
   const auto device = parseDevice(optString(opts, "options", "device", "cpu"), "options.device");
   const int64_t seed = optInt(opts, "options", "seed", -1, 9007199254740991LL, -1);
   if (seed >= 0) torch::manual_seed(static_cast<uint64_t>(seed));
-  return wrapObject(info.Env(), std::make_shared<Detector>(config, device), &kModelTag);
+  return wrapObject<Detector>(info.Env(), std::make_shared<D>(config, device), &kModelTag);
 }
+
+Napi::Value ModelCreateRetinaNet(const Napi::CallbackInfo& info) { return createModel<RetinaNetDetector>(info, retinaNetConfigFrom); }
+
+Napi::Value ModelCreateNanoDetPlus(const Napi::CallbackInfo& info) { return createModel<NanoDetPlusDetector>(info, nanodetPlusConfigFrom); }
 
 Napi::Value ModelDispose(const Napi::CallbackInfo& info) {
   auto* box = objectBoxArg<Detector>(info, 0, "model", &kModelTag, "Model");
@@ -41,16 +45,26 @@ Napi::Value ModelDispose(const Napi::CallbackInfo& info) {
 Napi::Value ModelInfo(const Napi::CallbackInfo& info) {
   auto m = modelArg(info);
   std::lock_guard<std::mutex> lock(m->mutex());
-  const auto& c = m->net()->config();
   Napi::Env env = info.Env();
   Napi::Object out = Napi::Object::New(env);
-  out.Set("architecture", "retinanet");
-  out.Set("depth", static_cast<double>(c.depth));
-  out.Set("numClasses", static_cast<double>(c.numClasses));
-  out.Set("featureSize", static_cast<double>(c.featureSize));
-  out.Set("anchorsPerLocation", static_cast<double>(c.anchors.anchorsPerLocation()));
-  out.Set("freezeBn", c.freezeBn);
-  out.Set("freezeBnAffine", c.freezeBnAffine);
+  out.Set("architecture", m->architecture());
+  out.Set("numClasses", static_cast<double>(m->numClasses()));
+  if (auto* r = dynamic_cast<RetinaNetDetector*>(m.get())) {
+    const auto& c = r->net()->config();
+    out.Set("depth", static_cast<double>(c.depth));
+    out.Set("featureSize", static_cast<double>(c.featureSize));
+    out.Set("anchorsPerLocation", static_cast<double>(c.anchors.anchorsPerLocation()));
+    out.Set("freezeBn", c.freezeBn);
+    out.Set("freezeBnAffine", c.freezeBnAffine);
+  } else if (auto* n = dynamic_cast<NanoDetPlusDetector*>(m.get())) {
+    const auto& c = n->net()->config();
+    out.Set("depth", static_cast<double>(c.depth));
+    out.Set("featureSize", static_cast<double>(c.fpnChannels));
+    out.Set("regMax", static_cast<double>(c.regMax));
+    out.Set("aux", c.aux);
+    out.Set("freezeBn", c.freezeBn);
+    out.Set("freezeBnAffine", false);
+  }
   out.Set("device", deviceName(m->device()));
   out.Set("training", m->training());
   out.Set("parameters", static_cast<double>(m->parameterCount(false)));
@@ -83,13 +97,7 @@ Napi::Value ModelForwardAsync(const Napi::CallbackInfo& info) {
       [m, images] {
         std::lock_guard<std::mutex> lock(m->mutex());
         torch::NoGradGuard noGrad;
-        const auto o = m->forward(images);
-        Named out{{"c3", o.backbone.c3}, {"c4", o.backbone.c4}, {"c5", o.backbone.c5}};
-        for (size_t l = 0; l < o.pyramid.size(); ++l) out.emplace_back("p" + std::to_string(l + 3), o.pyramid[l]);
-        out.emplace_back("regression", o.regression);
-        out.emplace_back("classification", o.classification);
-        out.emplace_back("anchors", o.anchors);
-        return out;
+        return m->forwardNamed(images);
       },
       [](Napi::Env env, Named& named) -> Napi::Value {
         Napi::Object out = Napi::Object::New(env);
@@ -107,7 +115,7 @@ Napi::Value ModelDetectAsync(const Napi::CallbackInfo& info) {
   auto images = tensorArg(info, 1, "images");
   auto scales = tensorArg(info, 2, "scales");
   auto sizes = tensorArg(info, 3, "sizes");
-  const auto opts = detectOptionsFrom(optionsArg(info, 4, "options"));
+  const auto opts = detectOptionsFrom(optionsArg(info, 4, "options"), m->defaultDetectOptions());
   return PromiseWorker<HostDetections>::start(
       info.Env(),
       [m, images, scales, sizes, opts] {
@@ -241,7 +249,7 @@ Napi::Value ModelStateDict(const Napi::CallbackInfo& info) {
   auto m = modelArg(info);
   std::lock_guard<std::mutex> lock(m->mutex());
   Napi::Object out = Napi::Object::New(info.Env());
-  for (auto& [k, t] : stateDict(*m->net())) out.Set(k, wrapTensor(info.Env(), t.detach().clone()));
+  for (auto& [k, t] : stateDict(m->module())) out.Set(k, wrapTensor(info.Env(), t.detach().clone()));
   return out;
 }
 
@@ -249,6 +257,7 @@ Napi::Value ModelStateDict(const Napi::CallbackInfo& info) {
 
 void registerModelExports(Napi::Env env, Napi::Object exports) {
   exportFunction<ModelCreateRetinaNet>(env, exports, "modelCreateRetinaNet");
+  exportFunction<ModelCreateNanoDetPlus>(env, exports, "modelCreateNanoDetPlus");
   exportFunction<ModelDispose>(env, exports, "modelDispose");
   exportFunction<ModelInfo>(env, exports, "modelInfo");
   exportFunction<ModelSetTraining>(env, exports, "modelSetTraining");

@@ -9,6 +9,6 @@
 namespace onestage::binding {
 
 /// Argument `i` as a live model; TypeError for anything else, Error when disposed.
-std::shared_ptr<RetinaNetDetector> modelArg(const Napi::CallbackInfo& info, size_t i = 0);
+std::shared_ptr<Detector> modelArg(const Napi::CallbackInfo& info, size_t i = 0);
 
 }  // namespace onestage::binding

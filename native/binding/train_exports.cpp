@@ -42,10 +42,13 @@ TrainingOptions trainingOptionsFrom(const Napi::Object& o) {
 Napi::Value TrainerCreate(const Napi::CallbackInfo& info) {
   auto model = modelArg(info, 0);
   const auto optimizer = optimizerOptionsFrom(optionsArg(info, 1, "optimizer"));
-  const auto loss = retinaLossOptionsFrom(optionsArg(info, 2, "loss"));
+  const auto lossObject = optionsArg(info, 2, "loss");
+  const bool nanodet = model->architecture() == "nanodet-plus";
+  const auto loss = nanodet ? RetinaLossOptions{} : retinaLossOptionsFrom(lossObject);
+  const auto nanodetLoss = nanodet ? nanodetLossOptionsFrom(lossObject) : NanoDetLossOptions{};
   const auto training = trainingOptionsFrom(optionsArg(info, 3, "training"));
   std::lock_guard<std::mutex> lock(model->mutex());
-  return wrapObject(info.Env(), std::make_shared<TrainingSession>(model, optimizer, loss, training), &kSessionTag);
+  return wrapObject(info.Env(), std::make_shared<TrainingSession>(model, optimizer, loss, training, nanodetLoss), &kSessionTag);
 }
 
 Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
@@ -55,8 +58,9 @@ Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
   const double lr = numberArg(info, 3, "lr", 1e-12, 1e6);
   torch::Tensor views;
   if (info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined()) views = tensorArg(info, 4, "views");
+  const int64_t epoch = info.Length() > 5 && !info[5].IsUndefined() ? intArg(info, 5, "epoch", 0, 1LL << 40) : 0;
   return PromiseWorker<StepResult>::start(
-      info.Env(), [session, images, annotations, lr, views] { return session->step(images, annotations, lr, views); },
+      info.Env(), [session, images, annotations, lr, views, epoch] { return session->step(images, annotations, lr, views, epoch); },
       [](Napi::Env env, StepResult& r) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
         o.Set("cls", r.cls);
@@ -66,6 +70,9 @@ Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
         o.Set("gradNorm", r.gradNorm);
         o.Set("skipped", r.skipped);
         o.Set("reason", r.reason);
+        Napi::Object parts = Napi::Object::New(env);
+        for (const auto& [name, value] : r.components) parts.Set(name, value);
+        o.Set("components", parts);
         return o;
       });
 }

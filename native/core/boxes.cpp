@@ -89,4 +89,25 @@ torch::Tensor boxIou(const torch::Tensor& a, const torch::Tensor& b) {
   return torch::where(uni > 0, inter / uni.clamp_min(std::numeric_limits<float>::min()), torch::zeros_like(inter));
 }
 
+
+torch::Tensor distanceToBox(const torch::Tensor& points, const torch::Tensor& d, double height, double width) {
+  auto x1 = points.select(-1, 0) - d.select(-1, 0);
+  auto y1 = points.select(-1, 1) - d.select(-1, 1);
+  auto x2 = points.select(-1, 0) + d.select(-1, 2);
+  auto y2 = points.select(-1, 1) + d.select(-1, 3);
+  if (height > 0 && width > 0) {
+    x1 = x1.clamp(0, width);
+    y1 = y1.clamp(0, height);
+    x2 = x2.clamp(0, width);
+    y2 = y2.clamp(0, height);
+  }
+  return torch::stack({x1, y1, x2, y2}, -1);
+}
+
+torch::Tensor boxToDistance(const torch::Tensor& points, const torch::Tensor& b) {
+  return torch::stack({points.select(-1, 0) - b.select(-1, 0), points.select(-1, 1) - b.select(-1, 1),
+                       b.select(-1, 2) - points.select(-1, 0), b.select(-1, 3) - points.select(-1, 1)},
+                      -1);
+}
+
 }  // namespace onestage

@@ -39,4 +39,13 @@ torch::Tensor boxIou(const torch::Tensor& a, const torch::Tensor& b);
 /// Checks a boxes tensor: floating, last dim 4. Throws TypeError/RangeError naming `what`.
 void checkBoxes(const torch::Tensor& boxes, const char* what);
 
+
+/// Boxes from distances to the four sides (NanoDet's distance2bbox): points [..., 2] (x, y),
+/// distances [..., 4] (left, top, right, bottom) → [..., 4] x1, y1, x2, y2; with limits
+/// (height, width) > 0 the coordinates are clamped to [0, width] × [0, height].
+torch::Tensor distanceToBox(const torch::Tensor& points, const torch::Tensor& distances, double height = 0, double width = 0);
+
+/// The inverse (NanoDet's bbox2distance, no clamping): points [..., 2], boxes [..., 4] → [..., 4].
+torch::Tensor boxToDistance(const torch::Tensor& points, const torch::Tensor& boxes);
+
 }  // namespace onestage

@@ -1,42 +1,93 @@
-// A detector owned by JavaScript: the model, the device it lives on, and a mutex that serialises
+// A detector owned by JavaScript: the network, the device it lives on, and a mutex that serialises
 // every operation on it (forward, detect, training steps, weight loading, moves), so concurrent
-// async calls from JavaScript never race on parameters or BatchNorm statistics.
+// async calls from JavaScript never race on parameters or BatchNorm statistics. `Detector` is what
+// every architecture shares; RetinaNetDetector and NanoDetPlusDetector add their own network.
 #pragma once
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
 
+#include "core/models/nanodet_plus.h"
 #include "core/models/retinanet.h"
 #include "core/weights.h"
 
 namespace onestage {
 
-class RetinaNetDetector {
+using NamedOutputs = std::vector<std::pair<std::string, torch::Tensor>>;
+
+class Detector {
  public:
-  RetinaNetDetector(const RetinaNetConfig& config, const torch::Device& device);
+  explicit Detector(const torch::Device& device);
+  virtual ~Detector() = default;
+  Detector(const Detector&) = delete;
+  Detector& operator=(const Detector&) = delete;
+
+  virtual std::string architecture() const = 0;
+  virtual int64_t numClasses() const = 0;
+  /// The network as a module (parameters, buffers, state_dict).
+  virtual torch::nn::Module& module() = 0;
+  /// Detection defaults of this architecture (NMS threshold, candidates).
+  virtual DetectOptions defaultDetectOptions() const { return {}; }
+  /// Raw outputs of a forward pass (no gradient), by name.
+  virtual NamedOutputs forwardNamed(const torch::Tensor& images) = 0;
+  virtual Detections detect(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes,
+                            const DetectOptions& opts) = 0;
+  /// Parameter names of the backbone (for backbone-only weight loading).
+  virtual bool isBackboneKey(const std::string& key) const = 0;
 
   std::mutex& mutex() { return mutex_; }
-  RetinaNet& net() { return net_; }
   torch::Device device() const { return device_; }
   void to(const torch::Device& device);
-  void setTraining(bool on) { net_->train(on); }
-  bool training() const { return net_->is_training(); }
+  void setTraining(bool on) { module().train(on); }
+  bool training() { return module().is_training(); }
   /// All parameters, and those that get gradients.
-  int64_t parameterCount(bool trainableOnly) const;
-
-  RetinaNetOutput forward(const torch::Tensor& images);
-  Detections detect(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes,
-                    const DetectOptions& opts);
+  int64_t parameterCount(bool trainableOnly);
 
   /// backboneOnly: only conv1, bn1, layer1..4 are loaded and required (torchvision resnet files).
   LoadReport load(NamedTensors file, LoadOptions options, bool backboneOnly);
   void save(const std::string& path, const std::map<std::string, std::string>& metadata);
 
  private:
-  RetinaNet net_;
   torch::Device device_;
   std::mutex mutex_;
+};
+
+class RetinaNetDetector : public Detector {
+ public:
+  RetinaNetDetector(const RetinaNetConfig& config, const torch::Device& device);
+  RetinaNet& net() { return net_; }
+  std::string architecture() const override { return "retinanet"; }
+  int64_t numClasses() const override { return net_->config().numClasses; }
+  torch::nn::Module& module() override { return *net_; }
+  RetinaNetOutput forward(const torch::Tensor& images);
+  NamedOutputs forwardNamed(const torch::Tensor& images) override;
+  Detections detect(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes, const DetectOptions& opts) override;
+  bool isBackboneKey(const std::string& key) const override { return net_->isBackboneKey(key); }
+
+ private:
+  RetinaNet net_;
+};
+
+class NanoDetPlusDetector : public Detector {
+ public:
+  NanoDetPlusDetector(const NanoDetPlusConfig& config, const torch::Device& device);
+  NanoDetPlus& net() { return net_; }
+  std::string architecture() const override { return "nanodet-plus"; }
+  int64_t numClasses() const override { return net_->config().numClasses; }
+  torch::nn::Module& module() override { return *net_; }
+  /// NanoDet-Plus' post-processing: every (prior, class) above 0.05, NMS IoU 0.6, at most 100.
+  DetectOptions defaultDetectOptions() const override;
+  NamedOutputs forwardNamed(const torch::Tensor& images) override;
+  Detections detect(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes, const DetectOptions& opts) override;
+  bool isBackboneKey(const std::string& key) const override { return net_->isBackboneKey(key); }
+
+ private:
+  NanoDetPlus net_;
 };
 
 }  // namespace onestage

@@ -1,5 +1,7 @@
 #include "core/models/fpn.h"
 
+#include "core/errors.h"
+
 namespace onestage {
 
 namespace nn = torch::nn;
@@ -16,15 +18,16 @@ torch::Tensor upsampleTo(const torch::Tensor& x, const torch::Tensor& like) {
 }
 }  // namespace
 
-PyramidFeaturesImpl::PyramidFeaturesImpl(int64_t c3, int64_t c4, int64_t c5, int64_t fs) {
+PyramidFeaturesImpl::PyramidFeaturesImpl(int64_t c3, int64_t c4, int64_t c5, int64_t fs, int64_t levelCount) : levels(levelCount) {
+  if (levels < 3 || levels > 5) throw RangeError("the feature pyramid has 3 to 5 levels (P3–P5 … P3–P7)");
   P5_1 = register_module("P5_1", conv(c5, fs, 1, 1));
   P5_2 = register_module("P5_2", conv(fs, fs, 3, 1));
   P4_1 = register_module("P4_1", conv(c4, fs, 1, 1));
   P4_2 = register_module("P4_2", conv(fs, fs, 3, 1));
   P3_1 = register_module("P3_1", conv(c3, fs, 1, 1));
   P3_2 = register_module("P3_2", conv(fs, fs, 3, 1));
-  P6 = register_module("P6", conv(c5, fs, 3, 2));
-  P7_2 = register_module("P7_2", conv(fs, fs, 3, 2));
+  if (levels >= 4) P6 = register_module("P6", conv(c5, fs, 3, 2));
+  if (levels >= 5) P7_2 = register_module("P7_2", conv(fs, fs, 3, 2));
 }
 
 std::vector<torch::Tensor> PyramidFeaturesImpl::forward(const torch::Tensor& c3, const torch::Tensor& c4,
@@ -32,8 +35,10 @@ std::vector<torch::Tensor> PyramidFeaturesImpl::forward(const torch::Tensor& c3,
   const auto p5Lateral = P5_1(c5);
   const auto p4Lateral = P4_1(c4) + upsampleTo(p5Lateral, c4);
   const auto p3Lateral = P3_1(c3) + upsampleTo(p4Lateral, c3);
-  const auto p6 = P6(c5);
-  return {P3_2(p3Lateral), P4_2(p4Lateral), P5_2(p5Lateral), p6, P7_2(torch::relu(p6))};
+  std::vector<torch::Tensor> out{P3_2(p3Lateral), P4_2(p4Lateral), P5_2(p5Lateral)};
+  if (levels >= 4) out.push_back(P6(c5));
+  if (levels >= 5) out.push_back(P7_2(torch::relu(out[3])));
+  return out;
 }
 
 }  // namespace onestage

@@ -9,6 +9,7 @@
 #include "core/anchors.h"
 #include "core/boxes.h"
 #include "core/models/fpn.h"
+#include "core/models/postprocess.h"
 #include "core/models/resnet.h"
 #include "core/models/retina_head.h"
 
@@ -33,21 +34,6 @@ struct RetinaNetOutput {
   torch::Tensor regression;            // [B, N, 4] raw deltas
   torch::Tensor classification;        // [B, N, numClasses] logits
   torch::Tensor anchors;               // [N, 4] float32, same device
-};
-
-struct DetectOptions {
-  double scoreThreshold = 0.05;
-  int64_t topkCandidates = 1000;  // per level and image; ≤ 0: all above the threshold
-  double nmsThreshold = 0.5;
-  int64_t maxDetections = 100;    // per image; ≤ 0: all kept
-};
-
-/// Detections of a batch, padded: rows [0, count[b]) of image b are real, by decreasing score.
-struct Detections {
-  torch::Tensor boxes;   // [B, D, 4] float32
-  torch::Tensor scores;  // [B, D] float32
-  torch::Tensor labels;  // [B, D] int64
-  torch::Tensor count;   // [B] int64
 };
 
 class RetinaNetImpl : public torch::nn::Module {

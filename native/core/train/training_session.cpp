@@ -58,19 +58,25 @@ constexpr const char* kStateFormat = "onestage-trainer-state-1";
 
 }  // namespace
 
-TrainingSession::TrainingSession(std::shared_ptr<RetinaNetDetector> detector, const OptimizerOptions& o, const RetinaLossOptions& loss,
-                                 const TrainingOptions& training)
-    : detector_(std::move(detector)), options_(o), training_(training), loss_(std::make_unique<RetinaLoss>(loss)) {
+TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const OptimizerOptions& o, const RetinaLossOptions& loss,
+                                 const TrainingOptions& training, const NanoDetLossOptions& nanodetLoss)
+    : detector_(std::move(detector)), nanodetLoss_(nanodetLoss), options_(o), training_(training) {
+  retina_ = std::dynamic_pointer_cast<RetinaNetDetector>(detector_);
+  nanodet_ = std::dynamic_pointer_cast<NanoDetPlusDetector>(detector_);
+  if (!retina_ && !nanodet_) throw std::logic_error("training: unknown detector architecture");
+  if (retina_) loss_ = std::make_unique<RetinaLoss>(loss);
   if (training.amp && !detector_->device().is_cuda())
     throw RangeError("amp (bf16 autocast) needs a model on CUDA; this one is on " + detector_->device().str());
   if (!(training.emaDecay >= 0 && training.emaDecay < 1)) throw RangeError("Expected a number in [0, 1) for ema decay");
   if (!(training.emaTau > 0)) throw RangeError("Expected a positive number for ema tau");
-  for (const auto& p : detector_->net()->parameters())
+  for (const auto& p : detector_->module().parameters())
     if (p.requires_grad()) params_.push_back(p);
   const auto& ct = loss.contrastive;
-  if (ct.weight > 0 && ct.projectionHidden > 0) {
+  if (nanodet_ && ct.weight > 0)
+    throw RangeError("the contrastive loss trains jointly with RetinaNet's losses; this model is NanoDet-Plus");
+  if (retina_ && ct.weight > 0 && ct.projectionHidden > 0) {
     // SimCLR's projection head on the pooled region features; trained with the model
-    const int64_t channels = detector_->net()->config().featureSize;
+    const int64_t channels = retina_->net()->config().featureSize;
     const int64_t in = ct.loss.pooling == "flatten" ? channels * ct.loss.outputSize * ct.loss.outputSize : channels;
     projection_ = torch::nn::Sequential(torch::nn::Linear(in, ct.projectionHidden), torch::nn::ReLU(), torch::nn::Linear(ct.projectionHidden, ct.projectionOut));
     projection_->to(detector_->device());
@@ -92,6 +98,7 @@ TrainingSession::TrainingSession(std::shared_ptr<RetinaNetDetector> detector, co
   }
   if (training.replicas < 1 || training.replicas > 256) throw RangeError("Expected an integer between 1 and 256 for replicas");
   if (training.replicas > 1) {
+    if (nanodet_) throw RangeError("replicas > 1 is not available for NanoDet-Plus (its loss normalisers are batch-wide); use replicas 1");
     if (!detector_->device().is_cpu())
       throw RangeError("replicas > 1 is CPU data parallelism; this model is on " + detector_->device().str());
     const auto& lo = loss_->options();
@@ -103,7 +110,7 @@ TrainingSession::TrainingSession(std::shared_ptr<RetinaNetDetector> detector, co
       throw RangeError("replicas > 1 needs per-image normalisation: focal normalize 'batch' would differ per chunk");
     torch::NoGradGuard noGrad;
     for (int64_t r = 1; r < training.replicas; ++r) {
-      RetinaNet replica(detector_->net()->config());
+      RetinaNet replica(retina_->net()->config());
       replica->to(detector_->device());
       replicas_.push_back(replica);
       replicaLosses_.push_back(std::make_unique<RetinaLoss>(lo));
@@ -112,7 +119,7 @@ TrainingSession::TrainingSession(std::shared_ptr<RetinaNetDetector> detector, co
 }
 
 LossParts TrainingSession::forwardBackwardParallel(const torch::Tensor& images, const torch::Tensor& annotations) {
-  auto& net = detector_->net();
+  auto& net = retina_->net();
   const int64_t B = images.size(0);
   const auto xs = images.chunk(static_cast<int64_t>(replicas_.size()) + 1, 0);
   const auto as = annotations.chunk(static_cast<int64_t>(replicas_.size()) + 1, 0);
@@ -183,8 +190,8 @@ LossParts TrainingSession::forwardBackwardParallel(const torch::Tensor& images, 
 
 std::vector<torch::Tensor> TrainingSession::emaTargets() {
   std::vector<torch::Tensor> out;
-  for (const auto& p : detector_->net()->parameters()) out.push_back(p);
-  for (const auto& b : detector_->net()->buffers()) out.push_back(b);
+  for (const auto& p : detector_->module().parameters()) out.push_back(p);
+  for (const auto& b : detector_->module().buffers()) out.push_back(b);
   return out;
 }
 
@@ -215,69 +222,19 @@ void TrainingSession::swapEma() {
   }
 }
 
-StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tensor& annotations, double lr, const torch::Tensor& views) {
+StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tensor& annotations, double lr, const torch::Tensor& views,
+                                 int64_t epoch) {
   if (!(lr > 0) || !std::isfinite(lr)) throw RangeError("lr must be a positive finite number");
   std::lock_guard<std::mutex> lock(detector_->mutex());
   const c10::DeviceGuard guard(detector_->device());
   for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
-  auto& net = detector_->net();
-  net->train(true);
+  detector_->setTraining(true);
   const auto x = images.to(detector_->device());
   const auto ann = annotations.to(detector_->device());
   optimizer_->zero_grad();
   StepResult r;
-  const auto& ct = loss_->options().contrastive;
-  const bool contrastive = ct.weight > 0;
-  if (contrastive && (!views.defined() || views.sizes() != images.sizes()))
-    throw RangeError("the contrastive loss needs the second view of the batch (a loader with views: 2), of the images' shape");
-  auto report = [&r, contrastive](const LossParts& parts, const torch::Tensor& extra) {
-    // one host synchronisation per step, for the values reported and the finiteness check
-    const auto values = torch::stack({parts.cls.detach().reshape({}), parts.reg.detach().reshape({}), extra.detach().reshape({}).to(parts.cls.scalar_type())})
-                            .to(torch::kCPU, torch::kFloat64);
-    r.cls = values[0].item<double>();
-    r.reg = values[1].item<double>();
-    r.contrastive = values[2].item<double>();
-    r.total = r.cls + r.reg + r.contrastive;
-    if (std::isfinite(r.total)) return true;
-    r.skipped = true;
-    r.reason = "non-finite loss (cls " + std::to_string(r.cls) + ", reg " + std::to_string(r.reg) + (contrastive ? ", contrastive " + std::to_string(r.contrastive) : "") + ")";
-    return false;
-  };
-  const auto zero = torch::zeros({}, x.options());
-  if (!replicas_.empty() && x.size(0) > 1) {
-    if (!report(forwardBackwardParallel(x, ann), zero)) {
-      optimizer_->zero_grad();
-      for (auto& replica : replicas_) replica->zero_grad();
-      return r;
-    }
-  } else {
-    RetinaNetOutput out, viewOut;
-    {
-      const CudaBf16Autocast autocast(training_.amp);
-      out = net->forward(x);
-      if (contrastive) viewOut = net->forward(views.to(detector_->device()));
-    }
-    std::vector<int64_t> levels;
-    for (const auto& p : out.pyramid) levels.push_back(p.size(2) * p.size(3) * net->config().anchors.anchorsPerLocation());
-    // losses in float32 (a no-op without amp)
-    auto parts = loss_->forward(out.classification.to(torch::kFloat), out.regression.to(torch::kFloat), out.anchors, ann, levels);
-    torch::Tensor extra = zero;
-    if (contrastive) {
-      if (ct.detectOnViews) {
-        const auto more = loss_->forward(viewOut.classification.to(torch::kFloat), viewOut.regression.to(torch::kFloat), viewOut.anchors, ann, levels);
-        parts.cls = parts.cls + more.cls;
-        parts.reg = parts.reg + more.reg;
-      }
-      std::vector<torch::Tensor> f1, f2;
-      for (const auto& p : out.pyramid) f1.push_back(p.to(torch::kFloat));
-      for (const auto& p : viewOut.pyramid) f2.push_back(p.to(torch::kFloat));
-      Projection project;
-      if (projection_) project = [this](const torch::Tensor& t) { return projection_->forward(t); };
-      extra = contrastiveLoss(f1, f2, ann, x.size(2), x.size(3), ct.loss, project).loss * ct.weight;
-    }
-    if (!report(parts, extra)) return r;
-    (parts.cls + parts.reg + extra).backward();
-  }
+  const bool applied = retina_ ? stepRetinaNet(x, ann, views, r) : stepNanoDetPlus(x, ann, epoch, r);
+  if (!applied) return r;
   const double maxNorm = options_.clipGradNorm > 0 ? options_.clipGradNorm : std::numeric_limits<double>::infinity();
   r.gradNorm = torch::nn::utils::clip_grad_norm_(params_, maxNorm);
   if (!std::isfinite(r.gradNorm)) {
@@ -289,6 +246,113 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   optimizer_->step();
   updateEma();
   return r;
+}
+
+namespace {
+
+/// Reads named scalar losses to the host in one synchronisation; false (and the reason) when any is not finite.
+bool readLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values, std::string& reason) {
+  std::vector<torch::Tensor> flat;
+  for (const auto& [name, t] : named) flat.push_back(t.detach().reshape({}).to(torch::kFloat64));
+  const auto host = torch::stack(flat).cpu();
+  values.assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+  bool finite = true;
+  for (double v : values) finite = finite && std::isfinite(v);
+  if (finite) return true;
+  reason = "non-finite loss (";
+  for (size_t i = 0; i < named.size(); ++i) reason += (i ? ", " : "") + named[i].first + " " + std::to_string(values[i]);
+  reason += ")";
+  return false;
+}
+
+}  // namespace
+
+bool TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r) {
+  auto& net = retina_->net();
+  const auto& ct = loss_->options().contrastive;
+  const bool contrastive = ct.weight > 0;
+  if (contrastive && (!views.defined() || views.sizes() != x.sizes()))
+    throw RangeError("the contrastive loss needs the second view of the batch (a loader with views: 2), of the images' shape");
+  auto report = [&r, contrastive](const LossParts& parts, const torch::Tensor& extra) {
+    // one host synchronisation per step, for the values reported and the finiteness check
+    std::vector<std::pair<std::string, torch::Tensor>> named{{"cls", parts.cls}, {"reg", parts.reg}};
+    if (contrastive) named.emplace_back("contrastive", extra);
+    std::vector<double> v;
+    const bool ok = readLosses(named, v, r.reason);
+    r.cls = v[0];
+    r.reg = v[1];
+    r.contrastive = contrastive ? v[2] : 0.0;
+    r.total = r.cls + r.reg + r.contrastive;
+    r.skipped = !ok;
+    return ok;
+  };
+  const auto zero = torch::zeros({}, x.options());
+  if (!replicas_.empty() && x.size(0) > 1) {
+    if (!report(forwardBackwardParallel(x, ann), zero)) {
+      optimizer_->zero_grad();
+      for (auto& replica : replicas_) replica->zero_grad();
+      return false;
+    }
+    return true;
+  }
+  RetinaNetOutput out, viewOut;
+  {
+    const CudaBf16Autocast autocast(training_.amp);
+    out = net->forward(x);
+    if (contrastive) viewOut = net->forward(views.to(detector_->device()));
+  }
+  std::vector<int64_t> levels;
+  for (const auto& p : out.pyramid) levels.push_back(p.size(2) * p.size(3) * net->config().anchors.anchorsPerLocation());
+  // losses in float32 (a no-op without amp)
+  auto parts = loss_->forward(out.classification.to(torch::kFloat), out.regression.to(torch::kFloat), out.anchors, ann, levels);
+  torch::Tensor extra = zero;
+  if (contrastive) {
+    if (ct.detectOnViews) {
+      const auto more = loss_->forward(viewOut.classification.to(torch::kFloat), viewOut.regression.to(torch::kFloat), viewOut.anchors, ann, levels);
+      parts.cls = parts.cls + more.cls;
+      parts.reg = parts.reg + more.reg;
+    }
+    std::vector<torch::Tensor> f1, f2;
+    for (const auto& p : out.pyramid) f1.push_back(p.to(torch::kFloat));
+    for (const auto& p : viewOut.pyramid) f2.push_back(p.to(torch::kFloat));
+    Projection project;
+    if (projection_) project = [this](const torch::Tensor& t) { return projection_->forward(t); };
+    extra = contrastiveLoss(f1, f2, ann, x.size(2), x.size(3), ct.loss, project).loss * ct.weight;
+  }
+  if (!report(parts, extra)) return false;
+  (parts.cls + parts.reg + extra).backward();
+  return true;
+}
+
+bool TrainingSession::stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r) {
+  auto& net = nanodet_->net();
+  const auto& cfg = net->config();
+  const bool detach = epoch >= nanodetLoss_.detachEpoch;
+  NanoDetPlusOutput out;
+  {
+    const CudaBf16Autocast autocast(training_.amp);
+    out = net->forwardTrain(x, detach);
+  }
+  const auto preds = out.preds.to(torch::kFloat);
+  const auto aux = out.auxPreds.defined() ? out.auxPreds.to(torch::kFloat) : torch::Tensor();
+  const bool assignWithMain = nanodetLoss_.assignBy == "aux-until-detach" && detach;
+  const auto parts = nanodetPlusLoss(preds, aux, out.priors, ann, cfg.numClasses, cfg.regMax, nanodetLoss_, assignWithMain);
+  std::vector<std::pair<std::string, torch::Tensor>> named{{"qfl", parts.main.qfl}, {"bbox", parts.main.bbox}, {"dfl", parts.main.dfl}};
+  if (aux.defined()) {
+    named.emplace_back("auxQfl", parts.aux.qfl);
+    named.emplace_back("auxBbox", parts.aux.bbox);
+    named.emplace_back("auxDfl", parts.aux.dfl);
+  }
+  std::vector<double> v;
+  const bool ok = readLosses(named, v, r.reason);
+  for (size_t i = 0; i < named.size(); ++i) r.components.emplace_back(named[i].first, v[i]);
+  r.cls = v[0] + (aux.defined() ? v[3] : 0.0);
+  r.reg = v[1] + v[2] + (aux.defined() ? v[4] + v[5] : 0.0);
+  r.total = r.cls + r.reg;
+  r.skipped = !ok;
+  if (!ok) return false;
+  parts.total().backward();
+  return true;
 }
 
 namespace {
@@ -325,7 +389,7 @@ void TrainingSession::saveState(const std::string& path) {
   torch::serialize::OutputArchive optimizer;
   optimizer_->save(optimizer);
   archive.write("optimizer", optimizer);
-  {
+  if (loss_) {
     std::lock_guard<std::mutex> lossLock(loss_->mutex());
     writeGhm(archive, "ghmc", loss_->ghmcStates());
     writeGhm(archive, "ghmr", loss_->ghmrStates());
@@ -375,17 +439,21 @@ void TrainingSession::loadState(const std::string& path) {
       projection_->load(head);
     }
     std::vector<GhmState> ghmc, ghmr;
-    readGhm(archive, "ghmc", ghmc, loss_->options().ghmc, device);
-    readGhm(archive, "ghmr", ghmr, loss_->options().ghmr, device);
+    if (loss_) {
+      readGhm(archive, "ghmc", ghmc, loss_->options().ghmc, device);
+      readGhm(archive, "ghmr", ghmr, loss_->options().ghmr, device);
+    }
     torch::serialize::InputArchive optimizer;
     archive.read("optimizer", optimizer);
     // LibTorch checks the parameter count; the shapes were checked with the weights (strict load)
     optimizer_->load(optimizer);
     ema_ = std::move(ema);
     emaUpdates_ = emaUpdates.item<int64_t>();
-    std::lock_guard<std::mutex> lossLock(loss_->mutex());
-    loss_->ghmcStates() = std::move(ghmc);
-    loss_->ghmrStates() = std::move(ghmr);
+    if (loss_) {
+      std::lock_guard<std::mutex> lossLock(loss_->mutex());
+      loss_->ghmcStates() = std::move(ghmc);
+      loss_->ghmrStates() = std::move(ghmr);
+    }
   } catch (const c10::Error& e) {
     const std::string msg = e.what_without_backtrace();
     throw std::runtime_error(path + ": not a training state of this model and optimizer (" + msg.substr(0, msg.find('\n')) + ")");

@@ -1,5 +1,6 @@
 // One training step of a detector in one native call: forward (train mode; BatchNorm frozen as the
-// model says), the RetinaNet loss composer, a finiteness check, backward, gradient-norm clipping,
+// model says), the architecture's loss (the RetinaNet loss composer, or the NanoDet-Plus loss with
+// its AGM), a finiteness check, backward, gradient-norm clipping,
 // and the optimizer step (LibTorch's SGD or AdamW). A non-finite loss or gradient skips the step
 // (no update) and says so — never a silent skip.
 #pragma once
@@ -8,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "core/losses/nanodet_loss.h"
 #include "core/losses/retina_loss.h"
 #include "core/models/detector.h"
 
@@ -41,7 +43,10 @@ struct TrainingOptions {
 };
 
 struct StepResult {
+  /// cls: classification terms (NanoDet-Plus: QFL of both heads); reg: box terms (GIoU + DFL).
   double cls = 0, reg = 0, contrastive = 0, total = 0;
+  /// The architecture's own terms by name (NanoDet-Plus: qfl, bbox, dfl, auxQfl, auxBbox, auxDfl).
+  std::vector<std::pair<std::string, double>> components;
   double gradNorm = 0;  // before clipping
   bool skipped = false;
   std::string reason;   // why it was skipped
@@ -49,12 +54,15 @@ struct StepResult {
 
 class TrainingSession {
  public:
-  TrainingSession(std::shared_ptr<RetinaNetDetector> detector, const OptimizerOptions& optimizer, const RetinaLossOptions& loss,
-                  const TrainingOptions& training = {});
+  /// loss: the RetinaNet composer's options (RetinaNet models); nanodetLoss: NanoDet-Plus models'.
+  TrainingSession(std::shared_ptr<Detector> detector, const OptimizerOptions& optimizer, const RetinaLossOptions& loss,
+                  const TrainingOptions& training = {}, const NanoDetLossOptions& nanodetLoss = {});
 
   /// images [B, 3, H, W] float32, annotations [B, M, 5] (−1 padded), on the model's device; lr for this
-  /// step; views [B, 3, H, W]: the contrastive second view (needed when the loss has a contrastive weight).
-  StepResult step(const torch::Tensor& images, const torch::Tensor& annotations, double lr, const torch::Tensor& views = {});
+  /// step; views [B, 3, H, W]: the contrastive second view (needed when the loss has a contrastive weight);
+  /// epoch: the epoch this step belongs to (NanoDet-Plus detaches the AGM from detachEpoch on).
+  StepResult step(const torch::Tensor& images, const torch::Tensor& annotations, double lr, const torch::Tensor& views = {},
+                  int64_t epoch = 0);
 
   /// Everything of the session that is not the model's weights — optimizer state (momentum buffers,
   /// Adam moments, step counts), GHM momentum states, the EMA weights and their update count — to and
@@ -68,11 +76,16 @@ class TrainingSession {
   bool hasEma() const { return !ema_.empty(); }
   int64_t emaUpdates() const { return emaUpdates_; }
 
-  RetinaLoss& loss() { return *loss_; }
-  std::shared_ptr<RetinaNetDetector> detector() { return detector_; }
+  std::shared_ptr<Detector> detector() { return detector_; }
 
  private:
-  std::shared_ptr<RetinaNetDetector> detector_;
+  std::shared_ptr<Detector> detector_;
+  std::shared_ptr<RetinaNetDetector> retina_;    // set for RetinaNet models
+  std::shared_ptr<NanoDetPlusDetector> nanodet_;  // set for NanoDet-Plus models
+  NanoDetLossOptions nanodetLoss_;
+  /// The RetinaNet path of step(): losses and backward (returns false when skipped).
+  bool stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r);
+  bool stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r);
   void updateEma();
   /// Forward, loss and backward of the batch split over the model and its replicas.
   LossParts forwardBackwardParallel(const torch::Tensor& images, const torch::Tensor& annotations);
@@ -80,7 +93,7 @@ class TrainingSession {
 
   OptimizerOptions options_;
   TrainingOptions training_;
-  std::unique_ptr<RetinaLoss> loss_;
+  std::unique_ptr<RetinaLoss> loss_;  // RetinaNet models only
   std::vector<torch::Tensor> ema_;
   std::vector<RetinaNet> replicas_;
   torch::nn::Sequential projection_{nullptr};  // the contrastive loss's projection head, when asked
