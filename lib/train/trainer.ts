@@ -15,6 +15,7 @@ import { COCO_STAT_NAMES } from '../eval/coco_eval';
 import { DetectorEvaluation, evaluateDetector, EvaluateOptions } from '../eval/evaluate';
 import { writeFileAtomic, writeJsonAtomic } from '../io';
 import { checkContrastiveTraining, RetinaNetLossOptions } from '../losses';
+import { checkNanoDetPlusLossOptions, NanoDetPlusLossOptions } from '../nanodet';
 import type { Model } from '../model';
 import { checkInteger, checkOneOf, checkOptions, invalid } from '../validate';
 import { smooth, thin, writeLineChart } from './plots';
@@ -72,7 +73,8 @@ export interface EmaOptions {
 
 export interface TrainerOptions {
   optimizer?: OptimizerOptions;
-  loss?: RetinaNetLossOptions;
+  /** The loss: RetinaNetLossOptions for a RetinaNet model, NanoDetPlusLossOptions for a NanoDet-Plus model. */
+  loss?: RetinaNetLossOptions | NanoDetPlusLossOptions;
   schedule?: ScheduleOptions;
   /** bf16 autocast of the forward pass on CUDA (losses stay float32); default false. An error on CPU. */
   amp?: boolean;
@@ -91,9 +93,10 @@ export interface TrainerOptions {
 }
 
 /** The replica count `replicas` resolves to for a model on `device` with `loss`. */
-export function resolveReplicas(replicas: TrainerOptions['replicas'], device: string, loss: RetinaNetLossOptions = {}): number {
+export function resolveReplicas(replicas: TrainerOptions['replicas'], device: string, loss: RetinaNetLossOptions = {}, architecture: 'retinanet' | 'nanodet-plus' = 'retinanet'): number {
   if (replicas === undefined) return 1;
   if (replicas !== 'auto') return replicas;
+  if (architecture === 'nanodet-plus') return 1; // batch-wide loss normalisers
   const batchStatistics = (loss.classification ?? 'focal') !== 'focal' || loss.regression === 'ghmr' || (loss.focal?.variant === 'logits' && loss.focal?.normalize === 'batch') || (loss.contrastive?.weight ?? 0) > 0;
   return device === 'cpu' && !batchStatistics ? Math.max(1, os.availableParallelism()) : 1;
 }
@@ -192,7 +195,7 @@ function emaSettings(ema: TrainerOptions['ema']): { emaDecay: number; emaTau: nu
   return { emaDecay: o.decay ?? 0.9998, emaTau: o.tau ?? 2000 };
 }
 
-function checkTrainerOptions(options: TrainerOptions | undefined): TrainerOptions {
+function checkTrainerOptions(options: TrainerOptions | undefined, architecture: 'retinanet' | 'nanodet-plus'): TrainerOptions {
   const o = checkOptions('options', options);
   const opt = checkOptions('options.optimizer', o.optimizer);
   if (opt.type !== undefined) checkOneOf('options.optimizer.type', opt.type, ['sgd', 'adamw'] as const);
@@ -215,9 +218,17 @@ function checkTrainerOptions(options: TrainerOptions | undefined): TrainerOption
   }
   if (o.maxConsecutiveSkips !== undefined) checkInteger('options.maxConsecutiveSkips', o.maxConsecutiveSkips, 1, 1e9);
   if (o.replicas !== undefined && o.replicas !== 'auto') checkInteger('options.replicas', o.replicas, 1, 256);
-  if (o.loss !== undefined) checkContrastiveTraining('options.loss.contrastive', checkOptions('options.loss', o.loss).contrastive);
+  if (architecture === 'nanodet-plus') {
+    const l = checkOptions('options.loss', o.loss) as Record<string, unknown>;
+    const foreign = Object.keys(l).filter((k) => !NANODET_LOSS_KEYS.includes(k));
+    if (foreign.length > 0) throw new RangeError(`options.loss: ${foreign.join(', ')} ${foreign.length > 1 ? 'are' : 'is'} not an option of the NanoDet-Plus loss (expected ${NANODET_LOSS_KEYS.join(', ')})`);
+    return { ...o, optimizer: opt, schedule: sch, loss: checkNanoDetPlusLossOptions('options.loss', o.loss as NanoDetPlusLossOptions) };
+  }
+  if (o.loss !== undefined) checkContrastiveTraining('options.loss.contrastive', checkOptions('options.loss', o.loss as RetinaNetLossOptions).contrastive);
   return { ...o, optimizer: opt, schedule: sch };
 }
+
+const NANODET_LOSS_KEYS = ['qflBeta', 'qflWeight', 'giouWeight', 'dflWeight', 'detachEpoch', 'assignBy', 'assigner'];
 
 /** Keys whose values differ between two option objects (for a clear resume error). */
 function differences(a: unknown, b: unknown, prefix = ''): string[] {
@@ -254,10 +265,10 @@ export class Trainer extends EventEmitter {
 
   constructor(model: Model, options?: TrainerOptions) {
     super();
-    this.options = checkTrainerOptions(options);
+    this.options = checkTrainerOptions(options, model.architecture);
     this.model = model;
     const { emaDecay, emaTau } = emaSettings(this.options.ema);
-    const replicas = resolveReplicas(this.options.replicas, model.device, this.options.loss);
+    const replicas = resolveReplicas(this.options.replicas, model.device, this.options.loss as RetinaNetLossOptions, model.architecture);
     this.session = native().trainerCreate(model.handle, this.options.optimizer ?? {}, this.options.loss ?? {}, { amp: this.options.amp ?? false, emaDecay, emaTau, replicas });
   }
 
@@ -305,7 +316,7 @@ export class Trainer extends EventEmitter {
   async step(batch: Batch, lr = this.lrAt(0), where: { epoch: number; batch: number; step: number } = { epoch: 0, batch: 0, step: 0 }): Promise<StepRecord> {
     const started = process.hrtime.bigint();
     if (this.usesViews && !batch.views) throw new Error('the contrastive loss needs the second view of every batch: create the DataLoader with views: 2');
-    const r = await native().trainerStepAsync(this.session, batch.images.handle, batch.annotations.handle, lr, this.usesViews ? batch.views!.handle : null);
+    const r = await native().trainerStepAsync(this.session, batch.images.handle, batch.annotations.handle, lr, this.usesViews ? batch.views!.handle : null, where.epoch);
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const record: StepRecord = { ...where, lr, ...r, reason: r.skipped ? r.reason : undefined, ids: batch.ids, seconds, imagesPerSecond: batch.ids.length / seconds };
     this.consecutiveSkips = r.skipped ? this.consecutiveSkips + 1 : 0;
@@ -315,7 +326,7 @@ export class Trainer extends EventEmitter {
 
   /** Whether the steps use the batches' second view (the contrastive term is on). */
   get usesViews(): boolean {
-    return (this.options.loss?.contrastive?.weight ?? 0) > 0;
+    return ((this.options.loss as RetinaNetLossOptions | undefined)?.contrastive?.weight ?? 0) > 0;
   }
 
   /** Whether the weights are averaged (EMA). */
