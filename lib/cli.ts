@@ -64,7 +64,7 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
 /** `train` flags that set one configuration field each. */
 const TRAIN_FLAG_FIELDS: Array<[string, string]> = [
   ['classes', 'data.classes'], ['batchSize', 'data.batchSize'], ['minSide', 'data.minSide'], ['maxSide', 'data.maxSide'],
-  ['depth', 'model.depth'], ['featureSize', 'model.featureSize'], ['weights', 'model.weights'], ['backbone', 'model.backbone'],
+  ['head', 'model.head'], ['depth', 'model.depth'], ['featureSize', 'model.featureSize'], ['weights', 'model.weights'], ['backbone', 'model.backbone'],
   ['optimizer', 'optimizer.type'], ['lr', 'optimizer.lr'], ['contrastive', 'loss.contrastive.weight'],
   ['epochs', 'epochs'], ['device', 'device'], ['amp', 'amp'], ['ema', 'ema'], ['seed', 'seed'], ['out', 'out'],
 ];
@@ -73,7 +73,7 @@ export function makeProgram(): Command {
   const program = new Command();
   program
     .name('onestage')
-    .description('Train, evaluate and run one-stage object detectors (RetinaNet with Focal / GHM losses) on LibTorch')
+    .description('Train, evaluate and run one-stage object detectors (RetinaNet with Focal / GHM / contrastive losses, NanoDet-Plus) on LibTorch')
     .showHelpAfterError();
 
   program
@@ -107,6 +107,7 @@ export function makeProgram(): Command {
     .option('--csv-train <file>', 'CSV annotations of the training set')
     .option('--csv-val <file>', 'CSV annotations of the validation set')
     .option('--classes <file>', 'CSV classes file')
+    .addOption(new Option('--head <kind>', "detector: 'retinanet' (default) or 'nanodet-plus'").choices(['retinanet', 'nanodet-plus']))
     .option('--depth <n>', 'ResNet depth (18, 34, 50, 101, 152)', intOption('--depth', 1))
     .option('--feature-size <n>', 'FPN and subnet channels', intOption('--feature-size', 1))
     .option('--weights <file>', 'start from these weights')
@@ -142,6 +143,7 @@ export function makeProgram(): Command {
       setPath(base, 'data.val', o.cocoVal ?? o.csvVal);
       for (const [flag, field] of TRAIN_FLAG_FIELDS) setPath(base, field, o[flag]);
       if (o.loss !== undefined) {
+        if (o.head === 'nanodet-plus' || (base.model as Record<string, unknown> | undefined)?.head === 'nanodet-plus') throw new Error('--loss chooses a RetinaNet loss; NanoDet-Plus trains with QFL, GIoU and DFL');
         const [classification, regression] = o.loss === 'ghm' ? ['ghmc', 'ghmr'] : ['focal', 'smoothL1'];
         setPath(base, 'loss.classification', classification);
         setPath(base, 'loss.regression', regression);

@@ -7,7 +7,8 @@ import Ajv, { ErrorObject } from 'ajv';
 import * as fs from 'node:fs';
 import type { AnchorOptions, BoxCoderOptions } from './geometry';
 import type { RetinaNetLossOptions } from './losses';
-import type { ResNetDepth } from './model';
+import type { NanoDetPlusOptions, ResNetDepth } from './model';
+import type { NanoDetPlusLossOptions } from './nanodet';
 import type { EmaOptions, OptimizerOptions, ScheduleOptions } from './train/trainer';
 import type { ProgressMode } from './train/progress';
 
@@ -31,9 +32,16 @@ export interface TrainConfig {
     augment: boolean;
   };
   model: {
+    /** 'retinanet' (default) or 'nanodet-plus'. */
+    head: 'retinanet' | 'nanodet-plus';
+    /** Default 50 (RetinaNet) or 18 (NanoDet-Plus). */
     depth: ResNetDepth;
+    /** FPN channels; default 256 (RetinaNet) or 96 (NanoDet-Plus). */
     featureSize: number;
+    /** Default true (RetinaNet, as pytorch-retinanet) or false (NanoDet-Plus). */
     freezeBn: boolean;
+    /** NanoDet-Plus only: its strides, head, regMax and AGM (see NanoDetPlusOptions). */
+    nanodet?: Pick<NanoDetPlusOptions, 'strides' | 'head' | 'regMax' | 'aux'>;
     anchors?: AnchorOptions;
     boxCoder?: BoxCoderOptions;
     /** Start from these weights (.safetensors or .pt state_dict). */
@@ -41,7 +49,8 @@ export interface TrainConfig {
     /** Backbone weights only (torchvision ResNet state_dict). */
     backbone?: string;
   };
-  loss: RetinaNetLossOptions;
+  /** RetinaNetLossOptions, or NanoDetPlusLossOptions with head 'nanodet-plus'. */
+  loss: RetinaNetLossOptions & NanoDetPlusLossOptions;
   optimizer: OptimizerOptions;
   schedule: ScheduleOptions;
   epochs: number;
@@ -92,9 +101,16 @@ export const TRAIN_CONFIG_SCHEMA = closed(
     ),
     model: closed(
       {
-        depth: { enum: [18, 34, 50, 101, 152], default: 50 },
-        featureSize: int({ minimum: 1, maximum: 4096, default: 256 }),
-        freezeBn: { type: 'boolean', default: true },
+        head: { enum: ['retinanet', 'nanodet-plus'], default: 'retinanet' },
+        depth: { enum: [18, 34, 50, 101, 152] },
+        featureSize: int({ minimum: 1, maximum: 4096 }),
+        freezeBn: { type: 'boolean' },
+        nanodet: closed({
+          strides: { anyOf: [{ const: [8, 16, 32] }, { const: [8, 16, 32, 64] }, { const: [8, 16, 32, 64, 128] }] },
+          head: closed({ channels: int({ minimum: 1, maximum: 4096 }), stackedConvs: int({ minimum: 0, maximum: 16 }), kernelSize: int({ minimum: 1, maximum: 15 }), convType: { enum: ['depthwise', 'conv'] } }),
+          regMax: int({ minimum: 1, maximum: 64 }),
+          aux: { anyOf: [{ type: 'boolean' }, closed({ channels: int({ minimum: 1, maximum: 4096 }), stackedConvs: int({ minimum: 0, maximum: 16 }), groups: int({ minimum: 1, maximum: 4096 }) })] },
+        }),
         anchors: closed({ levels: { type: 'array', items: int() }, strides: { type: 'array', items: num({ exclusiveMinimum: 0 }) }, sizes: { type: 'array', items: num({ exclusiveMinimum: 0 }) }, ratios: { type: 'array', items: num({ exclusiveMinimum: 0 }) }, scales: { type: 'array', items: num({ exclusiveMinimum: 0 }) } }),
         boxCoder,
         weights: { type: 'string', minLength: 1 },
@@ -124,6 +140,14 @@ export const TRAIN_CONFIG_SCHEMA = closed(
           projection: closed({ hidden: int({ minimum: 1, maximum: 65536 }), out: int({ minimum: 1, maximum: 65536 }) }, { required: ['hidden'] }),
           detectOnViews: { type: 'boolean' },
         }),
+        // NanoDet-Plus (model.head 'nanodet-plus')
+        qflBeta: nonNeg,
+        qflWeight: nonNeg,
+        giouWeight: nonNeg,
+        dflWeight: nonNeg,
+        detachEpoch: int({ minimum: 0 }),
+        assignBy: { enum: ['aux', 'aux-until-detach'] },
+        assigner: closed({ topk: int({ minimum: 1, maximum: 1000 }), iouFactor: nonNeg, softCenterPrior: { type: 'boolean' }, softCenterRadius: num(), ignoreIof: num({ minimum: 0, maximum: 1 }), maxPairs: int({ minimum: 1 }) }),
       },
       { default: {} },
     ),
@@ -197,6 +221,16 @@ export function parseTrainConfig(value: unknown, root = 'config'): TrainConfig {
     if (c.data.format === 'coco' && c.data.classes) problems.push(`${root}.data.classes is only for format 'csv'`);
     if (c.data.minSide > c.data.maxSide) problems.push(`${root}.data.minSide (${c.data.minSide}) must not exceed ${root}.data.maxSide (${c.data.maxSide})`);
     if (c.model.weights && c.model.backbone) problems.push(`${root}.model.weights and ${root}.model.backbone exclude each other`);
+    const nanodet = c.model.head === 'nanodet-plus';
+    c.model.depth ??= nanodet ? 18 : 50;
+    c.model.featureSize ??= nanodet ? 96 : 256;
+    c.model.freezeBn ??= !nanodet;
+    const retinaLossKeys = ['classification', 'regression', 'clsWeight', 'regWeight', 'focal', 'ghmc', 'ghmr', 'ghmPerLevel', 'contrastive'];
+    const nanodetLossKeys = ['qflBeta', 'qflWeight', 'giouWeight', 'dflWeight', 'detachEpoch', 'assignBy', 'assigner'];
+    for (const k of Object.keys(c.loss))
+      if ((nanodet ? retinaLossKeys : nanodetLossKeys).includes(k)) problems.push(`${root}.loss.${k} is ${nanodet ? 'a RetinaNet' : 'a NanoDet-Plus'} loss option; ${root}.model.head is '${c.model.head}'`);
+    if (!nanodet && c.model.nanodet) problems.push(`${root}.model.nanodet needs ${root}.model.head 'nanodet-plus'`);
+    if (nanodet && (c.model.anchors || c.model.boxCoder)) problems.push(`${root}.model.anchors and boxCoder are RetinaNet options; NanoDet-Plus uses centre priors`);
     if (c.schedule.type === 'plateau' && c.schedule.monitor && c.schedule.monitor !== 'loss' && !c.data.val) problems.push(`${root}.schedule.monitor '${c.schedule.monitor}' needs ${root}.data.val`);
   }
   if (problems.length > 0) throw new Error(`invalid configuration:\n  ${problems.join('\n  ')}`);

@@ -94,6 +94,33 @@ test('cli: a bad configuration is rejected with every bad field named', (t) => {
   t.is(resolved.data.minSide, 608, 'defaults are filled in');
 });
 
+test('cli: train --head nanodet-plus trains a NanoDet-Plus; eval and detect rebuild it from its weights; RetinaNet loss options are refused for it', (t) => {
+  const dir = tempDir();
+  const data = path.join(dir, 'data');
+  t.is(run('make-shapes', '--out', data, '--train', '8', '--val', '4', '--size', '64', '--classes', '2', '--seed', '4').status, 0);
+  const out = path.join(dir, 'nd');
+  const trained = run('train', '--head', 'nanodet-plus', '--coco-train', path.join(data, 'instances_train.json'), '--coco-val', path.join(data, 'instances_val.json'),
+    '--depth', '18', '--feature-size', '16', '--min-side', '64', '--max-side', '64', '--batch-size', '4', '--epochs', '1', '--device', 'cpu', '--out', out, '--optimizer', 'adamw', '--lr', '0.001');
+  t.is(trained.status, 0, trained.stderr);
+  t.regex(trained.stderr, /training NanoDet-Plus ResNet-18/);
+  const config = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+  t.is(config.model.featureSize, 16);
+  t.false(config.model.freezeBn, 'NanoDet-Plus trains its BatchNorm by default');
+  const ev = run('eval', '--weights', path.join(out, 'model.safetensors'), '--coco', path.join(data, 'instances_val.json'), '--device', 'cpu', '--json');
+  t.is(ev.status, 0, ev.stderr);
+  t.is(JSON.parse(ev.stdout).stats.length, 12);
+  const image = path.join(data, JSON.parse(fs.readFileSync(path.join(data, 'instances_val.json'), 'utf8')).images[0].file_name);
+  const det = run('detect', '--weights', path.join(out, 'model.safetensors'), '--out', path.join(dir, 'drawn'), '--score-threshold', '0.01', '--device', 'cpu', image);
+  t.is(det.status, 0, det.stderr);
+  const cfg = path.join(dir, 'nd.json');
+  fs.writeFileSync(cfg, JSON.stringify({ data: { train: 'x.json' }, model: { head: 'nanodet-plus', anchors: { sizes: [8, 16, 32, 64, 128] } }, loss: { classification: 'ghmc', detachEpoch: 3 } }));
+  const bad = run('train', '--config', cfg);
+  t.is(bad.status, 1);
+  t.regex(bad.stderr, /config\.loss\.classification is a RetinaNet loss option; config\.model\.head is 'nanodet-plus'/);
+  t.regex(bad.stderr, /config\.model\.anchors and boxCoder are RetinaNet options/);
+  t.regex(run('train', '--head', 'nanodet-plus', '--coco-train', 'a.json', '--loss', 'ghm').stderr, /--loss chooses a RetinaNet loss/);
+});
+
 test('cli: an unknown command or a bad option fails with a message and exit code 1', (t) => {
   const r = run('nonsense');
   t.is(r.status, 1);

@@ -42,14 +42,16 @@ export async function trainJob(config: TrainConfig, options: TrainJobOptions = {
   const loader = new DataLoader(train, { batchSize: d.batchSize, seed: config.seed, device, augment: d.augment, transform, views });
   const valLoader = val ? new DataLoader(val, { batchSize: d.batchSize, shuffle: false, augment: false, device, transform }) : undefined;
   const m = config.model;
-  const model = Model.retinanet({ numClasses: train.classes.length, classes: train.classes, depth: m.depth, featureSize: m.featureSize, freezeBn: m.freezeBn, anchors: m.anchors, boxCoder: m.boxCoder, device, seed: config.seed });
+  const nanodet = m.head === 'nanodet-plus';
+  const common = { numClasses: train.classes.length, classes: train.classes, depth: m.depth, featureSize: m.featureSize, freezeBn: m.freezeBn, device, seed: config.seed };
+  const model: Model = nanodet ? Model.nanodetPlus({ ...common, ...m.nanodet }) : Model.retinanet({ ...common, anchors: m.anchors, boxCoder: m.boxCoder });
   let trainer: Trainer | undefined;
   try {
     if (m.weights) await model.loadWeights(m.weights);
     if (m.backbone) await model.loadWeights(m.backbone, { backboneOnly: true });
     trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, ema: config.ema, replicas: config.replicas });
-    const replicas = resolveReplicas(config.replicas, device, config.loss);
-    log(`training RetinaNet ResNet-${m.depth} (${(model.parameters() / 1e6).toFixed(1)} M parameters) on ${device}${replicas > 1 ? ` (${replicas} replicas)` : ''}: ${train.length} images, ${train.classes.length} classes` +
+    const replicas = resolveReplicas(config.replicas, device, config.loss, model.architecture);
+    log(`training ${nanodet ? 'NanoDet-Plus' : 'RetinaNet'} ResNet-${m.depth} (${(model.parameters() / 1e6).toFixed(1)} M parameters) on ${device}${replicas > 1 ? ` (${replicas} replicas)` : ''}: ${train.length} images, ${train.classes.length} classes` +
       (val ? `, validating on ${val.length}` : '') + ` → ${config.out}`);
     writeJsonAtomic(path.join(config.out, 'config.json'), config, 2);
     const fit = await trainer.fit(loader, {

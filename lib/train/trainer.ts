@@ -125,6 +125,8 @@ export interface EpochRecord {
   reg: number;
   contrastive: number;
   total: number;
+  /** Means of the architecture's own terms (NanoDet-Plus: qfl, bbox, dfl, auxQfl, auxBbox, auxDfl). */
+  components: Record<string, number>;
   /** Learning rate of the last step. */
   lr: number;
   skipped: number;
@@ -391,6 +393,7 @@ export class Trainer extends EventEmitter {
     try {
       for (; epoch < o.epochs; epoch++, firstBatch = 0) {
         const sums = { cls: 0, reg: 0, contrastive: 0, total: 0, n: 0, images: 0, skipped: 0, lr: 0 };
+        const components: Record<string, number> = {};
         const epochStart = process.hrtime.bigint();
         let k = 0;
         progress.startEpoch(loader.length, firstBatch, { epoch, epochs: o.epochs, loss: NaN, cls: NaN, reg: NaN, lr: this.lrAt(step), imagesPerSecond: 0 });
@@ -411,6 +414,7 @@ export class Trainer extends EventEmitter {
               sums.reg += rec.reg;
               sums.contrastive += rec.contrastive;
               sums.total += rec.total;
+              for (const [k, v] of Object.entries(rec.components ?? {})) components[k] = (components[k] ?? 0) + v;
               sums.n++;
             }
             sums.images += rec.ids.length;
@@ -427,7 +431,7 @@ export class Trainer extends EventEmitter {
         progress.stopBar();
         const seconds = Number(process.hrtime.bigint() - epochStart) / 1e9;
         const n = Math.max(1, sums.n);
-        const record: EpochRecord = { epoch, step, cls: sums.cls / n, reg: sums.reg / n, contrastive: sums.contrastive / n, total: sums.total / n, lr: sums.lr, skipped: sums.skipped, seconds, imagesPerSecond: sums.images / seconds };
+        const record: EpochRecord = { epoch, step, cls: sums.cls / n, reg: sums.reg / n, contrastive: sums.contrastive / n, total: sums.total / n, components: Object.fromEntries(Object.entries(components).map(([k, v]) => [k, v / n])), lr: sums.lr, skipped: sums.skipped, seconds, imagesPerSecond: sums.images / seconds };
         const last = epoch === o.epochs - 1;
         if (o.valLoader && ((epoch + 1) % (o.evalEvery ?? 1) === 0 || last)) {
           const ev = await this.evaluate(o.valLoader, o.evaluate);
