@@ -1,23 +1,28 @@
 /**
- * Compares the losses on the shapes data: the same RetinaNet (ResNet-18, same seed, same data order)
- * trained with each loss configuration, evaluated on the validation set after every epoch.
+ * Compares the losses on the shapes data: the same ResNet-18 backbone and FPN (same seed, same data
+ * order) trained with each loss configuration — RetinaNet heads with its losses, and NanoDet-Plus
+ * (its head over centre priors, DSL assignment, QFL + GIoU + DFL and the AGM) — evaluated on the
+ * validation set after every epoch.
  * Writes <out>/compare-losses.md (AP, AP50, AP75, seconds per epoch) and <out>/compare-losses.{svg,png}
  * (validation AP50 of every configuration per epoch).
  *
  *   npx ts-node --transpile-only examples/compare-losses.ts [--epochs 12] [--device auto] [--out runs/compare]
  *
  * Configurations: focal + smooth L1 (pytorch-retinanet), focal + contrastive (the second view, weight 0.1),
- * GHM-C + GHM-R (mmdetection, box std 1). NanoDet-Plus joins this list when it lands (issue 8).
+ * GHM-C + GHM-R (mmdetection, box std 1), NanoDet-Plus (FPN 128, head 128, AGM detached from epoch
+ * 10 or at three quarters of the epochs when fewer).
  */
 import * as path from 'node:path';
 import { Command } from 'commander';
 import {
-  buildInfo, CocoDataset, DataLoader, Device, EpochRecord, makeShapes, Model, RetinaNetLossOptions, Trainer, TrainerOptions, writeFileAtomic, writeLineChart,
+  buildInfo, CocoDataset, DataLoader, Device, EpochRecord, makeShapes, Model, NanoDetPlusLossOptions, RetinaNetLossOptions, Trainer, TrainerOptions, writeFileAtomic, writeLineChart,
 } from '../lib';
 
 interface Variant {
   name: string;
-  loss: RetinaNetLossOptions;
+  loss: RetinaNetLossOptions | NanoDetPlusLossOptions;
+  /** NanoDet-Plus instead of RetinaNet. */
+  nanodet?: boolean;
   /** Box coder std of targets and decoding. */
   std: [number, number, number, number];
   /** The loader also makes the second view. */
@@ -34,6 +39,8 @@ const VARIANTS: Variant[] = [
   // the contrastive idea: focal + NT-Xent between the two views of every box (weight 0.1, projection head)
   { name: 'focal + contrastive', loss: { classification: 'focal', regression: 'smoothL1', contrastive: { weight: 0.1, temperature: 0.5, negatives: 'other-class', projection: { hidden: 128, out: 64 } } }, std: RETINANET_STD, views: 2 },
   { name: 'GHM-C + GHM-R', loss: { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7, mu: 0.02 }, focal: { boxCoder: { std: MMDET_STD } } }, std: MMDET_STD },
+  // NanoDet-Plus: QFL + GIoU + DFL on DSL assignment by the auxiliary head
+  { name: 'NanoDet-Plus (QFL + GIoU + DFL, AGM)', loss: {}, std: RETINANET_STD, nanodet: true },
 ];
 
 async function main(): Promise<void> {
@@ -42,8 +49,12 @@ async function main(): Promise<void> {
     .option('--device <device>', "'auto', 'cpu' or 'cuda'", 'auto')
     .option('--out <dir>', 'output folder', path.join('runs', 'compare'))
     .option('--train <n>', 'training images', '300')
+    .option('--only <names>', "comma-separated words picking configurations by name (e.g. 'nanodet,focal')")
     .parse()
-    .opts<{ epochs: string; device: string; out: string; train: string }>();
+    .opts<{ epochs: string; device: string; out: string; train: string; only?: string }>();
+  const picks = o.only?.split(',').map((w) => w.trim().toLowerCase()).filter(Boolean);
+  const variants = picks ? VARIANTS.filter((v) => picks.some((p) => v.name.toLowerCase().includes(p))) : VARIANTS;
+  if (variants.length === 0) throw new Error(`--only ${o.only} matches none of: ${VARIANTS.map((v) => v.name).join('; ')}`);
   const device: Device = o.device === 'auto' ? (buildInfo().cudaAvailable ? 'cuda' : 'cpu') : (o.device as Device);
   const epochs = Number(o.epochs);
   const data = path.join(o.out, 'data');
@@ -53,9 +64,12 @@ async function main(): Promise<void> {
   const transform = { minSide: 128, maxSide: 128 };
   const rows: string[] = [];
   const curves: Array<{ name: string; points: Array<[number, number]> }> = [];
-  for (const v of VARIANTS) {
-    const model = Model.retinanet({ depth: 18, numClasses: 3, featureSize: 128, freezeBn: false, anchors: { sizes: [16, 32, 64, 128, 256] }, boxCoder: { std: v.std }, device, seed: 0 });
-    const options: TrainerOptions = { loss: v.loss, optimizer: { type: 'adamw', lr: 1e-3, weightDecay: 0.05 }, schedule: { warmupSteps: 50, type: 'cosine' }, replicas: 'auto' };
+  for (const v of variants) {
+    const model: Model = v.nanodet
+      ? Model.nanodetPlus({ depth: 18, numClasses: 3, featureSize: 128, head: { channels: 128 }, aux: { channels: 256 }, device, seed: 0 })
+      : Model.retinanet({ depth: 18, numClasses: 3, featureSize: 128, freezeBn: false, anchors: { sizes: [16, 32, 64, 128, 256] }, boxCoder: { std: v.std }, device, seed: 0 });
+    const loss = v.nanodet ? { ...v.loss, detachEpoch: Math.min(10, Math.floor((3 * epochs) / 4)) } : v.loss;
+    const options: TrainerOptions = { loss, optimizer: { type: 'adamw', lr: 1e-3, weightDecay: 0.05 }, schedule: { warmupSteps: 50, type: 'cosine' }, replicas: 'auto' };
     const trainer = new Trainer(model, options);
     const history: EpochRecord[] = [];
     trainer.on('epoch', (e: EpochRecord) => {
@@ -73,7 +87,7 @@ async function main(): Promise<void> {
     model.dispose();
   }
   const table = [
-    `Shapes (${train.length} train / ${val.length} val images, 128 px), RetinaNet ResNet-18, ${epochs} epochs on ${device}, AdamW 1e-3 cosine`,
+    `Shapes (${train.length} train / ${val.length} val images, 128 px), ResNet-18 + FPN 128 (RetinaNet heads, or NanoDet-Plus), ${epochs} epochs on ${device}, AdamW 1e-3 cosine`,
     '',
     '| loss | AP | AP50 | AP75 | s / epoch |',
     '| --- | --- | --- | --- | --- |',
