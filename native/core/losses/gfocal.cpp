@@ -24,15 +24,18 @@ torch::Tensor qualityFocalLoss(const torch::Tensor& pred, const torch::Tensor& l
     throw RangeError("label and score: expected [" + std::to_string(pred.size(0)) + "] each but received " + describeShape(label.sizes()) + " and " + describeShape(score.sizes()));
   const int64_t C = pred.size(1);
   const auto sigma = torch::sigmoid(pred);
-  const auto zeros = torch::zeros_like(pred);
-  const auto negative = torch::binary_cross_entropy_with_logits(pred, zeros, {}, {}, at::Reduction::None) * sigma.pow(beta);
+  const auto negative = torch::binary_cross_entropy_with_logits(pred, torch::zeros_like(pred), {}, {}, at::Reduction::None) * sigma.pow(beta);
   const auto lab = label.to(torch::kLong);
   const auto isPositive = lab.ge(0).logical_and(lab.lt(C));
-  const auto column = torch::arange(C, lab.options()).unsqueeze(0);
-  const auto at = column.eq(lab.unsqueeze(1)).logical_and(isPositive.unsqueeze(1));
-  const auto target = score.to(pred.scalar_type()).unsqueeze(1).expand_as(pred);
-  const auto positive = torch::binary_cross_entropy_with_logits(pred, target, {}, {}, at::Reduction::None) * (target - sigma).abs().pow(beta);
-  return torch::where(at, positive, negative).sum(1);
+  // the positive's own class: BCE against its IoU target, put in place of the negative term (NanoDet's
+  // loss[pos, label] = …) — one column per row, not a second pass over every class
+  const auto column = torch::where(isPositive, lab, torch::zeros_like(lab)).unsqueeze(1);
+  const auto x = pred.gather(1, column).squeeze(1);
+  const auto s = sigma.gather(1, column).squeeze(1);
+  const auto target = score.to(pred.scalar_type());
+  const auto positive = torch::binary_cross_entropy_with_logits(x, target, {}, {}, at::Reduction::None) * (target - s).abs().pow(beta);
+  const auto keep = negative.gather(1, column).squeeze(1);
+  return negative.scatter(1, column, torch::where(isPositive, positive, keep).unsqueeze(1)).sum(1);
 }
 
 torch::Tensor distributionFocalLoss(const torch::Tensor& pred, const torch::Tensor& label) {
