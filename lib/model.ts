@@ -177,20 +177,11 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
    * @example const model = Model.retinanet({ depth: 50, numClasses: 80 });
    */
   static retinanet(options: RetinaNetOptions): Model<ForwardOutput> {
-    if (options === undefined || options === null || typeof options !== 'object') throw invalid('options', 'an object', options);
-    const o = checkOptions('options', options);
-    checkInteger('options.numClasses', o.numClasses, 1, 100000);
-    if (o.depth !== undefined && !(DEPTHS as readonly unknown[]).includes(o.depth))
-      throw invalid('options.depth', `one of ${DEPTHS.join(', ')}`, o.depth, RangeError);
-    if (o.featureSize !== undefined) checkInteger('options.featureSize', o.featureSize, 1, 4096);
+    const o = checkCommonOptions(options);
     if (o.prior !== undefined && !(typeof o.prior === 'number' && o.prior > 0 && o.prior < 1))
       throw invalid('options.prior', 'a number in (0, 1)', o.prior, RangeError);
     for (const k of ['freezeBn', 'freezeBnAffine'] as const)
       if (o[k] !== undefined && typeof o[k] !== 'boolean') throw invalid(`options.${k}`, 'a boolean', o[k]);
-    if (o.device !== undefined) checkDevice('options.device', o.device);
-    if (o.seed !== undefined) checkInteger('options.seed', o.seed, 0, Number.MAX_SAFE_INTEGER);
-    if (o.classes !== undefined && (!Array.isArray(o.classes) || o.classes.length !== o.numClasses || o.classes.some((c) => typeof c !== 'string')))
-      throw invalid('options.classes', `an array of ${o.numClasses} class names`, o.classes);
     const anchors = checkAnchorOptions('options.anchors', o.anchors);
     const boxCoder = checkBoxCoderOptions('options.boxCoder', o.boxCoder);
     const { device: _device, seed: _seed, classes, ...arch } = o;
@@ -206,12 +197,7 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
    * @example const model = Model.nanodetPlus({ depth: 18, numClasses: 80 });
    */
   static nanodetPlus(options: NanoDetPlusOptions): Model<NanoDetPlusForwardOutput> {
-    if (options === undefined || options === null || typeof options !== 'object') throw invalid('options', 'an object', options);
-    const o = checkOptions('options', options);
-    checkInteger('options.numClasses', o.numClasses, 1, 100000);
-    if (o.depth !== undefined && !(DEPTHS as readonly unknown[]).includes(o.depth))
-      throw invalid('options.depth', `one of ${DEPTHS.join(', ')}`, o.depth, RangeError);
-    if (o.featureSize !== undefined) checkInteger('options.featureSize', o.featureSize, 1, 4096);
+    const o = checkCommonOptions(options);
     if (o.regMax !== undefined) checkInteger('options.regMax', o.regMax, 1, 64);
     if (o.strides !== undefined) {
       if (!Array.isArray(o.strides) || o.strides.length < 3 || o.strides.length > 5 || o.strides.some((v, i) => v !== 8 << i))
@@ -225,10 +211,6 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
       for (const k of ['channels', 'stackedConvs', 'groups'] as const) if (a[k] !== undefined) checkInteger(`options.aux.${k}`, a[k], k === 'stackedConvs' ? 0 : 1, 4096);
     }
     if (o.freezeBn !== undefined && typeof o.freezeBn !== 'boolean') throw invalid('options.freezeBn', 'a boolean', o.freezeBn);
-    if (o.device !== undefined) checkDevice('options.device', o.device);
-    if (o.seed !== undefined) checkInteger('options.seed', o.seed, 0, Number.MAX_SAFE_INTEGER);
-    if (o.classes !== undefined && (!Array.isArray(o.classes) || o.classes.length !== o.numClasses || o.classes.some((c) => typeof c !== 'string')))
-      throw invalid('options.classes', `an array of ${o.numClasses} class names`, o.classes);
     const { device: _device, seed: _seed, classes, ...arch } = o;
     void _device;
     void _seed;
@@ -384,6 +366,21 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
   dispose(): void {
     native().modelDispose(this.handle);
   }
+}
+
+/** Checks the options every architecture shares (numClasses, depth, featureSize, device, seed, classes). */
+function checkCommonOptions<T extends Pick<RetinaNetOptions, 'numClasses' | 'depth' | 'featureSize' | 'device' | 'seed' | 'classes'>>(options: T): T {
+  if (options === undefined || options === null || typeof options !== 'object') throw invalid('options', 'an object', options);
+  const o = checkOptions('options', options) as T;
+  checkInteger('options.numClasses', o.numClasses, 1, 100000);
+  if (o.depth !== undefined && !(DEPTHS as readonly unknown[]).includes(o.depth))
+    throw invalid('options.depth', `one of ${DEPTHS.join(', ')}`, o.depth, RangeError);
+  if (o.featureSize !== undefined) checkInteger('options.featureSize', o.featureSize, 1, 4096);
+  if (o.device !== undefined) checkDevice('options.device', o.device);
+  if (o.seed !== undefined) checkInteger('options.seed', o.seed, 0, Number.MAX_SAFE_INTEGER);
+  if (o.classes !== undefined && (!Array.isArray(o.classes) || o.classes.length !== o.numClasses || o.classes.some((c) => typeof c !== 'string')))
+    throw invalid('options.classes', `an array of ${o.numClasses} class names`, o.classes);
+  return o;
 }
 
 function weightsFormat(file: string): 'safetensors' | 'torch' {

@@ -81,16 +81,10 @@ NanoDetPlusImpl::NanoDetPlusImpl(const NanoDetPlusConfig& config) : config_(conf
 
 void NanoDetPlusImpl::train(bool on) {
   nn::Module::train(on);
-  if (on && config_.freezeBn)
-    for (auto& m : modules(false))
-      if (auto* bn = m->as<nn::BatchNorm2dImpl>()) bn->eval();
+  if (on && config_.freezeBn) freezeBatchNorm(*this);
 }
 
-bool NanoDetPlusImpl::isBackboneKey(const std::string& key) const {
-  for (const char* p : {"conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."})
-    if (key.rfind(p, 0) == 0) return true;
-  return false;
-}
+bool NanoDetPlusImpl::isBackboneKey(const std::string& key) const { return isResNetBackboneKey(key); }
 
 NanoDetPlusOutput NanoDetPlusImpl::run(const torch::Tensor& images, bool withAux, bool detach) {
   checkDetectorInput(images, parameters().front().device());

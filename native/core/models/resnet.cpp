@@ -98,4 +98,15 @@ BackboneFeatures ResNetImpl::forward(const torch::Tensor& x) {
   return f;
 }
 
+bool isResNetBackboneKey(const std::string& key) {
+  for (const char* p : {"conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."})
+    if (key.rfind(p, 0) == 0) return true;
+  return false;
+}
+
+void freezeBatchNorm(torch::nn::Module& module) {
+  for (auto& m : module.modules(false))
+    if (auto* bn = m->as<torch::nn::BatchNorm2dImpl>()) bn->eval();
+}
+
 }  // namespace onestage

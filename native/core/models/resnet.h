@@ -50,4 +50,11 @@ struct ResNetImpl : torch::nn::Module {
 };
 TORCH_MODULE(ResNet);
 
+/// Whether a state_dict key belongs to a ResNet backbone registered at the top level (conv1, bn1,
+/// layer1..4), as both detectors lay it out.
+bool isResNetBackboneKey(const std::string& key);
+
+/// Puts every BatchNorm layer of `module` in eval mode (frozen running statistics in train()).
+void freezeBatchNorm(torch::nn::Module& module);
+
 }  // namespace onestage

@@ -57,16 +57,10 @@ void RetinaNetImpl::initialiseParameters() {
 
 void RetinaNetImpl::train(bool on) {
   nn::Module::train(on);
-  if (on && config_.freezeBn)
-    for (auto& m : modules(false))
-      if (auto* bn = m->as<nn::BatchNorm2dImpl>()) bn->eval();
+  if (on && config_.freezeBn) freezeBatchNorm(*this);
 }
 
-bool RetinaNetImpl::isBackboneKey(const std::string& key) const {
-  for (const char* p : {"conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."})
-    if (key.rfind(p, 0) == 0) return true;
-  return false;
-}
+bool RetinaNetImpl::isBackboneKey(const std::string& key) const { return isResNetBackboneKey(key); }
 
 RetinaNetOutput RetinaNetImpl::forward(const torch::Tensor& images) {
   checkDetectorInput(images, parameters().front().device());
