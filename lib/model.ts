@@ -101,14 +101,18 @@ export interface Detection {
   labels: Int32Array;
 }
 
-/** Raw outputs of one NanoDet-Plus forward pass (no gradient). */
-export interface NanoDetPlusForwardOutput {
+/** Backbone features C3–C5 and pyramid levels P3–P5 of a forward pass. */
+export interface PyramidOutput {
   c3: Tensor;
   c4: Tensor;
   c5: Tensor;
   p3: Tensor;
   p4: Tensor;
   p5: Tensor;
+}
+
+/** Raw outputs of one NanoDet-Plus forward pass (no gradient). */
+export interface NanoDetPlusForwardOutput extends PyramidOutput {
   /** Present with stride 64. */
   p6?: Tensor;
   /** `[B, N, numClasses + 4·(regMax+1)]`: the head's output as NanoDet returns it. */
@@ -124,13 +128,7 @@ export interface NanoDetPlusForwardOutput {
 }
 
 /** Raw outputs of one RetinaNet forward pass (no gradient). */
-export interface ForwardOutput {
-  c3: Tensor;
-  c4: Tensor;
-  c5: Tensor;
-  p3: Tensor;
-  p4: Tensor;
-  p5: Tensor;
+export interface ForwardOutput extends PyramidOutput {
   p6: Tensor;
   p7: Tensor;
   /** `[B, N, 4]` raw box deltas. */

@@ -1,7 +1,5 @@
 #include "core/models/nanodet_plus.h"
 
-#include <cmath>
-
 #include "core/errors.h"
 #include "core/losses/nanodet_loss.h"
 #include "core/priors.h"
@@ -26,12 +24,7 @@ void NanoDetPlusConfig::check() const {
 NanoDetPlusImpl::NanoDetPlusImpl(const NanoDetPlusConfig& config) : config_(config) {
   config_.check();
   backbone = ResNet(config.depth);
-  register_module("conv1", backbone->conv1);
-  register_module("bn1", backbone->bn1);
-  register_module("layer1", backbone->layer1);
-  register_module("layer2", backbone->layer2);
-  register_module("layer3", backbone->layer3);
-  register_module("layer4", backbone->layer4);
+  registerBackboneAtTop(*this, backbone);
   const auto ch = backbone->featureChannels();
   const auto levels = static_cast<int64_t>(config.strides.size());
   fpn = register_module("fpn", PyramidFeatures(ch[0], ch[1], ch[2], config.fpnChannels, levels));
@@ -46,20 +39,8 @@ NanoDetPlusImpl::NanoDetPlusImpl(const NanoDetPlusConfig& config) : config_(conf
   h.levels = levels;
   head = register_module("head", NanoDetPlusHead(h));
   // backbone and pyramid: He-normal as the RetinaNet path (the heads keep NanoDet's N(0, 0.01))
-  {
-    torch::NoGradGuard noGrad;
-    for (auto* part : {static_cast<nn::Module*>(backbone.get()), static_cast<nn::Module*>(fpn.get())})
-      for (auto& m : part->modules(false)) {
-        if (auto* conv = m->as<nn::Conv2dImpl>()) {
-          const auto& k = conv->options.kernel_size();
-          conv->weight.normal_(0, std::sqrt(2.0 / static_cast<double>((*k)[0] * (*k)[1] * conv->options.out_channels())));
-          if (conv->bias.defined()) conv->bias.zero_();
-        } else if (auto* bn = m->as<nn::BatchNorm2dImpl>()) {
-          bn->weight.fill_(1);
-          bn->bias.zero_();
-        }
-      }
-  }
+  heNormalInit(*backbone);
+  heNormalInit(*fpn);
   if (config.aux) {
     aux_fpn = register_module("aux_fpn", PyramidFeatures(ch[0], ch[1], ch[2], config.fpnChannels, levels));
     torch::NoGradGuard noGrad;

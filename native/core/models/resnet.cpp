@@ -1,5 +1,7 @@
 #include "core/models/resnet.h"
 
+#include <cmath>
+
 #include "core/errors.h"
 
 namespace onestage {
@@ -107,6 +109,28 @@ bool isResNetBackboneKey(const std::string& key) {
 void freezeBatchNorm(torch::nn::Module& module) {
   for (auto& m : module.modules(false))
     if (auto* bn = m->as<torch::nn::BatchNorm2dImpl>()) bn->eval();
+}
+
+void registerBackboneAtTop(torch::nn::Module& owner, ResNet& backbone) {
+  owner.register_module("conv1", backbone->conv1);
+  owner.register_module("bn1", backbone->bn1);
+  owner.register_module("layer1", backbone->layer1);
+  owner.register_module("layer2", backbone->layer2);
+  owner.register_module("layer3", backbone->layer3);
+  owner.register_module("layer4", backbone->layer4);
+}
+
+void heNormalInit(torch::nn::Module& module) {
+  torch::NoGradGuard noGrad;
+  for (auto& m : module.modules(/*include_self=*/false)) {
+    if (auto* conv = m->as<torch::nn::Conv2dImpl>()) {
+      const auto& k = conv->options.kernel_size();
+      conv->weight.normal_(0, std::sqrt(2.0 / static_cast<double>((*k)[0] * (*k)[1] * conv->options.out_channels())));
+    } else if (auto* bn = m->as<torch::nn::BatchNorm2dImpl>()) {
+      bn->weight.fill_(1);
+      bn->bias.zero_();
+    }
+  }
 }
 
 }  // namespace onestage

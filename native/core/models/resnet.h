@@ -54,6 +54,14 @@ TORCH_MODULE(ResNet);
 /// layer1..4), as both detectors lay it out.
 bool isResNetBackboneKey(const std::string& key);
 
+/// Registers the backbone's modules (conv1, bn1, layer1..4) at the top level of `owner`, the layout
+/// of pytorch-retinanet and torchvision's resnet, so their state_dict keys load unchanged.
+void registerBackboneAtTop(torch::nn::Module& owner, ResNet& backbone);
+
+/// He-normal initialisation as pytorch-retinanet: every conv weight of `module` ~ N(0, 2/(k·k·out))
+/// (biases untouched), every BatchNorm weight 1 and bias 0.
+void heNormalInit(torch::nn::Module& module);
+
 /// Puts every BatchNorm layer of `module` in eval mode (frozen running statistics in train()).
 void freezeBatchNorm(torch::nn::Module& module);
 

@@ -16,13 +16,7 @@ RetinaNetImpl::RetinaNetImpl(const RetinaNetConfig& config) : config_(config) {
   config_.anchors = config.anchors.resolved();
   anchors_ = std::make_shared<AnchorCache>(config_.anchors);
   backbone = ResNet(config.depth);
-  // the backbone's modules sit at the top level, as in pytorch-retinanet and torchvision's resnet
-  register_module("conv1", backbone->conv1);
-  register_module("bn1", backbone->bn1);
-  register_module("layer1", backbone->layer1);
-  register_module("layer2", backbone->layer2);
-  register_module("layer3", backbone->layer3);
-  register_module("layer4", backbone->layer4);
+  registerBackboneAtTop(*this, backbone);
   const auto ch = backbone->featureChannels();
   fpn = register_module("fpn", PyramidFeatures(ch[0], ch[1], ch[2], config.featureSize));
   const int64_t A = config_.anchors.anchorsPerLocation();
@@ -34,21 +28,14 @@ RetinaNetImpl::RetinaNetImpl(const RetinaNetConfig& config) : config_(config) {
 }
 
 void RetinaNetImpl::initialiseParameters() {
+  heNormalInit(*this);
   torch::NoGradGuard noGrad;
-  for (auto& m : modules(/*include_self=*/false)) {
-    if (auto* conv = m->as<nn::Conv2dImpl>()) {
-      const auto& k = conv->options.kernel_size();
-      const double n = static_cast<double>((*k)[0] * (*k)[1] * conv->options.out_channels());
-      conv->weight.normal_(0, std::sqrt(2.0 / n));
-    } else if (auto* bn = m->as<nn::BatchNorm2dImpl>()) {
-      bn->weight.fill_(1);
-      bn->bias.zero_();
-      if (config_.freezeBnAffine) {
+  if (config_.freezeBnAffine)
+    for (auto& m : modules(/*include_self=*/false))
+      if (auto* bn = m->as<nn::BatchNorm2dImpl>()) {
         bn->weight.set_requires_grad(false);
         bn->bias.set_requires_grad(false);
       }
-    }
-  }
   classificationModel->output->weight.zero_();
   classificationModel->output->bias.fill_(-std::log((1.0 - config_.prior) / config_.prior));
   regressionModel->output->weight.zero_();
