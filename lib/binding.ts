@@ -96,13 +96,28 @@ export interface NativeBinding {
   collateImagesAsync(images: Uint8Array[], sizes: number[], height: number, width: number, mean: number[], std: number[], device: string): Promise<NativeTensor>;
   contrastiveViewsAsync(images: NativeTensor, annotations: NativeTensor, factors: NativeTensor): Promise<NativeTensor>;
 
-  trainerCreate(model: NativeModel, optimizer: object, loss: object, training: object): NativeSession;
+  trainerCreate(model: NativeModel, optimizer: object, loss: object, training: object, group?: NativeProcessGroup | null): NativeSession;
   trainerStepAsync(session: NativeSession, images: NativeTensor, annotations: NativeTensor, lr: number, views?: NativeTensor | null, epoch?: number): Promise<NativeStepResult>;
   trainerSaveStateAsync(session: NativeSession, path: string): Promise<void>;
   trainerLoadStateAsync(session: NativeSession, path: string): Promise<void>;
   /** Swaps model weights and EMA weights; false when the session keeps no EMA. */
   trainerSwapEma(session: NativeSession): boolean;
   trainerDispose(session: NativeSession): void;
+
+  distBackends(): string[];
+  distInitAsync(options: { backend: string; masterAddr: string; masterPort: number; rank: number; worldSize: number; timeoutMs?: number; agentStore?: boolean; interface?: string; deviceIndex?: number }): Promise<NativeProcessGroup>;
+  distInfo(group: NativeProcessGroup): { rank: number; worldSize: number; backend: string; device: string; timeoutMs: number };
+  distMeanAsync(group: NativeProcessGroup, tensor: NativeTensor): Promise<NativeTensor>;
+  distBarrierAsync(group: NativeProcessGroup, what: string): Promise<void>;
+  distStoreSetAsync(group: NativeProcessGroup, key: string, value: Uint8Array): Promise<void>;
+  distStoreGetAsync(group: NativeProcessGroup, key: string): Promise<Buffer>;
+  distStoreDeleteAsync(group: NativeProcessGroup, key: string): Promise<boolean>;
+  distDispose(group: NativeProcessGroup): void;
+}
+
+/** Opaque handle to a native c10d process group. */
+export interface NativeProcessGroup {
+  readonly __nativeProcessGroup: unique symbol;
 }
 
 /** Opaque handle to a native model. */

@@ -12,6 +12,7 @@ import { DatasetSpec } from './jobs/common';
 import { demoJob } from './jobs/demo';
 import { detectJob } from './jobs/detect';
 import { evalJob } from './jobs/evaluate';
+import { launchWorkers, withoutNproc } from './jobs/launch';
 import { trainJob } from './jobs/train';
 import { Model } from './model';
 import { buildInfo, synchronize } from './runtime';
@@ -67,6 +68,7 @@ const TRAIN_FLAG_FIELDS: Array<[string, string]> = [
   ['head', 'model.head'], ['depth', 'model.depth'], ['featureSize', 'model.featureSize'], ['weights', 'model.weights'], ['backbone', 'model.backbone'],
   ['optimizer', 'optimizer.type'], ['lr', 'optimizer.lr'], ['contrastive', 'loss.contrastive.weight'],
   ['epochs', 'epochs'], ['device', 'device'], ['amp', 'amp'], ['ema', 'ema'], ['seed', 'seed'], ['out', 'out'],
+  ['distBackend', 'distributed.backend'], ['distTimeout', 'distributed.timeoutSeconds'],
 ];
 
 export function makeProgram(): Command {
@@ -126,6 +128,9 @@ export function makeProgram(): Command {
     .option('--seed <n>', 'seed of initialisation and data order', intOption('--seed'))
     .option('--out <dir>', 'run folder')
     .option('--resume', 'continue the run in --out from its latest checkpoint')
+    .option('--nproc <n>', 'data-parallel: start this many worker processes here (one per GPU on CUDA), c10d Gloo/NCCL', intOption('--nproc', 1))
+    .addOption(new Option('--dist-backend <backend>', "data-parallel backend: 'auto' (NCCL on CUDA, Gloo on CPU), 'gloo' or 'nccl'").choices(['auto', 'gloo', 'nccl']))
+    .option('--dist-timeout <seconds>', 'data-parallel: a rank waiting longer than this for the others stops with an error', numberOption('--dist-timeout'))
     .option('--print-config', 'print the resolved configuration and exit')
     .action(async (o: Record<string, string | number | boolean | undefined>) => {
       let base: Record<string, unknown> = {};
@@ -153,7 +158,18 @@ export function makeProgram(): Command {
         console.log(JSON.stringify(config, null, 2));
         return;
       }
+      if (o.nproc !== undefined && Number(o.nproc) > 1) {
+        if (process.env.WORLD_SIZE) throw new Error('--nproc starts the workers itself: do not combine it with a launcher (WORLD_SIZE is set)');
+        if (config.device === 'cuda' || (config.device === 'auto' && buildInfo().cudaAvailable)) {
+          const gpus = buildInfo().deviceCount;
+          if (Number(o.nproc) > gpus) throw new Error(`--nproc ${o.nproc} on CUDA needs one GPU per process; this machine has ${gpus}`);
+        }
+        const r = await launchWorkers(Number(o.nproc), { args: withoutNproc(process.argv.slice(2)) });
+        if (r.exitCode !== 0) throw new Error(`data-parallel training failed: rank ${r.failed!.rank} ${r.failed!.signal ? `was killed by ${r.failed!.signal}` : `exited with code ${r.failed!.code}`}`);
+        return;
+      }
       const r = await trainJob(config, { resume: Boolean(o.resume) });
+      if (r.rank !== 0) return; // rank 0 reports
       if (r.evaluation) console.log(formatEvaluation(r.evaluation));
       console.log(`weights: ${r.weights} (${r.seconds.toFixed(0)} s)`);
     });

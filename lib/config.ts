@@ -60,6 +60,12 @@ export interface TrainConfig {
   ema: boolean | EmaOptions;
   /** CPU data parallelism: copies of the model, each on its own thread ('auto': the cores, when possible). */
   replicas: number | 'auto';
+  /**
+   * Data-parallel training across processes (used when WORLD_SIZE > 1, e.g. under `--nproc N` or
+   * torchrun): the c10d backend ('auto': NCCL on CUDA, Gloo on the CPU), how long a rank waits for
+   * the others before failing, and the gradient all-reduce bucket size.
+   */
+  distributed: { backend: 'auto' | 'gloo' | 'nccl'; timeoutSeconds: number; bucketMiB: number };
   seed: number;
   /** Run folder. */
   out: string;
@@ -175,6 +181,14 @@ export const TRAIN_CONFIG_SCHEMA = closed(
     amp: { type: 'boolean', default: false },
     ema: { anyOf: [{ type: 'boolean' }, closed({ decay: prob, tau: num({ exclusiveMinimum: 0 }) })], default: false },
     replicas: { anyOf: [{ const: 'auto' }, int({ minimum: 1, maximum: 256 })], default: 'auto' },
+    distributed: closed(
+      {
+        backend: { enum: ['auto', 'gloo', 'nccl'], default: 'auto' },
+        timeoutSeconds: num({ exclusiveMinimum: 0, default: 300 }),
+        bucketMiB: num({ minimum: 1 / 1024, maximum: 1024, default: 25 }),
+      },
+      { default: {} },
+    ),
     seed: int({ minimum: 0, default: 0 }),
     out: { type: 'string', minLength: 1, default: 'runs/train' },
     evalEvery: int({ minimum: 1, default: 1 }),

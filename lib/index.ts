@@ -42,3 +42,7 @@ export type { VocEvalOptions, VocEvalResult } from './eval/voc_eval';
 export { evaluateDetector, toCocoResults, formatEvaluation } from './eval/evaluate';
 export type { EvaluateOptions, DetectorEvaluation } from './eval/evaluate';
 export { writeFileAtomic, writeJsonAtomic } from './io';
+export { ProcessGroup, distEnvironment, distBackends } from './distributed';
+export type { ProcessGroupOptions, DistEnvironment, DistBackend } from './distributed';
+export { launchWorkers } from './jobs/launch';
+export type { LaunchOptions, LaunchResult } from './jobs/launch';

@@ -31,6 +31,10 @@ python_torch_found() {
 
 missing=()
 torch_found || missing+=(libtorch-dev)
+# Debian's LibTorch has c10d's Gloo process group; its headers need Gloo's (CPU data-parallel training)
+if [[ ! -e /usr/include/gloo/algorithm.h ]] && { [[ " ${missing[*]} " == *" libtorch-dev "* ]] || [[ -e /usr/include/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp ]]; }; then
+  missing+=(libgloo-dev)
+fi
 ((runtime)) || python_torch_found || missing+=(python3-torch python3-torchvision)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v ninja >/dev/null || missing+=(ninja-build)

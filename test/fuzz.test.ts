@@ -4,7 +4,8 @@
  * A new export must be added to VALID below, so nothing escapes the fuzz.
  */
 import test from 'ava';
-import { native, NativeBinding } from '../lib/binding';
+import { native, NativeBinding, NativeProcessGroup } from '../lib/binding';
+import { freePort } from '../lib/jobs/launch';
 import { Rng } from './helpers/random';
 import { tempDir } from './helpers/python';
 
@@ -14,7 +15,7 @@ process.chdir(tempDir('onestage-fuzz-'));
 type Args = unknown[];
 
 /** One valid argument list per export: bad values are substituted into it position by position. */
-function validArgs(): Record<keyof NativeBinding, Args> {
+function validArgs(group: NativeProcessGroup | null = null, port = 1): Record<keyof NativeBinding, Args> {
   const b = native();
   const t = b.tensorFromArray(new Float32Array(4), [2, 2], 'float32', 'cpu');
   const boxes = b.tensorFromArray(new Float32Array([0, 0, 4, 4, 1, 1, 5, 5]), [2, 4], 'float32', 'cpu');
@@ -108,20 +109,44 @@ function validArgs(): Record<keyof NativeBinding, Args> {
     retinaLossState: [retinaLoss],
     retinaLossDispose: [b.retinaLossCreate({})],
     collateImagesAsync: [[new Uint8Array(12)], [2, 2], 4, 4, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2], 'cpu'],
-    trainerCreate: [model, {}, {}, {}],
+    trainerCreate: [model, {}, {}, {}, group],
     trainerStepAsync: [session, images, annotations, 0.01],
     trainerSaveStateAsync: [session, 'fuzz-state.pt'],
     trainerLoadStateAsync: [session, 'no-such-state.pt'],
     trainerSwapEma: [session],
     trainerDispose: [b.trainerCreate(b.modelCreateRetinaNet({ depth: 18, numClasses: 1, featureSize: 4 }), {}, {}, {})],
     contrastiveViewsAsync: [b.tensorFromArray(new Float32Array(3 * 8 * 8), [1, 3, 8, 8], 'float32', 'cpu'), annotations, b.tensorFromArray(new Float32Array([2]), [1], 'float32', 'cpu')],
+    distBackends: [],
+    distInitAsync: [{ backend: 'gloo', masterAddr: '127.0.0.1', masterPort: port, rank: 0, worldSize: 1, timeoutMs: 1000 }],
+    distInfo: [group],
+    distMeanAsync: [group, t],
+    distBarrierAsync: [group, 'fuzz'],
+    distStoreSetAsync: [group, 'fuzz-key', new Uint8Array([1, 2])],
+    distStoreGetAsync: [group, 'fuzz-key'],
+    distStoreDeleteAsync: [group, 'fuzz-key'],
+    distDispose: [group],
   };
 }
 
 /** Positions where null and undefined mean "none". */
 const NULLABLE_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
   nanodetLossAsync: [1],
+  trainerCreate: [4],
 };
+
+/** Positions where any non-empty string is valid (store keys, labels). */
+const TEXT_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
+  distBarrierAsync: [1],
+  distStoreSetAsync: [1],
+  distStoreGetAsync: [1],
+  distStoreDeleteAsync: [1],
+};
+
+/** A world-size-1 Gloo group (a real one: its exports must accept it), when this build has Gloo. */
+async function soloGroup(): Promise<NativeProcessGroup | null> {
+  if (!native().distBackends().includes('gloo')) return null;
+  return native().distInitAsync({ backend: 'gloo', masterAddr: '127.0.0.1', masterPort: await freePort(), rank: 0, worldSize: 1, timeoutMs: 1000 });
+}
 
 /** Positions that take an options object: undefined and any object are valid there. */
 const OPTION_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
@@ -212,7 +237,7 @@ test('fuzz: every native export is covered by the fuzz table', (t) => {
 
 test('fuzz: a wrong value at each argument position throws a JavaScript error', async (t) => {
   const b = native() as unknown as Record<string, (...a: unknown[]) => unknown>;
-  const valid = validArgs();
+  const valid = validArgs(await soloGroup(), await freePort());
   const bad = badValues();
   const disposed = bad[bad.length - 1];
   for (const [name, args] of Object.entries(valid)) {
@@ -226,7 +251,8 @@ test('fuzz: a wrong value at each argument position throws a JavaScript error', 
         const allowed =
           ((name === 'tensorDispose' || name === 'tensorIsDisposed') && v === disposed) ||
           ((OPTION_POSITIONS[name as keyof NativeBinding] ?? []).includes(p) && validAsOptions(v)) ||
-          ((NULLABLE_POSITIONS[name as keyof NativeBinding] ?? []).includes(p) && (v === null || v === undefined));
+          ((NULLABLE_POSITIONS[name as keyof NativeBinding] ?? []).includes(p) && (v === null || v === undefined)) ||
+          ((TEXT_POSITIONS[name as keyof NativeBinding] ?? []).includes(p) && typeof v === 'string' && v !== '');
         await expectError(t, name, fn, [...args.slice(0, p), v, ...args.slice(p + 1)], !allowed);
       }
     }
@@ -237,7 +263,7 @@ test('fuzz: a wrong value at each argument position throws a JavaScript error', 
 
 test('fuzz: random argument lists never crash the process', async (t) => {
   const b = native() as unknown as Record<string, (...a: unknown[]) => unknown>;
-  const valid = validArgs();
+  const valid = validArgs(await soloGroup(), await freePort());
   const pool = [...badValues(), ...Object.values(valid).flat(), 0, 1, -1, 3, [], [2, 2], [0, 1], 'cuda', 'cuda:7', 'bool', 'int64', 'logSoftmax', new Float64Array(4), new Uint8Array([0, 1, 2, 3])];
   const rng = new Rng(99);
   const names = Object.keys(valid);

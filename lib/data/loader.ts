@@ -62,6 +62,21 @@ export interface LoaderOptions {
   onBadSample?: 'error' | 'skip';
   /** sharp's limitInputPixels; default 0x3FFF². */
   limitInputPixels?: number;
+  /**
+   * Data-parallel shard (`group.shard`): each epoch's global batches of batchSize × count images are
+   * planned as a single process would plan them (same seed, same order, same per-image random
+   * choices), and rank `rank` gets its contiguous part of each; a global batch whose size is not a
+   * multiple of count is padded with its own first images (as torch's DistributedSampler pads), so
+   * every rank runs the same number of equally sized batches. Default: no sharding.
+   */
+  shard?: { rank: number; count: number };
+}
+
+/** One batch of the plan: dataset indices, and where they sit in the global batch (for the random choices). */
+interface PlannedBatch {
+  indices: number[];
+  offset: number;
+  span: number;
 }
 
 export interface SkippedSample {
@@ -87,7 +102,9 @@ interface LoadedSample {
 export class DataLoader implements AsyncIterable<Batch> {
   /** The dataset it reads. */
   readonly dataset: DetectionDataset;
-  private readonly o: Required<Omit<LoaderOptions, 'transform'>> & { transform: Required<Omit<TransformOptions, 'scaleJitter' | 'photometric' | 'crop'>> & TransformOptions };
+  /** The data-parallel shard of this loader (count 1: unsharded). */
+  readonly shard: { rank: number; count: number };
+  private readonly o: Required<Omit<LoaderOptions, 'transform' | 'shard'>> & { transform: Required<Omit<TransformOptions, 'scaleJitter' | 'photometric' | 'crop'>> & TransformOptions };
   private sizes: Array<{ width: number; height: number } | undefined>;
   private nextEpoch = 0;
   /** Samples skipped with `onBadSample: 'skip'`, with the reason. */
@@ -122,6 +139,9 @@ export class DataLoader implements AsyncIterable<Batch> {
         std: t.std ?? IMAGENET_STD,
       },
     };
+    const sh = o.shard === undefined ? { rank: 0, count: 1 } : (checkOptions('options.shard', o.shard) as { rank: number; count: number });
+    const count = checkInteger('options.shard.count', sh.count, 1, 1 << 20);
+    this.shard = { rank: checkInteger('options.shard.rank', sh.rank, 0, count - 1), count };
     if (!(this.o.zoom[0] > 0 && this.o.zoom[1] >= this.o.zoom[0])) throw invalid('options.zoom', 'a range [lo, hi) of positive factors', this.o.zoom, RangeError);
     this.sizes = Array.from({ length: dataset.length }, (_, i) => {
       const r = dataset.record(i);
@@ -139,18 +159,36 @@ export class DataLoader implements AsyncIterable<Batch> {
     return !this.o.dropLast && this.skipped.length === 0;
   }
 
-  /** Batches per epoch. */
+  /** Batches per epoch (of this shard: every rank runs the same number). */
   get length(): number {
     const n = this.dataset.length;
-    return this.o.dropLast ? Math.floor(n / this.o.batchSize) : Math.ceil(n / this.o.batchSize);
+    const B = this.o.batchSize * this.shard.count;
+    return this.o.dropLast ? Math.floor(n / B) : Math.ceil(n / B);
   }
 
-  /** Image indices of each batch of `epoch` (deterministic for the seed). */
+  /** Image indices of each batch of `epoch` (deterministic for the seed; this shard's part when sharded). */
   async batchIndices(epoch: number): Promise<number[][]> {
+    return (await this.plan(epoch)).map((b) => b.indices);
+  }
+
+  private async plan(epoch: number): Promise<PlannedBatch[]> {
+    const { rank, count } = this.shard;
+    const global = await this.globalBatches(epoch);
+    return global.map((g) => {
+      if (count === 1) return { indices: g, offset: 0, span: g.length };
+      const padded = [...g];
+      for (let i = 0; padded.length % count !== 0; i++) padded.push(g[i % g.length]);
+      const per = padded.length / count;
+      return { indices: padded.slice(rank * per, (rank + 1) * per), offset: rank * per, span: padded.length };
+    });
+  }
+
+  /** The batches of batchSize × shard count images a single process would run. */
+  private async globalBatches(epoch: number): Promise<number[][]> {
     const n = this.dataset.length;
     const rng = new Rng(this.o.seed * 1000003 + epoch * 7919 + 1);
     let order = Array.from({ length: n }, (_, i) => i);
-    const B = this.o.batchSize;
+    const B = this.o.batchSize * this.shard.count;
     let batches: number[][];
     if (this.o.groupByAspectRatio) {
       await this.ensureSizes();
@@ -170,7 +208,7 @@ export class DataLoader implements AsyncIterable<Batch> {
   /** The batches of one epoch. Breaking out of the loop frees what was prefetched. */
   async *epoch(epoch: number): AsyncGenerator<Batch> {
     checkInteger('epoch', epoch, 0, Number.MAX_SAFE_INTEGER);
-    const plan = await this.batchIndices(epoch);
+    const plan = await this.plan(epoch);
     const pending: Array<Promise<Batch | null>> = [];
     let next = 0;
     const launch = () => {
@@ -249,12 +287,17 @@ export class DataLoader implements AsyncIterable<Batch> {
     return { record, data: img.data, width: img.width, height: img.height, originalWidth: size.width, originalHeight: size.height, scale, boxes, labels, flipped: flip, crop };
   }
 
-  private async loadBatch(indices: number[], epoch: number, k: number): Promise<Batch | null> {
+  private async loadBatch({ indices, offset, span }: PlannedBatch, epoch: number, k: number): Promise<Batch | null> {
+    // the random choices of the whole global batch, so that a shard's images get what they would
+    // get in a single process
     const rng = new Rng(this.o.seed * 1000003 + epoch * 7919 + k * 104729 + 2);
-    const choices = indices.map(() => new Rng(Math.floor(rng.next() * 2 ** 32)));
+    const choices = Array.from({ length: span }, () => new Rng(Math.floor(rng.next() * 2 ** 32)));
+    const [lo, hi] = this.o.zoom;
+    const batchZoom = this.o.views === 2 ? rng.between(lo, hi) : 0;
+    const imageZoom = this.o.views === 2 && this.o.zoomPer === 'image' ? Array.from({ length: span }, () => rng.between(lo, hi)) : [];
     const loaded = await Promise.all(
       indices.map((i, j) =>
-        this.loadSample(i, choices[j]).catch((err: unknown) => {
+        this.loadSample(i, choices[offset + j]).catch((err: unknown) => {
           if (this.o.onBadSample === 'skip' && err instanceof BadSampleError) {
             this.skipped.push({ epoch, file: err.file, reason: err.reason });
             return null;
@@ -263,7 +306,8 @@ export class DataLoader implements AsyncIterable<Batch> {
         }),
       ),
     );
-    const samples = loaded.filter((s): s is LoadedSample => s !== null);
+    const kept = indices.map((_, j) => j).filter((j) => loaded[j] !== null);
+    const samples = kept.map((j) => loaded[j]!);
     if (samples.length === 0) return null;
     const t = this.o.transform;
     const padded = paddedSize(samples, t.padMultiple);
@@ -281,9 +325,7 @@ export class DataLoader implements AsyncIterable<Batch> {
     const annotations = Tensor.from(ann, [samples.length, M, 5], { device: this.o.device });
     let views: Tensor | undefined;
     if (this.o.views === 2) {
-      const [lo, hi] = this.o.zoom;
-      const one = rng.between(lo, hi);
-      const factors = Tensor.from(Float32Array.from(samples, () => (this.o.zoomPer === 'batch' ? one : rng.between(lo, hi))));
+      const factors = Tensor.from(Float32Array.from(kept, (j) => (this.o.zoomPer === 'batch' ? batchZoom : imageZoom[offset + j])));
       views = new Tensor(await native().contrastiveViewsAsync(images.handle, annotations.handle, factors.handle));
       factors.dispose();
     }

@@ -4,6 +4,7 @@
  * `evaluateVoc`; results can be written as a COCO results JSON file.
  */
 import type { Batch, DataLoader } from '../data/loader';
+import type { ProcessGroup } from '../distributed';
 import { disposeBatch } from '../data/loader';
 import type { Detection, DetectOptions, Model } from '../model';
 import { CocoDetection, CocoEvalResult, COCO_STAT_NAMES, evaluateCoco } from './coco_eval';
@@ -14,6 +15,12 @@ export interface EvaluateOptions extends DetectOptions {
   voc?: boolean;
   /** Called after each batch with the images done so far. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Data-parallel evaluation: every rank detects on its shard (the loader's `shard` must be the
+   * group's), rank 0 merges the detections (an image in two shards — padding — counts once), scores
+   * them, and every rank gets the numbers (rank 0 alone keeps `detections`).
+   */
+  group?: ProcessGroup;
 }
 
 export interface DetectorEvaluation extends CocoEvalResult {
@@ -49,18 +56,24 @@ export function toCocoResults(batch: Pick<Batch, 'ids'>, detections: Detection[]
  */
 export async function evaluateDetector(model: Model, loader: DataLoader, options: EvaluateOptions = {}): Promise<DetectorEvaluation> {
   if (loader.augments) throw new RangeError('evaluateDetector needs a loader without augmentation (augment: false)');
-  const { voc, onProgress, ...detectOptions } = options;
+  const { voc, onProgress, group, ...detectOptions } = options;
   const dataset = loader.dataset;
+  const sharded = group !== undefined && group.worldSize > 1;
+  if (sharded && (loader.shard.count !== group.worldSize || loader.shard.rank !== group.rank))
+    throw new RangeError(`data-parallel evaluation needs a loader sharded for this rank ({ shard: group.shard } = rank ${group.rank} of ${group.worldSize}); it has rank ${loader.shard.rank} of ${loader.shard.count}`);
+  if (!sharded && loader.shard.count > 1) throw new RangeError(`the loader is one shard (rank ${loader.shard.rank} of ${loader.shard.count}): pass options.group to merge the shards' detections`);
   const started = process.hrtime.bigint();
   const wasTraining = model.info.training;
   model.eval();
   const detections: CocoDetection[] = [];
+  const seen: number[] = [];
   let images = 0;
   try {
     for await (const batch of loader.epoch(0)) {
       try {
         const dets = await model.detect({ images: batch.images, scales: batch.scales, sizes: batch.sizes }, detectOptions);
         detections.push(...toCocoResults(batch, dets, (id) => dataset.imageIdOf(id), dataset.categoryIds));
+        for (const id of batch.ids) seen.push(dataset.imageIdOf(id));
         images += batch.ids.length;
         onProgress?.(images, dataset.length);
       } finally {
@@ -70,10 +83,33 @@ export async function evaluateDetector(model: Model, loader: DataLoader, options
   } finally {
     model.train(wasTraining);
   }
-  if (!loader.complete) throw new Error(`evaluation saw ${images} of ${dataset.length} images (dropLast or skipped samples): its numbers would not be those of the dataset`);
-  const gt = dataset.groundTruth();
-  const coco = evaluateCoco(gt, detections);
-  return { ...coco, voc: voc ? evaluateVoc(gt, detections) : undefined, detections, images, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
+  const score = (all: CocoDetection[], count: number) => {
+    const gt = dataset.groundTruth();
+    return { ...evaluateCoco(gt, all), voc: voc ? evaluateVoc(gt, all) : undefined, detections: all, images: count, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
+  };
+  if (!sharded) {
+    if (!loader.complete) throw new Error(`evaluation saw ${images} of ${dataset.length} images (dropLast or skipped samples): its numbers would not be those of the dataset`);
+    return score(detections, images);
+  }
+  const parts = await group.gather('evaluation', { images: seen, detections, complete: loader.complete });
+  let full: DetectorEvaluation | undefined;
+  let problem: string | undefined;
+  if (parts) {
+    // an image padded into two shards counts once: its detections from the lowest rank
+    const counted = new Set<number>();
+    const merged: CocoDetection[] = [];
+    for (const part of parts) {
+      const fresh = new Set(part.images.filter((id) => !counted.has(id)));
+      for (const id of fresh) counted.add(id);
+      merged.push(...part.detections.filter((d) => fresh.has(d.image_id)));
+    }
+    if (parts.some((p) => !p.complete) || counted.size !== dataset.length)
+      problem = `evaluation saw ${counted.size} of ${dataset.length} images over ${group.worldSize} ranks (dropLast or skipped samples): its numbers would not be those of the dataset`;
+    else full = score(merged, counted.size);
+  }
+  const shared = await group.share('evaluation', full ? { stats: full.stats, perClass: full.perClass, voc: full.voc, images: full.images } : { problem });
+  if ('problem' in shared) throw new Error(shared.problem ?? 'evaluation failed on rank 0');
+  return full ?? { ...(shared as Omit<DetectorEvaluation, 'detections' | 'seconds'>), detections: [], seconds: Number(process.hrtime.bigint() - started) / 1e9 };
 }
 
 /** The 12 COCO numbers and per-class AP as a text table (as pycocotools prints them, plus the classes). */

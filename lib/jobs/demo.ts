@@ -72,7 +72,7 @@ export async function demoJob(o: DemoOptions = {}): Promise<DemoResult> {
   log('\nvalidation (COCO bbox, pycocotools semantics):\n' + formatEvaluation(ev));
   const val = JSON.parse(fs.readFileSync(config.data.val!, 'utf8')) as { images: Array<{ file_name: string }> };
   const pictures = val.images.slice(0, 8).map((im) => path.join(data, im.file_name));
-  const drawn = await detectJob({ weights: trained.weights, images: pictures, out: path.join(out, 'detections'), device, scoreThreshold: 0.3 });
+  const drawn = await detectJob({ weights: trained.weights!, images: pictures, out: path.join(out, 'detections'), device, scoreThreshold: 0.3 });
   const seconds = (Date.now() - started) / 1000;
   const summary = { ap: ev.stats[0], ap50: ev.stats[1], ap75: ev.stats[2], vocMap: ev.voc?.map, device, epochs: config.epochs, seconds, runDir: trained.runDir, weights: trained.weights };
   writeJsonAtomic(path.join(out, 'summary.json'), summary, 2);

@@ -6,10 +6,12 @@
 import * as path from 'node:path';
 import { TrainConfig } from '../config';
 import { DataLoader } from '../data/loader';
+import { distEnvironment, ProcessGroup } from '../distributed';
 import { DetectorEvaluation } from '../eval/evaluate';
 import { writeJsonAtomic } from '../io';
 import { Model } from '../model';
 import { FitResult, resolveReplicas, Trainer } from '../train/trainer';
+import type { Device } from '../tensor';
 import { INPUT_METADATA_KEY, openDataset, resolveDevice } from './common';
 
 export interface TrainJobOptions {
@@ -21,16 +23,39 @@ export interface TrainJobOptions {
 
 export interface TrainJobResult {
   runDir: string;
-  weights: string;
+  /** The final weights (rank 0 of a data-parallel run writes them; other ranks get undefined). */
+  weights?: string;
+  /** This process's rank and the number of processes (1 without data parallelism). */
+  rank: number;
+  worldSize: number;
   fit: FitResult;
   evaluation?: DetectorEvaluation;
   seconds: number;
 }
 
 export async function trainJob(config: TrainConfig, options: TrainJobOptions = {}): Promise<TrainJobResult> {
-  const log = options.log ?? ((line: string) => process.stderr.write(line + '\n'));
   const started = Date.now();
-  const device = resolveDevice(config.device);
+  // data-parallel when the launcher variables say so (onestage train --nproc N, torchrun, …)
+  const env = distEnvironment();
+  const dist = env && env.worldSize > 1 ? env : undefined;
+  const main = !dist || dist.rank === 0;
+  const log = options.log ?? ((line: string) => (main ? process.stderr.write(line + '\n') : undefined));
+  let device = resolveDevice(config.device);
+  if (dist && device === 'cuda') device = `cuda:${dist.localRank}`;
+  let group: ProcessGroup | undefined;
+  if (dist) {
+    const c = config.distributed;
+    group = await ProcessGroup.init({ device, backend: c.backend === 'auto' ? undefined : c.backend, masterAddr: dist.masterAddr, masterPort: dist.masterPort, rank: dist.rank, worldSize: dist.worldSize, agentStore: dist.agentStore, timeoutSeconds: c.timeoutSeconds });
+  }
+  try {
+    return await trainInGroup(config, options, { started, device, group, log, main });
+  } finally {
+    group?.dispose();
+  }
+}
+
+async function trainInGroup(config: TrainConfig, options: TrainJobOptions, ctx: { started: number; device: Device; group?: ProcessGroup; log: (line: string) => void; main: boolean }): Promise<TrainJobResult> {
+  const { started, device, group, log, main } = ctx;
   const d = config.data;
   const train = await openDataset({ format: d.format, file: d.train, classes: d.classes, images: d.images });
   const val = d.val ? await openDataset({ format: d.format, file: d.val, classes: d.classes, images: d.images }) : undefined;
@@ -39,8 +64,9 @@ export async function trainJob(config: TrainConfig, options: TrainJobOptions = {
   const transform = { minSide: d.minSide, maxSide: d.maxSide };
   // the contrastive term trains on the batch and its second view
   const views = (config.loss.contrastive?.weight ?? 0) > 0 ? 2 : 1;
-  const loader = new DataLoader(train, { batchSize: d.batchSize, seed: config.seed, device, augment: d.augment, transform, views });
-  const valLoader = val ? new DataLoader(val, { batchSize: d.batchSize, shuffle: false, augment: false, device, transform }) : undefined;
+  const shard = group?.shard;
+  const loader = new DataLoader(train, { batchSize: d.batchSize, seed: config.seed, device, augment: d.augment, transform, views, shard });
+  const valLoader = val ? new DataLoader(val, { batchSize: d.batchSize, shuffle: false, augment: false, device, transform, shard }) : undefined;
   const m = config.model;
   const nanodet = m.head === 'nanodet-plus';
   const common = { numClasses: train.classes.length, classes: train.classes, depth: m.depth, featureSize: m.featureSize, freezeBn: m.freezeBn, device, seed: config.seed };
@@ -49,11 +75,14 @@ export async function trainJob(config: TrainConfig, options: TrainJobOptions = {
   try {
     if (m.weights) await model.loadWeights(m.weights);
     if (m.backbone) await model.loadWeights(m.backbone, { backboneOnly: true });
-    trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, ema: config.ema, replicas: config.replicas });
-    const replicas = resolveReplicas(config.replicas, device, config.loss, model.architecture);
-    log(`training ${nanodet ? 'NanoDet-Plus' : 'RetinaNet'} ResNet-${m.depth} (${(model.parameters() / 1e6).toFixed(1)} M parameters) on ${device}${replicas > 1 ? ` (${replicas} replicas)` : ''}: ${train.length} images, ${train.classes.length} classes` +
+    // CPU replicas share the cores with the other local processes
+    const localProcesses = Math.max(1, Number(process.env.LOCAL_WORLD_SIZE ?? group?.worldSize ?? 1) || 1);
+    const replicas = config.replicas === 'auto' && group ? Math.max(1, Math.floor(resolveReplicas('auto', device, config.loss, model.architecture) / localProcesses)) : resolveReplicas(config.replicas, device, config.loss, model.architecture);
+    trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, ema: config.ema, replicas, processGroup: group, bucketMiB: config.distributed.bucketMiB });
+    log(`training ${nanodet ? 'NanoDet-Plus' : 'RetinaNet'} ResNet-${m.depth} (${(model.parameters() / 1e6).toFixed(1)} M parameters) on ${device}${replicas > 1 ? ` (${replicas} replicas)` : ''}` +
+      (group ? ` × ${group.worldSize} processes (${group.backend}, ${d.batchSize} images per process and step)` : '') + `: ${train.length} images, ${train.classes.length} classes` +
       (val ? `, validating on ${val.length}` : '') + ` → ${config.out}`);
-    writeJsonAtomic(path.join(config.out, 'config.json'), config, 2);
+    if (main) writeJsonAtomic(path.join(config.out, 'config.json'), config, 2);
     const fit = await trainer.fit(loader, {
       epochs: config.epochs,
       runDir: config.out,
@@ -67,11 +96,11 @@ export async function trainJob(config: TrainConfig, options: TrainJobOptions = {
       metadata: { [INPUT_METADATA_KEY]: JSON.stringify(transform) },
     });
     const evaluation = fit.evaluation;
-    if (evaluation) {
+    if (evaluation && main) {
       writeJsonAtomic(path.join(config.out, 'eval.json'), { stats: evaluation.stats, perClass: evaluation.perClass, voc: evaluation.voc, images: evaluation.images }, 2);
       writeJsonAtomic(path.join(config.out, 'detections.json'), evaluation.detections);
     }
-    return { runDir: config.out, weights: fit.weights!, fit, evaluation, seconds: (Date.now() - started) / 1000 };
+    return { runDir: config.out, weights: fit.weights, rank: group?.rank ?? 0, worldSize: group?.worldSize ?? 1, fit, evaluation, seconds: (Date.now() - started) / 1000 };
   } finally {
     trainer?.dispose();
     model.dispose();

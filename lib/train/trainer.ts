@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { native, NativeSession, NativeStepResult } from '../binding';
 import type { Batch, DataLoader } from '../data/loader';
 import { disposeBatch } from '../data/loader';
+import { ProcessGroup } from '../distributed';
 import { COCO_STAT_NAMES } from '../eval/coco_eval';
 import { DetectorEvaluation, evaluateDetector, EvaluateOptions } from '../eval/evaluate';
 import { writeFileAtomic, writeJsonAtomic } from '../io';
@@ -90,6 +91,16 @@ export interface TrainerOptions {
    * normalisation), else 1. Default 1.
    */
   replicas?: number | 'auto';
+  /**
+   * Data-parallel training across processes: this rank's c10d group. Every rank takes rank 0's
+   * weights at the first step, gradients are averaged over the ranks every step (bucketed, overlapped
+   * with backward), reported losses are the means over the ranks; `fit` needs loaders sharded by the
+   * group (`shard: group.shard`), and only rank 0 writes records, plots, checkpoints and weights.
+   * Not part of the checkpointed options (a run may resume on another number of processes).
+   */
+  processGroup?: ProcessGroup;
+  /** Gradient all-reduce bucket size in MiB (data-parallel only); default 25, as DistributedDataParallel. */
+  bucketMiB?: number;
 }
 
 /** The replica count `replicas` resolves to for a model on `device` with `loss`. */
@@ -189,6 +200,9 @@ interface CheckpointState {
   plateau: PlateauState;
   consecutiveSkips: number;
   options: TrainerOptions;
+  /** Processes that trained (absent: 1) and the batches of an epoch then (absent: this run's). */
+  worldSize?: number;
+  stepsPerEpoch?: number;
 }
 
 function emaSettings(ema: TrainerOptions['ema']): { emaDecay: number; emaTau: number } {
@@ -220,6 +234,8 @@ function checkTrainerOptions(options: TrainerOptions | undefined, architecture: 
   }
   if (o.maxConsecutiveSkips !== undefined) checkInteger('options.maxConsecutiveSkips', o.maxConsecutiveSkips, 1, 1e9);
   if (o.replicas !== undefined && o.replicas !== 'auto') checkInteger('options.replicas', o.replicas, 1, 256);
+  if (o.processGroup !== undefined && !(o.processGroup instanceof ProcessGroup)) throw invalid('options.processGroup', 'a ProcessGroup (ProcessGroup.init or ProcessGroup.fromEnv)', o.processGroup);
+  if (o.bucketMiB !== undefined && !(typeof o.bucketMiB === 'number' && o.bucketMiB >= 1 / 1024 && o.bucketMiB <= 1024)) throw invalid('options.bucketMiB', 'a number of MiB in [1/1024, 1024]', o.bucketMiB, RangeError);
   if (architecture === 'nanodet-plus') {
     const l = checkOptions('options.loss', o.loss) as Record<string, unknown>;
     const foreign = Object.keys(l).filter((k) => !NANODET_LOSS_KEYS.includes(k));
@@ -258,7 +274,9 @@ function readJsonLines<T>(file: string): T[] {
 
 export class Trainer extends EventEmitter {
   private readonly model: Model;
+  /** The options that define the run (checkpointed and compared at resume): without processGroup and bucketMiB. */
   private readonly options: TrainerOptions;
+  private readonly group?: ProcessGroup;
   private readonly session: NativeSession;
   private consecutiveSkips = 0;
   private stepsPerEpoch = 0;
@@ -267,11 +285,15 @@ export class Trainer extends EventEmitter {
 
   constructor(model: Model, options?: TrainerOptions) {
     super();
-    this.options = checkTrainerOptions(options, model.architecture);
+    const { processGroup, bucketMiB, ...rest } = checkTrainerOptions(options, model.architecture);
+    this.options = rest;
+    this.group = processGroup && processGroup.worldSize > 1 ? processGroup : undefined;
     this.model = model;
     const { emaDecay, emaTau } = emaSettings(this.options.ema);
     const replicas = resolveReplicas(this.options.replicas, model.device, this.options.loss as RetinaNetLossOptions, model.architecture);
-    this.session = native().trainerCreate(model.handle, this.options.optimizer ?? {}, this.options.loss ?? {}, { amp: this.options.amp ?? false, emaDecay, emaTau, replicas });
+    if (this.group && this.group.device !== model.device && !(this.group.device === 'cuda:0' && model.device === 'cuda'))
+      throw new RangeError(`the process group's collectives run on ${this.group.device} (${this.group.backend}) but the model is on ${model.device}`);
+    this.session = native().trainerCreate(model.handle, this.options.optimizer ?? {}, this.options.loss ?? {}, { amp: this.options.amp ?? false, emaDecay, emaTau, replicas, bucketMiB: bucketMiB ?? 25 }, this.group?.nativeHandle ?? null);
   }
 
   /** Learning rate of global step `step`: warm-up, then the schedule over `epochs` of `stepsPerEpoch` (× the plateau factor). */
@@ -352,7 +374,7 @@ export class Trainer extends EventEmitter {
 
   /** COCO evaluation of the model (EMA weights when on) on `loader`. */
   async evaluate(loader: DataLoader, options?: EvaluateOptions): Promise<DetectorEvaluation> {
-    return this.withEmaWeights(() => evaluateDetector(this.model, loader, options));
+    return this.withEmaWeights(() => evaluateDetector(this.model, loader, this.group ? { ...options, group: this.group } : options));
   }
 
   /**
@@ -370,13 +392,22 @@ export class Trainer extends EventEmitter {
     if (o.progress !== undefined) checkOneOf('options.progress', o.progress, ['auto', 'bar', 'lines', 'none'] as const);
     if (o.valLoader !== undefined && o.valLoader.augments) throw new RangeError('options.valLoader must not augment (create it with augment: false)');
     if (o.resume && !o.runDir) throw new TypeError('options.resume needs options.runDir');
+    const group = this.group;
+    for (const [name, l] of [['loader', loader], ['options.valLoader', o.valLoader]] as const) {
+      if (!l) continue;
+      const want = group ? group.shard : { rank: 0, count: 1 };
+      if (l.shard.rank !== want.rank || l.shard.count !== want.count)
+        throw new RangeError(group ? `data-parallel training needs ${name} sharded for this rank: create it with { shard: group.shard } (rank ${want.rank} of ${want.count}); it has rank ${l.shard.rank} of ${l.shard.count}` : `${name} is one shard (rank ${l.shard.rank} of ${l.shard.count}) but the trainer has no processGroup`);
+    }
+    // only rank 0 writes (records, plots, checkpoints, weights); every rank reads a checkpoint to resume
+    const main = !group || group.isMain;
     this.stepsPerEpoch = loader.length;
     this.totalEpochs = o.epochs;
     let epoch = 0;
     let firstBatch = 0;
     let step = 0;
-    if (o.resume) ({ epoch, batch: firstBatch, step } = await this.loadCheckpoint(o.runDir!));
-    const files = o.runDir ? this.runFiles(o.runDir) : undefined;
+    if (o.resume) ({ epoch, batch: firstBatch, step } = await this.loadCheckpoint(o.runDir!, loader.length));
+    const files = o.runDir && main ? this.runFiles(o.runDir) : undefined;
     if (files) {
       fs.mkdirSync(o.runDir!, { recursive: true });
       // steps and epochs after the checkpoint are run again: drop their records
@@ -385,7 +416,8 @@ export class Trainer extends EventEmitter {
     }
     const monitor = this.options.schedule?.monitor ?? (o.valLoader ? 'AP50' : 'loss');
     if (monitor !== 'loss' && this.options.schedule?.type === 'plateau' && !o.valLoader) throw new RangeError(`options.schedule.monitor '${monitor}' needs options.valLoader`);
-    const progress = new Progress(o.progress ?? 'none', loader.length);
+    const progress = new Progress(main ? (o.progress ?? 'none') : 'none', loader.length);
+    const world = group?.worldSize ?? 1;
     const plots = files && o.plots !== false;
     const result: FitResult = { epochs: o.epochs, steps: 0, skipped: [], history: [] };
     let bestAp = files && fs.existsSync(files.best) ? (readJsonLines<EpochRecord>(files.epochs).reduce((b, r) => Math.max(b, r.val?.[monitor === 'AP' ? 'AP' : 'AP50'] ?? -1), -1)) : -1;
@@ -421,8 +453,8 @@ export class Trainer extends EventEmitter {
             step++;
             result.steps++;
             const elapsed = Number(process.hrtime.bigint() - epochStart) / 1e9;
-            progress.update(k + 1, loader.length, { epoch, epochs: o.epochs, loss: rec.total, cls: rec.cls, reg: rec.reg, lr: rec.lr, imagesPerSecond: sums.images / elapsed });
-            if (o.runDir && o.checkpointEvery && step % o.checkpointEvery === 0) await this.saveCheckpoint(o.runDir, { epoch, batch: k + 1, step }, o.keep);
+            progress.update(k + 1, loader.length, { epoch, epochs: o.epochs, loss: rec.total, cls: rec.cls, reg: rec.reg, lr: rec.lr, imagesPerSecond: (world * sums.images) / elapsed });
+            if (o.runDir && main && o.checkpointEvery && step % o.checkpointEvery === 0) await this.saveCheckpoint(o.runDir, { epoch, batch: k + 1, step }, o.keep);
           } finally {
             k++;
             disposeBatch(batch);
@@ -431,7 +463,7 @@ export class Trainer extends EventEmitter {
         progress.stopBar();
         const seconds = Number(process.hrtime.bigint() - epochStart) / 1e9;
         const n = Math.max(1, sums.n);
-        const record: EpochRecord = { epoch, step, cls: sums.cls / n, reg: sums.reg / n, contrastive: sums.contrastive / n, total: sums.total / n, components: Object.fromEntries(Object.entries(components).map(([k, v]) => [k, v / n])), lr: sums.lr, skipped: sums.skipped, seconds, imagesPerSecond: sums.images / seconds };
+        const record: EpochRecord = { epoch, step, cls: sums.cls / n, reg: sums.reg / n, contrastive: sums.contrastive / n, total: sums.total / n, components: Object.fromEntries(Object.entries(components).map(([k, v]) => [k, v / n])), lr: sums.lr, skipped: sums.skipped, seconds, imagesPerSecond: (world * sums.images) / seconds };
         const last = epoch === o.epochs - 1;
         if (o.valLoader && ((epoch + 1) % (o.evalEvery ?? 1) === 0 || last)) {
           const ev = await this.evaluate(o.valLoader, o.evaluate);
@@ -452,13 +484,15 @@ export class Trainer extends EventEmitter {
         result.history.push(record);
         if (files) fs.appendFileSync(files.epochs, JSON.stringify(record) + '\n');
         this.emit('epoch', record);
-        if (o.runDir) await this.saveCheckpoint(o.runDir, { epoch: epoch + 1, batch: 0, step }, o.keep);
+        if (o.runDir && main) await this.saveCheckpoint(o.runDir, { epoch: epoch + 1, batch: 0, step }, o.keep);
         if (plots) await this.writePlots(o.runDir!);
       }
       if (files) {
         await this.withEmaWeights(() => this.model.saveWeights(files.final, o.metadata));
         result.weights = files.final;
       }
+      // every rank leaves together (rank 0 serves the store the others may still be reading)
+      if (group) await group.barrier('end of training');
     } finally {
       progress.stopBar();
     }
@@ -505,7 +539,7 @@ export class Trainer extends EventEmitter {
     fs.mkdirSync(dir, { recursive: true });
     await this.model.saveWeights(path.join(dir, 'weights.safetensors'));
     await native().trainerSaveStateAsync(this.session, path.join(dir, 'trainer.pt'));
-    const state: CheckpointState = { format: 'onestage-checkpoint-2', ...at, plateau: { ...this.plateau }, consecutiveSkips: this.consecutiveSkips, options: this.options };
+    const state: CheckpointState = { format: 'onestage-checkpoint-2', ...at, plateau: { ...this.plateau }, consecutiveSkips: this.consecutiveSkips, options: this.options, worldSize: this.group?.worldSize ?? 1, stepsPerEpoch: this.stepsPerEpoch };
     writeJsonAtomic(path.join(dir, 'state.json'), state, 1);
     writeJsonAtomic(path.join(runDir, 'latest.json'), { checkpoint: path.basename(dir) });
     const all = fs.readdirSync(runDir).filter((d) => d.startsWith('ckpt-')).sort();
@@ -513,8 +547,12 @@ export class Trainer extends EventEmitter {
     return dir;
   }
 
-  /** Restores weights, optimizer, GHM and EMA state and the schedule from `runDir/latest.json`; returns where to continue. */
-  async loadCheckpoint(runDir: string): Promise<CheckpointState> {
+  /**
+   * Restores weights, optimizer, GHM and EMA state and the schedule from `runDir/latest.json`; returns
+   * where to continue. A checkpoint written by another number of processes (other batches per epoch,
+   * `stepsPerEpoch` now) continues at the same fraction of its epoch, with the step count in this run's batches.
+   */
+  async loadCheckpoint(runDir: string, stepsPerEpoch?: number): Promise<CheckpointState> {
     let dir: string;
     let state: CheckpointState;
     try {
@@ -534,6 +572,11 @@ export class Trainer extends EventEmitter {
     await native().trainerLoadStateAsync(this.session, path.join(dir, 'trainer.pt'));
     this.plateau = { ...state.plateau };
     this.consecutiveSkips = state.consecutiveSkips;
+    const before = state.stepsPerEpoch;
+    if (stepsPerEpoch !== undefined && before !== undefined && before !== stepsPerEpoch) {
+      const batch = Math.min(stepsPerEpoch, Math.round((state.batch / before) * stepsPerEpoch));
+      return { ...state, batch, step: state.epoch * stepsPerEpoch + batch };
+    }
     return state;
   }
 

@@ -13,6 +13,7 @@ void registerGeometryExports(Napi::Env env, Napi::Object exports);
 void registerLossExports(Napi::Env env, Napi::Object exports);
 void registerDataExports(Napi::Env env, Napi::Object exports);
 void registerTrainExports(Napi::Env env, Napi::Object exports);
+void registerDistExports(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -64,6 +65,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   registerLossExports(env, exports);
   registerDataExports(env, exports);
   registerTrainExports(env, exports);
+  registerDistExports(env, exports);
   return exports;
 }
 

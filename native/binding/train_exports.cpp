@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "binding/configs.h"
+#include "binding/dist_handle.h"
 #include "binding/model_handle.h"
 #include "binding/napi_util.h"
 #include "core/train/training_session.h"
@@ -46,7 +47,11 @@ Napi::Value TrainerCreate(const Napi::CallbackInfo& info) {
   const bool nanodet = model->architecture() == "nanodet-plus";
   const auto loss = nanodet ? RetinaLossOptions{} : retinaLossOptionsFrom(lossObject);
   const auto nanodetLoss = nanodet ? nanodetLossOptionsFrom(lossObject) : NanoDetLossOptions{};
-  const auto training = trainingOptionsFrom(optionsArg(info, 3, "training"));
+  auto training = trainingOptionsFrom(optionsArg(info, 3, "training"));
+  // argument 4: the process group of data-parallel training (null or absent: one process)
+  if (info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined()) training.group = groupArg(info, 4);
+  training.bucketBytes = static_cast<int64_t>(optNumber(optionsArg(info, 3, "training"), "training", "bucketMiB", 25.0) * (1 << 20));
+  if (training.bucketBytes < 1024) throw Napi::RangeError::New(info.Env(), "Expected at least 1/1024 MiB for training.bucketMiB");
   std::lock_guard<std::mutex> lock(model->mutex());
   return wrapObject(info.Env(), std::make_shared<TrainingSession>(model, optimizer, loss, training, nanodetLoss), &kSessionTag);
 }

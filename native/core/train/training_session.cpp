@@ -92,6 +92,13 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
   } else {
     throw RangeError("Expected 'sgd' or 'adamw' for optimizer.type but received '" + o.type + "'");
   }
+  if (training.group) {
+    const auto& group = *training.group;
+    if (detector_->device() != group.device())
+      throw RangeError("data-parallel training with the " + group.backend() + " backend needs the model on " + group.device().str() + "; it is on " +
+                       detector_->device().str() + (detector_->device().is_cuda() ? " (use the nccl backend for CUDA)" : " (use the gloo backend on the CPU)"));
+    buckets_ = std::make_unique<GradientBuckets>(training.group, params_, training.bucketBytes);
+  }
   if (training.emaDecay > 0) {
     torch::NoGradGuard noGrad;
     for (const auto& t : emaTargets()) ema_.push_back(t.detach().clone());
@@ -231,6 +238,16 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   detector_->setTraining(true);
   const auto x = images.to(detector_->device());
   const auto ann = annotations.to(detector_->device());
+  if (training_.group && !synchronised_) {
+    // every rank continues from rank 0's weights (parameters, buffers, the projection head, the EMA
+    // weights): done at the first step, after any checkpoint was loaded, off the JavaScript thread
+    std::vector<torch::Tensor> state = emaTargets();
+    if (projection_)
+      for (const auto& p : projection_->parameters()) state.push_back(p);
+    for (const auto& e : ema_) state.push_back(e);
+    training_.group->broadcastInPlace(state, 0, "broadcast of rank 0's weights");
+    synchronised_ = true;
+  }
   optimizer_->zero_grad();
   StepResult r;
   const bool applied = retina_ ? stepRetinaNet(x, ann, views, r) : stepNanoDetPlus(x, ann, epoch, r);
@@ -248,24 +265,39 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   return r;
 }
 
-namespace {
-
-/// Reads named scalar losses to the host in one synchronisation; false (and the reason) when any is not finite.
-bool readLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values, std::string& reason) {
+bool TrainingSession::readLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values,
+                                 std::string& reason) {
+  // one host synchronisation per step, for the values reported and the finiteness check
   std::vector<torch::Tensor> flat;
   for (const auto& [name, t] : named) flat.push_back(t.detach().reshape({}).to(torch::kFloat64));
-  const auto host = torch::stack(flat).cpu();
+  auto stacked = torch::stack(flat);
+  // under data parallelism the means over the ranks: a non-finite loss anywhere skips the step everywhere
+  if (training_.group) stacked = training_.group->mean(stacked, "all-reduce of the step's losses");
+  const auto host = stacked.cpu();
   values.assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
   bool finite = true;
   for (double v : values) finite = finite && std::isfinite(v);
   if (finite) return true;
   reason = "non-finite loss (";
   for (size_t i = 0; i < named.size(); ++i) reason += (i ? ", " : "") + named[i].first + " " + std::to_string(values[i]);
-  reason += ")";
+  reason += training_.group ? ", means over the ranks)" : ")";
   return false;
 }
 
-}  // namespace
+void TrainingSession::backward(const torch::Tensor& loss) {
+  if (!buckets_) {
+    loss.backward();
+    return;
+  }
+  buckets_->prepare();
+  try {
+    loss.backward();
+  } catch (...) {
+    buckets_->reset();
+    throw;
+  }
+  buckets_->finish();
+}
 
 bool TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r) {
   auto& net = retina_->net();
@@ -273,8 +305,7 @@ bool TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor&
   const bool contrastive = ct.weight > 0;
   if (contrastive && (!views.defined() || views.sizes() != x.sizes()))
     throw RangeError("the contrastive loss needs the second view of the batch (a loader with views: 2), of the images' shape");
-  auto report = [&r, contrastive](const LossParts& parts, const torch::Tensor& extra) {
-    // one host synchronisation per step, for the values reported and the finiteness check
+  auto report = [this, &r, contrastive](const LossParts& parts, const torch::Tensor& extra) {
     std::vector<std::pair<std::string, torch::Tensor>> named{{"cls", parts.cls}, {"reg", parts.reg}};
     if (contrastive) named.emplace_back("contrastive", extra);
     std::vector<double> v;
@@ -293,6 +324,7 @@ bool TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor&
       for (auto& replica : replicas_) replica->zero_grad();
       return false;
     }
+    if (buckets_) buckets_->allreduceGradients();
     return true;
   }
   RetinaNetOutput out, viewOut;
@@ -320,7 +352,7 @@ bool TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor&
     extra = contrastiveLoss(f1, f2, ann, x.size(2), x.size(3), ct.loss, project).loss * ct.weight;
   }
   if (!report(parts, extra)) return false;
-  (parts.cls + parts.reg + extra).backward();
+  backward(parts.cls + parts.reg + extra);
   return true;
 }
 
@@ -336,7 +368,12 @@ bool TrainingSession::stepNanoDetPlus(const torch::Tensor& x, const torch::Tenso
   const auto preds = out.preds.to(torch::kFloat);
   const auto aux = out.auxPreds.defined() ? out.auxPreds.to(torch::kFloat) : torch::Tensor();
   const bool assignWithMain = nanodetLoss_.assignBy == "aux-until-detach" && detach;
-  const auto parts = nanodetPlusLoss(preds, aux, out.priors, ann, cfg.numClasses, cfg.regMax, nanodetLoss_, assignWithMain);
+  MeanReducer reduce;
+  if (training_.group) {
+    auto group = training_.group;
+    reduce = [group](const torch::Tensor& t) { return group->mean(t, "all-reduce of a NanoDet-Plus loss normaliser"); };
+  }
+  const auto parts = nanodetPlusLoss(preds, aux, out.priors, ann, cfg.numClasses, cfg.regMax, nanodetLoss_, assignWithMain, reduce);
   std::vector<std::pair<std::string, torch::Tensor>> named{{"qfl", parts.main.qfl}, {"bbox", parts.main.bbox}, {"dfl", parts.main.dfl}};
   if (aux.defined()) {
     named.emplace_back("auxQfl", parts.aux.qfl);
@@ -351,7 +388,7 @@ bool TrainingSession::stepNanoDetPlus(const torch::Tensor& x, const torch::Tenso
   r.total = r.cls + r.reg;
   r.skipped = !ok;
   if (!ok) return false;
-  parts.total().backward();
+  backward(parts.total());
   return true;
 }
 

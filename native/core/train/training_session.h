@@ -9,6 +9,8 @@
 #include <memory>
 #include <string>
 
+#include "core/dist/gradient_buckets.h"
+#include "core/dist/process_group.h"
 #include "core/losses/nanodet_loss.h"
 #include "core/losses/retina_loss.h"
 #include "core/models/detector.h"
@@ -40,6 +42,13 @@ struct TrainingOptions {
   /// the model's running statistics are those of the first chunk. Needs per-image normalised,
   /// stateless losses (focal 'retinanet', or 'logits' with normalize 'image'; no GHM).
   int64_t replicas = 1;
+  /// Data parallelism across processes (c10d): at the first step every rank takes rank 0's weights,
+  /// gradients averaged over the ranks every step (bucketed, overlapped with backward), the reported
+  /// losses are the means over the ranks (so every rank skips the same steps), and NanoDet-Plus's
+  /// normalisers are all-reduced means. None: a single process.
+  std::shared_ptr<ProcessGroup> group;
+  /// Gradient bucket size (bytes) for the all-reduce; the first bucket is 1 MiB.
+  int64_t bucketBytes = 25 << 20;
 };
 
 struct StepResult {
@@ -101,6 +110,12 @@ class TrainingSession {
   int64_t emaUpdates_ = 0;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::vector<torch::Tensor> params_;
+  std::unique_ptr<GradientBuckets> buckets_;  // data-parallel gradient averaging
+  bool synchronised_ = false;                 // rank 0's weights broadcast (at the first step)
+  /// Reads the named losses to the host (means over the ranks under data parallelism); false when any is not finite.
+  bool readLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values, std::string& reason);
+  /// backward of `loss` with the data-parallel gradient averaging around it.
+  void backward(const torch::Tensor& loss);
 };
 
 }  // namespace onestage

@@ -1,0 +1,285 @@
+/**
+ * Data-parallel training on c10d Gloo (CPU, loopback): 2 processes end with the weights of one
+ * process trained on the same global batches, evaluate as one, resume across process counts, and a
+ * killed or hung rank makes the other stop with an error within the timeout. Also the loader's
+ * shards and the `--nproc` launcher.
+ */
+import test from 'ava';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CocoDataset, DataLoader, disposeBatch, distBackends, distEnvironment, launchWorkers, makeShapes, Model } from '../lib';
+import { freePort, withoutNproc } from '../lib/jobs/launch';
+import { tempDir } from './helpers/python';
+
+const worker = path.join(__dirname, 'helpers', 'dist_worker.ts');
+const cli = path.resolve(__dirname, '..', 'bin', 'onestage.js');
+const hasGloo = distBackends().includes('gloo');
+const glooTest = hasGloo ? test.serial : test.skip;
+
+let shapes: Promise<string> | undefined;
+function data(): Promise<string> {
+  shapes ??= (async () => {
+    const dir = tempDir('onestage-dist-');
+    await makeShapes({ out: dir, train: 16, val: 6, size: 64, classes: 2, seed: 4, maxObjects: 3 });
+    return dir;
+  })();
+  return shapes;
+}
+
+interface WorkerRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+  result?: { weights?: string; stats?: number[]; losses: number[]; steps: number; worldSize: number };
+}
+
+function parseResult(stdout: string): WorkerRun['result'] {
+  const line = stdout.split('\n').find((l) => l.includes('RESULT '));
+  return line ? JSON.parse(line.slice(line.indexOf('RESULT ') + 7)) : undefined;
+}
+
+/** One process, no launcher variables. */
+function single(config: object): WorkerRun {
+  const env: NodeJS.ProcessEnv = { ...process.env, ONESTAGE_TEST_DIST: JSON.stringify(config) };
+  for (const k of ['WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']) delete env[k];
+  const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', worker], { env, encoding: 'utf8' });
+  return { code: r.status ?? 1, stdout: r.stdout, stderr: r.stderr, result: parseResult(r.stdout) };
+}
+
+/** `n` processes through the launcher (rank-prefixed output). */
+async function parallel(n: number, config: object): Promise<WorkerRun> {
+  let stdout = '';
+  let stderr = '';
+  const r = await launchWorkers(n, {
+    args: [],
+    command: { execPath: process.execPath, execArgv: ['-r', 'ts-node/register/transpile-only'], script: worker },
+    env: { ONESTAGE_TEST_DIST: JSON.stringify(config) },
+    out: (line, stream) => (stream === 'stdout' ? (stdout += line + '\n') : (stderr += line + '\n')),
+  });
+  return { code: r.exitCode, stdout, stderr, result: parseResult(stdout) };
+}
+
+/** The float32 tensors of a safetensors file by name. */
+function readWeights(file: string): Map<string, Float32Array> {
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  const out = new Map<string, Float32Array>();
+  for (const [name, e] of Object.entries(header)) {
+    if (name === '__metadata__' || e.dtype !== 'F32') continue;
+    const bytes = buf.subarray(8 + n + e.data_offsets[0], 8 + n + e.data_offsets[1]);
+    out.set(name, new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)));
+  }
+  return out;
+}
+
+/** Sets the first `classes` values of every `gfl_cls` bias in a safetensors file to `value`, in place. */
+function setClassBias(file: string, classes: number, value: number): void {
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  for (const [name, e] of Object.entries(header))
+    if (/gfl_cls(\.\d+)?\.bias$/.test(name)) for (let i = 0; i < classes; i++) buf.writeFloatLE(value, 8 + n + e.data_offsets[0] + 4 * i);
+  fs.writeFileSync(file, buf);
+}
+
+function maxWeightDifference(a: string, b: string): { max: number; worst: string; tensors: number } {
+  const wa = readWeights(a);
+  const wb = readWeights(b);
+  let max = 0;
+  let worst = '';
+  for (const [name, x] of wa) {
+    const y = wb.get(name);
+    if (!y || y.length !== x.length) return { max: Infinity, worst: name, tensors: wa.size };
+    for (let i = 0; i < x.length; i++) {
+      const d = Math.abs(x[i] - y[i]);
+      if (d > max) {
+        max = d;
+        worst = name;
+      }
+    }
+  }
+  return { max, worst, tensors: wa.size };
+}
+
+test('dist: the launcher variables are read as torchrun sets them', (t) => {
+  t.is(distEnvironment({}), undefined);
+  t.deepEqual(distEnvironment({ WORLD_SIZE: '4', RANK: '2', LOCAL_RANK: '0', MASTER_ADDR: 'node1', MASTER_PORT: '1234' }), { rank: 2, worldSize: 4, localRank: 0, masterAddr: 'node1', masterPort: 1234, agentStore: false });
+  t.throws(() => distEnvironment({ WORLD_SIZE: '2', RANK: '2', MASTER_ADDR: 'a', MASTER_PORT: '1' }), { message: /RANK must be an integer in \[0, 1\]/ });
+  t.throws(() => distEnvironment({ WORLD_SIZE: '2', RANK: '0', MASTER_PORT: '1' }), { message: /MASTER_ADDR is not set/ });
+  t.throws(() => distEnvironment({ WORLD_SIZE: '2', RANK: '0', MASTER_ADDR: 'a' }), { message: /MASTER_PORT is not set/ });
+  t.deepEqual(withoutNproc(['train', '--nproc', '2', '--epochs', '1', '--nproc=3']), ['train', '--epochs', '1']);
+});
+
+test('dist: sharded loaders split each global batch evenly, with the single-process random choices', async (t) => {
+  const ds = await CocoDataset.open(path.join(await data(), 'instances_train.json'));
+  const transform = { minSide: 64, maxSide: 64 };
+  // 16 images, 3 per rank × 2 ranks: global batches of 6, the last of 4 (2 per rank, no padding)
+  const whole = new DataLoader(ds, { batchSize: 6, seed: 5, transform });
+  const shards = [0, 1].map((rank) => new DataLoader(ds, { batchSize: 3, seed: 5, transform, shard: { rank, count: 2 } }));
+  t.is(shards[0].length, whole.length);
+  const global = await whole.batchIndices(1);
+  const parts = await Promise.all(shards.map((s) => s.batchIndices(1)));
+  global.forEach((g, k) => t.deepEqual([...parts[0][k], ...parts[1][k]], g));
+  // a global batch of an odd size is padded with its own first images
+  const three = [0, 1].map((rank) => new DataLoader(ds, { batchSize: 3, seed: 5, transform, shard: { rank, count: 2 }, groupByAspectRatio: false }));
+  const odd = new DataLoader(ds, { batchSize: 5, seed: 5, transform, shard: { rank: 0, count: 3 }, groupByAspectRatio: false });
+  const oddPlan = await odd.batchIndices(0);
+  t.true(oddPlan.every((b) => b.length === 5 || b.length === 1), JSON.stringify(oddPlan)); // 16 = 15 + 1: the last global batch of 1 padded to 3
+  const a = await three[0].batchIndices(0);
+  const b = await three[1].batchIndices(0);
+  t.deepEqual(new Set([...a.flat(), ...b.flat()]).size, 16);
+  // the images' flips are those of the single-process batch
+  const flipsOf = async (l: DataLoader) => {
+    const out: boolean[][] = [];
+    for await (const batch of l.epoch(2)) {
+      out.push(batch.flipped);
+      disposeBatch(batch);
+    }
+    return out;
+  };
+  const wholeFlips = await flipsOf(whole);
+  const shardFlips = await Promise.all(shards.map(flipsOf));
+  wholeFlips.forEach((f, k) => t.deepEqual([...shardFlips[0][k], ...shardFlips[1][k]], f));
+  t.throws(() => new DataLoader(ds, { shard: { rank: 2, count: 2 } }), { message: /options\.shard\.rank/ });
+});
+
+glooTest('dist: 2 Gloo processes end with the weights of one process trained on the same global batches, and evaluate as one', async (t) => {
+  const dir = await data();
+  const out = tempDir('onestage-dist-run-');
+  const base = { data: dir, head: 'retinanet', epochs: 2 };
+  const one = single({ ...base, out: path.join(out, 'one'), batchSize: 4 });
+  t.is(one.code, 0, one.stderr);
+  const two = await parallel(2, { ...base, out: path.join(out, 'two'), batchSize: 2 });
+  t.is(two.code, 0, two.stderr);
+  t.is(two.result!.worldSize, 2);
+  t.is(two.result!.steps, one.result!.steps);
+  const diff = maxWeightDifference(one.result!.weights!, two.result!.weights!);
+  t.true(diff.tensors > 50);
+  t.true(diff.max <= 1e-6, `weights differ by ${diff.max} (${diff.worst})`);
+  // losses are the means over the ranks: the single process's numbers
+  one.result!.losses.forEach((l, i) => t.true(Math.abs(l - two.result!.losses[i]) <= 1e-5 * Math.max(1, Math.abs(l)), `epoch ${i}: ${l} vs ${two.result!.losses[i]}`));
+  // evaluation sharded over the ranks and merged on rank 0: the single process's numbers
+  one.result!.stats!.forEach((s, i) => t.true(Math.abs(s - two.result!.stats![i]) <= 1e-6, `stat ${i}: ${s} vs ${two.result!.stats![i]}`));
+  // only rank 0 wrote the run folder: one set of records
+  const epochs = fs.readFileSync(path.join(out, 'two', 'epochs.jsonl'), 'utf8').trim().split('\n');
+  t.is(epochs.length, 2);
+});
+
+glooTest('dist: NanoDet-Plus over 2 processes (normalisers all-reduced) equals one process', async (t) => {
+  const dir = await data();
+  const out = tempDir('onestage-dist-nanodet-');
+  // with the classification bias raised (scores ~0.8): at NanoDet's initialisation (scores ~0.01) the
+  // box-loss normaliser max(mean over ranks of Σ scores, 1) is clamped at 1, and there NanoDet's own
+  // rule (and ours) weighs each rank's boxes as a whole batch's — one process and two differ by design
+  const init = path.join(out, 'init.safetensors');
+  const model = Model.nanodetPlus({ depth: 18, numClasses: 2, featureSize: 32, seed: 1, freezeBn: true });
+  await model.saveWeights(init);
+  model.dispose();
+  setClassBias(init, 2, 1.5);
+  // no gradient clipping: the clipped steps would hide a wrong scale of the loss terms
+  const base = { data: dir, head: 'nanodet-plus', epochs: 2, init, clip: 0 };
+  const one = single({ ...base, out: path.join(out, 'one'), batchSize: 4 });
+  t.is(one.code, 0, one.stderr);
+  const two = await parallel(2, { ...base, out: path.join(out, 'two'), batchSize: 2 });
+  t.is(two.code, 0, two.stderr);
+  const diff = maxWeightDifference(one.result!.weights!, two.result!.weights!);
+  // unclipped steps amplify the other summation order to ~2e-5; per-rank normalisers (no all-reduce)
+  // would put the weights ~7e-2 apart
+  t.true(diff.max <= 1e-4, `weights differ by ${diff.max} (${diff.worst})`);
+});
+
+glooTest('dist: a checkpoint written by 2 processes resumes in 1, and one from 1 in 2', async (t) => {
+  const dir = await data();
+  const out = tempDir('onestage-dist-resume-');
+  const base = { data: dir, head: 'retinanet', out };
+  const first = await parallel(2, { ...base, batchSize: 2, epochs: 1 });
+  t.is(first.code, 0, first.stderr);
+  const second = single({ ...base, batchSize: 4, epochs: 2, resume: true });
+  t.is(second.code, 0, second.stderr);
+  t.is(second.result!.steps, 4); // only the second epoch ran
+  const third = await parallel(2, { ...base, batchSize: 2, epochs: 3, resume: true });
+  t.is(third.code, 0, third.stderr);
+  t.is(third.result!.steps, 4);
+  const epochs = fs.readFileSync(path.join(out, 'epochs.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { epoch: number });
+  t.deepEqual(epochs.map((e) => e.epoch), [0, 1, 2]);
+});
+
+/** Starts 2 workers by hand (no launcher, which would stop the survivor itself) and waits for both. */
+async function twoWorkers(config: object, onStep: (rank: number, children: ChildProcess[]) => void): Promise<Array<{ code: number | null; stderr: string; endedAt: number }>> {
+  const port = await freePort();
+  const children: ChildProcess[] = [];
+  const results = [0, 1].map((rank) => {
+    const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', worker], {
+      env: { ...process.env, ONESTAGE_TEST_DIST: JSON.stringify(config), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), WORLD_SIZE: '2', RANK: String(rank), LOCAL_RANK: String(rank) },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.push(child);
+    let stderr = '';
+    let announced = false;
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout!.on('data', (d: Buffer) => {
+      if (!announced && d.toString().includes('STEP 1')) {
+        announced = true;
+        onStep(rank, children);
+      }
+    });
+    return new Promise<{ code: number | null; stderr: string; endedAt: number }>((resolve) => child.on('close', (code) => resolve({ code, stderr, endedAt: Date.now() })));
+  });
+  const timer = setTimeout(() => children.forEach((c) => c.kill('SIGKILL')), 120_000);
+  try {
+    return await Promise.all(results);
+  } finally {
+    clearTimeout(timer);
+    children.forEach((c) => c.kill('SIGKILL'));
+  }
+}
+
+glooTest('dist: killing one worker makes the other exit with an error', async (t) => {
+  const out = tempDir('onestage-dist-kill-');
+  let killedAt = 0;
+  const [survivor, killed] = await twoWorkers({ data: await data(), head: 'retinanet', out, batchSize: 2, epochs: 1000, timeoutSeconds: 30, announceSteps: true }, (rank, children) => {
+    if (rank !== 1) return;
+    killedAt = Date.now();
+    children[1].kill('SIGKILL');
+  });
+  t.is(killed.code, null); // killed by the signal
+  t.is(survivor.code, 1);
+  t.regex(survivor.stderr, /worker failed: .*(all-reduce|broadcast|barrier).*rank 0 of 2.*failed/);
+  t.true(killedAt > 0);
+  t.true(survivor.endedAt - killedAt < 30_000, `the survivor took ${survivor.endedAt - killedAt} ms`);
+});
+
+glooTest('dist: a hung worker makes the other exit with an error after the timeout', async (t) => {
+  const out = tempDir('onestage-dist-hang-');
+  let stoppedAt = 0;
+  const timeoutSeconds = 4;
+  const [survivor, hung] = await twoWorkers({ data: await data(), head: 'retinanet', out, batchSize: 2, epochs: 1000, timeoutSeconds, announceSteps: true }, (rank, children) => {
+    if (rank !== 1) return;
+    stoppedAt = Date.now();
+    children[1].kill('SIGSTOP'); // alive, connected, silent
+    setTimeout(() => children[1].kill('SIGKILL'), 2_000 * timeoutSeconds).unref();
+  });
+  t.is(survivor.code, 1);
+  t.regex(survivor.stderr, /worker failed: .*(timed out|Timed out|timeout)/i);
+  const waited = (survivor.endedAt - stoppedAt) / 1000;
+  t.true(waited >= timeoutSeconds * 0.5 && waited < timeoutSeconds + 30, `the survivor stopped ${waited} s after the other hung`);
+  t.not(hung.code, 0);
+});
+
+glooTest('dist: onestage train --nproc 2 runs the CLI as 2 ranks with prefixed output and one run folder', (t) => {
+  const out = tempDir('onestage-dist-cli-');
+  const dir = fs.mkdtempSync(path.join(out, 'data-'));
+  const made = spawnSync(process.execPath, [cli, 'make-shapes', '--out', dir, '--train', '8', '--val', '4', '--size', '64', '--classes', '2'], { encoding: 'utf8' });
+  t.is(made.status, 0, made.stderr);
+  const run = path.join(out, 'run');
+  const r = spawnSync(process.execPath, [cli, 'train', '--nproc', '2', '--coco-train', path.join(dir, 'instances_train.json'), '--coco-val', path.join(dir, 'instances_val.json'),
+    '--depth', '18', '--feature-size', '32', '--batch-size', '2', '--epochs', '1', '--min-side', '64', '--max-side', '64', '--device', 'cpu', '--out', run], { encoding: 'utf8', env: { ...process.env, WORLD_SIZE: '' } });
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stderr, /\[rank 0\] training RetinaNet ResNet-18 .* × 2 processes \(gloo, 2 images per process and step\)/);
+  t.regex(r.stdout, /\[rank 0\] weights: /);
+  t.notRegex(r.stdout, /\[rank 1\] weights: /);
+  t.true(fs.existsSync(path.join(run, 'model.safetensors')));
+  t.is(fs.readFileSync(path.join(run, 'epochs.jsonl'), 'utf8').trim().split('\n').length, 1);
+});
