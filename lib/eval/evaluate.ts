@@ -59,9 +59,10 @@ export async function evaluateDetector(model: Model, loader: DataLoader, options
   const { voc, onProgress, group, ...detectOptions } = options;
   const dataset = loader.dataset;
   const sharded = group !== undefined && group.worldSize > 1;
-  if (sharded && (loader.shard.count !== group.worldSize || loader.shard.rank !== group.rank))
-    throw new RangeError(`data-parallel evaluation needs a loader sharded for this rank ({ shard: group.shard } = rank ${group.rank} of ${group.worldSize}); it has rank ${loader.shard.rank} of ${loader.shard.count}`);
-  if (!sharded && loader.shard.count > 1) throw new RangeError(`the loader is one shard (rank ${loader.shard.rank} of ${loader.shard.count}): pass options.group to merge the shards' detections`);
+  const shard = loader.shard ?? { rank: 0, count: 1 };
+  if (sharded && (shard.count !== group.worldSize || shard.rank !== group.rank))
+    throw new RangeError(`data-parallel evaluation needs a loader sharded for this rank ({ shard: group.shard } = rank ${group.rank} of ${group.worldSize}); it has rank ${shard.rank} of ${shard.count}`);
+  if (!sharded && shard.count > 1) throw new RangeError(`the loader is one shard (rank ${shard.rank} of ${shard.count}): pass options.group to merge the shards' detections`);
   const started = process.hrtime.bigint();
   const wasTraining = model.info.training;
   model.eval();

@@ -396,8 +396,9 @@ export class Trainer extends EventEmitter {
     for (const [name, l] of [['loader', loader], ['options.valLoader', o.valLoader]] as const) {
       if (!l) continue;
       const want = group ? group.shard : { rank: 0, count: 1 };
-      if (l.shard.rank !== want.rank || l.shard.count !== want.count)
-        throw new RangeError(group ? `data-parallel training needs ${name} sharded for this rank: create it with { shard: group.shard } (rank ${want.rank} of ${want.count}); it has rank ${l.shard.rank} of ${l.shard.count}` : `${name} is one shard (rank ${l.shard.rank} of ${l.shard.count}) but the trainer has no processGroup`);
+      const has = l.shard ?? { rank: 0, count: 1 }; // loaders of one's own may have no shard
+      if (has.rank !== want.rank || has.count !== want.count)
+        throw new RangeError(group ? `data-parallel training needs ${name} sharded for this rank: create it with { shard: group.shard } (rank ${want.rank} of ${want.count}); it has rank ${has.rank} of ${has.count}` : `${name} is one shard (rank ${has.rank} of ${has.count}) but the trainer has no processGroup`);
     }
     // only rank 0 writes (records, plots, checkpoints, weights); every rank reads a checkpoint to resume
     const main = !group || group.isMain;

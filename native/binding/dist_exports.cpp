@@ -78,7 +78,8 @@ Napi::Value DistMeanAsync(const Napi::CallbackInfo& info) {
 
 Napi::Value DistBarrierAsync(const Napi::CallbackInfo& info) {
   const auto g = groupArg(info, 0);
-  const auto what = stringArg(info, 1, "what");
+  auto what = stringArg(info, 1, "what");
+  if (what.empty()) throw Napi::RangeError::New(info.Env(), "Expected a non-empty label for what but received ''");
   return PromiseWorker<bool>::start(
       info.Env(), [g, what] { g->barrier("barrier (" + what + ")"); return true; },
       [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });

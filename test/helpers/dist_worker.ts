@@ -4,7 +4,7 @@
  * or without a process group, evaluates, and rank 0 writes its weights and a RESULT line.
  */
 import * as path from 'node:path';
-import { CocoDataset, DataLoader, Model, ProcessGroup, StepRecord, Trainer } from '../../lib';
+import { CocoDataset, DataLoader, Device, distEnvironment, Model, ProcessGroup, setTf32, StepRecord, Trainer } from '../../lib';
 
 interface WorkerConfig {
   data: string;
@@ -17,6 +17,8 @@ interface WorkerConfig {
   resume?: boolean;
   /** Start from these weights (every rank; rank 0's are broadcast anyway). */
   init?: string;
+  /** 'cuda': one GPU per process (NCCL); default 'cpu' (Gloo). */
+  device?: 'cpu' | 'cuda';
   /** Gradient-norm clipping (default 0.1, as pytorch-retinanet); 0: none. */
   clip?: number;
   /** Per-step lines on stdout (for the failure tests). */
@@ -25,17 +27,20 @@ interface WorkerConfig {
 
 async function main(): Promise<void> {
   const c = JSON.parse(process.env.ONESTAGE_TEST_DIST ?? '{}') as WorkerConfig;
-  const group = await ProcessGroup.fromEnv({ timeoutSeconds: c.timeoutSeconds ?? 60 });
+  const env = distEnvironment();
+  const device: Device = c.device === 'cuda' ? `cuda:${env?.localRank ?? 0}` : 'cpu';
+  if (c.device === 'cuda') setTf32(false); // TF32 convolutions would make batch 4 and 2 × 2 differ by ~1e-3
+  const group = await ProcessGroup.fromEnv({ timeoutSeconds: c.timeoutSeconds ?? 60, device });
   const rank = group?.rank ?? 0;
   const train = await CocoDataset.open(path.join(c.data, 'instances_train.json'));
   const val = await CocoDataset.open(path.join(c.data, 'instances_val.json'));
   // a different initialisation on every rank: rank 0's must win (broadcast at the first step)
-  const common = { depth: 18 as const, numClasses: 2, featureSize: 32, seed: 1 + rank, freezeBn: true };
+  const common = { depth: 18 as const, numClasses: 2, featureSize: 32, seed: 1 + rank, freezeBn: true, device };
   const model = c.head === 'nanodet-plus' ? Model.nanodetPlus(common) : Model.retinanet(common);
   if (c.init) await model.loadWeights(c.init);
   const transform = { minSide: 64, maxSide: 64 };
-  const loader = new DataLoader(train, { batchSize: c.batchSize, seed: 3, transform, shard: group?.shard });
-  const valLoader = new DataLoader(val, { batchSize: c.batchSize, shuffle: false, augment: false, transform, shard: group?.shard });
+  const loader = new DataLoader(train, { batchSize: c.batchSize, seed: 3, transform, shard: group?.shard, device });
+  const valLoader = new DataLoader(val, { batchSize: c.batchSize, shuffle: false, augment: false, transform, shard: group?.shard, device });
   const trainer = new Trainer(model, { optimizer: { lr: 0.01, clipGradNorm: c.clip ?? 0.1 }, ema: { decay: 0.9, tau: 2 }, processGroup: group, bucketMiB: 0.25 });
   if (c.announceSteps) trainer.on('step', (r: StepRecord) => process.stdout.write(`STEP ${r.step}\n`));
   const fit = await trainer.fit(loader, { epochs: c.epochs, runDir: c.out, resume: c.resume, valLoader });

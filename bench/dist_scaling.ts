@@ -1,0 +1,129 @@
+/**
+ * Data-parallel scaling: RetinaNet training steps (synthetic batches, fixed per-GPU batch) with 1
+ * process on 1 GPU and with N processes on N GPUs (c10d NCCL), in one invocation; prints img/s of
+ * each, the scaling efficiency img/s(N) ÷ (N × img/s(1)), and writes bench/results/dist-scaling.json.
+ *
+ *   ts-node bench/dist_scaling.ts --gpus 2 --batch 8 --size 640 --depth 50 --amp
+ *   (on the CPU: --device cpu uses Gloo processes instead of GPUs)
+ */
+import { Command } from 'commander';
+import * as path from 'node:path';
+import { buildInfo, Device, distEnvironment, launchWorkers, Model, ProcessGroup, setTf32, synchronize, Tensor, Trainer } from '../lib';
+import type { Batch } from '../lib';
+import { writeJsonAtomic } from '../lib/io';
+
+interface Options {
+  gpus: number;
+  batch: number;
+  size: number;
+  depth: number;
+  steps: number;
+  warmup: number;
+  amp: boolean;
+  device: 'cuda' | 'cpu';
+  out: string;
+}
+
+interface WorkerResult {
+  worldSize: number;
+  imagesPerSecond: number;
+  msPerStep: number;
+  skipped: number;
+  peakNote: string;
+}
+
+function syntheticBatch(o: Options, device: Device, seed: number): Batch {
+  const B = o.batch;
+  const S = o.size;
+  let x = seed * 9301 + 49297;
+  const rand = () => ((x = (x * 9301 + 49297) % 233280) / 233280);
+  const images = Tensor.from(Float32Array.from({ length: B * 3 * S * S }, () => rand() * 2 - 1), [B, 3, S, S], { device });
+  const boxes = 8;
+  const ann = new Float32Array(B * boxes * 5);
+  for (let i = 0; i < B * boxes; i++) {
+    const w = 32 + rand() * (S / 3);
+    const h = 32 + rand() * (S / 3);
+    const x1 = rand() * (S - w);
+    const y1 = rand() * (S - h);
+    ann.set([x1, y1, x1 + w, y1 + h, Math.floor(rand() * 80)], 5 * i);
+  }
+  const annotations = Tensor.from(ann, [B, boxes, 5], { device });
+  const ids = Array.from({ length: B }, (_, i) => i);
+  return { images, annotations, scales: ids.map(() => 1), sizes: ids.map(() => [S, S]), inputSizes: ids.map(() => [S, S]), ids, files: ids.map(() => ''), flipped: ids.map(() => false), crops: ids.map(() => null) };
+}
+
+async function worker(o: Options): Promise<void> {
+  const env = distEnvironment();
+  const device: Device = o.device === 'cuda' ? `cuda:${env?.localRank ?? 0}` : 'cpu';
+  if (o.device === 'cuda') setTf32(true); // cuDNN's default (LibTorch and PyTorch)
+  const group = env && env.worldSize > 1 ? await ProcessGroup.fromEnv({ device, timeoutSeconds: 600 }) : undefined;
+  const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
+  const trainer = new Trainer(model, { optimizer: { lr: 1e-4 }, amp: o.amp, processGroup: group });
+  const batch = syntheticBatch(o, device, env?.rank ?? 0);
+  let skipped = 0;
+  for (let i = 0; i < o.warmup; i++) skipped += (await trainer.step(batch, 1e-4)).skipped ? 1 : 0;
+  synchronize();
+  await group?.barrier('timing');
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < o.steps; i++) skipped += (await trainer.step(batch, 1e-4)).skipped ? 1 : 0;
+  synchronize();
+  await group?.barrier('timing');
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const worldSize = group?.worldSize ?? 1;
+  const result: WorkerResult = { worldSize, imagesPerSecond: (worldSize * o.batch * o.steps) / seconds, msPerStep: (1000 * seconds) / o.steps, skipped, peakNote: '' };
+  if ((env?.rank ?? 0) === 0) process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);
+  trainer.dispose();
+  model.dispose();
+  group?.dispose();
+}
+
+async function run(n: number, argv: string[]): Promise<WorkerResult> {
+  let found: WorkerResult | undefined;
+  const r = await launchWorkers(n, {
+    args: argv,
+    command: { execPath: process.execPath, execArgv: ['-r', 'ts-node/register/transpile-only'], script: __filename },
+    out: (line, stream) => {
+      const at = line.indexOf('RESULT ');
+      if (at >= 0) found = JSON.parse(line.slice(at + 7)) as WorkerResult;
+      else (stream === 'stdout' ? process.stdout : process.stderr).write(line + '\n');
+    },
+  });
+  if (r.exitCode !== 0 || !found) throw new Error(`the ${n}-process run failed (rank ${r.failed?.rank} exit ${r.failed?.code ?? r.failed?.signal})`);
+  return found;
+}
+
+async function main(): Promise<void> {
+  const o = new Command()
+    .option('--gpus <n>', 'processes (GPUs) of the parallel run', (v) => Number(v), 2)
+    .option('--batch <n>', 'images per GPU and step', (v) => Number(v), 8)
+    .option('--size <px>', 'square input side', (v) => Number(v), 640)
+    .option('--depth <n>', 'ResNet depth', (v) => Number(v), 50)
+    .option('--steps <n>', 'timed steps', (v) => Number(v), 30)
+    .option('--warmup <n>', 'untimed steps', (v) => Number(v), 8)
+    .option('--amp', 'bf16 autocast', false)
+    .option('--device <d>', "'cuda' (NCCL, a GPU per process) or 'cpu' (Gloo)", 'cuda')
+    .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'dist-scaling.json'))
+    .parse(process.argv)
+    .opts<Options>();
+  if (process.env.WORLD_SIZE) return worker(o);
+  const info = buildInfo();
+  if (o.device === 'cuda' && info.deviceCount < o.gpus) throw new Error(`--gpus ${o.gpus} needs ${o.gpus} GPUs; this machine has ${info.deviceCount}`);
+  const argv = process.argv.slice(2);
+  const one = await run(1, argv);
+  const many = await run(o.gpus, argv);
+  const efficiency = many.imagesPerSecond / (o.gpus * one.imagesPerSecond);
+  const rows = [
+    ['processes', 'img/s', 'ms/step', 'skipped steps'],
+    ['1', one.imagesPerSecond.toFixed(1), one.msPerStep.toFixed(1), String(one.skipped)],
+    [String(o.gpus), many.imagesPerSecond.toFixed(1), many.msPerStep.toFixed(1), String(many.skipped)],
+  ];
+  console.log(`RetinaNet ResNet-${o.depth}, ${o.size}×${o.size}, ${o.batch} images per ${o.device === 'cuda' ? 'GPU' : 'process'} and step, ${o.amp ? 'bf16 autocast' : 'fp32'} (${o.device === 'cuda' ? 'NCCL' : 'Gloo'}), onestage ${info.version}, LibTorch ${info.torchVersion}`);
+  for (const r of rows) console.log('| ' + r.join(' | ') + ' |');
+  console.log(`scaling efficiency ${o.gpus} vs 1: ${(100 * efficiency).toFixed(1)} %`);
+  writeJsonAtomic(o.out, { date: new Date().toISOString(), options: o, one, many, efficiency, torch: info.torchVersion }, 2);
+}
+
+main().catch((err: Error) => {
+  console.error(`dist_scaling: ${err.message}`);
+  process.exit(1);
+});
