@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <stdexcept>
+#include <type_traits>
 
 #include "core/errors.h"
 
@@ -62,6 +63,17 @@ class C10dProcessGroup final : public ProcessGroup {
  public:
   C10dProcessGroup(ProcessGroupOptions o, c10::intrusive_ptr<c10d::Store> store, c10::intrusive_ptr<Backend> backend)
       : ProcessGroup(std::move(o)), store_(std::move(store)), backend_(std::move(backend)) {}
+  ~C10dProcessGroup() override {
+#if defined(ONESTAGE_WITH_NCCL) && TORCH_VERSION_MAJOR >= 2
+    // what destroy_process_group() does for NCCL: its communicators are released in order
+    if constexpr (std::is_same_v<Backend, c10d::ProcessGroupNCCL>) {
+      try {
+        backend_->shutdown();
+      } catch (...) {
+      }
+    }
+#endif
+  }
 
   std::shared_ptr<PendingCollective> allreduceSum(const torch::Tensor& tensor, const std::string& what) override {
     check(tensor, what);
