@@ -134,6 +134,7 @@ export const TRAIN_CONFIG_SCHEMA = closed(
         ghmc: closed(ghm),
         ghmr: closed({ ...ghm, mu: num({ exclusiveMinimum: 0 }) }),
         ghmPerLevel: { type: 'boolean' },
+        ghmAcrossRanks: { type: 'boolean' },
         contrastive: closed({
           weight: nonNeg,
           temperature: num({ exclusiveMinimum: 0 }),
@@ -239,7 +240,7 @@ export function parseTrainConfig(value: unknown, root = 'config'): TrainConfig {
     c.model.depth ??= nanodet ? 18 : 50;
     c.model.featureSize ??= nanodet ? 96 : 256;
     c.model.freezeBn ??= !nanodet;
-    const retinaLossKeys = ['classification', 'regression', 'clsWeight', 'regWeight', 'focal', 'ghmc', 'ghmr', 'ghmPerLevel', 'contrastive'];
+    const retinaLossKeys = ['classification', 'regression', 'clsWeight', 'regWeight', 'focal', 'ghmc', 'ghmr', 'ghmPerLevel', 'ghmAcrossRanks', 'contrastive'];
     const nanodetLossKeys = ['qflBeta', 'qflWeight', 'giouWeight', 'dflWeight', 'detachEpoch', 'assignBy', 'assigner'];
     for (const k of Object.keys(c.loss))
       if ((nanodet ? retinaLossKeys : nanodetLossKeys).includes(k)) problems.push(`${root}.loss.${k} is ${nanodet ? 'a RetinaNet' : 'a NanoDet-Plus'} loss option; ${root}.model.head is '${c.model.head}'`);

@@ -94,6 +94,11 @@ export interface RetinaNetLossOptions {
   /** GHM once per pyramid level (mmdetection's call pattern, one EMA update per level) instead of once over all levels (default). */
   ghmPerLevel?: boolean;
   /**
+   * Data-parallel Trainer: GHM's bin counts and element totals are the means over the ranks (the global
+   * batch's histogram, the same EMA on every rank) instead of per rank as mmdetection under DDP (default false).
+   */
+  ghmAcrossRanks?: boolean;
+  /**
    * The contrastive term of joint training (Trainer only: it needs the loader's second view,
    * `views: 2`): `weight` × ContrastiveLoss on the FPN features of the batch and of its second view.
    */

@@ -207,6 +207,24 @@ glooTest('dist: NanoDet-Plus over 2 processes (normalisers all-reduced) equals o
   t.true(diff.max <= 1e-4, `weights differ by ${diff.max} (${diff.worst})`);
 });
 
+glooTest('dist: GHM-C/GHM-R with ghmAcrossRanks (global bin counts) over 2 processes equal one process; per-rank counts do not', async (t) => {
+  const dir = await data();
+  const out = tempDir('onestage-dist-ghm-');
+  const loss = { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7 } };
+  const base = { data: dir, head: 'retinanet', epochs: 2 };
+  const one = single({ ...base, out: path.join(out, 'one'), batchSize: 4, loss });
+  t.is(one.code, 0, one.stderr);
+  const global = await parallel(2, { ...base, out: path.join(out, 'global'), batchSize: 2, loss: { ...loss, ghmAcrossRanks: true } });
+  t.is(global.code, 0, global.stderr);
+  const perRank = await parallel(2, { ...base, out: path.join(out, 'per-rank'), batchSize: 2, loss });
+  t.is(perRank.code, 0, perRank.stderr);
+  const same = maxWeightDifference(one.result!.weights!, global.result!.weights!);
+  const other = maxWeightDifference(one.result!.weights!, perRank.result!.weights!);
+  t.log(`global counts: ${same.max}; per-rank counts: ${other.max}`);
+  t.true(same.max <= 1e-5, `weights differ by ${same.max} (${same.worst})`);
+  t.true(other.max > 10 * Math.max(same.max, 1e-7), `per-rank counts should differ: ${other.max}`);
+});
+
 glooTest('dist: a checkpoint written by 2 processes resumes in 1, and one from 1 in 2', async (t) => {
   const dir = await data();
   const out = tempDir('onestage-dist-resume-');

@@ -185,6 +185,7 @@ RetinaLossOptions retinaLossOptionsFrom(const Napi::Object& o) {
   r.ghmc = ghmOptionsFrom(optObject(o, "options", "ghmc"), "options.ghmc", r.ghmc);
   r.ghmr = ghmOptionsFrom(optObject(o, "options", "ghmr"), "options.ghmr", r.ghmr);
   r.ghmPerLevel = optBool(o, "options", "ghmPerLevel", r.ghmPerLevel);
+  r.ghmAcrossRanks = optBool(o, "options", "ghmAcrossRanks", r.ghmAcrossRanks);
   const auto c = optObject(o, "options", "contrastive");
   auto& ct = r.contrastive;
   ct.weight = optNumber(c, "options.contrastive", "weight", ct.weight);

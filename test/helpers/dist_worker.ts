@@ -17,6 +17,8 @@ interface WorkerConfig {
   resume?: boolean;
   /** Start from these weights (every rank; rank 0's are broadcast anyway). */
   init?: string;
+  /** RetinaNet loss options. */
+  loss?: object;
   /** 'cuda': one GPU per process (NCCL); default 'cpu' (Gloo). */
   device?: 'cpu' | 'cuda';
   /** Gradient-norm clipping (default 0.1, as pytorch-retinanet); 0: none. */
@@ -41,7 +43,7 @@ async function main(): Promise<void> {
   const transform = { minSide: 64, maxSide: 64 };
   const loader = new DataLoader(train, { batchSize: c.batchSize, seed: 3, transform, shard: group?.shard, device });
   const valLoader = new DataLoader(val, { batchSize: c.batchSize, shuffle: false, augment: false, transform, shard: group?.shard, device });
-  const trainer = new Trainer(model, { optimizer: { lr: 0.01, clipGradNorm: c.clip ?? 0.1 }, ema: { decay: 0.9, tau: 2 }, processGroup: group, bucketMiB: 0.25 });
+  const trainer = new Trainer(model, { optimizer: { lr: 0.01, clipGradNorm: c.clip ?? 0.1 }, loss: c.loss, ema: { decay: 0.9, tau: 2 }, processGroup: group, bucketMiB: 0.25 });
   if (c.announceSteps) trainer.on('step', (r: StepRecord) => process.stdout.write(`STEP ${r.step}\n`));
   const fit = await trainer.fit(loader, { epochs: c.epochs, runDir: c.out, resume: c.resume, valLoader });
   const losses = fit.history.map((e) => e.total);

@@ -31,6 +31,11 @@ void checkGhmInputs(const torch::Tensor& pred, const torch::Tensor& target, cons
   if (o.momentum < 0 || o.momentum >= 1) throw RangeError(std::string(what) + ": momentum must be in [0, 1)");
 }
 
+/// The element total `tot` (at least 1): under data parallelism with the reducer, the mean over the ranks.
+torch::Tensor globalTotal(const torch::Tensor& local, const GhmState& state) {
+  return (state.mean ? state.mean(local) : local).clamp_min(1.0);
+}
+
 /// Bin of every element (edges[i] ≤ g < edges[i+1]; `bins` when invalid, NaN or past the last edge)
 /// and the float64 count of valid elements per bin.
 std::pair<torch::Tensor, torch::Tensor> binsAndCounts(const torch::Tensor& g, const torch::Tensor& valid,
@@ -87,8 +92,9 @@ torch::Tensor ghmEdges(int64_t bins, double extra, bool addToLast, const torch::
 }
 
 /// The per-bin weight table [bins] (float32, already divided by the non-empty bin count), updating the EMA.
-torch::Tensor ghmTable(const torch::Tensor& counts, const torch::Tensor& tot, const GhmOptions& o, GhmState& state,
+torch::Tensor ghmTable(const torch::Tensor& localCounts, const torch::Tensor& tot, const GhmOptions& o, GhmState& state,
                        const torch::TensorOptions& f32) {
+  const auto counts = state.mean ? state.mean(localCounts) : localCounts;
   const auto nonEmpty = counts > 0;
   torch::Tensor denom = counts;
   if (o.momentum > 0) {
@@ -120,7 +126,7 @@ torch::Tensor ghmcLoss(const torch::Tensor& pred, const torch::Tensor& targetIn,
     torch::NoGradGuard noGrad;
     const auto g = torch::abs(torch::sigmoid(pred.detach()) - target);
     const auto valid = labelWeight > 0;
-    tot = valid.sum().to(torch::kFloat64).clamp_min(1.0);
+    tot = globalTotal(valid.sum().to(torch::kFloat64), state);
     weights = ghmWeights(g, valid, tot, o, 1e-6, true, state);
   }
   const auto loss = torch::binary_cross_entropy_with_logits(pred, target, weights, {}, at::Reduction::Sum);
@@ -197,7 +203,7 @@ torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& lab
     {
       torch::NoGradGuard noGrad;
       edges = ghmEdges(o.bins, 1e-6, true, x.options());
-      tot = (valid.sum().to(torch::kFloat64) * static_cast<double>(C)).clamp_min(1.0);
+      tot = globalTotal(valid.sum().to(torch::kFloat64) * static_cast<double>(C), state);
       table = ghmTable(ghmcCountsCuda(x.detach(), labels, valid, edges, o.bins), tot, o, state, x.options()).contiguous();
     }
     return GhmcLabelsFunction::apply(x, labels, valid, edges, table, tot.to(torch::kFloat32), o.bins) * o.lossWeight;
@@ -223,7 +229,7 @@ torch::Tensor ghmrLoss(const torch::Tensor& pred, const torch::Tensor& targetIn,
     {
       torch::NoGradGuard noGrad;
       edges = ghmEdges(o.bins, 1e3, false, p.options());
-      tot = w.sum().to(torch::kFloat64).clamp_min(1.0);
+      tot = globalTotal(w.sum().to(torch::kFloat64), state);
       table = ghmTable(ghmrCountsCuda(p.detach(), t, w, o.mu, edges, o.bins), tot, o, state, p.options()).contiguous();
     }
     return GhmrFunction::apply(p, t, w, edges, table, tot.to(torch::kFloat32), o.mu, o.bins) * o.lossWeight;
@@ -238,7 +244,7 @@ torch::Tensor ghmrLoss(const torch::Tensor& pred, const torch::Tensor& targetIn,
     const auto d = diff.detach();
     const auto g = torch::abs(d / torch::sqrt(mu2 + d * d));
     const auto valid = labelWeight > 0;
-    tot = labelWeight.sum().to(torch::kFloat64).clamp_min(1.0);
+    tot = globalTotal(labelWeight.sum().to(torch::kFloat64), state);
     weights = ghmWeights(g, valid, tot, o, 1e3, false, state);
   }
   return (loss * weights).sum() / tot.to(pred.scalar_type()) * o.lossWeight;

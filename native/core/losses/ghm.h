@@ -9,6 +9,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "core/losses/reduce.h"
+
 namespace onestage {
 
 struct GhmOptions {
@@ -21,6 +23,9 @@ struct GhmOptions {
 /// Holds the EMA of the bin counts (acc_sum), float64 [bins] on the loss's device.
 struct GhmState {
   torch::Tensor accSum;
+  /// Data-parallel: the bin counts and the element total become means over the ranks (the global
+  /// histogram; the same EMA on every rank). Not saved.
+  MeanReducer mean;
   void ensure(int64_t bins, const torch::Device& device);
 };
 

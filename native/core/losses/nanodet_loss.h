@@ -9,6 +9,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "core/losses/reduce.h"
+
 #include <functional>
 #include <string>
 
@@ -30,7 +32,6 @@ struct NanoDetLossOptions {
 };
 
 /// Mean of a scalar over data-parallel workers (identity in a single process).
-using MeanReducer = std::function<torch::Tensor(const torch::Tensor&)>;
 
 /// Per-prior training targets from an assignment.
 struct NanoDetTargets {

@@ -17,17 +17,17 @@ namespace {
 
 /// Runs `loss(pred, target, weight, state)` once, or per level along dim 1 and sums.
 template <typename F>
-torch::Tensor overLevels(bool perLevel, const std::vector<int64_t>& levels, std::vector<GhmState>& states,
+torch::Tensor overLevels(bool perLevel, const std::vector<int64_t>& levels, std::vector<GhmState>& states, const MeanReducer& reduce,
                          const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight, F loss) {
-  if (!perLevel) {
-    states.resize(1);
-    return loss(pred, target, weight, states[0]);
+  if (perLevel) {
+    int64_t total = 0;
+    for (auto n : levels) total += n;
+    if (levels.empty() || total != pred.size(1))
+      throw RangeError("per-level GHM needs levelSizes summing to the anchor count " + std::to_string(pred.size(1)));
   }
-  int64_t total = 0;
-  for (auto n : levels) total += n;
-  if (levels.empty() || total != pred.size(1))
-    throw RangeError("per-level GHM needs levelSizes summing to the anchor count " + std::to_string(pred.size(1)));
-  states.resize(levels.size());
+  states.resize(perLevel ? levels.size() : 1);
+  for (auto& s : states) s.mean = reduce;
+  if (!perLevel) return loss(pred, target, weight, states[0]);
   torch::Tensor sum;
   int64_t start = 0;
   for (size_t l = 0; l < levels.size(); ++l) {
@@ -52,7 +52,7 @@ LossParts RetinaLoss::forward(const torch::Tensor& cls, const torch::Tensor& reg
     // labels form (fused): −1 background, −2 ignored (weight 0)
     const auto weight = (a.labels != -2).to(cls.scalar_type());
     const auto opts = o.ghmc;
-    out.cls = overLevels(o.ghmPerLevel, levelSizes, ghmc_, cls, a.labels, weight,
+    out.cls = overLevels(o.ghmPerLevel, levelSizes, ghmc_, o.ghmAcrossRanks ? ghmReduce_ : MeanReducer(), cls, a.labels, weight,
                          [&](const torch::Tensor& p, const torch::Tensor& t, const torch::Tensor& w, GhmState& s) {
                            return ghmcLossLabels(p, t, w, opts, s);
                          });
@@ -65,7 +65,7 @@ LossParts RetinaLoss::forward(const torch::Tensor& cls, const torch::Tensor& reg
     const auto target = o.focal.coder.encode(anchors.to(reg.scalar_type()).unsqueeze(0), a.boxes.to(reg.scalar_type())).detach();
     const auto weight = (a.labels >= 0).unsqueeze(-1).expand_as(reg).to(reg.scalar_type());
     const auto opts = o.ghmr;
-    out.reg = overLevels(o.ghmPerLevel, levelSizes, ghmr_, reg, target, weight,
+    out.reg = overLevels(o.ghmPerLevel, levelSizes, ghmr_, o.ghmAcrossRanks ? ghmReduce_ : MeanReducer(), reg, target, weight,
                          [&](const torch::Tensor& p, const torch::Tensor& t, const torch::Tensor& w, GhmState& s) {
                            return ghmrLoss(p, t, w, opts, s);
                          });

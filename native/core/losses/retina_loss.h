@@ -34,6 +34,9 @@ struct RetinaLossOptions {
   GhmOptions ghmc{10, 0.75, 1.0, 0.02};
   GhmOptions ghmr{10, 0.7, 1.0, 0.02};
   bool ghmPerLevel = false;
+  /// Data-parallel training: GHM's bin counts and element totals are means over the ranks (the
+  /// histogram of the global batch, one EMA everywhere) instead of per rank (mmdetection under DDP).
+  bool ghmAcrossRanks = false;
   ContrastiveTraining contrastive;
 };
 
@@ -50,9 +53,12 @@ class RetinaLoss {
   std::vector<GhmState>& ghmcStates() { return ghmc_; }
   std::vector<GhmState>& ghmrStates() { return ghmr_; }
   std::mutex& mutex() { return mutex_; }
+  /// The reducer GHM's statistics go through when options().ghmAcrossRanks (set by the trainer).
+  void setGhmReducer(MeanReducer reduce) { ghmReduce_ = std::move(reduce); }
 
  private:
   RetinaLossOptions options_;
+  MeanReducer ghmReduce_;
   std::vector<GhmState> ghmc_, ghmr_;
   std::mutex mutex_;
 };

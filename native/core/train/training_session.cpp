@@ -98,6 +98,10 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
       throw RangeError("data-parallel training with the " + group.backend() + " backend needs the model on " + group.device().str() + "; it is on " +
                        detector_->device().str() + (detector_->device().is_cuda() ? " (use the nccl backend for CUDA)" : " (use the gloo backend on the CPU)"));
     buckets_ = std::make_unique<GradientBuckets>(training.group, params_, training.bucketBytes);
+    if (loss_) {
+      auto groupPtr = training.group;
+      loss_->setGhmReducer([groupPtr](const torch::Tensor& t) { return groupPtr->mean(t, "all-reduce of GHM bin counts"); });
+    }
   }
   if (training.emaDecay > 0) {
     torch::NoGradGuard noGrad;
