@@ -2,7 +2,52 @@
 
 #include "core/errors.h"
 
+#include <cstdlib>
+
 namespace onestage {
+
+#ifdef ONESTAGE_WITH_CUDA
+namespace {
+/// ONESTAGE_ROI_ALIGN=gather: the LibTorch-ops path on CUDA too (to compare the two).
+bool forceGatherRoiAlign() {
+  static const bool force = [] {
+    const char* v = std::getenv("ONESTAGE_ROI_ALIGN");
+    return v != nullptr && std::string(v) == "gather";
+  }();
+  return force;
+}
+}  // namespace
+#endif
+
+#ifdef ONESTAGE_WITH_CUDA
+at::Tensor roiAlignForwardCuda(const at::Tensor& features, const at::Tensor& rois, double scale, int64_t PH, int64_t PW, int64_t S, bool aligned);
+at::Tensor roiAlignBackwardCuda(const at::Tensor& grad, const at::Tensor& rois, int64_t B, int64_t C, int64_t H, int64_t W, double scale, int64_t S,
+                                bool aligned);
+
+namespace {
+
+/// The fused CUDA kernels with autograd (gradient with respect to the features only).
+struct RoiAlignFunction : public torch::autograd::Function<RoiAlignFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& features, const torch::Tensor& rois, double scale,
+                               int64_t PH, int64_t PW, int64_t S, bool aligned) {
+    ctx->save_for_backward({rois});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["S"] = S;
+    ctx->saved_data["aligned"] = aligned;
+    ctx->saved_data["shape"] = features.sizes().vec();
+    return roiAlignForwardCuda(features, rois, scale, PH, PW, S, aligned);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
+    const auto rois = ctx->get_saved_variables()[0];
+    const auto shape = ctx->saved_data["shape"].toIntVector();
+    const auto g = roiAlignBackwardCuda(grads[0].contiguous(), rois, shape[0], shape[1], shape[2], shape[3], ctx->saved_data["scale"].toDouble(),
+                                        ctx->saved_data["S"].toInt(), ctx->saved_data["aligned"].toBool());
+    return {g, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+#endif
 
 torch::Tensor roiAlign(const torch::Tensor& features, const torch::Tensor& rois, const RoiAlignOptions& o) {
   if (features.dim() != 4) throw RangeError("roiAlign: features must be [B, C, H, W]");
@@ -11,6 +56,10 @@ torch::Tensor roiAlign(const torch::Tensor& features, const torch::Tensor& rois,
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
   const int64_t R = rois.size(0), PH = o.outputHeight, PW = o.outputWidth, S = o.samplingRatio;
   if (R == 0) return features.new_zeros({0, C, PH, PW});
+#ifdef ONESTAGE_WITH_CUDA
+  if (features.is_cuda() && features.scalar_type() == torch::kFloat32 && rois.device() == features.device() && !forceGatherRoiAlign())
+    return RoiAlignFunction::apply(features.contiguous(), rois.detach().to(torch::kFloat32).contiguous(), o.spatialScale, PH, PW, S, o.aligned);
+#endif
   const auto opts = features.options();
   const auto r = rois.to(opts.dtype(torch::kFloat64)).detach();
   const double offset = o.aligned ? 0.5 : 0.0;

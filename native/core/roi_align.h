@@ -1,7 +1,8 @@
 // RoIAlign (Mask R-CNN's bilinear region pooling) with torchvision.ops.roi_align's arithmetic for a
-// fixed sampling ratio: built from LibTorch ops (gathers and weighted sums), so it runs on CPU and
-// CUDA and autograd gives the gradient with respect to the features (none with respect to boxes,
-// as torchvision).
+// fixed sampling ratio: on CUDA float32 our fused kernels (roi_align_cuda.cu) with an autograd
+// function; elsewhere (and with ONESTAGE_ROI_ALIGN=gather) built from LibTorch ops (gathers and
+// weighted sums). The gradient is with respect to the features (none with respect to boxes, as
+// torchvision).
 #pragma once
 #include <torch/torch.h>
 
