@@ -49,34 +49,49 @@ __device__ inline void roiBins(const float* roi, const RoiGeometry& g, double& x
   binH = h / g.PH;
 }
 
+/// Visits the bilinear corners of every sample of output element i ([r, c, ph, pw] of R×C×PH×PW):
+/// visit(cell offset within the element's H×W plane, weight), weights not yet divided by S².
+template <typename Visit>
+__device__ inline void forEachCorner(int64_t i, const float* __restrict__ rois, int C, int H, int W, const RoiGeometry& g, Visit visit) {
+  const int pw = static_cast<int>(i % g.PW);
+  const int ph = static_cast<int>((i / g.PW) % g.PH);
+  const int64_t r = i / (static_cast<int64_t>(g.PW) * g.PH * C);
+  const float* roi = rois + 5 * r;
+  double x0, y0, binW, binH;
+  roiBins(roi, g, x0, y0, binW, binH);
+  for (int iy = 0; iy < g.S; ++iy) {
+    const double y = y0 + binH * (ph + (iy + 0.5) / g.S);
+    int yl, yh;
+    double wyl, wyh;
+    if (!axisSample(y, H, yl, yh, wyl, wyh)) continue;
+    for (int ix = 0; ix < g.S; ++ix) {
+      const double x = x0 + binW * (pw + (ix + 0.5) / g.S);
+      int xl, xh;
+      double wxl, wxh;
+      if (!axisSample(x, W, xl, xh, wxl, wxh)) continue;
+      visit(yl * W + xl, static_cast<float>(wyl * wxl));
+      visit(yl * W + xh, static_cast<float>(wyl * wxh));
+      visit(yh * W + xl, static_cast<float>(wyh * wxl));
+      visit(yh * W + xh, static_cast<float>(wyh * wxh));
+    }
+  }
+}
+
+/// Offset of output element i's (b, c) feature plane (the batch index clamped into [0, B)).
+__device__ inline int64_t planeOffset(int64_t i, const float* __restrict__ rois, int B, int C, int H, int W, const RoiGeometry& g) {
+  const int c = static_cast<int>((i / (g.PW * g.PH)) % C);
+  const int64_t r = i / (static_cast<int64_t>(g.PW) * g.PH * C);
+  int b = static_cast<int>(rois[5 * r]);
+  b = b < 0 ? 0 : (b >= B ? B - 1 : b);
+  return (static_cast<int64_t>(b) * C + c) * H * W;
+}
+
 __global__ void roiAlignForwardKernel(const float* __restrict__ f, const float* __restrict__ rois, float* __restrict__ out, int64_t total,
                                       int B, int C, int H, int W, RoiGeometry g) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int pw = static_cast<int>(i % g.PW);
-    const int ph = static_cast<int>((i / g.PW) % g.PH);
-    const int c = static_cast<int>((i / (g.PW * g.PH)) % C);
-    const int64_t r = i / (static_cast<int64_t>(g.PW) * g.PH * C);
-    const float* roi = rois + 5 * r;
-    int b = static_cast<int>(roi[0]);
-    b = b < 0 ? 0 : (b >= B ? B - 1 : b);
-    double x0, y0, binW, binH;
-    roiBins(roi, g, x0, y0, binW, binH);
-    const float* plane = f + (static_cast<int64_t>(b) * C + c) * H * W;
+    const float* plane = f + planeOffset(i, rois, B, C, H, W, g);
     float sum = 0.f;
-    for (int iy = 0; iy < g.S; ++iy) {
-      const double y = y0 + binH * (ph + (iy + 0.5) / g.S);
-      int yl, yh;
-      double wyl, wyh;
-      if (!axisSample(y, H, yl, yh, wyl, wyh)) continue;
-      for (int ix = 0; ix < g.S; ++ix) {
-        const double x = x0 + binW * (pw + (ix + 0.5) / g.S);
-        int xl, xh;
-        double wxl, wxh;
-        if (!axisSample(x, W, xl, xh, wxl, wxh)) continue;
-        sum += static_cast<float>(wyl * wxl) * plane[yl * W + xl] + static_cast<float>(wyl * wxh) * plane[yl * W + xh] +
-               static_cast<float>(wyh * wxl) * plane[yh * W + xl] + static_cast<float>(wyh * wxh) * plane[yh * W + xh];
-      }
-    }
+    forEachCorner(i, rois, C, H, W, g, [&](int cell, float w) { sum += w * plane[cell]; });
     out[i] = sum / static_cast<float>(g.S * g.S);
   }
 }
@@ -84,34 +99,10 @@ __global__ void roiAlignForwardKernel(const float* __restrict__ f, const float* 
 __global__ void roiAlignBackwardKernel(const float* __restrict__ grad, const float* __restrict__ rois, float* __restrict__ gf, int64_t total,
                                        int B, int C, int H, int W, RoiGeometry g) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int pw = static_cast<int>(i % g.PW);
-    const int ph = static_cast<int>((i / g.PW) % g.PH);
-    const int c = static_cast<int>((i / (g.PW * g.PH)) % C);
-    const int64_t r = i / (static_cast<int64_t>(g.PW) * g.PH * C);
-    const float* roi = rois + 5 * r;
-    int b = static_cast<int>(roi[0]);
-    b = b < 0 ? 0 : (b >= B ? B - 1 : b);
-    double x0, y0, binW, binH;
-    roiBins(roi, g, x0, y0, binW, binH);
-    float* plane = gf + (static_cast<int64_t>(b) * C + c) * H * W;
     const float go = grad[i] / static_cast<float>(g.S * g.S);
     if (go == 0.f) continue;
-    for (int iy = 0; iy < g.S; ++iy) {
-      const double y = y0 + binH * (ph + (iy + 0.5) / g.S);
-      int yl, yh;
-      double wyl, wyh;
-      if (!axisSample(y, H, yl, yh, wyl, wyh)) continue;
-      for (int ix = 0; ix < g.S; ++ix) {
-        const double x = x0 + binW * (pw + (ix + 0.5) / g.S);
-        int xl, xh;
-        double wxl, wxh;
-        if (!axisSample(x, W, xl, xh, wxl, wxh)) continue;
-        atomicAdd(plane + yl * W + xl, go * static_cast<float>(wyl * wxl));
-        atomicAdd(plane + yl * W + xh, go * static_cast<float>(wyl * wxh));
-        atomicAdd(plane + yh * W + xl, go * static_cast<float>(wyh * wxl));
-        atomicAdd(plane + yh * W + xh, go * static_cast<float>(wyh * wxh));
-      }
-    }
+    float* plane = gf + planeOffset(i, rois, B, C, H, W, g);
+    forEachCorner(i, rois, C, H, W, g, [&](int cell, float w) { atomicAdd(plane + cell, go * w); });
   }
 }
 
