@@ -193,6 +193,7 @@ test('train: replicas split a batch over threads; with frozen BatchNorm the step
   t.is(resolveReplicas('auto', 'cpu', { classification: 'ghmc' }), 1);
   t.is(resolveReplicas('auto', 'cuda:0'), 1);
   t.is(resolveReplicas('auto', 'cpu'), os.availableParallelism());
+  t.is(resolveReplicas('auto', 'cpu', {}, 'retinanet', 2 * os.availableParallelism()), 1); // data-parallel processes share the cores
 });
 
 test('train: joint focal + contrastive training reports the contrastive term, needs the second view, and resumes bitwise with the projection head', async (t) => {

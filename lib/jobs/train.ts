@@ -10,7 +10,7 @@ import { distEnvironment, ProcessGroup } from '../distributed';
 import { DetectorEvaluation } from '../eval/evaluate';
 import { writeJsonAtomic } from '../io';
 import { Model } from '../model';
-import { FitResult, resolveReplicas, Trainer } from '../train/trainer';
+import { FitResult, localProcesses, resolveReplicas, Trainer } from '../train/trainer';
 import type { Device } from '../tensor';
 import { INPUT_METADATA_KEY, openDataset, resolveDevice } from './common';
 
@@ -75,10 +75,9 @@ async function trainInGroup(config: TrainConfig, options: TrainJobOptions, ctx: 
   try {
     if (m.weights) await model.loadWeights(m.weights);
     if (m.backbone) await model.loadWeights(m.backbone, { backboneOnly: true });
-    // CPU replicas share the cores with the other local processes
-    const localProcesses = Math.max(1, Number(process.env.LOCAL_WORLD_SIZE ?? group?.worldSize ?? 1) || 1);
-    const replicas = config.replicas === 'auto' && group ? Math.max(1, Math.floor(resolveReplicas('auto', device, config.loss, model.architecture) / localProcesses)) : resolveReplicas(config.replicas, device, config.loss, model.architecture);
-    trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, ema: config.ema, replicas, processGroup: group, bucketMiB: config.distributed.bucketMiB });
+    trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, ema: config.ema, replicas: config.replicas, processGroup: group, bucketMiB: config.distributed.bucketMiB });
+    // as the Trainer resolves it ('auto' shares the cores with the other local processes)
+    const replicas = resolveReplicas(config.replicas, device, config.loss, model.architecture, group ? localProcesses(group) : 1);
     log(`training ${nanodet ? 'NanoDet-Plus' : 'RetinaNet'} ResNet-${m.depth} (${(model.parameters() / 1e6).toFixed(1)} M parameters) on ${device}${replicas > 1 ? ` (${replicas} replicas)` : ''}` +
       (group ? ` × ${group.worldSize} processes (${group.backend}, ${d.batchSize} images per process and step)` : '') + `: ${train.length} images, ${train.classes.length} classes` +
       (val ? `, validating on ${val.length}` : '') + ` → ${config.out}`);

@@ -103,13 +103,16 @@ export interface TrainerOptions {
   bucketMiB?: number;
 }
 
-/** The replica count `replicas` resolves to for a model on `device` with `loss`. */
-export function resolveReplicas(replicas: TrainerOptions['replicas'], device: string, loss: RetinaNetLossOptions = {}, architecture: 'retinanet' | 'nanodet-plus' = 'retinanet'): number {
+/**
+ * The replica count `replicas` resolves to for a model on `device` with `loss`; 'auto' shares the
+ * cores among `processesHere` data-parallel processes on this machine.
+ */
+export function resolveReplicas(replicas: TrainerOptions['replicas'], device: string, loss: RetinaNetLossOptions = {}, architecture: 'retinanet' | 'nanodet-plus' = 'retinanet', processesHere = 1): number {
   if (replicas === undefined) return 1;
   if (replicas !== 'auto') return replicas;
   if (architecture === 'nanodet-plus') return 1; // batch-wide loss normalisers
   const batchStatistics = (loss.classification ?? 'focal') !== 'focal' || loss.regression === 'ghmr' || (loss.focal?.variant === 'logits' && loss.focal?.normalize === 'batch') || (loss.contrastive?.weight ?? 0) > 0;
-  return device === 'cpu' && !batchStatistics ? Math.max(1, os.availableParallelism()) : 1;
+  return device === 'cpu' && !batchStatistics ? Math.max(1, Math.floor(os.availableParallelism() / Math.max(1, processesHere))) : 1;
 }
 
 /** One training step: the native step's losses (cls, reg, contrastive, total), gradNorm, skipped, and where and how fast it ran. */
@@ -272,6 +275,12 @@ function readJsonLines<T>(file: string): T[] {
     });
 }
 
+/** Data-parallel processes on this machine: LOCAL_WORLD_SIZE as launchers set it, else the whole group. */
+export function localProcesses(group: ProcessGroup): number {
+  const n = Number(process.env.LOCAL_WORLD_SIZE);
+  return Number.isInteger(n) && n >= 1 ? n : group.worldSize;
+}
+
 export class Trainer extends EventEmitter {
   private readonly model: Model;
   /** The options that define the run (checkpointed and compared at resume): without processGroup and bucketMiB. */
@@ -290,7 +299,7 @@ export class Trainer extends EventEmitter {
     this.group = processGroup && processGroup.worldSize > 1 ? processGroup : undefined;
     this.model = model;
     const { emaDecay, emaTau } = emaSettings(this.options.ema);
-    const replicas = resolveReplicas(this.options.replicas, model.device, this.options.loss as RetinaNetLossOptions, model.architecture);
+    const replicas = resolveReplicas(this.options.replicas, model.device, this.options.loss as RetinaNetLossOptions, model.architecture, this.group ? localProcesses(this.group) : 1);
     if (this.group && this.group.device !== model.device && !(this.group.device === 'cuda:0' && model.device === 'cuda'))
       throw new RangeError(`the process group's collectives run on ${this.group.device} (${this.group.backend}) but the model is on ${model.device}`);
     this.session = native().trainerCreate(model.handle, this.options.optimizer ?? {}, this.options.loss ?? {}, { amp: this.options.amp ?? false, emaDecay, emaTau, replicas, bucketMiB: bucketMiB ?? 25 }, this.group?.nativeHandle ?? null);
