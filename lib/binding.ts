@@ -27,6 +27,10 @@ export interface NativeBinding {
   manualSeed(seed: number): void;
   setTf32(enabled: boolean): void;
   synchronize(): void;
+  setCudnnBenchmark(enabled: boolean): void;
+  profilerAvailable(): boolean;
+  profilerStart(): void;
+  profilerStop(path: string): void;
 
   tensorFromArray(data: NativeTypedArray, shape: number[], dtype: string, device: string): NativeTensor;
   tensorShape(t: NativeTensor): number[];
@@ -54,6 +58,7 @@ export interface NativeBinding {
   modelInfo(m: NativeModel): NativeModelInfo;
   modelSetTraining(m: NativeModel, training: boolean): void;
   modelTo(m: NativeModel, device: string): void;
+  modelSetChannelsLast(m: NativeModel, on: boolean): void;
   modelForwardAsync(m: NativeModel, images: NativeTensor): Promise<Record<string, NativeTensor>>;
   modelDetectAsync(m: NativeModel, images: NativeTensor, scales: NativeTensor, sizes: NativeTensor, options: object): Promise<NativeDetection[]>;
   modelLoadTorchAsync(m: NativeModel, path: string, options: object): Promise<NativeLoadReport>;
@@ -141,6 +146,8 @@ export interface NativeModelInfo {
   freezeBnAffine: boolean;
   device: string;
   training: boolean;
+  /** Convolution weights in channels-last memory order (`model.channelsLast()`). */
+  channelsLast: boolean;
   parameters: number;
   trainableParameters: number;
 }

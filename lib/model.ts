@@ -286,6 +286,17 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
     return this.info.device as Device;
   }
 
+  /**
+   * Convolution weights in channels-last (NHWC) memory order, inputs converted to it in `forward`
+   * and `detect`: the same numbers, and on CUDA the layout cuDNN's tensor-core kernels work in (no
+   * conversions around each convolution). `false` returns to NCHW. The Trainer sets it for CUDA models.
+   */
+  channelsLast(on = true): this {
+    if (typeof on !== 'boolean') throw invalid('on', 'a boolean', on);
+    native().modelSetChannelsLast(this.handle, on);
+    return this;
+  }
+
   /** Raw outputs for a batch `[B, 3, H, W]` (float32, on the model's device), without gradients. */
   async forward(images: Tensor): Promise<Out> {
     return wrapTensors<string>(await native().modelForwardAsync(this.handle, handleOf('images', images))) as unknown as Out;

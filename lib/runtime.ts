@@ -41,6 +41,35 @@ export function setTf32(enabled: boolean): void {
 }
 
 /**
+ * cuDNN's benchmark mode (`torch.backends.cudnn.benchmark`), process-wide: the first convolution of
+ * each new shape times cuDNN's algorithms and keeps the fastest. The Trainer turns it on for CUDA
+ * models (option `cudnnBenchmark`). No effect on CPU.
+ */
+export function setCudnnBenchmark(enabled: boolean): void {
+  if (typeof enabled !== 'boolean') throw invalid('enabled', 'a boolean', enabled);
+  native().setCudnnBenchmark(enabled);
+}
+
+/**
+ * LibTorch's Kineto profiler (CUDA kernels, copies and the CUDA runtime calls of every thread) from
+ * `startProfiler()` to `stopProfiler(path)`, which writes a Chrome trace (chrome://tracing, Perfetto;
+ * `bench/profile_summary.py` tabulates it). Needs an addon built against LibTorch ≥ 2 with Kineto
+ * (`profilerAvailable()`); Debian's LibTorch 1.13 has none.
+ */
+export function profilerAvailable(): boolean {
+  return native().profilerAvailable();
+}
+
+export function startProfiler(): void {
+  native().profilerStart();
+}
+
+export function stopProfiler(path: string): void {
+  if (typeof path !== 'string' || path === '') throw invalid('path', 'a file path', path);
+  native().profilerStop(path);
+}
+
+/**
  * Waits until every queued CUDA kernel has finished (no-op without CUDA). Promises of onestage
  * resolve when their work is queued on the GPU; call this before reading a clock.
  */

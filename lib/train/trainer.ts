@@ -18,6 +18,7 @@ import { writeFileAtomic, writeJsonAtomic } from '../io';
 import { checkContrastiveTraining, RetinaNetLossOptions } from '../losses';
 import { checkNanoDetPlusLossOptions, NanoDetPlusLossOptions } from '../nanodet';
 import type { Model } from '../model';
+import { setCudnnBenchmark } from '../runtime';
 import { checkInteger, checkOneOf, checkOptions, invalid } from '../validate';
 import { smooth, thin, writeLineChart } from './plots';
 import { Progress, ProgressMode } from './progress';
@@ -37,6 +38,13 @@ export interface OptimizerOptions {
   eps?: number;
   /** Gradients are clipped to this total norm (pytorch-retinanet: 0.1, the default); 0 disables. */
   clipGradNorm?: number;
+  /**
+   * How the update runs — the same arithmetic each way: 'loop' (LibTorch's optimizer, a few kernels per
+   * parameter), 'foreach' (multi-tensor kernels over all parameters, as torch.optim's foreach=True),
+   * 'fused' (AdamW in one fused kernel, as torch.optim's fused=True; CUDA with LibTorch ≥ 2), 'auto'
+   * (default: 'fused' where it exists, else 'foreach'). A performance setting: not checkpointed.
+   */
+  implementation?: 'auto' | 'fused' | 'foreach' | 'loop';
 }
 
 export interface ScheduleOptions {
@@ -79,6 +87,19 @@ export interface TrainerOptions {
   schedule?: ScheduleOptions;
   /** bf16 autocast of the forward pass on CUDA (losses stay float32); default false. An error on CPU. */
   amp?: boolean;
+  /**
+   * Convolution weights and inputs in channels-last (NHWC) memory order, the layout of cuDNN's
+   * tensor-core kernels: the same numbers, faster on CUDA. The model keeps the layout (inference
+   * too; `model.channelsLast(false)` reverts it). Default: true for a model on CUDA, false on the CPU.
+   * A performance setting: not checkpointed.
+   */
+  channelsLast?: boolean;
+  /**
+   * cuDNN's benchmark mode (process-wide, `torch.backends.cudnn.benchmark`): each new input shape
+   * times the convolution algorithms once and keeps the fastest. Default: true for a model on CUDA
+   * (left unchanged otherwise). Not checkpointed.
+   */
+  cudnnBenchmark?: boolean;
   /** Exponential moving average of the weights, used for validation and the final model; default off. */
   ema?: boolean | EmaOptions;
   /** Training stops with an error after this many consecutive skipped (non-finite) steps; default 10. */
@@ -229,7 +250,9 @@ function checkTrainerOptions(options: TrainerOptions | undefined, architecture: 
     if (sch[k] !== undefined && (typeof sch[k] !== 'number' || !Number.isFinite(sch[k]) || (sch[k] as number) < 0)) throw invalid(`options.schedule.${k}`, 'a non-negative number', sch[k]);
   if (sch.milestones !== undefined && (!Array.isArray(sch.milestones) || sch.milestones.some((m) => !Number.isInteger(m) || m < 0)))
     throw invalid('options.schedule.milestones', 'an array of non-negative integers (epochs)', sch.milestones);
-  if (o.amp !== undefined && typeof o.amp !== 'boolean') throw invalid('options.amp', 'a boolean', o.amp);
+  if (opt.implementation !== undefined) checkOneOf('options.optimizer.implementation', opt.implementation, ['auto', 'fused', 'foreach', 'loop'] as const);
+  for (const k of ['amp', 'channelsLast', 'cudnnBenchmark'] as const)
+    if (o[k] !== undefined && typeof o[k] !== 'boolean') throw invalid(`options.${k}`, 'a boolean', o[k]);
   if (o.ema !== undefined && typeof o.ema !== 'boolean') {
     const e = checkOptions('options.ema', o.ema);
     if (e.decay !== undefined && !(typeof e.decay === 'number' && e.decay > 0 && e.decay < 1)) throw invalid('options.ema.decay', 'a number in (0, 1)', e.decay, RangeError);
@@ -283,7 +306,7 @@ export function localProcesses(group: ProcessGroup): number {
 
 export class Trainer extends EventEmitter {
   private readonly model: Model;
-  /** The options that define the run (checkpointed and compared at resume): without processGroup and bucketMiB. */
+  /** The options that define the run (checkpointed and compared at resume): without the performance settings (processGroup, bucketMiB, channelsLast, cudnnBenchmark, optimizer.implementation). */
   private readonly options: TrainerOptions;
   private readonly group?: ProcessGroup;
   private readonly session: NativeSession;
@@ -294,15 +317,19 @@ export class Trainer extends EventEmitter {
 
   constructor(model: Model, options?: TrainerOptions) {
     super();
-    const { processGroup, bucketMiB, ...rest } = checkTrainerOptions(options, model.architecture);
-    this.options = rest;
+    const { processGroup, bucketMiB, channelsLast, cudnnBenchmark, ...rest } = checkTrainerOptions(options, model.architecture);
+    const { implementation, ...optimizer } = rest.optimizer ?? {};
+    this.options = { ...rest, optimizer };
     this.group = processGroup && processGroup.worldSize > 1 ? processGroup : undefined;
     this.model = model;
     const { emaDecay, emaTau } = emaSettings(this.options.ema);
     const replicas = resolveReplicas(this.options.replicas, model.device, this.options.loss as RetinaNetLossOptions, model.architecture, this.group ? localProcesses(this.group) : 1);
     if (this.group && this.group.device !== model.device && !(this.group.device === 'cuda:0' && model.device === 'cuda'))
       throw new RangeError(`the process group's collectives run on ${this.group.device} (${this.group.backend}) but the model is on ${model.device}`);
-    this.session = native().trainerCreate(model.handle, this.options.optimizer ?? {}, this.options.loss ?? {}, { amp: this.options.amp ?? false, emaDecay, emaTau, replicas, bucketMiB: bucketMiB ?? 25 }, this.group?.nativeHandle ?? null);
+    const onCuda = model.device.startsWith('cuda');
+    if (cudnnBenchmark ?? onCuda) setCudnnBenchmark(true);
+    const training = { amp: this.options.amp ?? false, channelsLast: channelsLast ?? onCuda, emaDecay, emaTau, replicas, bucketMiB: bucketMiB ?? 25 };
+    this.session = native().trainerCreate(model.handle, { ...optimizer, implementation: implementation ?? 'auto' }, this.options.loss ?? {}, training, this.group?.nativeHandle ?? null);
   }
 
   /** Learning rate of global step `step`: warm-up, then the schedule over `epochs` of `stepsPerEpoch` (× the plateau factor). */

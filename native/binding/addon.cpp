@@ -4,6 +4,7 @@
 
 #include "binding/napi_util.h"
 #include "core/build_info.h"
+#include "core/profiler.h"
 
 namespace onestage::binding {
 
@@ -45,6 +46,26 @@ Napi::Value SetTf32(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value SetCudnnBenchmark(const Napi::CallbackInfo& info) {
+  at::globalContext().setBenchmarkCuDNN(boolArg(info, 0, "enabled"));
+  return info.Env().Undefined();
+}
+
+Napi::Value ProfilerAvailable(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), onestage::profilerAvailable()); }
+
+Napi::Value ProfilerStart(const Napi::CallbackInfo& info) {
+  onestage::profilerStart();
+  return info.Env().Undefined();
+}
+
+Napi::Value ProfilerStop(const Napi::CallbackInfo& info) {
+  const auto path = stringArg(info, 0, "path");
+  if (path.size() < 6 || path.compare(path.size() - 5, 5, ".json") != 0)
+    throw Napi::TypeError::New(info.Env(), "Expected a path ending in .json for the profiler's trace but received '" + path + "'");
+  onestage::profilerStop(path);
+  return info.Env().Undefined();
+}
+
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
 #ifdef ONESTAGE_WITH_CUDA
   if (torch::cuda::is_available()) torch::cuda::synchronize();
@@ -59,6 +80,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exportFunction<ManualSeed>(env, exports, "manualSeed");
   exportFunction<SetTf32>(env, exports, "setTf32");
   exportFunction<Synchronize>(env, exports, "synchronize");
+  exportFunction<SetCudnnBenchmark>(env, exports, "setCudnnBenchmark");
+  exportFunction<ProfilerAvailable>(env, exports, "profilerAvailable");
+  exportFunction<ProfilerStart>(env, exports, "profilerStart");
+  exportFunction<ProfilerStop>(env, exports, "profilerStop");
   registerTensorExports(env, exports);
   registerModelExports(env, exports);
   registerGeometryExports(env, exports);

@@ -67,6 +67,7 @@ Napi::Value ModelInfo(const Napi::CallbackInfo& info) {
   }
   out.Set("device", deviceName(m->device()));
   out.Set("training", m->training());
+  out.Set("channelsLast", m->channelsLast());
   out.Set("parameters", static_cast<double>(m->parameterCount(false)));
   out.Set("trainableParameters", static_cast<double>(m->parameterCount(true)));
   return out;
@@ -85,6 +86,14 @@ Napi::Value ModelTo(const Napi::CallbackInfo& info) {
   const auto device = parseDevice(stringArg(info, 1, "device"));
   std::lock_guard<std::mutex> lock(m->mutex());
   m->to(device);
+  return info.Env().Undefined();
+}
+
+Napi::Value ModelSetChannelsLast(const Napi::CallbackInfo& info) {
+  auto m = modelArg(info);
+  const bool on = boolArg(info, 1, "channelsLast");
+  std::lock_guard<std::mutex> lock(m->mutex());
+  m->setChannelsLast(on);
   return info.Env().Undefined();
 }
 
@@ -262,6 +271,7 @@ void registerModelExports(Napi::Env env, Napi::Object exports) {
   exportFunction<ModelInfo>(env, exports, "modelInfo");
   exportFunction<ModelSetTraining>(env, exports, "modelSetTraining");
   exportFunction<ModelTo>(env, exports, "modelTo");
+  exportFunction<ModelSetChannelsLast>(env, exports, "modelSetChannelsLast");
   exportFunction<ModelForwardAsync>(env, exports, "modelForwardAsync");
   exportFunction<ModelDetectAsync>(env, exports, "modelDetectAsync");
   exportFunction<ModelLoadTorchAsync>(env, exports, "modelLoadTorchAsync");

@@ -28,12 +28,14 @@ OptimizerOptions optimizerOptionsFrom(const Napi::Object& o) {
   p.beta2 = optNumber(o, "optimizer", "beta2", p.beta2);
   p.eps = optNumber(o, "optimizer", "eps", p.eps);
   p.clipGradNorm = optNumber(o, "optimizer", "clipGradNorm", p.clipGradNorm);
+  p.implementation = optString(o, "optimizer", "implementation", p.implementation);
   return p;
 }
 
 TrainingOptions trainingOptionsFrom(const Napi::Object& o) {
   TrainingOptions t;
   t.amp = optBool(o, "training", "amp", t.amp);
+  t.channelsLast = optBool(o, "training", "channelsLast", t.channelsLast);
   t.emaDecay = optNumber(o, "training", "emaDecay", t.emaDecay);
   t.emaTau = optNumber(o, "training", "emaTau", t.emaTau);
   t.replicas = static_cast<int64_t>(optNumber(o, "training", "replicas", static_cast<double>(t.replicas)));

@@ -13,6 +13,20 @@ void Detector::to(const torch::Device& device) {
   device_ = device;
 }
 
+void Detector::setChannelsLast(bool on) {
+  torch::NoGradGuard noGrad;
+  const auto format = on ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  // set_data keeps each parameter's identity (optimizers and sessions hold the same tensors)
+  for (auto& p : module().parameters())
+    if (p.dim() == 4) p.set_data(p.data().contiguous(format));
+}
+
+bool Detector::channelsLast() {
+  for (const auto& p : module().parameters())
+    if (p.dim() == 4 && p.size(1) > 1 && (p.size(2) > 1 || p.size(3) > 1)) return p.is_contiguous(at::MemoryFormat::ChannelsLast) && !p.is_contiguous();
+  return false;
+}
+
 int64_t Detector::parameterCount(bool trainableOnly) {
   int64_t n = 0;
   for (const auto& p : module().parameters())

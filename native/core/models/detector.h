@@ -44,6 +44,11 @@ class Detector {
   torch::Device device() const { return device_; }
   void to(const torch::Device& device);
   void setTraining(bool on) { module().train(on); }
+  /// 4-D weights (convolutions) in channels-last memory order (NHWC), or back to contiguous NCHW; the
+  /// backbone converts its input to the weights' order. Values are unchanged; cuDNN's tensor-core
+  /// kernels work in NHWC, so on CUDA this saves the layout conversions around every convolution.
+  void setChannelsLast(bool on);
+  bool channelsLast();
   bool training() { return module().is_training(); }
   /// All parameters, and those that get gradients.
   int64_t parameterCount(bool trainableOnly);

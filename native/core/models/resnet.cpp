@@ -89,7 +89,10 @@ ResNetImpl::ResNetImpl(int64_t depth) {
   layer4 = register_module("layer4", layers[3]);
 }
 
-BackboneFeatures ResNetImpl::forward(const torch::Tensor& x) {
+BackboneFeatures ResNetImpl::forward(const torch::Tensor& input) {
+  // the input in the weights' memory order (channels-last models: Detector::setChannelsLast)
+  const bool nhwc = conv1->weight.is_contiguous(at::MemoryFormat::ChannelsLast) && !conv1->weight.is_contiguous();
+  const auto x = nhwc ? input.contiguous(at::MemoryFormat::ChannelsLast) : input;
   auto h = torch::relu(bn1(conv1(x)));
   h = torch::max_pool2d(h, 3, 2, 1);
   h = layer1->forward(h);

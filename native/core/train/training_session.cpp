@@ -83,6 +83,9 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
     for (const auto& p : projection_->parameters()) params_.push_back(p);
   }
   if (!(o.lr > 0)) throw RangeError("optimizer lr must be positive");
+  update_ = resolveUpdateImpl(o.implementation, o.type, detector_->device());
+  // before the optimizer's state and the EMA copies exist, so that they take the layout too
+  if (training.channelsLast) detector_->setChannelsLast(true);
   if (o.type == "sgd") {
     optimizer_ = std::make_unique<torch::optim::SGD>(
         params_, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weightDecay).nesterov(o.nesterov));
@@ -208,17 +211,12 @@ std::vector<torch::Tensor> TrainingSession::emaTargets() {
 
 void TrainingSession::updateEma() {
   if (ema_.empty()) return;
-  torch::NoGradGuard noGrad;
   ++emaUpdates_;
   const double d = training_.emaDecay * (1.0 - std::exp(-static_cast<double>(emaUpdates_) / training_.emaTau));
   const auto targets = emaTargets();
-  for (size_t i = 0; i < ema_.size(); ++i) {
+  for (size_t i = 0; i < ema_.size(); ++i)
     if (ema_[i].device() != targets[i].device()) ema_[i] = ema_[i].to(targets[i].device());
-    if (ema_[i].is_floating_point())
-      ema_[i].mul_(d).add_(targets[i].detach(), 1.0 - d);
-    else
-      ema_[i].copy_(targets[i]);  // e.g. BatchNorm's num_batches_tracked
-  }
+  emaUpdate(ema_, targets, d);
 }
 
 void TrainingSession::swapEma() {
@@ -230,6 +228,73 @@ void TrainingSession::swapEma() {
     auto held = targets[i].detach().clone();
     targets[i].detach().copy_(ema_[i]);
     ema_[i] = held;
+  }
+}
+
+namespace {
+
+/// The optimizer's state of parameter p (LibTorch keys it by the tensor's implementation: a string of
+/// the pointer in 1.x, the pointer itself in 2.x), created by `make` when absent.
+template <class State, class Map, class Make>
+State& paramState(Map& states, const torch::Tensor& p, Make make) {
+  using Key = typename std::decay_t<Map>::key_type;
+  Key key;
+  if constexpr (std::is_same_v<Key, std::string>)
+    key = c10::guts::to_string(p.unsafeGetTensorImpl());
+  else
+    key = p.unsafeGetTensorImpl();
+  auto it = states.find(key);
+  if (it == states.end()) it = states.emplace(key, make()).first;
+  return static_cast<State&>(*it->second);
+}
+
+}  // namespace
+
+void TrainingSession::applyUpdate() {
+  if (update_ == UpdateImpl::Loop) {
+    optimizer_->step();
+    return;
+  }
+  torch::NoGradGuard noGrad;
+  std::vector<torch::Tensor> params, grads;
+  for (const auto& p : params_)
+    if (p.grad().defined()) {
+      params.push_back(p);
+      grads.push_back(p.grad());
+    }
+  auto& states = optimizer_->state();
+  const double lr = optimizer_->param_groups().front().options().get_lr();  // this step's
+  if (options_.type == "adamw") {
+    std::vector<torch::Tensor> m, v;
+    std::vector<int64_t> steps;
+    for (const auto& p : params) {
+      auto& s = paramState<torch::optim::AdamWParamState>(states, p, [&p] {
+        auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+        fresh->step(0);
+        fresh->exp_avg(torch::zeros_like(p, at::MemoryFormat::Preserve));
+        fresh->exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
+        return fresh;
+      });
+      s.step(s.step() + 1);
+      m.push_back(s.exp_avg());
+      v.push_back(s.exp_avg_sq());
+      steps.push_back(s.step());
+    }
+    adamwUpdate(params, grads, m, v, steps, {lr, options_.beta1, options_.beta2, options_.eps, options_.weightDecay},
+                update_ == UpdateImpl::Fused);
+  } else {
+    // LibTorch keeps SGD state only with momentum (the buffer)
+    const bool momentum = options_.momentum != 0;
+    std::vector<torch::Tensor> buffers(params.size());
+    std::vector<torch::optim::SGDParamState*> held(params.size(), nullptr);
+    if (momentum)
+      for (size_t i = 0; i < params.size(); ++i) {
+        auto& s = paramState<torch::optim::SGDParamState>(states, params[i], [] { return std::make_unique<torch::optim::SGDParamState>(); });
+        held[i] = &s;
+        buffers[i] = s.momentum_buffer();
+      }
+    sgdUpdate(params, grads, buffers, {lr, options_.momentum, options_.weightDecay, options_.nesterov});
+    for (size_t i = 0; momentum && i < params.size(); ++i) held[i]->momentum_buffer(buffers[i]);
   }
 }
 
@@ -254,31 +319,26 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   }
   optimizer_->zero_grad();
   StepResult r;
-  const bool applied = retina_ ? stepRetinaNet(x, ann, views, r) : stepNanoDetPlus(x, ann, epoch, r);
-  if (!applied) return r;
-  const double maxNorm = options_.clipGradNorm > 0 ? options_.clipGradNorm : std::numeric_limits<double>::infinity();
-  r.gradNorm = torch::nn::utils::clip_grad_norm_(params_, maxNorm);
-  if (!std::isfinite(r.gradNorm)) {
-    optimizer_->zero_grad();
-    r.skipped = true;
-    r.reason = "non-finite gradient norm";
-    return r;
-  }
-  optimizer_->step();
-  updateEma();
+  if (retina_)
+    stepRetinaNet(x, ann, views, r);
+  else
+    stepNanoDetPlus(x, ann, epoch, r);
   return r;
 }
 
-bool TrainingSession::readLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values,
-                                 std::string& reason) {
-  // one host synchronisation per step, for the values reported and the finiteness check
+bool TrainingSession::readLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, const torch::Tensor& gradNorm,
+                                 std::vector<double>& values, double& norm, std::string& reason) {
+  // one host synchronisation per step, for the values reported and the finiteness checks
   std::vector<torch::Tensor> flat;
   for (const auto& [name, t] : named) flat.push_back(t.detach().reshape({}).to(torch::kFloat64));
   auto stacked = torch::stack(flat);
   // under data parallelism the means over the ranks: a non-finite loss anywhere skips the step everywhere
   if (training_.group) stacked = training_.group->mean(stacked, "all-reduce of the step's losses");
+  // the norm of the averaged gradients is the same on every rank
+  stacked = torch::cat({stacked, gradNorm.detach().reshape({1}).to(stacked.device(), torch::kFloat64)});
   const auto host = stacked.cpu();
-  values.assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+  values.assign(host.data_ptr<double>(), host.data_ptr<double>() + named.size());
+  norm = host.data_ptr<double>()[named.size()];
   bool finite = true;
   for (double v : values) finite = finite && std::isfinite(v);
   if (finite) return true;
@@ -303,33 +363,53 @@ void TrainingSession::backward(const torch::Tensor& loss) {
   buckets_->finish();
 }
 
-bool TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r) {
+void TrainingSession::finishStep(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values, StepResult& r) {
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : params_)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  const double maxNorm = options_.clipGradNorm > 0 ? options_.clipGradNorm : std::numeric_limits<double>::infinity();
+  const auto norm = grads.empty() ? torch::zeros({}, torch::TensorOptions(detector_->device())) : clipGradNorm(grads, maxNorm);
+  double hostNorm = 0;
+  const bool finiteLoss = readLosses(named, norm, values, hostNorm, r.reason);
+  r.skipped = !finiteLoss;
+  if (finiteLoss) {
+    r.gradNorm = hostNorm;
+    if (!std::isfinite(hostNorm)) {
+      r.skipped = true;
+      r.reason = "non-finite gradient norm";
+    }
+  }
+  if (r.skipped) {
+    optimizer_->zero_grad();
+    for (auto& replica : replicas_) replica->zero_grad();
+    return;
+  }
+  applyUpdate();
+  updateEma();
+}
+
+void TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r) {
   auto& net = retina_->net();
   const auto& ct = loss_->options().contrastive;
   const bool contrastive = ct.weight > 0;
   if (contrastive && (!views.defined() || views.sizes() != x.sizes()))
     throw RangeError("the contrastive loss needs the second view of the batch (a loader with views: 2), of the images' shape");
-  auto report = [this, &r, contrastive](const LossParts& parts, const torch::Tensor& extra) {
+  auto finish = [this, &r, contrastive](const LossParts& parts, const torch::Tensor& extra) {
     std::vector<std::pair<std::string, torch::Tensor>> named{{"cls", parts.cls}, {"reg", parts.reg}};
     if (contrastive) named.emplace_back("contrastive", extra);
     std::vector<double> v;
-    const bool ok = readLosses(named, v, r.reason);
+    finishStep(named, v, r);
     r.cls = v[0];
     r.reg = v[1];
     r.contrastive = contrastive ? v[2] : 0.0;
     r.total = r.cls + r.reg + r.contrastive;
-    r.skipped = !ok;
-    return ok;
   };
   const auto zero = torch::zeros({}, x.options());
   if (!replicas_.empty() && x.size(0) > 1) {
-    if (!report(forwardBackwardParallel(x, ann), zero)) {
-      optimizer_->zero_grad();
-      for (auto& replica : replicas_) replica->zero_grad();
-      return false;
-    }
+    const auto parts = forwardBackwardParallel(x, ann);
     if (buckets_) buckets_->allreduceGradients();
-    return true;
+    finish(parts, zero);
+    return;
   }
   RetinaNetOutput out, viewOut;
   {
@@ -355,12 +435,12 @@ bool TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor&
     if (projection_) project = [this](const torch::Tensor& t) { return projection_->forward(t); };
     extra = contrastiveLoss(f1, f2, ann, x.size(2), x.size(3), ct.loss, project).loss * ct.weight;
   }
-  if (!report(parts, extra)) return false;
+  // backward before the losses are read: a non-finite loss gives non-finite gradients, dropped unused
   backward(parts.cls + parts.reg + extra);
-  return true;
+  finish(parts, extra);
 }
 
-bool TrainingSession::stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r) {
+void TrainingSession::stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r) {
   auto& net = nanodet_->net();
   const auto& cfg = net->config();
   const bool detach = epoch >= nanodetLoss_.detachEpoch;
@@ -384,16 +464,13 @@ bool TrainingSession::stepNanoDetPlus(const torch::Tensor& x, const torch::Tenso
     named.emplace_back("auxBbox", parts.aux.bbox);
     named.emplace_back("auxDfl", parts.aux.dfl);
   }
+  backward(parts.total());
   std::vector<double> v;
-  const bool ok = readLosses(named, v, r.reason);
+  finishStep(named, v, r);
   for (size_t i = 0; i < named.size(); ++i) r.components.emplace_back(named[i].first, v[i]);
   r.cls = v[0] + (aux.defined() ? v[3] : 0.0);
   r.reg = v[1] + v[2] + (aux.defined() ? v[4] + v[5] : 0.0);
   r.total = r.cls + r.reg;
-  r.skipped = !ok;
-  if (!ok) return false;
-  backward(parts.total());
-  return true;
 }
 
 namespace {

@@ -14,6 +14,7 @@
 #include "core/losses/nanodet_loss.h"
 #include "core/losses/retina_loss.h"
 #include "core/models/detector.h"
+#include "core/train/multi_tensor.h"
 
 namespace onestage {
 
@@ -25,11 +26,16 @@ struct OptimizerOptions {
   bool nesterov = false;     // sgd
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // adamw
   double clipGradNorm = 0.1;  // ≤ 0: no clipping (pytorch-retinanet clips at 0.1)
+  /// How the update runs (core/train/multi_tensor.h): "auto" | "fused" | "foreach" | "loop".
+  std::string implementation = "auto";
 };
 
 struct TrainingOptions {
   /// bf16 autocast of the forward pass (CUDA only); losses are computed in float32.
   bool amp = false;
+  /// Convolution weights and inputs in channels-last (NHWC) memory order: the layout cuDNN's tensor-core
+  /// kernels use natively (same arithmetic; the model keeps the layout afterwards, inference too).
+  bool channelsLast = false;
   /// Exponential moving average of the weights (parameters and buffers): after each applied step
   /// ema = d·ema + (1 − d)·w with d = decay·(1 − exp(−updates / tau)) (the ramp of YOLOv5/NanoDet's
   /// ModelEMA). decay 0 disables.
@@ -92,9 +98,9 @@ class TrainingSession {
   std::shared_ptr<RetinaNetDetector> retina_;    // set for RetinaNet models
   std::shared_ptr<NanoDetPlusDetector> nanodet_;  // set for NanoDet-Plus models
   NanoDetLossOptions nanodetLoss_;
-  /// The RetinaNet path of step(): losses and backward (returns false when skipped).
-  bool stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r);
-  bool stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r);
+  /// The architectures' paths of step(): forward, losses, backward, then finishStep.
+  void stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r);
+  void stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r);
   void updateEma();
   /// Forward, loss and backward of the batch split over the model and its replicas.
   LossParts forwardBackwardParallel(const torch::Tensor& images, const torch::Tensor& annotations);
@@ -112,10 +118,18 @@ class TrainingSession {
   std::vector<torch::Tensor> params_;
   std::unique_ptr<GradientBuckets> buckets_;  // data-parallel gradient averaging
   bool synchronised_ = false;                 // rank 0's weights broadcast (at the first step)
-  /// Reads the named losses to the host (means over the ranks under data parallelism); false when any is not finite.
-  bool readLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values, std::string& reason);
+  UpdateImpl update_ = UpdateImpl::Loop;
+  /// Reads the named losses and the gradient norm to the host in one transfer (the losses as means over
+  /// the ranks under data parallelism); false when any is not finite.
+  bool readLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, const torch::Tensor& gradNorm,
+                  std::vector<double>& values, double& norm, std::string& reason);
   /// backward of `loss` with the data-parallel gradient averaging around it.
   void backward(const torch::Tensor& loss);
+  /// The end of every step once the gradients exist: clipping, the single host read of the losses and
+  /// the norm, then the update and the EMA — or the skip when anything is not finite.
+  void finishStep(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values, StepResult& r);
+  /// The optimizer update of the parameters that have gradients (implementation update_).
+  void applyUpdate();
 };
 
 }  // namespace onestage

@@ -1,0 +1,189 @@
+/**
+ * The training step's fast paths against the plain ones: multi-tensor ('foreach') and fused
+ * optimizer updates against LibTorch's per-parameter optimizers (weights, EMA weights and the
+ * checkpointed optimizer state), channels-last against NCHW, the clipping arithmetic, and on CUDA
+ * the loss curve of the whole fast configuration against the plain one over 200 steps of shapes data.
+ */
+import test from 'ava';
+import * as path from 'node:path';
+import { Batch, buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, OptimizerOptions, setTf32, StepRecord, Trainer } from '../lib';
+import { assertClose } from './helpers/close';
+import { tempDir } from './helpers/python';
+
+const devices: Device[] = ['cpu', ...(buildInfo().cudaAvailable ? ['cuda' as const] : [])];
+
+const shapes = new Map<string, Promise<CocoDataset>>();
+function dataset(train: number, size: number): Promise<CocoDataset> {
+  const key = `${train}/${size}`;
+  if (!shapes.has(key))
+    shapes.set(key, (async () => {
+      const dir = tempDir();
+      await makeShapes({ out: dir, train, val: 0, size, classes: 3, seed: 21, maxObjects: 4 });
+      return CocoDataset.open(path.join(dir, 'instances_train.json'));
+    })());
+  return shapes.get(key)!;
+}
+
+async function batches(device: Device, n: number): Promise<Batch[]> {
+  const loader = new DataLoader(await dataset(8, 64), { batchSize: 4, seed: 5, device, transform: { minSide: 64, maxSide: 64 } });
+  const out: Batch[] = [];
+  for (let e = 0; out.length < n; e++) for await (const b of loader.epoch(e)) if (out.length < n) out.push(b); else disposeBatch(b);
+  return out;
+}
+
+const small = (device: Device) => Model.retinanet({ depth: 18, numClasses: 3, featureSize: 32, seed: 4, device });
+const weightsOf = (m: Model) => m.stateDict();
+
+const optimizers: Array<[string, OptimizerOptions]> = [
+  ['sgd', { type: 'sgd', lr: 0.02, momentum: 0.9, weightDecay: 1e-4 }],
+  ['sgd nesterov', { type: 'sgd', lr: 0.02, momentum: 0.9, weightDecay: 1e-4, nesterov: true }],
+  ['sgd without momentum', { type: 'sgd', lr: 0.02, momentum: 0, weightDecay: 0 }],
+  ['adamw', { type: 'adamw', lr: 1e-3, weightDecay: 0.05 }],
+];
+
+for (const device of devices)
+  for (const [name, optimizer] of optimizers) {
+    const impls: Array<'foreach' | 'fused'> = ['foreach', ...(device === 'cuda' && optimizer.type === 'adamw' && !buildInfo().torchVersion.startsWith('1.') ? ['fused' as const] : [])];
+    for (const impl of impls)
+      test(`fast path: the '${impl}' ${name} update equals LibTorch's per-parameter optimizer over 3 steps, EMA and resumed state included (${device})`, async (t) => {
+        if (device === 'cuda') setTf32(false);
+        const data = await batches(device, 4);
+        const run = async (implementation: 'loop' | 'foreach' | 'fused') => {
+          const model = small(device);
+          const trainer = new Trainer(model, { optimizer: { ...optimizer, implementation }, ema: { decay: 0.9, tau: 1 }, channelsLast: false, cudnnBenchmark: false });
+          const losses: number[] = [];
+          for (const b of data.slice(0, 3)) losses.push((await trainer.step(b, optimizer.lr)).total);
+          return { model, trainer, losses };
+        };
+        const plain = await run('loop');
+        const fast = await run(impl);
+        // CPU: the same operations in the same order; CUDA: cuDNN's backward is not bitwise repeatable
+        // (and AdamW's first steps move each weight by about ±lr whatever the gradient's size)
+        const tol = device === 'cpu' ? { atol: 1e-7, rtol: 1e-6 } : { atol: optimizer.type === 'adamw' ? 3 * optimizer.lr! : 1e-5, rtol: 1e-3 };
+        for (let i = 0; i < 3; i++) t.true(Math.abs(plain.losses[i] - fast.losses[i]) <= 1e-5 * Math.abs(plain.losses[i]) + (device === 'cpu' ? 0 : 1e-3), `step ${i}: ${plain.losses[i]} vs ${fast.losses[i]}`);
+        const a = weightsOf(plain.model);
+        const b = weightsOf(fast.model);
+        for (const k of ['conv1.weight', 'layer2.0.downsample.0.weight', 'fpn.P5_1.bias', 'classificationModel.conv4.weight', 'regressionModel.output.bias'])
+          assertClose(t, b[k], a[k], { ...tol, name: k });
+        // the EMA weights
+        const emaOf = (x: { trainer: Trainer; model: Model }) => x.trainer.withEmaWeights(async () => weightsOf(x.model)['layer3.1.conv2.weight']);
+        assertClose(t, await emaOf(fast), await emaOf(plain), { ...tol, name: 'ema' });
+        // the optimizer state through a checkpoint, resumed with the per-parameter optimizer: one more step
+        const dir = tempDir();
+        await fast.trainer.saveCheckpoint(dir, { epoch: 0, batch: 3, step: 3 });
+        const resumed = small(device);
+        const again = new Trainer(resumed, { optimizer: { ...optimizer, implementation: 'loop' }, ema: { decay: 0.9, tau: 1 }, channelsLast: false, cudnnBenchmark: false });
+        await again.loadCheckpoint(dir);
+        const r1 = await plain.trainer.step(data[3], optimizer.lr);
+        const r2 = await again.step(data[3], optimizer.lr);
+        t.true(Math.abs(r1.total - r2.total) <= 1e-5 * Math.abs(r1.total) + (device === 'cpu' ? 0 : 1e-3), `${r1.total} vs ${r2.total}`);
+        assertClose(t, weightsOf(resumed)['layer4.0.conv1.weight'], weightsOf(plain.model)['layer4.0.conv1.weight'], { ...tol, name: 'after resume with the loop optimizer' });
+        for (const b of data) disposeBatch(b);
+        for (const x of [plain, fast]) {
+          x.trainer.dispose();
+          x.model.dispose();
+        }
+        again.dispose();
+        resumed.dispose();
+      });
+  }
+
+for (const device of devices)
+  test(`fast path: channels-last training gives the NCHW losses and weights; the model stays channels-last and saves plain weights (${device})`, async (t) => {
+    if (device === 'cuda') setTf32(false);
+    const data = await batches(device, 3);
+    const run = async (channelsLast: boolean) => {
+      const model = small(device);
+      const trainer = new Trainer(model, { optimizer: { lr: 0.02 }, channelsLast, cudnnBenchmark: false });
+      const losses: number[] = [];
+      for (const b of data) losses.push((await trainer.step(b, 0.02)).total);
+      trainer.dispose();
+      return { model, losses };
+    };
+    const nchw = await run(false);
+    const nhwc = await run(true);
+    t.false(nchw.model.info.channelsLast);
+    t.true(nhwc.model.info.channelsLast);
+    for (let i = 0; i < data.length; i++) t.true(Math.abs(nchw.losses[i] - nhwc.losses[i]) <= 1e-4 * Math.abs(nchw.losses[i]), `step ${i}: ${nchw.losses[i]} vs ${nhwc.losses[i]}`);
+    const a = nchw.model.stateDict();
+    const b = nhwc.model.stateDict();
+    for (const k of ['conv1.weight', 'layer1.0.conv2.weight', 'classificationModel.output.weight']) assertClose(t, b[k], a[k], { atol: 1e-5, rtol: 1e-4, name: k });
+    // saved weights are in NCHW order whatever the layout: a plain model loads them and detects the same
+    const file = path.join(tempDir(), 'nhwc.safetensors');
+    await nhwc.model.saveWeights(file);
+    const loaded = small(device);
+    await loaded.loadWeights(file);
+    t.false(loaded.info.channelsLast);
+    nhwc.model.eval();
+    loaded.eval();
+    const [d1] = await nhwc.model.detect(data[0].images, { scoreThreshold: 0.01 });
+    const [d2] = await loaded.detect(data[0].images, { scoreThreshold: 0.01 });
+    t.is(d1.scores.length, d2.scores.length);
+    for (let i = 0; i < Math.min(5, d1.scores.length); i++) t.true(Math.abs(d1.scores[i] - d2.scores[i]) < 1e-4, `score ${i}`);
+    t.false(nhwc.model.channelsLast(false).info.channelsLast);
+    for (const b of data) disposeBatch(b);
+    for (const m of [nchw.model, nhwc.model, loaded]) m.dispose();
+  });
+
+test('fast path: clipping scales the update to the clip norm (one plain SGD step), and reports the norm before clipping', async (t) => {
+  const [batch] = await batches('cpu', 1);
+  const model = small('cpu');
+  const before = model.stateDict();
+  const lr = 0.5;
+  const clip = 1e-3;
+  const r = await new Trainer(model, { optimizer: { type: 'sgd', lr, momentum: 0, weightDecay: 0, clipGradNorm: clip } }).step(batch, lr);
+  t.true(r.gradNorm > 10 * clip, `gradient norm ${r.gradNorm}`);
+  const after = model.stateDict();
+  let sq = 0;
+  for (const k of Object.keys(before)) {
+    if (k.endsWith('running_mean') || k.endsWith('running_var') || k.endsWith('num_batches_tracked')) continue;
+    const x = before[k].toArray() as Float32Array;
+    const y = after[k].toArray() as Float32Array;
+    for (let i = 0; i < x.length; i++) sq += ((y[i] - x[i]) / lr) ** 2;
+  }
+  // ‖Δw‖ / lr = ‖g‖ · clip / (‖g‖ + 1e-6)
+  const expected = (r.gradNorm * clip) / (r.gradNorm + 1e-6);
+  t.true(Math.abs(Math.sqrt(sq) - expected) < 1e-3 * expected, `${Math.sqrt(sq)} vs ${expected}`);
+  disposeBatch(batch);
+  t.throws(() => new Trainer(small('cpu'), { optimizer: { type: 'adamw', implementation: 'fused' } }), { instanceOf: RangeError, message: /'fused' is AdamW on CUDA/ });
+  t.throws(() => new Trainer(small('cpu'), { optimizer: { implementation: 'fast' as 'auto' } }), { instanceOf: RangeError, message: /options\.optimizer\.implementation/ });
+  t.throws(() => new Trainer(small('cpu'), { channelsLast: 1 as unknown as boolean }), { message: /options\.channelsLast/ });
+});
+
+const cuda = buildInfo().cudaAvailable ? test : test.skip;
+
+cuda('fast path: 200 steps on shapes data — the fast configuration (channels-last, cuDNN benchmark, fused AdamW, bf16) follows the plain one (NCHW, per-parameter AdamW, bf16)', async (t) => {
+  setTf32(true);
+  const ds = await dataset(400, 128);
+  const curve = async (fast: boolean) => {
+    const model = Model.retinanet({ depth: 18, numClasses: 3, featureSize: 64, seed: 11, device: 'cuda' });
+    const trainer = new Trainer(model, {
+      optimizer: { type: 'adamw', lr: 1e-3, weightDecay: 1e-4, implementation: fast ? 'auto' : 'loop' },
+      amp: true,
+      channelsLast: fast,
+      cudnnBenchmark: fast,
+    });
+    const losses: number[] = [];
+    trainer.on('step', (r: StepRecord) => losses.push(r.total));
+    await trainer.fit(new DataLoader(ds, { batchSize: 8, seed: 2, device: 'cuda', shuffle: true, transform: { minSide: 128, maxSide: 128 } }), { epochs: 4 });
+    trainer.dispose();
+    model.dispose();
+    return losses;
+  };
+  const plain = await curve(false);
+  const fast = await curve(true);
+  t.is(plain.length, 200);
+  t.is(fast.length, 200);
+  const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
+  // windows of 20 steps: each within 10 % (runs on a GPU are not bitwise repeatable), the last 50 within 5 %
+  for (let w = 0; w < 200; w += 20) {
+    const a = mean(plain.slice(w, w + 20));
+    const b = mean(fast.slice(w, w + 20));
+    t.true(Math.abs(a - b) <= 0.1 * a, `steps ${w}–${w + 19}: plain ${a.toFixed(4)}, fast ${b.toFixed(4)}`);
+  }
+  const a = mean(plain.slice(-50));
+  const b = mean(fast.slice(-50));
+  t.log(`loss, first 20 steps: plain ${mean(plain.slice(0, 20)).toFixed(4)} fast ${mean(fast.slice(0, 20)).toFixed(4)}; last 50: plain ${a.toFixed(4)} fast ${b.toFixed(4)}`);
+  t.true(Math.abs(a - b) <= 0.05 * a);
+  t.true(a < 0.7 * mean(plain.slice(0, 20)), 'the plain run learned');
+});
