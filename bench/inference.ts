@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { buildInfo, Model, setTf32, Tensor } from '../lib';
+import { buildInfo, Model, setCudnnBenchmark, setTf32, Tensor } from '../lib';
 import { pythonWithTorch } from '../test/helpers/python';
 import { timeMs } from './timing';
 
@@ -40,12 +40,19 @@ async function main(): Promise<void> {
   if (gpu) setTf32(true); // PyTorch's default for convolutions; both sides run the same way
   const rows: Row[] = [];
   const model = Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval();
-  for (const b of batches) {
-    const x = Tensor.from(Float32Array.from({ length: b * 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [b, 3, size, size], { device });
-    const ms = await timeMs(() => model.detect(x), warmup, iters);
-    rows.push({ system: `onestage (LibTorch ${buildInfo().torchVersion})`, batch: b, ms });
-    console.error(`onestage batch ${b}: ${ms.toFixed(1)} ms`);
-    x.dispose();
+  // on CUDA also channels-last with cuDNN's benchmark mode (what a Trainer leaves a CUDA model in)
+  for (const layout of gpu ? ['NCHW', 'channels-last'] : ['NCHW']) {
+    if (layout === 'channels-last') {
+      model.channelsLast(true);
+      setCudnnBenchmark(true);
+    }
+    for (const b of batches) {
+      const x = Tensor.from(Float32Array.from({ length: b * 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [b, 3, size, size], { device });
+      const ms = await timeMs(() => model.detect(x), warmup, iters);
+      rows.push({ system: `onestage ${layout} (LibTorch ${buildInfo().torchVersion})`, batch: b, ms });
+      console.error(`onestage ${layout} batch ${b}: ${ms.toFixed(1)} ms`);
+      x.dispose();
+    }
   }
   model.dispose();
   const py = pythonWithTorch();
@@ -59,7 +66,7 @@ async function main(): Promise<void> {
   console.log('| system | batch | ms / batch | img/s | vs onestage |');
   console.log('| --- | --- | --- | --- | --- |');
   for (const r of rows) {
-    const ours = rows.find((o) => o.system.startsWith('onestage') && o.batch === r.batch);
+    const ours = rows.find((o) => o.system.startsWith('onestage NCHW') && o.batch === r.batch);
     const ratio = ours ? (r.ms / ours.ms).toFixed(2) + '×' : '';
     console.log(`| ${r.system} | ${r.batch} | ${r.ms.toFixed(1)} | ${((r.batch * 1000) / r.ms).toFixed(1)} | ${ratio} |`);
   }

@@ -31,6 +31,7 @@ export interface NativeBinding {
   profilerAvailable(): boolean;
   profilerStart(): void;
   profilerStop(path: string): void;
+  cudaMemory(device: number, resetPeak: boolean): { allocated: number; peak: number; reserved: number };
 
   tensorFromArray(data: NativeTypedArray, shape: number[], dtype: string, device: string): NativeTensor;
   tensorShape(t: NativeTensor): number[];

@@ -70,6 +70,15 @@ export function stopProfiler(path: string): void {
 }
 
 /**
+ * Bytes of the CUDA caching allocator on device `index` (of `cuda:index`): in use now, the most in use
+ * since the last `resetPeak`, and reserved from the driver (torch.cuda.memory_allocated,
+ * max_memory_allocated, memory_reserved). Zeros without CUDA.
+ */
+export function cudaMemory(index = 0, options: { resetPeak?: boolean } = {}): { allocated: number; peak: number; reserved: number } {
+  return native().cudaMemory(checkInteger('index', index, 0, 1024), options.resetPeak ?? false);
+}
+
+/**
  * Waits until every queued CUDA kernel has finished (no-op without CUDA). Promises of onestage
  * resolve when their work is queued on the GPU; call this before reading a clock.
  */

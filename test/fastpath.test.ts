@@ -38,7 +38,7 @@ const optimizers: Array<[string, OptimizerOptions]> = [
   ['sgd', { type: 'sgd', lr: 0.02, momentum: 0.9, weightDecay: 1e-4 }],
   ['sgd nesterov', { type: 'sgd', lr: 0.02, momentum: 0.9, weightDecay: 1e-4, nesterov: true }],
   ['sgd without momentum', { type: 'sgd', lr: 0.02, momentum: 0, weightDecay: 0 }],
-  ['adamw', { type: 'adamw', lr: 1e-3, weightDecay: 0.05 }],
+  ['adamw', { type: 'adamw', lr: 1e-4, weightDecay: 0.05 }],
 ];
 
 for (const device of devices)
@@ -60,7 +60,7 @@ for (const device of devices)
         // CPU: the same operations in the same order; CUDA: cuDNN's backward is not bitwise repeatable
         // (and AdamW's first steps move each weight by about ±lr whatever the gradient's size)
         const tol = device === 'cpu' ? { atol: 1e-7, rtol: 1e-6 } : { atol: optimizer.type === 'adamw' ? 3 * optimizer.lr! : 1e-5, rtol: 1e-3 };
-        for (let i = 0; i < 3; i++) t.true(Math.abs(plain.losses[i] - fast.losses[i]) <= 1e-5 * Math.abs(plain.losses[i]) + (device === 'cpu' ? 0 : 1e-3), `step ${i}: ${plain.losses[i]} vs ${fast.losses[i]}`);
+        for (let i = 0; i < 3; i++) t.true(Math.abs(plain.losses[i] - fast.losses[i]) <= (device === 'cpu' ? 1e-5 : 3e-3) * Math.abs(plain.losses[i]), `step ${i}: ${plain.losses[i]} vs ${fast.losses[i]}`);
         const a = weightsOf(plain.model);
         const b = weightsOf(fast.model);
         for (const k of ['conv1.weight', 'layer2.0.downsample.0.weight', 'fpn.P5_1.bias', 'classificationModel.conv4.weight', 'regressionModel.output.bias'])
@@ -76,7 +76,7 @@ for (const device of devices)
         await again.loadCheckpoint(dir);
         const r1 = await plain.trainer.step(data[3], optimizer.lr);
         const r2 = await again.step(data[3], optimizer.lr);
-        t.true(Math.abs(r1.total - r2.total) <= 1e-5 * Math.abs(r1.total) + (device === 'cpu' ? 0 : 1e-3), `${r1.total} vs ${r2.total}`);
+        t.true(Math.abs(r1.total - r2.total) <= (device === 'cpu' ? 1e-5 : 3e-3) * Math.abs(r1.total), `${r1.total} vs ${r2.total}`);
         assertClose(t, weightsOf(resumed)['layer4.0.conv1.weight'], weightsOf(plain.model)['layer4.0.conv1.weight'], { ...tol, name: 'after resume with the loop optimizer' });
         for (const b of data) disposeBatch(b);
         for (const x of [plain, fast]) {
@@ -107,7 +107,17 @@ for (const device of devices)
     for (let i = 0; i < data.length; i++) t.true(Math.abs(nchw.losses[i] - nhwc.losses[i]) <= 1e-4 * Math.abs(nchw.losses[i]), `step ${i}: ${nchw.losses[i]} vs ${nhwc.losses[i]}`);
     const a = nchw.model.stateDict();
     const b = nhwc.model.stateDict();
-    for (const k of ['conv1.weight', 'layer1.0.conv2.weight', 'classificationModel.output.weight']) assertClose(t, b[k], a[k], { atol: 1e-5, rtol: 1e-4, name: k });
+    // on CUDA the channels-last model runs its frozen BatchNorm layers as fused kernels (BatchNorm + sum + ReLU):
+    // the BatchNorm weights and biases get their gradients from those kernels
+    for (const k of ['conv1.weight', 'bn1.weight', 'bn1.bias', 'layer1.0.conv2.weight', 'layer1.0.bn2.weight', 'layer2.0.downsample.1.weight', 'layer2.0.downsample.1.bias', 'layer4.1.bn2.bias', 'classificationModel.output.weight'])
+      assertClose(t, b[k], a[k], { atol: 1e-5, rtol: 1e-4, name: k });
+    // the forward pass of both layouts in eval mode (the fused forward alone)
+    nchw.model.eval();
+    const f1 = await nchw.model.forward(data[1].images);
+    const f2 = await nhwc.model.channelsLast(true).eval().forward(data[1].images);
+    nhwc.model.train();
+    for (const k of ['c3', 'c5', 'classification'] as const) assertClose(t, f2[k], f1[k], { atol: 1e-4, rtol: 1e-4, name: `forward ${k}` });
+    for (const v of [...Object.values(f1), ...Object.values(f2)]) v.dispose();
     // saved weights are in NCHW order whatever the layout: a plain model loads them and detects the same
     const file = path.join(tempDir(), 'nhwc.safetensors');
     await nhwc.model.saveWeights(file);
@@ -158,7 +168,8 @@ cuda('fast path: 200 steps on shapes data — the fast configuration (channels-l
   const curve = async (fast: boolean) => {
     const model = Model.retinanet({ depth: 18, numClasses: 3, featureSize: 64, seed: 11, device: 'cuda' });
     const trainer = new Trainer(model, {
-      optimizer: { type: 'adamw', lr: 1e-3, weightDecay: 1e-4, implementation: fast ? 'auto' : 'loop' },
+      optimizer: { type: 'adamw', lr: 2e-4, weightDecay: 1e-4, implementation: fast ? 'auto' : 'loop' },
+      schedule: { warmupSteps: 20 },
       amp: true,
       channelsLast: fast,
       cudnnBenchmark: fast,
@@ -176,11 +187,16 @@ cuda('fast path: 200 steps on shapes data — the fast configuration (channels-l
   t.is(fast.length, 200);
   const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
   // windows of 20 steps: each within 10 % (runs on a GPU are not bitwise repeatable), the last 50 within 5 %
+  const windows: string[] = [];
+  let worst = 0;
   for (let w = 0; w < 200; w += 20) {
     const a = mean(plain.slice(w, w + 20));
     const b = mean(fast.slice(w, w + 20));
-    t.true(Math.abs(a - b) <= 0.1 * a, `steps ${w}–${w + 19}: plain ${a.toFixed(4)}, fast ${b.toFixed(4)}`);
+    windows.push(`${a.toFixed(3)}/${b.toFixed(3)}`);
+    worst = Math.max(worst, Math.abs(a - b) / a);
   }
+  t.log(`20-step means plain/fast: ${windows.join(' ')}`);
+  t.true(worst <= 0.1, `windows differ by up to ${(100 * worst).toFixed(1)} %`);
   const a = mean(plain.slice(-50));
   const b = mean(fast.slice(-50));
   t.log(`loss, first 20 steps: plain ${mean(plain.slice(0, 20)).toFixed(4)} fast ${mean(fast.slice(0, 20)).toFixed(4)}; last 50: plain ${a.toFixed(4)} fast ${b.toFixed(4)}`);

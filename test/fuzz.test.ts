@@ -52,6 +52,7 @@ function validArgs(group: NativeProcessGroup | null = null, port = 1): Record<ke
     synchronize: [],
     setCudnnBenchmark: [false],
     profilerAvailable: [],
+    cudaMemory: [0, false],
     profilerStart: [],
     profilerStop: [path.join(os.tmpdir(), `onestage-fuzz-${process.pid}.json`)],
     tensorFromArray: [new Float32Array(4), [2, 2], 'float32', 'cpu'],

@@ -66,6 +66,15 @@ Napi::Value ProfilerStop(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
+  const auto m = onestage::cudaMemory(static_cast<int>(intArg(info, 0, "device", 0, 1024)), boolArg(info, 1, "resetPeak"));
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("allocated", static_cast<double>(m.allocated));
+  out.Set("peak", static_cast<double>(m.peak));
+  out.Set("reserved", static_cast<double>(m.reserved));
+  return out;
+}
+
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
 #ifdef ONESTAGE_WITH_CUDA
   if (torch::cuda::is_available()) torch::cuda::synchronize();
@@ -84,6 +93,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exportFunction<ProfilerAvailable>(env, exports, "profilerAvailable");
   exportFunction<ProfilerStart>(env, exports, "profilerStart");
   exportFunction<ProfilerStop>(env, exports, "profilerStop");
+  exportFunction<CudaMemory>(env, exports, "cudaMemory");
   registerTensorExports(env, exports);
   registerModelExports(env, exports);
   registerGeometryExports(env, exports);

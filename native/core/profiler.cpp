@@ -8,6 +8,10 @@
 #include <set>
 #include <stdexcept>
 
+#ifdef ONESTAGE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
 #if TORCH_VERSION_MAJOR >= 2 && defined(__has_include)
 #if __has_include(<torch/csrc/autograd/profiler_kineto.h>)
 #include <torch/csrc/autograd/profiler_kineto.h>
@@ -65,5 +69,21 @@ void profilerStart() {
 }
 void profilerStop(const std::string&) { throw std::runtime_error("the profiler is not running"); }
 #endif
+
+CudaMemory cudaMemory(int device, bool resetPeak) {
+  CudaMemory m;
+#ifdef ONESTAGE_WITH_CUDA
+  if (!torch::cuda::is_available() || device < 0 || device >= static_cast<int>(torch::cuda::device_count())) return m;
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device);
+  m.allocated = stats.allocated_bytes[0].current;  // [0]: the aggregate over pool kinds
+  m.peak = stats.allocated_bytes[0].peak;
+  m.reserved = stats.reserved_bytes[0].current;
+  if (resetPeak) c10::cuda::CUDACachingAllocator::resetPeakStats(device);
+#else
+  (void)device;
+  (void)resetPeak;
+#endif
+  return m;
+}
 
 }  // namespace onestage

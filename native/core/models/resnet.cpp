@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/errors.h"
+#include "core/models/frozen_bn.h"
 
 namespace onestage {
 
@@ -14,6 +15,12 @@ nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad)
 }
 nn::Sequential makeDownsample(int64_t in, int64_t out, int64_t stride) {
   return nn::Sequential(conv(in, out, 1, stride, 0), nn::BatchNorm2d(out));
+}
+/// The block's shortcut: x, or downsample = [1×1 conv, BatchNorm] (no activation).
+torch::Tensor shortcut(nn::Sequential& downsample, const torch::Tensor& x) {
+  if (!downsample) return x;
+  nn::BatchNorm2d holder(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(downsample->ptr(1)));
+  return batchNormAct(holder, downsample[0]->as<nn::Conv2d>()->forward(x), {}, false);
 }
 }  // namespace
 
@@ -27,9 +34,8 @@ BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride)
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  auto out = torch::relu(bn1(conv1(x)));
-  out = bn2(conv2(out));
-  return torch::relu(out + (downsample ? downsample->forward(x) : x));
+  auto out = batchNormAct(bn1, conv1(x), {}, true);
+  return batchNormAct(bn2, conv2(out), shortcut(downsample, x), true);
 }
 
 BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride) {
@@ -44,10 +50,9 @@ BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride)
 }
 
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
-  auto out = torch::relu(bn1(conv1(x)));
-  out = torch::relu(bn2(conv2(out)));
-  out = bn3(conv3(out));
-  return torch::relu(out + (downsample ? downsample->forward(x) : x));
+  auto out = batchNormAct(bn1, conv1(x), {}, true);
+  out = batchNormAct(bn2, conv2(out), {}, true);
+  return batchNormAct(bn3, conv3(out), shortcut(downsample, x), true);
 }
 
 namespace {
@@ -93,7 +98,7 @@ BackboneFeatures ResNetImpl::forward(const torch::Tensor& input) {
   // the input in the weights' memory order (channels-last models: Detector::setChannelsLast)
   const bool nhwc = conv1->weight.is_contiguous(at::MemoryFormat::ChannelsLast) && !conv1->weight.is_contiguous();
   const auto x = nhwc ? input.contiguous(at::MemoryFormat::ChannelsLast) : input;
-  auto h = torch::relu(bn1(conv1(x)));
+  auto h = batchNormAct(bn1, conv1(x), {}, true);
   h = torch::max_pool2d(h, 3, 2, 1);
   h = layer1->forward(h);
   BackboneFeatures f;

@@ -1,6 +1,8 @@
 #include "core/train/training_session.h"
 
 #include <ATen/autocast_mode.h>
+
+#include <sstream>
 #include <torch/version.h>
 
 #include <cmath>
@@ -239,9 +241,11 @@ template <class State, class Map, class Make>
 State& paramState(Map& states, const torch::Tensor& p, Make make) {
   using Key = typename std::decay_t<Map>::key_type;
   Key key;
-  if constexpr (std::is_same_v<Key, std::string>)
-    key = c10::guts::to_string(p.unsafeGetTensorImpl());
-  else
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream text;  // c10::guts::to_string of the pointer, as LibTorch 1.x writes the key
+    text << static_cast<const void*>(p.unsafeGetTensorImpl());
+    key = text.str();
+  } else
     key = p.unsafeGetTensorImpl();
   auto it = states.find(key);
   if (it == states.end()) it = states.emplace(key, make()).first;

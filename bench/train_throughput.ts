@@ -1,0 +1,177 @@
+/**
+ * Training throughput: RetinaNet training steps on one synthetic batch (B images of S×S, 8 boxes each,
+ * 80 classes), onestage's plain configuration (NCHW, LibTorch's per-parameter optimizer, no cuDNN
+ * benchmark) and its default fast one (channels-last, cuDNN benchmark, multi-tensor update), fp32 and
+ * bf16 autocast — and in the same invocation the PyTorch references on the same batch (torchvision's
+ * retinanet_resnet50_fpn and the pytorch-retinanet-layout reference model of test/reference with its
+ * per-image focal loss). Prints img/s, ms/step, peak memory and the ratio to torchvision; writes JSON.
+ *
+ *   npx ts-node --transpile-only bench/train_throughput.ts --device cuda [--batch 8] [--size 640]
+ *       [--steps 30] [--warmup 10] [--precisions fp32,bf16] [--profile trace.json]
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Command } from 'commander';
+import { buildInfo, cudaMemory, Device, Model, profilerAvailable, setCudnnBenchmark, setTf32, startProfiler, stopProfiler, synchronize, Tensor, Trainer } from '../lib';
+import type { Batch, TrainerOptions } from '../lib';
+import { writeJsonAtomic } from '../lib/io';
+import { pythonWithTorch } from '../test/helpers/python';
+
+interface Options {
+  device: 'cpu' | 'cuda';
+  batch: number;
+  size: number;
+  depth: number;
+  steps: number;
+  warmup: number;
+  precisions: string;
+  optimizer: 'sgd' | 'adamw';
+  profile?: string;
+  reference: boolean;
+  out: string;
+}
+
+interface Row {
+  system: string;
+  precision: string;
+  imagesPerSecond: number;
+  msPerStep: number;
+  peakMiB: number | null;
+  note?: string;
+}
+
+/** The synthetic batch, written where the Python references read it (raw float32, little-endian). */
+function makeBatch(o: Options, dir: string): { images: Float32Array; annotations: Float32Array } {
+  let x = 12345;
+  const rand = () => ((x = (x * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const B = o.batch;
+  const S = o.size;
+  const images = Float32Array.from({ length: B * 3 * S * S }, () => rand() * 2 - 1);
+  const boxes = 8;
+  const annotations = new Float32Array(B * boxes * 5);
+  for (let i = 0; i < B * boxes; i++) {
+    const w = 32 + rand() * (S / 3);
+    const h = 32 + rand() * (S / 3);
+    const x1 = rand() * (S - w);
+    const y1 = rand() * (S - h);
+    annotations.set([x1, y1, x1 + w, y1 + h, Math.floor(rand() * 80)], 5 * i);
+  }
+  fs.writeFileSync(path.join(dir, 'images.f32'), Buffer.from(images.buffer));
+  fs.writeFileSync(path.join(dir, 'annotations.f32'), Buffer.from(annotations.buffer));
+  return { images, annotations };
+}
+
+async function timeOnestage(o: Options, data: { images: Float32Array; annotations: Float32Array }, amp: boolean, fast: boolean): Promise<Row> {
+  const device: Device = o.device;
+  const B = o.batch;
+  const S = o.size;
+  const images = Tensor.from(data.images, [B, 3, S, S], { device });
+  const annotations = Tensor.from(data.annotations, [B, 8, 5], { device });
+  const ids = Array.from({ length: B }, (_, i) => i);
+  const batch: Batch = { images, annotations, scales: ids.map(() => 1), sizes: ids.map(() => [S, S]), inputSizes: ids.map(() => [S, S]), ids, files: ids.map(() => ''), flipped: ids.map(() => false), crops: ids.map(() => null) };
+  const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
+  const lr = o.optimizer === 'sgd' ? 0.01 : 1e-4;
+  const options: TrainerOptions = {
+    optimizer: { type: o.optimizer, lr, momentum: 0.9, weightDecay: 1e-4, implementation: fast ? 'auto' : 'loop' },
+    amp,
+    // fast: the Trainer's defaults (channels-last and cuDNN benchmark on CUDA); plain: all off
+    ...(fast ? {} : { channelsLast: false, cudnnBenchmark: false }),
+  };
+  if (!fast && o.device === 'cuda') setCudnnBenchmark(false);
+  const trainer = new Trainer(model, options);
+  for (let i = 0; i < o.warmup; i++) await trainer.step(batch, lr);
+  synchronize();
+  if (o.device === 'cuda') cudaMemory(0, { resetPeak: true });
+  const t0 = process.hrtime.bigint();
+  let skipped = 0;
+  for (let i = 0; i < o.steps; i++) skipped += (await trainer.step(batch, lr)).skipped ? 1 : 0;
+  synchronize();
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const peak = o.device === 'cuda' ? cudaMemory(0).peak / 2 ** 20 : null;
+  if (fast && o.profile && profilerAvailable()) {
+    // a few more steps under the profiler (kernels and CUDA runtime calls of every thread)
+    startProfiler();
+    for (let i = 0; i < 5; i++) await trainer.step(batch, lr);
+    synchronize();
+    const file = o.profile.replace(/\.json$/, `-${amp ? 'bf16' : 'fp32'}.json`);
+    stopProfiler(file);
+    console.error(`profile of 5 steps written to ${file}`);
+  }
+  trainer.dispose();
+  model.dispose();
+  images.dispose();
+  annotations.dispose();
+  return {
+    system: `onestage ${fast ? (o.device === 'cuda' ? 'default (channels-last, cuDNN benchmark, multi-tensor update)' : 'default (multi-tensor update)') : 'plain (NCHW, per-parameter optimizer)'}`,
+    precision: amp ? 'bf16' : 'fp32',
+    imagesPerSecond: (B * o.steps) / seconds,
+    msPerStep: (1000 * seconds) / o.steps,
+    peakMiB: peak,
+    note: skipped > 0 ? `${skipped} skipped steps` : undefined,
+  };
+}
+
+async function main(): Promise<void> {
+  const o = new Command()
+    .option('--device <d>', 'cpu or cuda', 'cuda')
+    .option('--batch <n>', 'images per step', (v) => Number(v), 8)
+    .option('--size <px>', 'square input side', (v) => Number(v), 640)
+    .option('--depth <n>', 'ResNet depth', (v) => Number(v), 50)
+    .option('--steps <n>', 'timed steps', (v) => Number(v), 30)
+    .option('--warmup <n>', 'untimed steps', (v) => Number(v), 10)
+    .option('--precisions <list>', 'fp32,bf16 (bf16: CUDA only)', 'fp32,bf16')
+    .option('--optimizer <type>', 'sgd or adamw (both sides)', 'sgd')
+    .option('--profile <file.json>', 'write a Kineto trace of 5 steps of the default configuration per precision')
+    .option('--no-reference', 'skip the PyTorch references')
+    .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'train-throughput.json'))
+    .parse(process.argv)
+    .opts<Options>();
+  const info = buildInfo();
+  if (o.device === 'cuda' && !info.cudaAvailable) throw new Error('--device cuda: no CUDA device here');
+  if (o.device === 'cuda') setTf32(true); // PyTorch's default for cuDNN convolutions, on both sides
+  const precisions = o.precisions.split(',').filter((p) => p === 'fp32' || (p === 'bf16' && o.device === 'cuda'));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestage-train-bench-'));
+  const data = makeBatch(o, dir);
+  const rows: Row[] = [];
+  for (const p of precisions)
+    for (const fast of [false, true]) {
+      const r = await timeOnestage(o, data, p === 'bf16', fast);
+      console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
+      rows.push(r);
+    }
+  let reference: Record<string, unknown> = {};
+  const py = pythonWithTorch();
+  if (o.reference && py) {
+    const res = spawnSync(py, [path.join(__dirname, 'reference_train.py'), dir, o.device, String(o.depth), String(o.batch), String(o.size), String(o.warmup), String(o.steps), precisions.join(','), o.optimizer], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    if (res.status !== 0) console.error(`reference failed: ${res.stderr}`);
+    for (const line of res.stdout.split('\n').filter(Boolean)) {
+      const v = JSON.parse(line) as Row & { flopsPerStep?: number; matmulTflops?: number };
+      if (v.flopsPerStep !== undefined || v.matmulTflops !== undefined) reference = { ...reference, ...v };
+      else rows.push(v);
+    }
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+  const flops = reference.flopsPerStep as number | undefined;
+  const peakRate = reference.matmulTflops as number | undefined;
+  const machine = o.device === 'cuda' ? `${info.deviceCount} CUDA device(s)` : `${os.cpus().length}× ${os.cpus()[0]?.model ?? 'CPU'}`;
+  console.log(`\nRetinaNet ResNet-${o.depth} FPN training, batch ${o.batch}, ${o.size}×${o.size}, ${o.optimizer.toUpperCase()}, ${o.device} (${machine}), onestage ${info.version} on LibTorch ${info.torchVersion}`);
+  if (flops) console.log(`model FLOPs per step (forward + backward, torch.utils.flop_counter): ${(flops / 1e12).toFixed(2)} TFLOP${peakRate ? `; measured bf16 matrix-product rate ${peakRate.toFixed(0)} TFLOP/s` : ''}`);
+  console.log('\n| system | precision | img/s | ms/step | peak MiB | vs torchvision | MFU |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const r of rows) {
+    const tv = rows.find((x) => x.system.startsWith('torchvision') && x.precision === r.precision);
+    const ratio = tv ? (r.imagesPerSecond / tv.imagesPerSecond).toFixed(2) + '×' : '';
+    const mfu = flops && peakRate ? ((flops / (r.msPerStep / 1000) / 1e12 / peakRate) * 100).toFixed(1) + ' %' : '';
+    console.log(`| ${r.system} | ${r.precision} | ${r.imagesPerSecond.toFixed(1)} | ${r.msPerStep.toFixed(1)} | ${r.peakMiB === null ? '' : r.peakMiB.toFixed(0)} | ${ratio} | ${mfu} |${r.note ? ' ' + r.note : ''}`);
+  }
+  fs.mkdirSync(path.dirname(o.out), { recursive: true });
+  writeJsonAtomic(o.out, { machine, device: o.device, batch: o.batch, size: o.size, depth: o.depth, steps: o.steps, warmup: o.warmup, optimizer: o.optimizer, flopsPerStep: flops, matmulTflops: peakRate, rows }, 1);
+  console.log(`\nwritten ${path.relative(process.cwd(), o.out)}`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});

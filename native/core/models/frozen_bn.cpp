@@ -1,0 +1,78 @@
+#include "core/models/frozen_bn.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+namespace onestage {
+
+#ifdef ONESTAGE_WITH_CUDA
+at::Tensor frozenBnForwardCuda(const at::Tensor& x, const at::Tensor& r, const at::Tensor& w, const at::Tensor& b, const at::Tensor& m,
+                               const at::Tensor& v, double eps, bool relu);
+std::vector<at::Tensor> frozenBnBackwardCuda(const at::Tensor& gy, const at::Tensor& y, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                                             const at::Tensor& m, const at::Tensor& v, double eps, bool relu, bool wantResidual);
+
+namespace {
+
+bool fusedAllowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("ONESTAGE_FROZEN_BN");
+    return !(v != nullptr && std::string(v) == "aten");
+  }();
+  return allowed;
+}
+
+bool aligned16(const torch::Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+/// y = act(x·s + t [+ r]); gradients for x, r, the BatchNorm weight and bias (the running statistics are constants).
+template <bool Residual>
+struct FrozenBnFunction : public torch::autograd::Function<FrozenBnFunction<Residual>> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& r, const torch::Tensor& weight,
+                               const torch::Tensor& bias, const torch::Tensor& mean, const torch::Tensor& var, double eps, bool relu) {
+    const auto y = frozenBnForwardCuda(x, Residual ? r : torch::Tensor(), weight, bias, mean, var, eps, relu);
+    ctx->save_for_backward({x, y, weight, bias, mean, var});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["relu"] = relu;
+    return y;
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const auto& x = s[0];
+    const auto gy = grads[0].to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+    const auto g = frozenBnBackwardCuda(gy, s[1], x, s[2], s[3], s[4], s[5], ctx->saved_data["eps"].toDouble(), ctx->saved_data["relu"].toBool(), Residual);
+    // g: ∂x, ∂r, Σg (the bias's gradient), Σg·x̂ (the weight's)
+    return {g[0], Residual ? g[1] : torch::Tensor(), g[3], g[2], torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+bool fusable(const torch::nn::BatchNorm2d& bn, const torch::Tensor& x, const torch::Tensor& r) {
+  if (!fusedAllowed() || !x.is_cuda() || bn->is_training() || x.dim() != 4 || !bn->options.affine() || !bn->options.track_running_stats()) return false;
+  const auto type = x.scalar_type();
+  if (type != torch::kFloat32 && type != torch::kBFloat16 && type != torch::kHalf) return false;
+  const int64_t vec = 16 / static_cast<int64_t>(x.element_size());
+  if (x.size(1) % vec != 0 || !x.is_contiguous(at::MemoryFormat::ChannelsLast) || !aligned16(x)) return false;
+  if (r.defined() && (r.sizes() != x.sizes() || r.scalar_type() != type || r.device() != x.device() || !r.is_contiguous(at::MemoryFormat::ChannelsLast) || !aligned16(r)))
+    return false;
+  for (const auto* p : {&bn->weight, &bn->bias, &bn->running_mean, &bn->running_var})
+    if (!p->defined() || p->scalar_type() != torch::kFloat32 || !p->is_contiguous() || p->device() != x.device()) return false;
+  return true;
+}
+
+}  // namespace
+#endif
+
+torch::Tensor batchNormAct(torch::nn::BatchNorm2d& bn, const torch::Tensor& x, const torch::Tensor& residual, bool relu) {
+#ifdef ONESTAGE_WITH_CUDA
+  if (fusable(bn, x, residual)) {
+    const double eps = bn->options.eps();
+    if (residual.defined())
+      return FrozenBnFunction<true>::apply(x, residual, bn->weight, bn->bias, bn->running_mean, bn->running_var, eps, relu);
+    return FrozenBnFunction<false>::apply(x, x, bn->weight, bn->bias, bn->running_mean, bn->running_var, eps, relu);
+  }
+#endif
+  auto h = bn(x);
+  if (residual.defined()) h = h + residual;
+  return relu ? torch::relu(h) : h;
+}
+
+}  // namespace onestage
