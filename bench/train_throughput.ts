@@ -115,7 +115,7 @@ async function timeOnestage(o: Options, data: { images: Float32Array; annotation
 
 async function main(): Promise<void> {
   const o = new Command()
-    .option('--device <d>', 'cpu or cuda', 'cuda')
+    .option('--device <d>', 'cpu or cuda (default: cuda where there is one)', buildInfo().cudaAvailable ? 'cuda' : 'cpu')
     .option('--batch <n>', 'images per step', (v) => Number(v), 8)
     .option('--size <px>', 'square input side', (v) => Number(v), 640)
     .option('--depth <n>', 'ResNet depth', (v) => Number(v), 50)
