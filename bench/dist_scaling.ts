@@ -8,9 +8,9 @@
  */
 import { Command } from 'commander';
 import * as path from 'node:path';
-import { buildInfo, Device, distEnvironment, launchWorkers, Model, ProcessGroup, setTf32, synchronize, Tensor, Trainer } from '../lib';
-import type { Batch } from '../lib';
+import { buildInfo, Device, distEnvironment, launchWorkers, Model, ProcessGroup, setTf32, synchronize, Trainer } from '../lib';
 import { writeJsonAtomic } from '../lib/io';
+import { syntheticArrays, syntheticBatch } from './synthetic';
 
 interface Options {
   gpus: number;
@@ -32,26 +32,6 @@ interface WorkerResult {
   peakNote: string;
 }
 
-function syntheticBatch(o: Options, device: Device, seed: number): Batch {
-  const B = o.batch;
-  const S = o.size;
-  let x = seed * 9301 + 49297;
-  const rand = () => ((x = (x * 9301 + 49297) % 233280) / 233280);
-  const images = Tensor.from(Float32Array.from({ length: B * 3 * S * S }, () => rand() * 2 - 1), [B, 3, S, S], { device });
-  const boxes = 8;
-  const ann = new Float32Array(B * boxes * 5);
-  for (let i = 0; i < B * boxes; i++) {
-    const w = 32 + rand() * (S / 3);
-    const h = 32 + rand() * (S / 3);
-    const x1 = rand() * (S - w);
-    const y1 = rand() * (S - h);
-    ann.set([x1, y1, x1 + w, y1 + h, Math.floor(rand() * 80)], 5 * i);
-  }
-  const annotations = Tensor.from(ann, [B, boxes, 5], { device });
-  const ids = Array.from({ length: B }, (_, i) => i);
-  return { images, annotations, scales: ids.map(() => 1), sizes: ids.map(() => [S, S]), inputSizes: ids.map(() => [S, S]), ids, files: ids.map(() => ''), flipped: ids.map(() => false), crops: ids.map(() => null) };
-}
-
 async function worker(o: Options): Promise<void> {
   const env = distEnvironment();
   const device: Device = o.device === 'cuda' ? `cuda:${env?.localRank ?? 0}` : 'cpu';
@@ -59,7 +39,7 @@ async function worker(o: Options): Promise<void> {
   const group = env && env.worldSize > 1 ? await ProcessGroup.fromEnv({ device, timeoutSeconds: 600 }) : undefined;
   const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
   const trainer = new Trainer(model, { optimizer: { lr: 1e-4 }, amp: o.amp, processGroup: group });
-  const batch = syntheticBatch(o, device, env?.rank ?? 0);
+  const batch = syntheticBatch(syntheticArrays(o.batch, o.size, env?.rank ?? 0), o.batch, o.size, device);
   let skipped = 0;
   for (let i = 0; i < o.warmup; i++) skipped += (await trainer.step(batch, 1e-4)).skipped ? 1 : 0;
   synchronize();

@@ -14,9 +14,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { buildInfo, cudaMemory, Device, Model, profilerAvailable, setCudnnBenchmark, setTf32, startProfiler, stopProfiler, synchronize, Tensor, Trainer } from '../lib';
-import type { Batch, TrainerOptions } from '../lib';
+import { buildInfo, cudaMemory, Device, Model, profilerAvailable, setCudnnBenchmark, setTf32, startProfiler, stopProfiler, synchronize, Trainer } from '../lib';
+import type { TrainerOptions } from '../lib';
 import { writeJsonAtomic } from '../lib/io';
+import { syntheticArrays, syntheticBatch } from './synthetic';
 import { pythonWithTorch } from '../test/helpers/python';
 
 interface Options {
@@ -42,35 +43,18 @@ interface Row {
   note?: string;
 }
 
-/** The synthetic batch, written where the Python references read it (raw float32, little-endian). */
+/** The synthetic batch (bench/synthetic.ts), also written where the Python references read it (raw float32, little-endian). */
 function makeBatch(o: Options, dir: string): { images: Float32Array; annotations: Float32Array } {
-  let x = 12345;
-  const rand = () => ((x = (x * 1103515245 + 12345) % 2147483648) / 2147483648);
-  const B = o.batch;
-  const S = o.size;
-  const images = Float32Array.from({ length: B * 3 * S * S }, () => rand() * 2 - 1);
-  const boxes = 8;
-  const annotations = new Float32Array(B * boxes * 5);
-  for (let i = 0; i < B * boxes; i++) {
-    const w = 32 + rand() * (S / 3);
-    const h = 32 + rand() * (S / 3);
-    const x1 = rand() * (S - w);
-    const y1 = rand() * (S - h);
-    annotations.set([x1, y1, x1 + w, y1 + h, Math.floor(rand() * 80)], 5 * i);
-  }
-  fs.writeFileSync(path.join(dir, 'images.f32'), Buffer.from(images.buffer));
-  fs.writeFileSync(path.join(dir, 'annotations.f32'), Buffer.from(annotations.buffer));
-  return { images, annotations };
+  const data = syntheticArrays(o.batch, o.size, 0);
+  fs.writeFileSync(path.join(dir, 'images.f32'), Buffer.from(data.images.buffer));
+  fs.writeFileSync(path.join(dir, 'annotations.f32'), Buffer.from(data.annotations.buffer));
+  return data;
 }
 
 async function timeOnestage(o: Options, data: { images: Float32Array; annotations: Float32Array }, amp: boolean, fast: boolean): Promise<Row> {
   const device: Device = o.device;
   const B = o.batch;
-  const S = o.size;
-  const images = Tensor.from(data.images, [B, 3, S, S], { device });
-  const annotations = Tensor.from(data.annotations, [B, 8, 5], { device });
-  const ids = Array.from({ length: B }, (_, i) => i);
-  const batch: Batch = { images, annotations, scales: ids.map(() => 1), sizes: ids.map(() => [S, S]), inputSizes: ids.map(() => [S, S]), ids, files: ids.map(() => ''), flipped: ids.map(() => false), crops: ids.map(() => null) };
+  const batch = syntheticBatch(data, B, o.size, device);
   const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
   const lr = o.optimizer === 'sgd' ? 0.01 : 1e-4;
   const options: TrainerOptions = {
@@ -101,8 +85,8 @@ async function timeOnestage(o: Options, data: { images: Float32Array; annotation
   }
   trainer.dispose();
   model.dispose();
-  images.dispose();
-  annotations.dispose();
+  batch.images.dispose();
+  batch.annotations.dispose();
   return {
     system: `onestage ${fast ? (o.device === 'cuda' ? 'default (channels-last, cuDNN benchmark, multi-tensor update)' : 'default (multi-tensor update)') : 'plain (NCHW, per-parameter optimizer)'}`,
     precision: amp ? 'bf16' : 'fp32',

@@ -45,15 +45,15 @@ struct FrozenBnFunction : public torch::autograd::Function<FrozenBnFunction<Resi
   }
 };
 
-bool fusable(const torch::nn::BatchNorm2d& bn, const torch::Tensor& x, const torch::Tensor& r) {
-  if (!fusedAllowed() || !x.is_cuda() || bn->is_training() || x.dim() != 4 || !bn->options.affine() || !bn->options.track_running_stats()) return false;
+bool fusable(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, const torch::Tensor& r) {
+  if (!fusedAllowed() || !x.is_cuda() || bn.is_training() || x.dim() != 4 || !bn.options.affine() || !bn.options.track_running_stats()) return false;
   const auto type = x.scalar_type();
   if (type != torch::kFloat32 && type != torch::kBFloat16 && type != torch::kHalf) return false;
   const int64_t vec = 16 / static_cast<int64_t>(x.element_size());
   if (x.size(1) % vec != 0 || !x.is_contiguous(at::MemoryFormat::ChannelsLast) || !aligned16(x)) return false;
   if (r.defined() && (r.sizes() != x.sizes() || r.scalar_type() != type || r.device() != x.device() || !r.is_contiguous(at::MemoryFormat::ChannelsLast) || !aligned16(r)))
     return false;
-  for (const auto* p : {&bn->weight, &bn->bias, &bn->running_mean, &bn->running_var})
+  for (const auto* p : {&bn.weight, &bn.bias, &bn.running_mean, &bn.running_var})
     if (!p->defined() || p->scalar_type() != torch::kFloat32 || !p->is_contiguous() || p->device() != x.device()) return false;
   return true;
 }
@@ -61,16 +61,16 @@ bool fusable(const torch::nn::BatchNorm2d& bn, const torch::Tensor& x, const tor
 }  // namespace
 #endif
 
-torch::Tensor batchNormAct(torch::nn::BatchNorm2d& bn, const torch::Tensor& x, const torch::Tensor& residual, bool relu) {
+torch::Tensor batchNormAct(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, const torch::Tensor& residual, bool relu) {
 #ifdef ONESTAGE_WITH_CUDA
   if (fusable(bn, x, residual)) {
-    const double eps = bn->options.eps();
+    const double eps = bn.options.eps();
     if (residual.defined())
-      return FrozenBnFunction<true>::apply(x, residual, bn->weight, bn->bias, bn->running_mean, bn->running_var, eps, relu);
-    return FrozenBnFunction<false>::apply(x, x, bn->weight, bn->bias, bn->running_mean, bn->running_var, eps, relu);
+      return FrozenBnFunction<true>::apply(x, residual, bn.weight, bn.bias, bn.running_mean, bn.running_var, eps, relu);
+    return FrozenBnFunction<false>::apply(x, x, bn.weight, bn.bias, bn.running_mean, bn.running_var, eps, relu);
   }
 #endif
-  auto h = bn(x);
+  auto h = bn.forward(x);
   if (residual.defined()) h = h + residual;
   return relu ? torch::relu(h) : h;
 }

@@ -7,6 +7,6 @@
 
 namespace onestage {
 
-torch::Tensor batchNormAct(torch::nn::BatchNorm2d& bn, const torch::Tensor& x, const torch::Tensor& residual, bool relu);
+torch::Tensor batchNormAct(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, const torch::Tensor& residual, bool relu);
 
 }  // namespace onestage

@@ -19,8 +19,7 @@ nn::Sequential makeDownsample(int64_t in, int64_t out, int64_t stride) {
 /// The block's shortcut: x, or downsample = [1×1 conv, BatchNorm] (no activation).
 torch::Tensor shortcut(nn::Sequential& downsample, const torch::Tensor& x) {
   if (!downsample) return x;
-  nn::BatchNorm2d holder(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(downsample->ptr(1)));
-  return batchNormAct(holder, downsample[0]->as<nn::Conv2d>()->forward(x), {}, false);
+  return batchNormAct(*downsample[1]->as<nn::BatchNorm2d>(), downsample[0]->as<nn::Conv2d>()->forward(x), {}, false);
 }
 }  // namespace
 
@@ -34,8 +33,8 @@ BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride)
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  auto out = batchNormAct(bn1, conv1(x), {}, true);
-  return batchNormAct(bn2, conv2(out), shortcut(downsample, x), true);
+  auto out = batchNormAct(*bn1, conv1(x), {}, true);
+  return batchNormAct(*bn2, conv2(out), shortcut(downsample, x), true);
 }
 
 BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride) {
@@ -50,9 +49,9 @@ BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride)
 }
 
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
-  auto out = batchNormAct(bn1, conv1(x), {}, true);
-  out = batchNormAct(bn2, conv2(out), {}, true);
-  return batchNormAct(bn3, conv3(out), shortcut(downsample, x), true);
+  auto out = batchNormAct(*bn1, conv1(x), {}, true);
+  out = batchNormAct(*bn2, conv2(out), {}, true);
+  return batchNormAct(*bn3, conv3(out), shortcut(downsample, x), true);
 }
 
 namespace {
@@ -98,7 +97,7 @@ BackboneFeatures ResNetImpl::forward(const torch::Tensor& input) {
   // the input in the weights' memory order (channels-last models: Detector::setChannelsLast)
   const bool nhwc = conv1->weight.is_contiguous(at::MemoryFormat::ChannelsLast) && !conv1->weight.is_contiguous();
   const auto x = nhwc ? input.contiguous(at::MemoryFormat::ChannelsLast) : input;
-  auto h = batchNormAct(bn1, conv1(x), {}, true);
+  auto h = batchNormAct(*bn1, conv1(x), {}, true);
   h = torch::max_pool2d(h, 3, 2, 1);
   h = layer1->forward(h);
   BackboneFeatures f;

@@ -10,8 +10,8 @@
 namespace onestage {
 
 /// How the optimizer update runs: "loop" (LibTorch's optimizer, per parameter), "foreach" (multi-tensor
-/// kernels, `torch._foreach_*`), "fused" (AdamW: one fused kernel, `torch._fused_adamw_`; LibTorch ≥ 2
-/// on CUDA; SGD uses foreach), "auto" (fused where available, else foreach).
+/// kernels, `torch._foreach_*`), "fused" (AdamW only: one fused kernel, `torch._fused_adamw_`; LibTorch ≥ 2
+/// on CUDA), "auto" (fused where available, else foreach — SGD always foreach).
 enum class UpdateImpl { Loop, Foreach, Fused };
 
 /// Resolves the option string for a model on `device` (throws a RangeError for an unknown value or
