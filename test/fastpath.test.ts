@@ -140,6 +140,33 @@ for (const device of devices)
     for (const m of [nchw.model, nhwc.model, loaded]) m.dispose();
   });
 
+for (const device of devices)
+  test(`fast path: the contrastive term reads channels-last (and on CUDA bfloat16) FPN maps in place and gives the NCHW float32 values (${device})`, async (t) => {
+    if (device === 'cuda') setTf32(false);
+    const loader = new DataLoader(await dataset(8, 64), { batchSize: 4, seed: 5, device, views: 2, transform: { minSide: 64, maxSide: 64 } });
+    const data: Batch[] = [];
+    for await (const b of loader.epoch(0)) data.push(b);
+    const run = async (channelsLast: boolean, amp: boolean) => {
+      const model = small(device);
+      const trainer = new Trainer(model, { optimizer: { lr: 0.01 }, channelsLast, amp, cudnnBenchmark: false, loss: { contrastive: { weight: 0.5, projection: { hidden: 16, out: 8 } } } });
+      const terms: number[] = [];
+      for (const b of data) terms.push((await trainer.step(b, 0.01)).contrastive);
+      trainer.dispose();
+      model.dispose();
+      return terms;
+    };
+    const plain = await run(false, false);
+    const nhwc = await run(true, false);
+    t.true(plain.every((v) => v > 0));
+    for (let i = 0; i < plain.length; i++) t.true(Math.abs(nhwc[i] - plain[i]) <= 1e-4 * plain[i], `step ${i}: ${nhwc[i]} vs ${plain[i]}`);
+    if (device === 'cuda') {
+      const bf16 = await run(true, true);
+      // bfloat16 maps (8 bits of mantissa) pooled in float32: the term within a few per cent
+      for (let i = 0; i < plain.length; i++) t.true(Math.abs(bf16[i] - plain[i]) <= 3e-2 * plain[i], `bf16 step ${i}: ${bf16[i]} vs ${plain[i]}`);
+    }
+    for (const b of data) disposeBatch(b);
+  });
+
 test('fast path: clipping scales the update to the clip norm (one plain SGD step), and reports the norm before clipping', async (t) => {
   const [batch] = await batches('cpu', 1);
   const model = small('cpu');

@@ -93,14 +93,17 @@ Napi::Value ContrastiveLossAsync(const Napi::CallbackInfo& info) {
       [f1, f2, annotations, height, width, opts] {
         const c10::DeviceGuard guard(f1[0].device());
         auto r = contrastiveLoss(f1, f2, annotations, height, width, opts);
-        if (r.withBackground.defined()) r.withBackground = r.withBackground.cpu();  // the wait happens here, off the event loop
+        // the counts, read here (the wait happens off the event loop): one copy for both
+        const auto counts = torch::stack({r.embeddings, r.withBackground}).cpu();
+        r.embeddings = counts[0];
+        r.withBackground = counts[1];
         return r;
       },
       [](Napi::Env env, ContrastiveParts& r) -> Napi::Value {
         Napi::Object out = Napi::Object::New(env);
         out.Set("loss", wrapTensor(env, r.loss));
-        out.Set("embeddings", Napi::Number::New(env, static_cast<double>(r.embeddings)));
-        out.Set("withBackground", Napi::Number::New(env, r.withBackground.defined() ? static_cast<double>(r.withBackground.item<int64_t>()) : 0.0));
+        out.Set("embeddings", Napi::Number::New(env, static_cast<double>(r.embeddings.item<int64_t>())));
+        out.Set("withBackground", Napi::Number::New(env, static_cast<double>(r.withBackground.item<int64_t>())));
         return out;
       });
 }

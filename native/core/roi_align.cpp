@@ -17,49 +17,109 @@ bool forceGatherRoiAlign() {
   return force;
 }
 }  // namespace
-#endif
 
-#ifdef ONESTAGE_WITH_CUDA
-at::Tensor roiAlignForwardCuda(const at::Tensor& features, const at::Tensor& rois, double scale, int64_t PH, int64_t PW, int64_t S, bool aligned);
-at::Tensor roiAlignBackwardCuda(const at::Tensor& grad, const at::Tensor& rois, int64_t B, int64_t C, int64_t H, int64_t W, double scale, int64_t S,
-                                bool aligned);
+/// channelsLastOrder: set when the threads ran channels fastest (channels-last maps); the backward
+/// takes the gradient in the same order.
+at::Tensor roiAlignForwardCuda(at::TensorList maps, const at::Tensor& rois, const std::vector<double>& scales, int64_t PH, int64_t PW, int64_t S,
+                               bool aligned, bool& channelsLastOrder);
+std::vector<at::Tensor> roiAlignBackwardCuda(const at::Tensor& grad, const at::Tensor& rois, const std::vector<int64_t>& shapes,
+                                             const at::TensorOptions& mapOptions, const std::vector<double>& scales, int64_t S, bool aligned,
+                                             bool channelsLastOrder);
 
 namespace {
 
-/// The fused CUDA kernels with autograd (gradient with respect to the features only).
+/// The fused CUDA kernels with autograd (gradients with respect to the maps only).
 struct RoiAlignFunction : public torch::autograd::Function<RoiAlignFunction> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& features, const torch::Tensor& rois, double scale,
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList maps, const torch::Tensor& rois, std::vector<double> scales,
                                int64_t PH, int64_t PW, int64_t S, bool aligned) {
+    bool channelsLast = false;
+    auto out = roiAlignForwardCuda(maps, rois, scales, PH, PW, S, aligned, channelsLast);
+    std::vector<int64_t> shapes;  // the maps' sizes, for the gradients (the maps themselves are not kept)
+    for (const auto& m : maps) shapes.insert(shapes.end(), m.sizes().begin(), m.sizes().end());
     ctx->save_for_backward({rois});
-    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["scales"] = c10::List<double>(scales);
+    ctx->saved_data["shapes"] = c10::List<int64_t>(shapes);
+    ctx->saved_data["like"] = at::empty({0}, maps[0].options());
     ctx->saved_data["S"] = S;
     ctx->saved_data["aligned"] = aligned;
-    ctx->saved_data["shape"] = features.sizes().vec();
-    return roiAlignForwardCuda(features, rois, scale, PH, PW, S, aligned);
+    ctx->saved_data["channelsLast"] = channelsLast;
+    return out;
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
     const auto rois = ctx->get_saved_variables()[0];
-    const auto shape = ctx->saved_data["shape"].toIntVector();
-    const auto g = roiAlignBackwardCuda(grads[0].contiguous(), rois, shape[0], shape[1], shape[2], shape[3], ctx->saved_data["scale"].toDouble(),
-                                        ctx->saved_data["S"].toInt(), ctx->saved_data["aligned"].toBool());
-    return {g, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const auto scalesList = ctx->saved_data["scales"].toDoubleList();
+    const auto shapesList = ctx->saved_data["shapes"].toIntList();
+    auto g = roiAlignBackwardCuda(grads[0], rois, std::vector<int64_t>(shapesList.begin(), shapesList.end()),
+                                  ctx->saved_data["like"].toTensor().options(), std::vector<double>(scalesList.begin(), scalesList.end()),
+                                  ctx->saved_data["S"].toInt(), ctx->saved_data["aligned"].toBool(), ctx->saved_data["channelsLast"].toBool());
+    for (int i = 0; i < 6; ++i) g.emplace_back();  // rois, scales, PH, PW, S, aligned
+    return g;
   }
 };
+
+bool fusedRoiAlign(const std::vector<torch::Tensor>& maps, const torch::Tensor& rois) {
+  if (forceGatherRoiAlign() || maps.empty() || static_cast<int64_t>(maps.size()) > kRoiAlignMaxMaps) return false;
+  for (const auto& m : maps) {
+    const auto t = m.scalar_type();
+    if (!m.is_cuda() || m.device() != rois.device() || (t != torch::kFloat32 && t != torch::kFloat16 && t != torch::kBFloat16)) return false;
+  }
+  return true;
+}
 
 }  // namespace
 #endif
 
-torch::Tensor roiAlign(const torch::Tensor& features, const torch::Tensor& rois, const RoiAlignOptions& o) {
-  if (features.dim() != 4) throw RangeError("roiAlign: features must be [B, C, H, W]");
+namespace {
+
+void checkRoiArgs(const torch::Tensor& rois, const RoiAlignOptions& o) {
   if (rois.dim() != 2 || rois.size(1) != 5) throw RangeError("roiAlign: rois must be [R, 5] (batch index, x1, y1, x2, y2)");
   if (o.outputHeight < 1 || o.outputWidth < 1 || o.samplingRatio < 1) throw RangeError("roiAlign: output size and sampling ratio must be ≥ 1");
+}
+
+/// LibTorch-ops RoIAlign of one map (any device).
+torch::Tensor roiAlignGather(const torch::Tensor& features, const torch::Tensor& rois, const RoiAlignOptions& o);
+
+}  // namespace
+
+torch::Tensor roiAlignMany(const std::vector<torch::Tensor>& maps, const torch::Tensor& rois, const std::vector<double>& scales,
+                           const RoiAlignOptions& o) {
+  checkRoiArgs(rois, o);
+  if (maps.empty() || scales.size() != maps.size()) throw RangeError("roiAlignMany: one scale per map, at least one map");
+  for (const auto& m : maps)
+    if (m.dim() != 4 || m.size(0) != maps[0].size(0) || m.size(1) != maps[0].size(1) || m.scalar_type() != maps[0].scalar_type() ||
+        m.device() != maps[0].device())
+      throw RangeError("roiAlignMany: maps must be [B, C, H, W] with one B, C, dtype and device");
+  const int64_t R = rois.size(0), C = maps[0].size(1);
+  if (R == 0) return torch::zeros({static_cast<int64_t>(maps.size()), 0, C, o.outputHeight, o.outputWidth}, maps[0].options().dtype(torch::kFloat32));
+#ifdef ONESTAGE_WITH_CUDA
+  if (fusedRoiAlign(maps, rois))
+    return RoiAlignFunction::apply(at::TensorList(maps), rois.detach().to(torch::kFloat32).contiguous(), scales, o.outputHeight, o.outputWidth,
+                                   o.samplingRatio, o.aligned);
+#endif
+  std::vector<torch::Tensor> out;
+  for (size_t m = 0; m < maps.size(); ++m) {
+    RoiAlignOptions one = o;
+    one.spatialScale = scales[m];
+    out.push_back(roiAlignGather(maps[m], rois, one));
+  }
+  return torch::stack(out).to(torch::kFloat32);
+}
+
+torch::Tensor roiAlign(const torch::Tensor& features, const torch::Tensor& rois, const RoiAlignOptions& o) {
+  if (features.dim() != 4) throw RangeError("roiAlign: features must be [B, C, H, W]");
+  checkRoiArgs(rois, o);
+  if (rois.size(0) == 0) return features.new_zeros({0, features.size(1), o.outputHeight, o.outputWidth});
+#ifdef ONESTAGE_WITH_CUDA
+  if (fusedRoiAlign({features}, rois)) return roiAlignMany({features}, rois, {o.spatialScale}, o).select(0, 0).to(features.scalar_type()).contiguous();
+#endif
+  return roiAlignGather(features, rois, o);
+}
+
+namespace {
+
+torch::Tensor roiAlignGather(const torch::Tensor& features, const torch::Tensor& rois, const RoiAlignOptions& o) {
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
   const int64_t R = rois.size(0), PH = o.outputHeight, PW = o.outputWidth, S = o.samplingRatio;
-  if (R == 0) return features.new_zeros({0, C, PH, PW});
-#ifdef ONESTAGE_WITH_CUDA
-  if (features.is_cuda() && features.scalar_type() == torch::kFloat32 && rois.device() == features.device() && !forceGatherRoiAlign())
-    return RoiAlignFunction::apply(features.contiguous(), rois.detach().to(torch::kFloat32).contiguous(), o.spatialScale, PH, PW, S, o.aligned);
-#endif
   const auto opts = features.options();
   const auto r = rois.to(opts.dtype(torch::kFloat64)).detach();
   const double offset = o.aligned ? 0.5 : 0.0;
@@ -120,5 +180,7 @@ torch::Tensor roiAlign(const torch::Tensor& features, const torch::Tensor& rois,
   // mean over the S×S samples of each bin → [R, C, PH, PW]
   return sum.view({R, PH, S, PW, S, C}).mean({2, 4}).permute({0, 3, 1, 2}).contiguous();
 }
+
+}  // namespace
 
 }  // namespace onestage

@@ -1,21 +1,66 @@
-// CUDA RoIAlign forward and backward (roi_align.cpp's autograd function): one thread per output
-// element [r, c, ph, pw] averaging S×S bilinear samples, and the backward scattering each output
-// gradient to its 4·S·S feature cells with atomicAdd. The arithmetic is roi_align.cpp's (coordinates
-// in double, torchvision's bilinear_interpolate rules); features NCHW float32.
+// CUDA RoIAlign forward and backward (roi_align.cpp's autograd function) over several feature maps
+// at once (the FPN levels of both views: one launch each way): one thread per output element
+// [map, roi, channel, ph, pw] averaging S×S bilinear samples, and the backward scattering each
+// output gradient to its 4·S·S feature cells with atomicAdd into one float32 buffer for all maps.
+// The arithmetic is roi_align.cpp's (coordinates in double, torchvision's bilinear_interpolate rules,
+// float accumulation); maps are read through their strides (NCHW or channels-last, no copy) in
+// float32, float16 or bfloat16; the output and its gradient are float32. With channels-last maps the threads run channels fastest, so that
+// neighbouring threads read neighbouring memory.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include <vector>
 
 namespace onestage {
 
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kMaxMaps = 32;  // roi_align.h's kRoiAlignMaxMaps
+
+/// Per map: data (forward), start of its gradient in the float buffer (backward), element strides
+/// (of the map forward, of its dense gradient backward), size and spatial scale.
+struct MapTable {
+  const void* data[kMaxMaps];
+  int64_t gradOffset[kMaxMaps];
+  int64_t sB[kMaxMaps], sC[kMaxMaps], sH[kMaxMaps], sW[kMaxMaps];
+  int H[kMaxMaps], W[kMaxMaps];
+  double scale[kMaxMaps];
+};
 
 struct RoiGeometry {
-  double scale;
-  int PH, PW, S;
+  int64_t R;
+  int B, C, PH, PW, S;
   bool aligned;
+};
+
+/// Output element i's coordinates, in the threads' order: [m, r, ph, pw, c] with channels fastest
+/// (ChannelsLast) or [m, r, c, ph, pw].
+template <bool ChannelsLast>
+struct Element {
+  int m, c, ph, pw;
+  int64_t r;
+  __device__ Element(int64_t i, const RoiGeometry& g) {
+    if (ChannelsLast) {
+      c = static_cast<int>(i % g.C);
+      i /= g.C;
+      pw = static_cast<int>(i % g.PW);
+      i /= g.PW;
+      ph = static_cast<int>(i % g.PH);
+      i /= g.PH;
+    } else {
+      pw = static_cast<int>(i % g.PW);
+      i /= g.PW;
+      ph = static_cast<int>(i % g.PH);
+      i /= g.PH;
+      c = static_cast<int>(i % g.C);
+      i /= g.C;
+    }
+    r = i % g.R;
+    m = static_cast<int>(i / g.R);
+  }
 };
 
 /// One axis of torchvision's bilinear_interpolate: false when the point is outside [−1, size].
@@ -34,75 +79,70 @@ __device__ inline bool axisSample(double v, int size, int& low, int& high, doubl
   return true;
 }
 
-/// The RoI's start and bin size along both axes.
-__device__ inline void roiBins(const float* roi, const RoiGeometry& g, double& x0, double& y0, double& binW, double& binH) {
-  const double offset = g.aligned ? 0.5 : 0.0;
-  x0 = static_cast<double>(roi[1]) * g.scale - offset;
-  y0 = static_cast<double>(roi[2]) * g.scale - offset;
-  double w = static_cast<double>(roi[3]) * g.scale - offset - x0;
-  double h = static_cast<double>(roi[4]) * g.scale - offset - y0;
+/// Visits the bilinear corners of every sample of element e: visit(y, x, weight), weights not yet
+/// divided by S².
+template <bool ChannelsLast, typename Visit>
+__device__ inline void forEachCorner(const Element<ChannelsLast>& e, const float* __restrict__ rois, const MapTable& t, const RoiGeometry& g,
+                                    Visit visit) {
+  const float* roi = rois + 5 * e.r;
+  const double scale = t.scale[e.m], offset = g.aligned ? 0.5 : 0.0;
+  const int H = t.H[e.m], W = t.W[e.m];
+  const double x0 = static_cast<double>(roi[1]) * scale - offset;
+  const double y0 = static_cast<double>(roi[2]) * scale - offset;
+  double w = static_cast<double>(roi[3]) * scale - offset - x0;
+  double h = static_cast<double>(roi[4]) * scale - offset - y0;
   if (!g.aligned) {
     w = w < 1.0 ? 1.0 : w;
     h = h < 1.0 ? 1.0 : h;
   }
-  binW = w / g.PW;
-  binH = h / g.PH;
-}
-
-/// Visits the bilinear corners of every sample of output element i ([r, c, ph, pw] of R×C×PH×PW):
-/// visit(cell offset within the element's H×W plane, weight), weights not yet divided by S².
-template <typename Visit>
-__device__ inline void forEachCorner(int64_t i, const float* __restrict__ rois, int C, int H, int W, const RoiGeometry& g, Visit visit) {
-  const int pw = static_cast<int>(i % g.PW);
-  const int ph = static_cast<int>((i / g.PW) % g.PH);
-  const int64_t r = i / (static_cast<int64_t>(g.PW) * g.PH * C);
-  const float* roi = rois + 5 * r;
-  double x0, y0, binW, binH;
-  roiBins(roi, g, x0, y0, binW, binH);
+  const double binW = w / g.PW, binH = h / g.PH;
   for (int iy = 0; iy < g.S; ++iy) {
-    const double y = y0 + binH * (ph + (iy + 0.5) / g.S);
+    const double y = y0 + binH * (e.ph + (iy + 0.5) / g.S);
     int yl, yh;
     double wyl, wyh;
     if (!axisSample(y, H, yl, yh, wyl, wyh)) continue;
     for (int ix = 0; ix < g.S; ++ix) {
-      const double x = x0 + binW * (pw + (ix + 0.5) / g.S);
+      const double x = x0 + binW * (e.pw + (ix + 0.5) / g.S);
       int xl, xh;
       double wxl, wxh;
       if (!axisSample(x, W, xl, xh, wxl, wxh)) continue;
-      visit(yl * W + xl, static_cast<float>(wyl * wxl));
-      visit(yl * W + xh, static_cast<float>(wyl * wxh));
-      visit(yh * W + xl, static_cast<float>(wyh * wxl));
-      visit(yh * W + xh, static_cast<float>(wyh * wxh));
+      visit(yl, xl, static_cast<float>(wyl * wxl));
+      visit(yl, xh, static_cast<float>(wyl * wxh));
+      visit(yh, xl, static_cast<float>(wyh * wxl));
+      visit(yh, xh, static_cast<float>(wyh * wxh));
     }
   }
 }
 
-/// Offset of output element i's (b, c) feature plane (the batch index clamped into [0, B)).
-__device__ inline int64_t planeOffset(int64_t i, const float* __restrict__ rois, int B, int C, int H, int W, const RoiGeometry& g) {
-  const int c = static_cast<int>((i / (g.PW * g.PH)) % C);
-  const int64_t r = i / (static_cast<int64_t>(g.PW) * g.PH * C);
-  int b = static_cast<int>(rois[5 * r]);
-  b = b < 0 ? 0 : (b >= B ? B - 1 : b);
-  return (static_cast<int64_t>(b) * C + c) * H * W;
+/// Element e's batch index, clamped into [0, B).
+__device__ inline int64_t batchOf(const float* __restrict__ rois, int64_t r, int B) {
+  const int b = static_cast<int>(rois[5 * r]);
+  return b < 0 ? 0 : (b >= B ? B - 1 : b);
 }
 
-__global__ void roiAlignForwardKernel(const float* __restrict__ f, const float* __restrict__ rois, float* __restrict__ out, int64_t total,
-                                      int B, int C, int H, int W, RoiGeometry g) {
+template <typename T, bool ChannelsLast>
+__global__ void roiAlignForwardKernel(MapTable t, const float* __restrict__ rois, float* __restrict__ out, int64_t total, RoiGeometry g) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float* plane = f + planeOffset(i, rois, B, C, H, W, g);
+    const Element<ChannelsLast> e(i, g);
+    const T* f = static_cast<const T*>(t.data[e.m]);
+    const T* plane = f + batchOf(rois, e.r, g.B) * t.sB[e.m] + e.c * t.sC[e.m];
+    const int64_t sH = t.sH[e.m], sW = t.sW[e.m];
     float sum = 0.f;
-    forEachCorner(i, rois, C, H, W, g, [&](int cell, float w) { sum += w * plane[cell]; });
+    forEachCorner(e, rois, t, g, [&](int y, int x, float w) { sum += w * static_cast<float>(plane[y * sH + x * sW]); });
     out[i] = sum / static_cast<float>(g.S * g.S);
   }
 }
 
-__global__ void roiAlignBackwardKernel(const float* __restrict__ grad, const float* __restrict__ rois, float* __restrict__ gf, int64_t total,
-                                       int B, int C, int H, int W, RoiGeometry g) {
+template <bool ChannelsLast>
+__global__ void roiAlignBackwardKernel(const float* __restrict__ grad, const float* __restrict__ rois, float* __restrict__ gf, int64_t total, MapTable t,
+                                       RoiGeometry g) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float go = grad[i] / static_cast<float>(g.S * g.S);
     if (go == 0.f) continue;
-    float* plane = gf + planeOffset(i, rois, B, C, H, W, g);
-    forEachCorner(i, rois, C, H, W, g, [&](int cell, float w) { atomicAdd(plane + cell, go * w); });
+    const Element<ChannelsLast> e(i, g);
+    float* plane = gf + t.gradOffset[e.m] + batchOf(rois, e.r, g.B) * t.sB[e.m] + e.c * t.sC[e.m];
+    const int64_t sH = t.sH[e.m], sW = t.sW[e.m];
+    forEachCorner(e, rois, t, g, [&](int y, int x, float w) { atomicAdd(plane + y * sH + x * sW, go * w); });
   }
 }
 
@@ -111,34 +151,87 @@ unsigned blocksFor(int64_t total) {
   return static_cast<unsigned>(b < 65535 * 8 ? (b < 1 ? 1 : b) : 65535 * 8);
 }
 
-}  // namespace
-
-at::Tensor roiAlignForwardCuda(const at::Tensor& features, const at::Tensor& rois, double scale, int64_t PH, int64_t PW, int64_t S, bool aligned) {
-  const c10::cuda::CUDAGuard guard(features.device());
-  const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3), R = rois.size(0);
-  auto out = at::empty({R, C, PH, PW}, features.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
-  const RoiGeometry g{scale, static_cast<int>(PH), static_cast<int>(PW), static_cast<int>(S), aligned};
-  roiAlignForwardKernel<<<blocksFor(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      features.data_ptr<float>(), rois.data_ptr<float>(), out.data_ptr<float>(), total, static_cast<int>(B), static_cast<int>(C),
-      static_cast<int>(H), static_cast<int>(W), g);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+RoiGeometry geometry(int64_t M, int64_t R, const std::vector<int64_t>& firstShape, int64_t PH, int64_t PW, int64_t S, bool aligned) {
+  TORCH_CHECK(M >= 1 && M <= kMaxMaps, "roiAlign: 1 to ", kMaxMaps, " maps in one call");
+  return RoiGeometry{R, static_cast<int>(firstShape[0]), static_cast<int>(firstShape[1]), static_cast<int>(PH), static_cast<int>(PW), static_cast<int>(S),
+                     aligned};
 }
 
-at::Tensor roiAlignBackwardCuda(const at::Tensor& grad, const at::Tensor& rois, int64_t B, int64_t C, int64_t H, int64_t W, double scale, int64_t S,
-                                bool aligned) {
+}  // namespace
+
+at::Tensor roiAlignForwardCuda(at::TensorList maps, const at::Tensor& rois, const std::vector<double>& scales, int64_t PH, int64_t PW, int64_t S,
+                               bool aligned, bool& channelsLastOrder) {
+  const c10::cuda::CUDAGuard guard(maps[0].device());
+  const int64_t M = static_cast<int64_t>(maps.size()), R = rois.size(0), C = maps[0].size(1);
+  const RoiGeometry g = geometry(M, R, maps[0].sizes().vec(), PH, PW, S, aligned);
+  MapTable t{};
+  for (int64_t m = 0; m < M; ++m) {
+    t.data[m] = maps[m].data_ptr();
+    t.sB[m] = maps[m].stride(0);
+    t.sC[m] = maps[m].stride(1);
+    t.sH[m] = maps[m].stride(2);
+    t.sW[m] = maps[m].stride(3);
+    t.H[m] = static_cast<int>(maps[m].size(2));
+    t.W[m] = static_cast<int>(maps[m].size(3));
+    t.scale[m] = scales[m];
+  }
+  channelsLastOrder = C > 1 && maps[0].is_contiguous(at::MemoryFormat::ChannelsLast) && !maps[0].is_contiguous();
+  const auto f32 = maps[0].options().dtype(at::kFloat);
+  auto out = channelsLastOrder ? at::empty({M, R, PH, PW, C}, f32) : at::empty({M, R, C, PH, PW}, f32);
+  const int64_t total = out.numel();
+  if (total > 0)
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, maps[0].scalar_type(), "roiAlignForward", [&] {
+      if (channelsLastOrder)
+        roiAlignForwardKernel<scalar_t, true><<<blocksFor(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(t, rois.data_ptr<float>(),
+                                                                                                                   out.data_ptr<float>(), total, g);
+      else
+        roiAlignForwardKernel<scalar_t, false><<<blocksFor(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(t, rois.data_ptr<float>(),
+                                                                                                                    out.data_ptr<float>(), total, g);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  return channelsLastOrder ? out.permute({0, 1, 4, 2, 3}) : out;
+}
+
+std::vector<at::Tensor> roiAlignBackwardCuda(const at::Tensor& grad, const at::Tensor& rois, const std::vector<int64_t>& shapes,
+                                             const at::TensorOptions& mapOptions, const std::vector<double>& scales, int64_t S, bool aligned,
+                                             bool channelsLastOrder) {
   const c10::cuda::CUDAGuard guard(grad.device());
-  auto gf = at::zeros({B, C, H, W}, grad.options());
-  const int64_t total = grad.numel();
-  if (total == 0) return gf;
-  const RoiGeometry g{scale, static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)), static_cast<int>(S), aligned};
-  roiAlignBackwardKernel<<<blocksFor(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      grad.data_ptr<float>(), rois.data_ptr<float>(), gf.data_ptr<float>(), total, static_cast<int>(B), static_cast<int>(C),
-      static_cast<int>(H), static_cast<int>(W), g);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return gf;
+  const int64_t M = grad.size(0), R = grad.size(1), PH = grad.size(3), PW = grad.size(4);
+  const RoiGeometry g = geometry(M, R, shapes, PH, PW, S, aligned);
+  // the gradients of all maps in one float32 buffer, each dense in the order the threads ran
+  MapTable t{};
+  int64_t size = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t B = shapes[4 * m], C = shapes[4 * m + 1], H = shapes[4 * m + 2], W = shapes[4 * m + 3];
+    t.gradOffset[m] = size;
+    t.sB[m] = C * H * W;
+    t.sC[m] = channelsLastOrder ? 1 : H * W;
+    t.sH[m] = channelsLastOrder ? W * C : W;
+    t.sW[m] = channelsLastOrder ? C : 1;
+    t.H[m] = static_cast<int>(H);
+    t.W[m] = static_cast<int>(W);
+    t.scale[m] = scales[m];
+    size += B * C * H * W;
+  }
+  auto gf = at::zeros({size}, grad.options().dtype(at::kFloat));
+  const auto go = (channelsLastOrder ? grad.permute({0, 1, 3, 4, 2}) : grad).to(at::kFloat).contiguous();
+  const int64_t total = go.numel();
+  if (total > 0) {
+    if (channelsLastOrder)
+      roiAlignBackwardKernel<true><<<blocksFor(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(go.data_ptr<float>(), rois.data_ptr<float>(),
+                                                                                                      gf.data_ptr<float>(), total, t, g);
+    else
+      roiAlignBackwardKernel<false><<<blocksFor(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(go.data_ptr<float>(), rois.data_ptr<float>(),
+                                                                                                       gf.data_ptr<float>(), total, t, g);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const auto all = gf.to(mapOptions.dtype());  // one cast for every map (none in float32)
+  std::vector<at::Tensor> grads;
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t B = shapes[4 * m], C = shapes[4 * m + 1], H = shapes[4 * m + 2], W = shapes[4 * m + 3];
+    grads.push_back(all.as_strided({B, C, H, W}, {t.sB[m], t.sC[m], t.sH[m], t.sW[m]}, t.gradOffset[m]));
+  }
+  return grads;
 }
 
 }  // namespace onestage

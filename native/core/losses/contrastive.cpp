@@ -33,12 +33,6 @@ torch::Tensor backgroundBoxes(const torch::Tensor& annotations, int64_t height, 
   return cells.index_select(0, first);
 }
 
-torch::Tensor pool(const torch::Tensor& pooled, const std::string& mode, const Projection& project) {
-  auto flat = mode == "flatten" ? pooled.flatten(1) : pooled.mean({2, 3});
-  if (project) flat = project(flat);
-  return torch::nn::functional::normalize(flat, torch::nn::functional::NormalizeFuncOptions().dim(1));
-}
-
 }  // namespace
 
 ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std::vector<torch::Tensor>& f2,
@@ -59,92 +53,83 @@ ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std
   if (!o.strides.empty() && static_cast<int64_t>(o.strides.size()) != L) throw RangeError("contrastiveLoss: one stride per feature map");
   const auto device = f1[0].device();
   const auto ann = annotations.to(device, torch::kFloat32);
-  const int64_t B = ann.size(0);
-
-  // the real boxes: image, annotation row, box, class
-  const auto real = (ann.select(2, 4) >= 0).nonzero();  // [G, 2]
-  const int64_t G = real.size(0);
+  const int64_t B = ann.size(0), M = ann.size(1), BM = B * M;
   ContrastiveParts out;
-  if (G == 0) {
+  const auto longOpts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  if (BM == 0) {  // no annotation rows at all: 0 with a gradient path
     auto zero = f1[0].sum() * 0.0 + f2[0].sum() * 0.0;
     for (int64_t l = 1; l < L; ++l) zero = zero + f1[l].sum() * 0.0 + f2[l].sum() * 0.0;
-    out.loss = zero;
+    out.loss = zero.to(torch::kFloat32);
+    out.embeddings = out.withBackground = torch::zeros({}, longOpts);
     return out;
   }
-  const auto image = real.select(1, 0), slot = real.select(1, 1);
-  const auto rows = ann.index({image, slot});                 // [G, 5]
-  const auto boxes = rows.slice(1, 0, 4);
+  // Every annotation row k = b·M + j is pooled; rows that are not real boxes (padding −1, crowd ≤ −2)
+  // stay in the tensors as masked rows, so nothing depends on how many boxes there are (no host
+  // synchronisation, fixed shapes).
+  const auto rows = ann.view({BM, 5});
+  const auto valid = rows.select(1, 4) >= 0;                                   // [BM]
+  const auto boxes = torch::where(valid.unsqueeze(1), rows.slice(1, 0, 4), torch::zeros({}, ann.options()));  // no junk coordinates
+  const auto k = torch::arange(BM, longOpts);
+  const auto image = k.div(M, "floor"), slot = k.remainder(M);
   const auto cls = rows.select(1, 4).to(torch::kLong);
-  // the level of each box ('assigned'), else every level
-  torch::Tensor boxLevel;
+  // which levels a row is pooled from: every level, or the one FPN's rule gives it
+  torch::Tensor onLevel;  // [L, BM]
   if (o.levels == "assigned") {
     const auto side = ((boxes.select(1, 2) - boxes.select(1, 0)) * (boxes.select(1, 3) - boxes.select(1, 1))).clamp_min(1e-12).to(torch::kFloat64).sqrt();
-    boxLevel = (torch::floor(4.0 + torch::log2(side / 224.0)) - static_cast<double>(o.firstLevel)).clamp(0, L - 1).to(torch::kLong);
+    const auto level = (torch::floor(4.0 + torch::log2(side / 224.0)) - static_cast<double>(o.firstLevel)).clamp(0, L - 1).to(torch::kLong);
+    onLevel = (level.unsqueeze(0) == torch::arange(L, longOpts).unsqueeze(1)) & valid.unsqueeze(0);
+  } else {
+    onLevel = valid.unsqueeze(0).expand({L, BM});
   }
+  // one RoIAlign over the boxes and the images' background cells, every level of both views
   const auto background = backgroundBoxes(ann, inputHeight, inputWidth, o.backgroundGrid).to(torch::kFloat32);  // [B, 4]
-  const auto bgRois = torch::cat({torch::arange(B, ann.options()).unsqueeze(1), background}, 1);
-
-  std::vector<torch::Tensor> emb, bgEmb, rowLevel, rowGt, rowView, bgLevel, bgImage, bgView;
-  std::vector<int64_t> positive;  // filled per level below
-  int64_t offset = 0;
-  const auto longOpts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  const auto rois = torch::cat({torch::cat({image.to(torch::kFloat32).unsqueeze(1), boxes}, 1),
+                                torch::cat({torch::arange(B, ann.options()).unsqueeze(1), background}, 1)}, 0);  // [BM + B, 5]
+  std::vector<torch::Tensor> maps;
+  std::vector<double> scales;
   for (int64_t l = 0; l < L; ++l) {
-    const auto gts = o.levels == "assigned" ? (boxLevel == l).nonzero().squeeze(1) : torch::arange(G, longOpts);
-    const int64_t Gl = gts.size(0);
     const double stride = o.strides.empty() ? std::pow(2.0, static_cast<double>(o.firstLevel + l)) : o.strides[l];
-    RoiAlignOptions ro;
-    ro.outputHeight = ro.outputWidth = o.outputSize;
-    ro.spatialScale = 1.0 / stride;
-    ro.samplingRatio = o.samplingRatio;
-    ro.aligned = true;
-    const auto rois = torch::cat({torch::cat({image.index_select(0, gts).to(torch::kFloat32).unsqueeze(1), boxes.index_select(0, gts)}, 1), bgRois}, 0);
-    for (int v = 0; v < 2; ++v) {
-      const auto e = pool(roiAlign(v == 0 ? f1[l] : f2[l], rois, ro), o.pooling, project);  // [Gl + B, D]
-      emb.push_back(e.slice(0, 0, Gl));
-      bgEmb.push_back(e.slice(0, Gl));
-      rowLevel.push_back(torch::full({Gl}, l, longOpts));
-      rowGt.push_back(gts);
-      rowView.push_back(torch::full({Gl}, v, longOpts));
-      bgLevel.push_back(torch::full({B}, l, longOpts));
-      bgImage.push_back(torch::arange(B, longOpts));
-      bgView.push_back(torch::full({B}, v, longOpts));
-    }
-    for (int v = 0; v < 2; ++v)
-      for (int64_t j = 0; j < Gl; ++j) positive.push_back(offset + (1 - v) * Gl + j);
-    offset += 2 * Gl;
+    maps.push_back(f1[l]);
+    maps.push_back(f2[l]);
+    scales.push_back(1.0 / stride);
+    scales.push_back(1.0 / stride);
   }
-  const auto E = torch::cat(emb, 0);   // [N, D]
-  const auto Bg = torch::cat(bgEmb, 0);  // [2·B·L, D]
-  const int64_t N = E.size(0);
-  out.embeddings = N;
-  if (N == 0) {
-    out.loss = E.sum() * 0.0 + Bg.sum() * 0.0;
-    return out;
-  }
-  const auto level = torch::cat(rowLevel), gt = torch::cat(rowGt);
-  const auto rImage = image.index_select(0, gt), rSlot = slot.index_select(0, gt), rClass = cls.index_select(0, gt);
-  const auto sameLevel = level.unsqueeze(1) == level.unsqueeze(0);
-  torch::Tensor negative;
+  RoiAlignOptions ro;
+  ro.outputHeight = ro.outputWidth = o.outputSize;
+  ro.samplingRatio = o.samplingRatio;
+  ro.aligned = true;
+  const auto pooled = roiAlignMany(maps, rois, scales, ro).to(torch::kFloat32);  // [2L, BM + B, C, s, s] (a no-op in float32)
+  auto flat = o.pooling == "flatten" ? pooled.flatten(2) : pooled.mean({3, 4});   // [2L, BM + B, D]
+  if (project) flat = project(flat.reshape({2 * L * (BM + B), -1})).view({2 * L, BM + B, -1});
+  const auto e = torch::nn::functional::normalize(flat, torch::nn::functional::NormalizeFuncOptions().dim(2)).view({L, 2, BM + B, -1});
+  const auto E = e.slice(2, 0, BM).reshape({L, 2 * BM, -1});  // per level: view v's row k at v·BM + k
+  const auto Bg = e.slice(2, BM).reshape({L, 2 * B, -1});     // per level: view v's background of image b at v·B + b
+
+  // per level (negatives never cross levels): [L, 2BM, 2BM] similarities and masks
+  torch::Tensor rule;  // [BM, BM]: may row k' be a negative of row k
   if (o.negatives == "other-class")
-    negative = rClass.unsqueeze(1) != rClass.unsqueeze(0);
+    rule = cls.unsqueeze(1) != cls.unsqueeze(0);
   else if (o.negatives == "all-other")
-    negative = gt.unsqueeze(1) != gt.unsqueeze(0);
+    rule = k.unsqueeze(1) != k.unsqueeze(0);
   else
-    negative = (rImage.unsqueeze(1) != rImage.unsqueeze(0)) & (rSlot.unsqueeze(1) == rSlot.unsqueeze(0));
-  negative = negative & sameLevel;
-  const auto hasNegative = negative.any(1);
-  const auto bgL = torch::cat(bgLevel), bgI = torch::cat(bgImage);
-  const auto useBg = (level.unsqueeze(1) == bgL.unsqueeze(0)) & (rImage.unsqueeze(1) == bgI.unsqueeze(0)) & hasNegative.logical_not().unsqueeze(1);
-  out.withBackground = (~hasNegative).sum();
+    rule = (image.unsqueeze(1) != image.unsqueeze(0)) & (slot.unsqueeze(1) == slot.unsqueeze(0));
+  const auto anchor = onLevel.repeat({1, 2});                                       // [L, 2BM]
+  const auto negative = rule.repeat({2, 2}).unsqueeze(0) & anchor.unsqueeze(2) & anchor.unsqueeze(1);
+  const auto lonely = negative.any(2).logical_not();                                // [L, 2BM]
+  const auto imageOfRow = image.repeat({2}), imageOfBg = torch::arange(B, longOpts).repeat({2});
+  const auto useBg = (imageOfRow.unsqueeze(1) == imageOfBg.unsqueeze(0)).unsqueeze(0) & lonely.unsqueeze(2);  // [L, 2BM, 2B]
+  out.embeddings = anchor.sum();
+  out.withBackground = (anchor & lonely).sum();
   const double invT = 1.0 / o.temperature;
-  const auto S = E.matmul(E.t()) * invT;
-  const auto posIndex = torch::tensor(positive, longOpts).unsqueeze(1);
-  const auto pos = S.gather(1, posIndex);  // [N, 1]
+  const auto S = torch::bmm(E, E.transpose(1, 2)) * invT;
+  const auto other = torch::arange(2 * BM, longOpts).add(BM).remainder(2 * BM);   // the same row in the other view
+  const auto pos = S.gather(2, other.view({1, -1, 1}).expand({L, -1, 1}));         // [L, 2BM, 1]
   const double negInf = -std::numeric_limits<double>::infinity();
   const auto negS = S.masked_fill(negative.logical_not(), negInf);
-  const auto bgS = E.matmul(Bg.t()).mul(invT).masked_fill(useBg.logical_not(), negInf);
-  const auto lse = torch::logsumexp(torch::cat({pos, negS, bgS}, 1), 1, true);
-  out.loss = (lse - pos).mean();
+  const auto bgS = torch::bmm(E, Bg.transpose(1, 2)).mul(invT).masked_fill(useBg.logical_not(), negInf);
+  const auto lse = torch::logsumexp(torch::cat({pos, negS, bgS}, 2), 2, true);
+  const auto perAnchor = torch::where(anchor, (lse - pos).squeeze(2), torch::zeros({}, lse.options()));
+  out.loss = perAnchor.sum() / out.embeddings.clamp_min(1).to(torch::kFloat32);
   return out;
 }
 

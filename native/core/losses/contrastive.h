@@ -35,11 +35,11 @@ struct ContrastiveLossOptions {
 };
 
 struct ContrastiveParts {
-  torch::Tensor loss;        // scalar
-  int64_t embeddings = 0;    // anchors in the loss (2 · boxes · levels)
-  /// Of them, those whose negatives are background regions: an int64 scalar tensor, left on the
-  /// device (reading it is a host synchronisation the training step does not need).
-  torch::Tensor withBackground;
+  torch::Tensor loss;  // scalar
+  /// Anchors in the loss (2 · boxes · levels) and, of them, those whose negatives are background
+  /// regions: int64 scalar tensors, left on the device (reading them is a host synchronisation the
+  /// training step does not need).
+  torch::Tensor embeddings, withBackground;
 };
 
 /// Maps pooled region features [R, D] to the embedding space before normalisation (e.g. SimCLR's

@@ -432,9 +432,9 @@ void TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor&
       parts.cls = parts.cls + more.cls;
       parts.reg = parts.reg + more.reg;
     }
-    std::vector<torch::Tensor> f1, f2;
-    for (const auto& p : out.pyramid) f1.push_back(p.to(torch::kFloat));
-    for (const auto& p : viewOut.pyramid) f2.push_back(p.to(torch::kFloat));
+    // the maps as they are (bf16 under amp, channels-last): the RoIAlign reads them in place, in float32
+    const auto& f1 = out.pyramid;
+    const auto& f2 = viewOut.pyramid;
     Projection project;
     if (projection_) project = [this](const torch::Tensor& t) { return projection_->forward(t); };
     extra = contrastiveLoss(f1, f2, ann, x.size(2), x.size(3), ct.loss, project).loss * ct.weight;
