@@ -2,7 +2,8 @@
  * Loss benchmark: forward + backward of each loss on a RetinaNet-sized batch (B 8, 640×640 →
  * 76 725 anchors, 80 classes, 10 boxes per image), onestage vs the reference implementations
  * (pytorch-retinanet's per-image focal loop; the GHM authors' per-bin loops) in the same run.
- *   npx ts-node --transpile-only bench/losses.ts [--device cuda] [--batch 8]
+ *   npx ts-node --transpile-only bench/losses.ts [--device cuda] [--batch 8] [--profile prefix]
+ * (--profile: a Kineto trace of 5 calls of each onestage loss, prefix-<loss>.json; LibTorch ≥ 2)
  * Prints a table and writes bench/results/losses-<device>.json.
  */
 import { spawnSync } from 'node:child_process';
@@ -11,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
 import { buildInfo, encodeBoxes, FocalLoss, generateAnchors, GHMC, GHMR, MaxIoUAssigner, Tensor } from '../lib';
-import { timeMs as time } from './timing';
+import { profileCalls, timeMs as time } from './timing';
 import { Bundle, fromTensor, writeBundle } from '../test/helpers/bundle';
 import { pythonWithTorch, tempDir } from '../test/helpers/python';
 import { Rng } from '../test/helpers/random';
@@ -29,8 +30,9 @@ async function main(): Promise<void> {
     .option('--boxes <n>', 'boxes per image', '10')
     .option('--warmup <n>', 'untimed runs', '')
     .option('--iters <n>', 'timed runs', '')
+    .option('--profile <prefix>', 'Kineto traces of each onestage loss')
     .parse()
-    .opts<{ device: 'cpu' | 'cuda'; batch: string; classes: string; boxes: string; warmup: string; iters: string }>();
+    .opts<{ device: 'cpu' | 'cuda'; batch: string; classes: string; boxes: string; warmup: string; iters: string; profile?: string }>();
   const device = opts.device;
   const gpu = device === 'cuda';
   const warmup = Number(opts.warmup || (gpu ? 5 : 1));
@@ -78,17 +80,21 @@ async function main(): Promise<void> {
   const lbl = T('ghm_labels'), rowWgt = T('ghm_row_weight'), rwgt = T('ghm_rweight'), dlt = deltas.to(device);
 
   const rows: Row[] = [];
+  const measure = async (loss: string, key: string, fn: () => Promise<unknown>) => {
+    rows.push({ loss, ms: await time(fn, warmup, iters) });
+    await profileCalls(opts.profile && `${opts.profile}-${key}.json`, fn);
+  };
   const focal = new FocalLoss();
-  rows.push({ loss: 'Focal (onestage, batched)', ms: await time(async () => {
+  await measure('Focal (onestage, batched)', 'focal', async () => {
     const l = await focal.forward({ classifications: logits, regressions, anchors: anchorsD, annotations });
     await l.cls.add(l.reg).backward();
-  }, warmup, iters) });
+  });
   const ghmc = new GHMC({ momentum: 0.75 });
-  rows.push({ loss: 'GHM-C (onestage, labels form, fused)', ms: await time(async () => (await ghmc.forward(logits, lbl, rowWgt)).backward(), warmup, iters) });
+  await measure('GHM-C (onestage, labels form, fused)', 'ghmc', async () => (await ghmc.forward(logits, lbl, rowWgt)).backward());
   const ghmcDense = new GHMC({ momentum: 0.75 });
-  rows.push({ loss: 'GHM-C (onestage, one-hot form)', ms: await time(async () => (await ghmcDense.forward(logits, tgt, wgt)).backward(), warmup, iters) });
+  await measure('GHM-C (onestage, one-hot form)', 'ghmc-onehot', async () => (await ghmcDense.forward(logits, tgt, wgt)).backward());
   const ghmr = new GHMR({ momentum: 0.7 });
-  rows.push({ loss: 'GHM-R (onestage, vectorised)', ms: await time(async () => (await ghmr.forward(regressions, dlt, rwgt)).backward(), warmup, iters) });
+  await measure('GHM-R (onestage, vectorised)', 'ghmr', async () => (await ghmr.forward(regressions, dlt, rwgt)).backward());
   console.error(rows);
 
   const py = pythonWithTorch();

@@ -1,6 +1,6 @@
 /** The synthetic RetinaNet training batch of the GPU benchmarks: B images of S×S in [−1, 1) and 8 boxes each (32 px to S/3, 80 classes), from a seeded generator. */
-import type { Batch, Device } from '../lib';
-import { Tensor } from '../lib';
+import type { Batch, Device, TrainerOptions } from '../lib';
+import { cudaMemory, Model, profilerAvailable, setCudnnBenchmark, startProfiler, stopProfiler, synchronize, Tensor, Trainer } from '../lib';
 
 export const SYNTHETIC_BOXES = 8;
 
@@ -25,4 +25,57 @@ export function syntheticBatch(data: { images: Float32Array; annotations: Float3
   const annotations = Tensor.from(data.annotations, [batch, SYNTHETIC_BOXES, 5], { device });
   const ids = Array.from({ length: batch }, (_, i) => i);
   return { images, annotations, scales: ids.map(() => 1), sizes: ids.map(() => [size, size]), inputSizes: ids.map(() => [size, size]), ids, files: ids.map(() => ''), flipped: ids.map(() => false), crops: ids.map(() => null) };
+}
+
+export interface StepTiming {
+  imagesPerSecond: number;
+  msPerStep: number;
+  peakMiB: number | null;
+  skipped: number;
+}
+
+/**
+ * RetinaNet training steps on the synthetic batch: `fast` is the Trainer's default configuration
+ * (channels-last and cuDNN benchmark on CUDA, multi-tensor update), otherwise all of them off.
+ * `profile`: a Kineto trace of 5 more steps is written there (-bf16/-fp32 added before .json).
+ */
+export async function timeTrainingSteps(o: {
+  device: Device; batch: number; size: number; depth: number; steps: number; warmup: number; optimizer: 'sgd' | 'adamw';
+  data: { images: Float32Array; annotations: Float32Array }; amp: boolean; fast: boolean; profile?: string;
+}): Promise<StepTiming> {
+  const { device, amp, fast } = o;
+  const batch = syntheticBatch(o.data, o.batch, o.size, device);
+  const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
+  const lr = o.optimizer === 'sgd' ? 0.01 : 1e-4;
+  const options: TrainerOptions = {
+    optimizer: { type: o.optimizer, lr, momentum: 0.9, weightDecay: 1e-4, implementation: fast ? 'auto' : 'loop' },
+    amp,
+    // fast: the Trainer's defaults (channels-last and cuDNN benchmark on CUDA); plain: all off
+    ...(fast ? {} : { channelsLast: false, cudnnBenchmark: false }),
+  };
+  if (!fast && device === 'cuda') setCudnnBenchmark(false);
+  const trainer = new Trainer(model, options);
+  for (let i = 0; i < o.warmup; i++) await trainer.step(batch, lr);
+  synchronize();
+  if (device === 'cuda') cudaMemory(0, { resetPeak: true });
+  const t0 = process.hrtime.bigint();
+  let skipped = 0;
+  for (let i = 0; i < o.steps; i++) skipped += (await trainer.step(batch, lr)).skipped ? 1 : 0;
+  synchronize();
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const peak = device === 'cuda' ? cudaMemory(0).peak / 2 ** 20 : null;
+  if (fast && o.profile && profilerAvailable()) {
+    // a few more steps under the profiler (kernels and CUDA runtime calls of every thread)
+    startProfiler();
+    for (let i = 0; i < 5; i++) await trainer.step(batch, lr);
+    synchronize();
+    const file = o.profile.replace(/\.json$/, `-${amp ? 'bf16' : 'fp32'}.json`);
+    stopProfiler(file);
+    console.error(`profile of 5 steps written to ${file}`);
+  }
+  trainer.dispose();
+  model.dispose();
+  batch.images.dispose();
+  batch.annotations.dispose();
+  return { imagesPerSecond: (o.batch * o.steps) / seconds, msPerStep: (1000 * seconds) / o.steps, peakMiB: peak, skipped };
 }

@@ -14,10 +14,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { buildInfo, cudaMemory, Device, Model, profilerAvailable, setCudnnBenchmark, setTf32, startProfiler, stopProfiler, synchronize, Trainer } from '../lib';
-import type { TrainerOptions } from '../lib';
+import { buildInfo, setTf32 } from '../lib';
 import { writeJsonAtomic } from '../lib/io';
-import { syntheticArrays, syntheticBatch } from './synthetic';
+import { syntheticArrays, timeTrainingSteps } from './synthetic';
 import { pythonWithTorch } from '../test/helpers/python';
 
 interface Options {
@@ -52,48 +51,14 @@ function makeBatch(o: Options, dir: string): { images: Float32Array; annotations
 }
 
 async function timeOnestage(o: Options, data: { images: Float32Array; annotations: Float32Array }, amp: boolean, fast: boolean): Promise<Row> {
-  const device: Device = o.device;
-  const B = o.batch;
-  const batch = syntheticBatch(data, B, o.size, device);
-  const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
-  const lr = o.optimizer === 'sgd' ? 0.01 : 1e-4;
-  const options: TrainerOptions = {
-    optimizer: { type: o.optimizer, lr, momentum: 0.9, weightDecay: 1e-4, implementation: fast ? 'auto' : 'loop' },
-    amp,
-    // fast: the Trainer's defaults (channels-last and cuDNN benchmark on CUDA); plain: all off
-    ...(fast ? {} : { channelsLast: false, cudnnBenchmark: false }),
-  };
-  if (!fast && o.device === 'cuda') setCudnnBenchmark(false);
-  const trainer = new Trainer(model, options);
-  for (let i = 0; i < o.warmup; i++) await trainer.step(batch, lr);
-  synchronize();
-  if (o.device === 'cuda') cudaMemory(0, { resetPeak: true });
-  const t0 = process.hrtime.bigint();
-  let skipped = 0;
-  for (let i = 0; i < o.steps; i++) skipped += (await trainer.step(batch, lr)).skipped ? 1 : 0;
-  synchronize();
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  const peak = o.device === 'cuda' ? cudaMemory(0).peak / 2 ** 20 : null;
-  if (fast && o.profile && profilerAvailable()) {
-    // a few more steps under the profiler (kernels and CUDA runtime calls of every thread)
-    startProfiler();
-    for (let i = 0; i < 5; i++) await trainer.step(batch, lr);
-    synchronize();
-    const file = o.profile.replace(/\.json$/, `-${amp ? 'bf16' : 'fp32'}.json`);
-    stopProfiler(file);
-    console.error(`profile of 5 steps written to ${file}`);
-  }
-  trainer.dispose();
-  model.dispose();
-  batch.images.dispose();
-  batch.annotations.dispose();
+  const r = await timeTrainingSteps({ ...o, data, amp, fast });
   return {
     system: `onestage ${fast ? (o.device === 'cuda' ? 'default (channels-last, cuDNN benchmark, multi-tensor update)' : 'default (multi-tensor update)') : 'plain (NCHW, per-parameter optimizer)'}`,
     precision: amp ? 'bf16' : 'fp32',
-    imagesPerSecond: (B * o.steps) / seconds,
-    msPerStep: (1000 * seconds) / o.steps,
-    peakMiB: peak,
-    note: skipped > 0 ? `${skipped} skipped steps` : undefined,
+    imagesPerSecond: r.imagesPerSecond,
+    msPerStep: r.msPerStep,
+    peakMiB: r.peakMiB,
+    note: r.skipped > 0 ? `${r.skipped} skipped steps` : undefined,
   };
 }
 

@@ -10,27 +10,63 @@ namespace onestage {
 
 namespace {
 
+/// Tensors that depend only on the shapes (B images, M annotation rows, the input size, the grid),
+/// built once per shape and thread instead of a dozen small kernels per call.
+struct ShapeIndex {
+  int64_t B = -1, M = -1, height = -1, width = -1, grid = -1;
+  torch::Device device{torch::kCPU};
+  torch::Tensor k, image, slot;  // [BM] long: row k = image · M + slot
+  torch::Tensor roiImage;        // [BM + B, 1] float: the batch index of each RoI (boxes, then backgrounds)
+  torch::Tensor cells, cellOrder;  // [K, 4] float64 grid cells (x1, y1, x2, y2), [1, K] long
+  torch::Tensor other;           // [1, 2BM, 1] long: the same row in the other view
+  torch::Tensor sameImageBg;     // [2BM, 2B] bool: row's image == background's image
+  torch::Tensor allOther, sameRegion;  // [BM, BM] the shape-only negative rules
+
+  static const ShapeIndex& get(int64_t B, int64_t M, int64_t height, int64_t width, int64_t grid, const torch::Device& device) {
+    thread_local ShapeIndex* s = new ShapeIndex();  // never destroyed: no device tensors freed during process teardown
+    if (s->B != B || s->M != M || s->height != height || s->width != width || s->grid != grid || s->device != device)
+      *s = ShapeIndex(B, M, height, width, grid, device);
+    return *s;
+  }
+
+ private:
+  ShapeIndex() = default;
+  ShapeIndex(int64_t B_, int64_t M_, int64_t h, int64_t w, int64_t g, const torch::Device& d) : B(B_), M(M_), height(h), width(w), grid(g), device(d) {
+    const auto longs = torch::TensorOptions().dtype(torch::kLong).device(d);
+    const int64_t BM = B * M;
+    k = torch::arange(BM, longs);
+    image = k.div(M, "floor");
+    slot = k.remainder(M);
+    roiImage = torch::cat({image, torch::arange(B, longs)}).to(torch::kFloat32).unsqueeze(1);
+    const auto c = torch::arange(g * g, longs);
+    const auto row = c.div(g, "floor").to(torch::kFloat64), col = c.remainder(g).to(torch::kFloat64);
+    const double cw = static_cast<double>(w) / g, ch = static_cast<double>(h) / g;
+    cells = torch::stack({col * cw, row * ch, (col + 1) * cw, (row + 1) * ch}, 1);
+    cellOrder = c.unsqueeze(0);
+    other = torch::arange(2 * BM, longs).add(BM).remainder(2 * BM).view({1, -1, 1});
+    sameImageBg = image.repeat({2}).unsqueeze(1) == torch::arange(B, longs).repeat({2}).unsqueeze(0);
+    allOther = k.unsqueeze(1) != k.unsqueeze(0);
+    sameRegion = (image.unsqueeze(1) != image.unsqueeze(0)) & (slot.unsqueeze(1) == slot.unsqueeze(0));
+  }
+};
+
 /// Each image's background cell: [B, 4] boxes (x1, y1, x2, y2) of the grid cell whose largest
 /// intersection with any box (as a fraction of the cell) is smallest; first in row-major order on ties.
-torch::Tensor backgroundBoxes(const torch::Tensor& annotations, int64_t height, int64_t width, int64_t grid) {
-  const auto f64 = annotations.options().dtype(torch::kFloat64);
-  const auto k = torch::arange(grid * grid, f64.dtype(torch::kLong));
-  const auto row = (k / grid).to(torch::kFloat64), col = (k % grid).to(torch::kFloat64);
-  const double cw = static_cast<double>(width) / grid, ch = static_cast<double>(height) / grid;
-  const auto cells = torch::stack({col * cw, row * ch, (col + 1) * cw, (row + 1) * ch}, 1);  // [K, 4]
+torch::Tensor backgroundBoxes(const torch::Tensor& annotations, const ShapeIndex& index) {
+  const int64_t grid = index.grid;
+  const double cw = static_cast<double>(index.width) / grid, ch = static_cast<double>(index.height) / grid;
   const auto ann = annotations.to(torch::kFloat64);
   const auto boxes = ann.slice(2, 0, 4);                                // [B, M, 4]
   const auto present = ann.select(2, 4) != -1;                          // boxes and ignore regions
-  const auto c = cells.view({1, -1, 1, 4});
+  const auto c = index.cells.view({1, -1, 1, 4});
   const auto b = boxes.unsqueeze(1);                                    // [B, 1, M, 4]
   const auto iw = (torch::min(c.select(3, 2), b.select(3, 2)) - torch::max(c.select(3, 0), b.select(3, 0))).clamp_min(0);
   const auto ih = (torch::min(c.select(3, 3), b.select(3, 3)) - torch::max(c.select(3, 1), b.select(3, 1))).clamp_min(0);
-  const auto iof = (iw * ih / (cw * ch)) * present.unsqueeze(1).to(torch::kFloat64);  // [B, K, M]
-  const auto cover = iof.size(2) > 0 ? std::get<0>(iof.max(2)) : torch::zeros({ann.size(0), grid * grid}, f64);  // [B, K]
+  const auto iof = (iw * ih / (cw * ch)) * present.unsqueeze(1);       // [B, K, M]
+  const auto cover = std::get<0>(iof.max(2));                          // [B, K] (M ≥ 1 here)
   const auto least = std::get<0>(cover.min(1, true));                  // [B, 1]
-  const auto order = k.unsqueeze(0).expand_as(cover);
-  const auto first = torch::where(cover == least, order, torch::full_like(order, grid * grid)).amin(1);  // [B]
-  return cells.index_select(0, first);
+  const auto first = torch::where(cover == least, index.cellOrder, grid * grid).amin(1);  // [B]
+  return index.cells.index_select(0, first);
 }
 
 }  // namespace
@@ -66,11 +102,10 @@ ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std
   // Every annotation row k = b·M + j is pooled; rows that are not real boxes (padding −1, crowd ≤ −2)
   // stay in the tensors as masked rows, so nothing depends on how many boxes there are (no host
   // synchronisation, fixed shapes).
+  const auto& index = ShapeIndex::get(B, M, inputHeight, inputWidth, o.backgroundGrid, device);
   const auto rows = ann.view({BM, 5});
   const auto valid = rows.select(1, 4) >= 0;                                   // [BM]
-  const auto boxes = torch::where(valid.unsqueeze(1), rows.slice(1, 0, 4), torch::zeros({}, ann.options()));  // no junk coordinates
-  const auto k = torch::arange(BM, longOpts);
-  const auto image = k.div(M, "floor"), slot = k.remainder(M);
+  const auto boxes = torch::where(valid.unsqueeze(1), rows.slice(1, 0, 4), 0.0);  // no junk coordinates
   const auto cls = rows.select(1, 4).to(torch::kLong);
   // which levels a row is pooled from: every level, or the one FPN's rule gives it
   torch::Tensor onLevel;  // [L, BM]
@@ -82,9 +117,8 @@ ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std
     onLevel = valid.unsqueeze(0).expand({L, BM});
   }
   // one RoIAlign over the boxes and the images' background cells, every level of both views
-  const auto background = backgroundBoxes(ann, inputHeight, inputWidth, o.backgroundGrid).to(torch::kFloat32);  // [B, 4]
-  const auto rois = torch::cat({torch::cat({image.to(torch::kFloat32).unsqueeze(1), boxes}, 1),
-                                torch::cat({torch::arange(B, ann.options()).unsqueeze(1), background}, 1)}, 0);  // [BM + B, 5]
+  const auto background = backgroundBoxes(ann, index).to(torch::kFloat32);  // [B, 4]
+  const auto rois = torch::cat({index.roiImage, torch::cat({boxes, background}, 0)}, 1);  // [BM + B, 5]
   std::vector<torch::Tensor> maps;
   std::vector<double> scales;
   for (int64_t l = 0; l < L; ++l) {
@@ -110,25 +144,23 @@ ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std
   if (o.negatives == "other-class")
     rule = cls.unsqueeze(1) != cls.unsqueeze(0);
   else if (o.negatives == "all-other")
-    rule = k.unsqueeze(1) != k.unsqueeze(0);
+    rule = index.allOther;
   else
-    rule = (image.unsqueeze(1) != image.unsqueeze(0)) & (slot.unsqueeze(1) == slot.unsqueeze(0));
+    rule = index.sameRegion;
   const auto anchor = onLevel.repeat({1, 2});                                       // [L, 2BM]
   const auto negative = rule.repeat({2, 2}).unsqueeze(0) & anchor.unsqueeze(2) & anchor.unsqueeze(1);
   const auto lonely = negative.any(2).logical_not();                                // [L, 2BM]
-  const auto imageOfRow = image.repeat({2}), imageOfBg = torch::arange(B, longOpts).repeat({2});
-  const auto useBg = (imageOfRow.unsqueeze(1) == imageOfBg.unsqueeze(0)).unsqueeze(0) & lonely.unsqueeze(2);  // [L, 2BM, 2B]
+  const auto useBg = index.sameImageBg.unsqueeze(0) & lonely.unsqueeze(2);  // [L, 2BM, 2B]
   out.embeddings = anchor.sum();
   out.withBackground = (anchor & lonely).sum();
   const double invT = 1.0 / o.temperature;
   const auto S = torch::bmm(E, E.transpose(1, 2)) * invT;
-  const auto other = torch::arange(2 * BM, longOpts).add(BM).remainder(2 * BM);   // the same row in the other view
-  const auto pos = S.gather(2, other.view({1, -1, 1}).expand({L, -1, 1}));         // [L, 2BM, 1]
+  const auto pos = S.gather(2, index.other.expand({L, -1, 1}));  // [L, 2BM, 1]: the same row in the other view
   const double negInf = -std::numeric_limits<double>::infinity();
   const auto negS = S.masked_fill(negative.logical_not(), negInf);
   const auto bgS = torch::bmm(E, Bg.transpose(1, 2)).mul(invT).masked_fill(useBg.logical_not(), negInf);
   const auto lse = torch::logsumexp(torch::cat({pos, negS, bgS}, 2), 2, true);
-  const auto perAnchor = torch::where(anchor, (lse - pos).squeeze(2), torch::zeros({}, lse.options()));
+  const auto perAnchor = torch::where(anchor, (lse - pos).squeeze(2), 0.0);
   out.loss = perAnchor.sum() / out.embeddings.clamp_min(1).to(torch::kFloat32);
   return out;
 }
