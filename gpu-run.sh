@@ -1,16 +1,17 @@
 set -u
 nvidia-smi --query-gpu=name --format=csv,noheader
 t0=$(date +%s)
-node scripts/build-native.js > $OUT/build.log 2>&1 || { tail -40 $OUT/build.log; exit 1; }
+node scripts/build-native.js > $OUT/build.log 2>&1 || { grep -B2 -A12 "error" $OUT/build.log | head -80; exit 1; }
 echo "build $(( $(date +%s) - t0 )) s"
-npx ava test/contrastive.test.ts test/parity-ops.test.ts 2>&1 | grep -E "✔|✘|passed|failed|Error|error" | grep -v "ℹ" > $OUT/tests.txt
+npx ava test/losses.test.ts test/contrastive.test.ts test/parity-ops.test.ts test/cuda.test.ts 2>&1 | grep -E "✔|✘|passed|failed|rror|skipped" | grep -v "ℹ" > $OUT/tests.txt
 npx ava test/fastpath.test.ts -m '*contrastive*' 2>&1 | grep -E "✔|✘|passed|failed|rror|step" >> $OUT/tests.txt
-tail -5 $OUT/tests.txt; grep -c "✔" $OUT/tests.txt; grep "✘" $OUT/tests.txt
+grep -E "passed|failed" $OUT/tests.txt; grep -A8 "✘" $OUT/tests.txt | head -40
 npx ts-node --transpile-only bench/contrastive.ts --device cuda --profile $OUT/contrastive.json > $OUT/contrastive.txt 2>&1
-cat $OUT/contrastive.txt | tail -14
+tail -12 $OUT/contrastive.txt
 npx ts-node --transpile-only bench/losses.ts --device cuda --profile /tmp/loss > $OUT/losses.txt 2>&1
 tail -10 $OUT/losses.txt
-for k in ghmc ghmr focal; do echo "== $k"; python3 bench/profile_summary.py /tmp/loss-$k.json 5 30; done > $OUT/loss-profiles.txt 2>&1
-python3 bench/profile_summary.py $OUT/contrastive.json 5 40 > $OUT/contrastive-profile.txt 2>&1
-gzip -f $OUT/contrastive.json
-head -60 $OUT/loss-profiles.txt
+for k in ghmc ghmr; do echo "== $k"; python3 bench/profile_summary.py /tmp/loss-$k.json 5 12; done > $OUT/loss-profiles.txt 2>&1
+python3 bench/profile_summary.py $OUT/contrastive.json 5 20 > $OUT/contrastive-profile.txt 2>&1
+rm -f $OUT/contrastive.json
+head -24 $OUT/contrastive-profile.txt
+grep -E "traced|onestage::|CUDA runtime|cudaLaunch" $OUT/loss-profiles.txt

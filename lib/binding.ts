@@ -71,7 +71,7 @@ export interface NativeBinding {
   boxEncode(anchors: NativeTensor, boxes: NativeTensor, options: object): NativeTensor;
   boxDecode(anchors: NativeTensor, deltas: NativeTensor, options: object): NativeTensor;
   boxIou(a: NativeTensor, b: NativeTensor): NativeTensor;
-  contrastiveLossAsync(features1: NativeTensor[], features2: NativeTensor[], annotations: NativeTensor, inputHeight: number, inputWidth: number, options: object): Promise<{ loss: NativeTensor; embeddings: number; withBackground: number }>;
+  contrastiveLossAsync(features1: NativeTensor[], features2: NativeTensor[], annotations: NativeTensor, inputHeight: number, inputWidth: number, options: object): Promise<{ loss: NativeTensor; counts: NativeTensor }>;
   roiAlign(features: NativeTensor, rois: NativeTensor, options: object): NativeTensor;
   clipBoxes(boxes: NativeTensor, height: number, width: number): NativeTensor;
   nms(boxes: NativeTensor, scores: NativeTensor, iouThreshold: number): NativeTensor;

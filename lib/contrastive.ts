@@ -45,10 +45,14 @@ export interface ContrastiveInput {
 export interface ContrastiveValue {
   /** Scalar with autograd (0 with a gradient path when there are no boxes). */
   loss: Tensor;
-  /** Embeddings in the loss (2 × boxes × levels). */
-  embeddings: number;
-  /** Of them, those contrasted with the background (no negative under the mode). */
-  withBackground: number;
+  /**
+   * Embeddings in the loss (2 × boxes × levels). The counts stay on the loss's device until read:
+   * reading one waits for the forward pass (a host synchronisation on CUDA), not reading them lets
+   * the backward be queued behind the forward.
+   */
+  readonly embeddings: number;
+  /** Of them, those contrasted with the background (no negative under the mode). Read lazily, as `embeddings`. */
+  readonly withBackground: number;
 }
 
 /** Checks contrastive loss options; errors name the field under `name`. */
@@ -83,6 +87,23 @@ export class ContrastiveLoss {
     checkInteger('input.inputSize[0]', h, 1, 1 << 20);
     checkInteger('input.inputSize[1]', w, 1, 1 << 20);
     const r = await native().contrastiveLossAsync(list('input.features1', i.features1), list('input.features2', i.features2), handleOf('input.annotations', i.annotations), h, w, this.options);
-    return { loss: new Tensor(r.loss), embeddings: r.embeddings, withBackground: r.withBackground };
+    const counts = new Tensor(r.counts); // int64 [2]: embeddings, withBackground
+    let read: number[] | null = null;
+    const value = (k: number) => {
+      if (read === null) {
+        read = counts.toNumbers();
+        counts.dispose();
+      }
+      return read[k];
+    };
+    return {
+      loss: new Tensor(r.loss),
+      get embeddings() {
+        return value(0);
+      },
+      get withBackground() {
+        return value(1);
+      },
+    };
   }
 }

@@ -88,22 +88,18 @@ Napi::Value ContrastiveLossAsync(const Napi::CallbackInfo& info) {
     if (!t.is_floating_point() || t.device() != f1[0].device()) throw onestage::RangeError("contrastiveLoss: features must be floating point on one device");
   for (const auto& t : f2)
     if (!t.is_floating_point() || t.device() != f1[0].device()) throw onestage::RangeError("contrastiveLoss: features must be floating point on one device");
-  return PromiseWorker<ContrastiveParts>::start(
+  return PromiseWorker<std::pair<torch::Tensor, torch::Tensor>>::start(
       info.Env(),
       [f1, f2, annotations, height, width, opts] {
         const c10::DeviceGuard guard(f1[0].device());
-        auto r = contrastiveLoss(f1, f2, annotations, height, width, opts);
-        // the counts, read here (the wait happens off the event loop): one copy for both
-        const auto counts = torch::stack({r.embeddings, r.withBackground}).cpu();
-        r.embeddings = counts[0];
-        r.withBackground = counts[1];
-        return r;
+        const auto r = contrastiveLoss(f1, f2, annotations, height, width, opts);
+        // the counts stay on the device: JS reads them only when asked (a wait for the forward on CUDA)
+        return std::make_pair(r.loss, torch::stack({r.embeddings, r.withBackground}));
       },
-      [](Napi::Env env, ContrastiveParts& r) -> Napi::Value {
+      [](Napi::Env env, std::pair<torch::Tensor, torch::Tensor>& r) -> Napi::Value {
         Napi::Object out = Napi::Object::New(env);
-        out.Set("loss", wrapTensor(env, r.loss));
-        out.Set("embeddings", Napi::Number::New(env, static_cast<double>(r.embeddings.item<int64_t>())));
-        out.Set("withBackground", Napi::Number::New(env, static_cast<double>(r.withBackground.item<int64_t>())));
+        out.Set("loss", wrapTensor(env, r.first));
+        out.Set("counts", wrapTensor(env, r.second));
         return out;
       });
 }

@@ -136,48 +136,47 @@ torch::Tensor ghmcLoss(const torch::Tensor& pred, const torch::Tensor& targetIn,
 namespace {
 
 #ifdef ONESTAGE_WITH_CUDA
-/// The fused labels form on CUDA: counts, weighted BCE terms and gradient in three kernels.
-class GhmcLabelsFunction : public torch::autograd::Function<GhmcLabelsFunction> {
+/// The fused GHM losses on CUDA. The forward kernel sums the weighted terms and writes the gradient
+/// without the upstream factor (when one is needed); the backward multiplies it by
+/// upstream · lossWeight / tot. run(withGrad) → {sum of terms, gradient or undefined}.
+class GhmFusedFunction : public torch::autograd::Function<GhmFusedFunction> {
  public:
-  /// x [R, C] float32 CUDA, labels [R] int64, valid [R] bool, edges [bins+1], table [bins], tot scalar f32.
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& labels,
-                               const torch::Tensor& valid, const torch::Tensor& edges, const torch::Tensor& table,
-                               const torch::Tensor& tot, int64_t bins) {
-    ctx->save_for_backward({x, labels, valid, edges, table, tot});
-    ctx->saved_data["bins"] = bins;
-    return ghmcTermsCuda(x, labels, valid, edges, table, bins).sum() / tot;
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& input, const torch::Tensor& tot, double lossWeight,
+                               const std::function<std::pair<torch::Tensor, torch::Tensor>(bool)>& run) {
+    auto [sum, grad] = run(input.requires_grad());
+    ctx->save_for_backward({grad, tot});
+    ctx->saved_data["lossWeight"] = lossWeight;
+    return sum / tot * lossWeight;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     const auto s = ctx->get_saved_variables();
-    const int64_t bins = ctx->saved_data["bins"].toInt();
-    const auto scale = (grads[0] / s[5]).to(torch::kFloat32).reshape({1}).contiguous();
-    return {ghmcGradCuda(s[0], s[1], s[2], s[3], s[4], scale, bins), torch::Tensor(), torch::Tensor(), torch::Tensor(),
-            torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const auto scale = grads[0] * ctx->saved_data["lossWeight"].toDouble() / s[1];
+    return {s[0] * scale, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
-/// The fused GHM-R on CUDA: counts, terms and gradient in three kernels (gradient w.r.t. pred only).
-class GhmrFunction : public torch::autograd::Function<GhmrFunction> {
- public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& pred, const torch::Tensor& target,
-                               const torch::Tensor& weight, const torch::Tensor& edges, const torch::Tensor& table,
-                               const torch::Tensor& tot, double mu, int64_t bins) {
-    ctx->save_for_backward({pred, target, weight, edges, table, tot});
-    ctx->saved_data["bins"] = bins;
-    ctx->saved_data["mu"] = mu;
-    return ghmrTermsCuda(pred, target, weight, mu, edges, table, bins).sum() / tot;
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    const int64_t bins = ctx->saved_data["bins"].toInt();
-    const double mu = ctx->saved_data["mu"].toDouble();
-    const auto scale = (grads[0] / s[5]).to(torch::kFloat32).reshape({1}).contiguous();
-    return {ghmrGradCuda(s[0], s[1], s[2], mu, s[3], s[4], scale, bins), torch::Tensor(), torch::Tensor(), torch::Tensor(),
-            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
-  }
+/// Edges, total and weight table of a fused CUDA GHM loss (no autograd), the EMA updated.
+struct FusedGhmSetup {
+  torch::Tensor edges, tot, table;
 };
+
+FusedGhmSetup fusedSetup(const torch::Tensor& localTotal, double lastEdge, bool addToLast, const GhmOptions& o, GhmState& state,
+                         const std::function<torch::Tensor(const torch::Tensor& edges)>& counts) {
+  torch::NoGradGuard noGrad;
+  const auto f32 = localTotal.options().dtype(torch::kFloat32);
+  if (!state.edges.defined() || state.edges.size(0) != o.bins + 1 || state.edges.device() != localTotal.device())
+    state.edges = ghmEdges(o.bins, lastEdge, addToLast, f32);
+  FusedGhmSetup s;
+  s.edges = state.edges;
+  s.tot = globalTotal(localTotal, state);
+  auto c = counts(s.edges);
+  if (state.mean) c = state.mean(c);
+  if (o.momentum > 0) state.ensure(o.bins, c.device());
+  s.table = ghmTableCuda(c, s.tot, state.accSum, o.momentum);
+  s.tot = s.tot.to(torch::kFloat32);
+  return s;
+}
 #endif
 
 }  // namespace
@@ -195,18 +194,15 @@ torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& lab
   if (o.bins < 1 || o.bins > 100000) throw RangeError("GHMC: bins must be between 1 and 100000");
   const int64_t C = pred.size(-1);
 #ifdef ONESTAGE_WITH_CUDA
-  if (pred.is_cuda() && pred.scalar_type() == torch::kFloat32) {
+  if (pred.is_cuda() && pred.scalar_type() == torch::kFloat32 && o.bins <= 1024) {
     const auto x = pred.reshape({-1, C}).contiguous();
     const auto labels = labelsIn.to(torch::kInt64).reshape({-1}).contiguous();
     const auto valid = (labelWeight > 0).reshape({-1}).contiguous();
-    torch::Tensor edges, table, tot;
-    {
-      torch::NoGradGuard noGrad;
-      edges = ghmEdges(o.bins, 1e-6, true, x.options());
-      tot = globalTotal(valid.sum().to(torch::kFloat64) * static_cast<double>(C), state);
-      table = ghmTable(ghmcCountsCuda(x.detach(), labels, valid, edges, o.bins), tot, o, state, x.options()).contiguous();
-    }
-    return GhmcLabelsFunction::apply(x, labels, valid, edges, table, tot.to(torch::kFloat32), o.bins) * o.lossWeight;
+    const auto setup = fusedSetup(valid.sum().to(torch::kFloat64) * static_cast<double>(C), 1e-6, true, o, state,
+                                  [&](const torch::Tensor& edges) { return ghmcCountsCuda(x.detach(), labels, valid, edges, o.bins); });
+    return GhmFusedFunction::apply(x, setup.tot, o.lossWeight, [&](bool withGrad) {
+      return ghmcTermsCuda(x.detach(), labels, valid, setup.edges, setup.table, o.bins, withGrad);
+    });
   }
 #endif
   // CPU (and other dtypes): the one-hot expansion through LibTorch's vectorised kernels is faster
@@ -225,14 +221,11 @@ torch::Tensor ghmrLoss(const torch::Tensor& pred, const torch::Tensor& targetIn,
     const auto p = pred.contiguous();
     const auto t = target.detach().contiguous();
     const auto w = labelWeight.detach().to(torch::kFloat32).contiguous();
-    torch::Tensor edges, table, tot;
-    {
-      torch::NoGradGuard noGrad;
-      edges = ghmEdges(o.bins, 1e3, false, p.options());
-      tot = globalTotal(w.sum().to(torch::kFloat64), state);
-      table = ghmTable(ghmrCountsCuda(p.detach(), t, w, o.mu, edges, o.bins), tot, o, state, p.options()).contiguous();
-    }
-    return GhmrFunction::apply(p, t, w, edges, table, tot.to(torch::kFloat32), o.mu, o.bins) * o.lossWeight;
+    const auto setup = fusedSetup(w.sum().to(torch::kFloat64), 1e3, false, o, state,
+                                  [&](const torch::Tensor& edges) { return ghmrCountsCuda(p.detach(), t, w, o.mu, edges, o.bins); });
+    return GhmFusedFunction::apply(p, setup.tot, o.lossWeight, [&](bool withGrad) {
+      return ghmrTermsCuda(p.detach(), t, w, o.mu, setup.edges, setup.table, o.bins, withGrad);
+    });
   }
 #endif
   const double mu2 = o.mu * o.mu;

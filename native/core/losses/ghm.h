@@ -26,6 +26,8 @@ struct GhmState {
   /// Data-parallel: the bin counts and the element total become means over the ranks (the global
   /// histogram; the same EMA on every rank). Not saved.
   MeanReducer mean;
+  /// The bin edges of the fused CUDA paths, built once per bin count and device.
+  torch::Tensor edges;
   void ensure(int64_t bins, const torch::Device& device);
 };
 
@@ -41,21 +43,21 @@ torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& lab
                              const GhmOptions& opts, GhmState& state);
 
 #ifdef ONESTAGE_WITH_CUDA
-/// CUDA halves of ghmcLossLabels (ghm_cuda.cu). counts: float64 [bins]; terms: weighted BCE [R, C];
-/// grad: scale[0] · w · (σ(x) − t).
+/// CUDA halves of ghmcLossLabels (ghm_cuda.cu). counts: float64 [bins]; terms: the sum of the
+/// weighted BCE terms (scalar) and, withGrad, w · (σ(x) − t) per element (no upstream factor).
 torch::Tensor ghmcCountsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
                              const torch::Tensor& edges, int64_t bins);
-torch::Tensor ghmcTermsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
-                            const torch::Tensor& edges, const torch::Tensor& table, int64_t bins);
-torch::Tensor ghmcGradCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
-                           const torch::Tensor& edges, const torch::Tensor& table, const torch::Tensor& scale, int64_t bins);
+std::pair<torch::Tensor, torch::Tensor> ghmcTermsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
+                                                      const torch::Tensor& edges, const torch::Tensor& table, int64_t bins, bool withGrad);
 /// CUDA halves of the fused GHM-R (float32 contiguous pred, target, weight of one shape).
 torch::Tensor ghmrCountsCuda(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight, double mu,
                              const torch::Tensor& edges, int64_t bins);
-torch::Tensor ghmrTermsCuda(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight, double mu,
-                            const torch::Tensor& edges, const torch::Tensor& table, int64_t bins);
-torch::Tensor ghmrGradCuda(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight, double mu,
-                           const torch::Tensor& edges, const torch::Tensor& table, const torch::Tensor& scale, int64_t bins);
+std::pair<torch::Tensor, torch::Tensor> ghmrTermsCuda(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight,
+                                                      double mu, const torch::Tensor& edges, const torch::Tensor& table, int64_t bins,
+                                                      bool withGrad);
+/// The bin weight table (float32 [bins], ≤ 1024 bins) from float64 counts and total, updating accSum
+/// in place when momentum > 0: one kernel.
+torch::Tensor ghmTableCuda(const torch::Tensor& counts, const torch::Tensor& tot, const torch::Tensor& accSum, double momentum);
 #endif
 
 /// GHM-R: pred [..., 4], target same shape (encoded deltas, no gradient), labelWeight same shape.
