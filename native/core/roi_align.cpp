@@ -20,12 +20,9 @@ bool forceGatherRoiAlign() {
 
 at::Tensor roiAlignForwardCuda(at::TensorList maps, const at::Tensor& rois, const std::vector<double>& scales, int64_t PH, int64_t PW, int64_t S,
                                bool aligned);
-/// The maps' gradients (dense views of one buffer, channels-last or NCHW, in the maps' dtype).
+/// The maps' gradients (dense channels-last views of one buffer, in the maps' dtype).
 std::vector<at::Tensor> roiAlignBackwardCuda(const at::Tensor& grad, const at::Tensor& rois, const std::vector<int64_t>& shapes,
-                                             const at::TensorOptions& mapOptions, const std::vector<double>& scales, int64_t S, bool aligned,
-                                             bool channelsLast);
-/// Whether the kernels treat a map as channels-last (forward threads channels fastest, gradients NHWC).
-bool roiAlignChannelsLast(const at::Tensor& map);
+                                             const at::TensorOptions& mapOptions, const std::vector<double>& scales, int64_t S, bool aligned);
 
 namespace {
 
@@ -42,7 +39,6 @@ struct RoiAlignFunction : public torch::autograd::Function<RoiAlignFunction> {
     ctx->saved_data["like"] = at::empty({0}, maps[0].options());
     ctx->saved_data["S"] = S;
     ctx->saved_data["aligned"] = aligned;
-    ctx->saved_data["channelsLast"] = roiAlignChannelsLast(maps[0]);
     return out;
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
@@ -51,7 +47,7 @@ struct RoiAlignFunction : public torch::autograd::Function<RoiAlignFunction> {
     const auto shapesList = ctx->saved_data["shapes"].toIntList();
     auto g = roiAlignBackwardCuda(grads[0], rois, std::vector<int64_t>(shapesList.begin(), shapesList.end()),
                                   ctx->saved_data["like"].toTensor().options(), std::vector<double>(scalesList.begin(), scalesList.end()),
-                                  ctx->saved_data["S"].toInt(), ctx->saved_data["aligned"].toBool(), ctx->saved_data["channelsLast"].toBool());
+                                  ctx->saved_data["S"].toInt(), ctx->saved_data["aligned"].toBool());
     for (int i = 0; i < 6; ++i) g.emplace_back();  // rois, scales, PH, PW, S, aligned
     return g;
   }
