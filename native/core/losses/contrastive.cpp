@@ -107,7 +107,8 @@ ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std
   const auto valid = rows.select(1, 4) >= 0;                                   // [BM]
   const auto boxes = torch::where(valid.unsqueeze(1), rows.slice(1, 0, 4), 0.0);  // no junk coordinates
   const auto cls = rows.select(1, 4).to(torch::kLong);
-  // which levels a row is pooled from: every level, or the one FPN's rule gives it
+  // which levels a row counts on: every level, or the one FPN's rule gives it ('assigned' still pools
+  // every level — one launch, fixed shapes — and masks the others out of the loss)
   torch::Tensor onLevel;  // [L, BM]
   if (o.levels == "assigned") {
     const auto side = ((boxes.select(1, 2) - boxes.select(1, 0)) * (boxes.select(1, 3) - boxes.select(1, 1))).clamp_min(1e-12).to(torch::kFloat64).sqrt();
@@ -132,7 +133,7 @@ ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std
   ro.outputHeight = ro.outputWidth = o.outputSize;
   ro.samplingRatio = o.samplingRatio;
   ro.aligned = true;
-  const auto pooled = roiAlignMany(maps, rois, scales, ro).to(torch::kFloat32);  // [2L, BM + B, C, s, s] (a no-op in float32)
+  const auto pooled = roiAlignMany(maps, rois, scales, ro);  // float32 [2L, BM + B, C, s, s]
   auto flat = o.pooling == "flatten" ? pooled.flatten(2) : pooled.mean({3, 4});   // [2L, BM + B, D]
   if (project) flat = project(flat.reshape({2 * L * (BM + B), -1})).view({2 * L, BM + B, -1});
   const auto e = torch::nn::functional::normalize(flat, torch::nn::functional::NormalizeFuncOptions().dim(2)).view({L, 2, BM + B, -1});
