@@ -4,7 +4,8 @@
  * levels and views; torchvision's roi_align) in the same run; on CUDA also a RetinaNet-50 training step
  * (batch 8, 640×640, the Trainer's default fast path, fp32 and bf16) so that the loss's share of a
  * step comes from one run.
- *   npx ts-node --transpile-only bench/contrastive.ts [--device cuda] [--batch 8] [--boxes 10] [--no-step]
+ * On CUDA the maps are channels-last leaves (as the Trainer's default step produces them; --nchw for NCHW).
+ *   npx ts-node --transpile-only bench/contrastive.ts [--device cuda] [--batch 8] [--boxes 10] [--no-step] [--no-reference] [--nchw]
  * Prints a table and writes bench/results/contrastive-<device>.json.
  */
 import { spawnSync } from 'node:child_process';
@@ -27,9 +28,11 @@ async function main(): Promise<void> {
     .option('--size <px>', 'input side', '640')
     .option('--iters <n>', 'timed runs', '')
     .option('--no-step', 'skip the RetinaNet-50 training step (CUDA)')
+    .option('--no-reference', 'skip the loop reference')
+    .option('--nchw', 'NCHW feature maps on CUDA (default there: channels-last, as the Trainer makes them)')
     .option('--profile <file.json>', 'a Kineto trace of 5 calls of the loss (LibTorch ≥ 2)')
     .parse()
-    .opts<{ device: 'cpu' | 'cuda'; batch: string; boxes: string; channels: string; size: string; iters: string; step: boolean; profile?: string }>();
+    .opts<{ device: 'cpu' | 'cuda'; batch: string; boxes: string; channels: string; size: string; iters: string; step: boolean; reference: boolean; nchw?: boolean; profile?: string }>();
   const device = o.device;
   const gpu = device === 'cuda';
   const [B, G, C, S] = [Number(o.batch), Number(o.boxes), Number(o.channels), Number(o.size)];
@@ -51,8 +54,17 @@ async function main(): Promise<void> {
     ann.set([x, y, x + w, y + h, rng.integer(0, 79)], i * 5);
   }
   bundle.annotations = { shape: [B, G, 5], dtype: 'float32', data: ann };
-  const f1 = levels.map((_, l) => Tensor.from(bundle[`f1_${l}`].data as Float32Array, bundle[`f1_${l}`].shape, { device }).setRequiresGrad(true));
-  const f2 = levels.map((_, l) => Tensor.from(bundle[`f2_${l}`].data as Float32Array, bundle[`f2_${l}`].shape, { device }).setRequiresGrad(true));
+  // the maps in the layout the Trainer's step hands the loss: channels-last on CUDA (its default)
+  const channelsLast = gpu && !o.nchw;
+  const map = (key: string) => {
+    const t = Tensor.from(bundle[key].data as Float32Array, bundle[key].shape, { device });
+    if (!channelsLast) return t.setRequiresGrad(true);
+    const nhwc = t.channelsLast();
+    t.dispose();
+    return nhwc.setRequiresGrad(true);
+  };
+  const f1 = levels.map((_, l) => map(`f1_${l}`));
+  const f2 = levels.map((_, l) => map(`f2_${l}`));
   const annotations = Tensor.from(ann, [B, G, 5], { device });
   const loss = new ContrastiveLoss();
   const call = async () => {
@@ -61,9 +73,9 @@ async function main(): Promise<void> {
   };
   const ms = await timeMs(call, warmup, iters);
   await profileCalls(o.profile, call);
-  const rows = [{ system: `onestage (LibTorch ${buildInfo().torchVersion})`, ms }];
+  const rows = [{ system: `onestage (LibTorch ${buildInfo().torchVersion}${channelsLast ? ', channels-last maps' : ''})`, ms }];
   console.error(`onestage: ${ms.toFixed(2)} ms`);
-  const py = pythonWithTorch();
+  const py = o.reference ? pythonWithTorch() : null;
   if (py) {
     const dir = tempDir();
     writeBundle(dir, bundle, { temperature: 0.5, levels: 'all', negatives: 'other-class', pooling: 'average', output_size: 7, sampling_ratio: 2, first_level: 3, grid: 4, height: S, width: S });

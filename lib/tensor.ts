@@ -211,6 +211,15 @@ export class Tensor {
   log(): Tensor {
     return this.unary('log');
   }
+  /**
+   * The same 4-d tensor `[N, C, H, W]` in channels-last memory order (NHWC strides; shape and values
+   * unchanged): a copy, or this tensor's data when it already is. On CUDA, what a channels-last
+   * model's layers produce and read fastest.
+   */
+  channelsLast(): Tensor {
+    if (this.shape.length !== 4) throw new RangeError(`Expected a 4-d tensor [N, C, H, W] for channelsLast() but received shape [${this.shape.join(', ')}]`);
+    return this.unary('channelsLast');
+  }
   add(other: Tensor): Tensor {
     return this.binary(other, 'add');
   }

@@ -101,3 +101,58 @@ test('contrastive: identical views and orthogonal negatives give the analytic mi
   await t.throwsAsync(loss.forward({ features1: a, features2: [b[0]], annotations: boxes, inputSize: [64, 64] }), { message: /same non-empty list/ });
   t.throws(() => new ContrastiveLoss({ negatives: 'nearest' as never }), { instanceOf: RangeError, message: /options\.negatives/ });
 });
+
+if (buildInfo().cudaAvailable)
+  test('contrastive: on CUDA the fused kernels give the LibTorch-ops path (ONESTAGE_CONTRASTIVE=ops): loss, counts and gradients, every mode', async (t) => {
+    const rng = new Rng(77);
+    const B = 4;
+    const M = 14;
+    const side = 128;
+    const sizes = [16, 8, 4, 2, 1];
+    const ann = new Float32Array(B * M * 5).fill(-1);
+    for (let b = 0; b < B; b++)
+      for (let k = 0; k < (b === 2 ? 1 : 12); k++) {
+        const w = rng.between(4, 120);
+        const h = rng.between(4, 120);
+        const x = rng.between(0, side - w);
+        const y = rng.between(0, side - h);
+        ann.set([x, y, x + w, y + h, k === 11 ? -2 : rng.integer(0, 3)], (b * M + k) * 5);
+      }
+    const [a, b] = [0, 1].map(() => sizes.map((s) => rng.normal(B * 16 * s * s)));
+    const annotations = Tensor.from(ann, [B, M, 5], { device: 'cuda' });
+    // one class for every box: no 'other-class' negatives anywhere, every row takes the backgrounds
+    const oneClass = Tensor.from(ann.map((v, i) => (i % 5 === 4 && v >= 0 ? 1 : v)), [B, M, 5], { device: 'cuda' });
+    const variants: Array<[ContrastiveLossOptions, Tensor]> = [
+      [{}, annotations],
+      [{ negatives: 'all-other', levels: 'assigned' }, annotations],
+      [{ negatives: 'same-region-other-images', pooling: 'flatten', outputSize: 3, temperature: 0.1 }, annotations],
+      [{ negatives: 'other-class', levels: 'assigned', samplingRatio: 1, backgroundGrid: 7 }, annotations],
+      [{ negatives: 'other-class' }, oneClass],
+    ];
+    const run = async (options: ContrastiveLossOptions, annotations: Tensor, ops: boolean) => {
+      if (ops) process.env.ONESTAGE_CONTRASTIVE = 'ops';
+      else delete process.env.ONESTAGE_CONTRASTIVE;
+      const f1 = a.map((data, l) => Tensor.from(data, [B, 16, sizes[l], sizes[l]], { device: 'cuda' }).setRequiresGrad(true));
+      const f2 = b.map((data, l) => Tensor.from(data, [B, 16, sizes[l], sizes[l]], { device: 'cuda' }).channelsLast().setRequiresGrad(true));
+      const r = await new ContrastiveLoss(options).forward({ features1: f1, features2: f2, annotations, inputSize: [side, side] });
+      await r.loss.backward();
+      const out = { loss: (r.loss.toArray() as Float32Array)[0], counts: [r.embeddings, r.withBackground], grads: [...f1, ...f2].map((f) => f.grad!) };
+      for (const f of [...f1, ...f2, r.loss]) f.dispose();
+      return out;
+    };
+    let lonely = 0;
+    try {
+      for (const [options, boxes] of variants) {
+        const ops = await run(options, boxes, true);
+        const fused = await run(options, boxes, false);
+        const what = JSON.stringify(options);
+        t.true(Math.abs(fused.loss - ops.loss) <= 1e-5 * Math.abs(ops.loss) + 1e-6, `${what}: ${fused.loss} vs ${ops.loss}`);
+        t.deepEqual(fused.counts, ops.counts, what);
+        lonely += ops.counts[1] as number;
+        fused.grads.forEach((g, i) => assertClose(t, g, ops.grads[i], { atol: 1e-6, rtol: 1e-5 }));
+      }
+    } finally {
+      delete process.env.ONESTAGE_CONTRASTIVE;
+    }
+    t.true(lonely > 0, 'some rows fall back to the background regions');
+  });

@@ -120,6 +120,22 @@ test('to(): copies to a device; CUDA without a GPU is a clear error', (t) => {
   y.dispose();
 });
 
+test('channelsLast(): same shape and values in NHWC order; only for 4-d tensors', (t) => {
+  const data = Float32Array.from({ length: 2 * 3 * 4 * 5 }, (_, i) => i * 0.5);
+  const x = Tensor.from(data, [2, 3, 4, 5]);
+  const y = x.channelsLast();
+  t.deepEqual(y.shape, [2, 3, 4, 5]);
+  t.deepEqual(Array.from(y.toArray() as Float32Array), Array.from(data));
+  // gradients reach a channels-last leaf
+  const leaf = y.setRequiresGrad(true);
+  const s = leaf.mul(leaf).sum();
+  return s.backward().then(() => {
+    t.deepEqual(Array.from(leaf.grad!.toArray() as Float32Array), Array.from(data, (v) => 2 * v));
+    t.throws(() => Tensor.from(new Float32Array(6), [2, 3]).channelsLast(), { instanceOf: RangeError, message: /channelsLast\(\) but received shape \[2, 3\]/ });
+    for (const z of [x, y, s]) z.dispose();
+  });
+});
+
 test('ops: shape, dtype and device errors name what was wrong', (t) => {
   const a = Tensor.from(new Float32Array(6), [2, 3]);
   const b = Tensor.from(new Float32Array(6), [2, 3]);

@@ -18,27 +18,32 @@ bool forceGatherRoiAlign() {
 }
 }  // namespace
 
+/// mean: the output is the mean over the bins, [maps, R, C] (else [maps, R, C, PH, PW]).
 at::Tensor roiAlignForwardCuda(at::TensorList maps, const at::Tensor& rois, const std::vector<double>& scales, int64_t PH, int64_t PW, int64_t S,
-                               bool aligned);
+                               bool aligned, bool mean);
 /// The maps' gradients (dense channels-last views of one buffer, in the maps' dtype).
 std::vector<at::Tensor> roiAlignBackwardCuda(const at::Tensor& grad, const at::Tensor& rois, const std::vector<int64_t>& shapes,
-                                             const at::TensorOptions& mapOptions, const std::vector<double>& scales, int64_t S, bool aligned);
+                                             const at::TensorOptions& mapOptions, const std::vector<double>& scales, int64_t PH, int64_t PW, int64_t S,
+                                             bool aligned, bool mean);
 
 namespace {
 
 /// The fused CUDA kernels with autograd (gradients with respect to the maps only).
 struct RoiAlignFunction : public torch::autograd::Function<RoiAlignFunction> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList maps, const torch::Tensor& rois, std::vector<double> scales,
-                               int64_t PH, int64_t PW, int64_t S, bool aligned) {
-    auto out = roiAlignForwardCuda(maps, rois, scales, PH, PW, S, aligned);
+                               int64_t PH, int64_t PW, int64_t S, bool aligned, bool mean) {
+    auto out = roiAlignForwardCuda(maps, rois, scales, PH, PW, S, aligned, mean);
     std::vector<int64_t> shapes;  // the maps' sizes, for the gradients (the maps themselves are not kept)
     for (const auto& m : maps) shapes.insert(shapes.end(), m.sizes().begin(), m.sizes().end());
     ctx->save_for_backward({rois});
     ctx->saved_data["scales"] = c10::List<double>(scales);
     ctx->saved_data["shapes"] = c10::List<int64_t>(shapes);
     ctx->saved_data["like"] = at::empty({0}, maps[0].options());
+    ctx->saved_data["PH"] = PH;
+    ctx->saved_data["PW"] = PW;
     ctx->saved_data["S"] = S;
     ctx->saved_data["aligned"] = aligned;
+    ctx->saved_data["mean"] = mean;
     return out;
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
@@ -47,8 +52,9 @@ struct RoiAlignFunction : public torch::autograd::Function<RoiAlignFunction> {
     const auto shapesList = ctx->saved_data["shapes"].toIntList();
     auto g = roiAlignBackwardCuda(grads[0], rois, std::vector<int64_t>(shapesList.begin(), shapesList.end()),
                                   ctx->saved_data["like"].toTensor().options(), std::vector<double>(scalesList.begin(), scalesList.end()),
-                                  ctx->saved_data["S"].toInt(), ctx->saved_data["aligned"].toBool());
-    for (int i = 0; i < 6; ++i) g.emplace_back();  // rois, scales, PH, PW, S, aligned
+                                  ctx->saved_data["PH"].toInt(), ctx->saved_data["PW"].toInt(), ctx->saved_data["S"].toInt(),
+                                  ctx->saved_data["aligned"].toBool(), ctx->saved_data["mean"].toBool());
+    for (int i = 0; i < 7; ++i) g.emplace_back();  // rois, scales, PH, PW, S, aligned, mean
     return g;
   }
 };
@@ -77,8 +83,11 @@ torch::Tensor roiAlignGather(const torch::Tensor& features, const torch::Tensor&
 
 }  // namespace
 
-torch::Tensor roiAlignMany(const std::vector<torch::Tensor>& maps, const torch::Tensor& rois, const std::vector<double>& scales,
-                           const RoiAlignOptions& o) {
+namespace {
+
+/// roiAlignMany's checks; the pooled output [maps, R, C, PH, PW], or its mean over the bins.
+torch::Tensor roiAlignManyImpl(const std::vector<torch::Tensor>& maps, const torch::Tensor& rois, const std::vector<double>& scales,
+                               const RoiAlignOptions& o, bool mean) {
   checkRoiArgs(rois, o);
   if (maps.empty() || scales.size() != maps.size()) throw RangeError("roiAlignMany: one scale per map, at least one map");
   for (const auto& m : maps)
@@ -86,11 +95,14 @@ torch::Tensor roiAlignMany(const std::vector<torch::Tensor>& maps, const torch::
         m.device() != maps[0].device())
       throw RangeError("roiAlignMany: maps must be [B, C, H, W] with one B, C, dtype and device");
   const int64_t R = rois.size(0), C = maps[0].size(1);
-  if (R == 0) return torch::zeros({static_cast<int64_t>(maps.size()), 0, C, o.outputHeight, o.outputWidth}, maps[0].options().dtype(torch::kFloat32));
+  if (R == 0) {
+    const auto empty = torch::zeros({static_cast<int64_t>(maps.size()), 0, C, o.outputHeight, o.outputWidth}, maps[0].options().dtype(torch::kFloat32));
+    return mean ? empty.mean({3, 4}) : empty;
+  }
 #ifdef ONESTAGE_WITH_CUDA
   if (fusedRoiAlign(maps, rois))
     return RoiAlignFunction::apply(at::TensorList(maps), rois.detach().to(torch::kFloat32).contiguous(), scales, o.outputHeight, o.outputWidth,
-                                   o.samplingRatio, o.aligned);
+                                   o.samplingRatio, o.aligned, mean);
 #endif
   std::vector<torch::Tensor> out;
   for (size_t m = 0; m < maps.size(); ++m) {
@@ -98,7 +110,20 @@ torch::Tensor roiAlignMany(const std::vector<torch::Tensor>& maps, const torch::
     one.spatialScale = scales[m];
     out.push_back(roiAlignGather(maps[m], rois, one));
   }
-  return torch::stack(out).to(torch::kFloat32);
+  const auto pooled = torch::stack(out).to(torch::kFloat32);
+  return mean ? pooled.mean({3, 4}) : pooled;
+}
+
+}  // namespace
+
+torch::Tensor roiAlignMany(const std::vector<torch::Tensor>& maps, const torch::Tensor& rois, const std::vector<double>& scales,
+                           const RoiAlignOptions& o) {
+  return roiAlignManyImpl(maps, rois, scales, o, false);
+}
+
+torch::Tensor roiAlignManyMean(const std::vector<torch::Tensor>& maps, const torch::Tensor& rois, const std::vector<double>& scales,
+                               const RoiAlignOptions& o) {
+  return roiAlignManyImpl(maps, rois, scales, o, true);
 }
 
 torch::Tensor roiAlign(const torch::Tensor& features, const torch::Tensor& rois, const RoiAlignOptions& o) {

@@ -34,6 +34,12 @@ torch::Tensor roiAlign(const torch::Tensor& features, const torch::Tensor& rois,
 torch::Tensor roiAlignMany(const std::vector<torch::Tensor>& maps, const torch::Tensor& rois, const std::vector<double>& scales,
                            const RoiAlignOptions& options);
 
+/// roiAlignMany(...).mean({3, 4}) → float32 [maps, R, C], without the bins: on CUDA one thread per
+/// channel averages its bins (each bin averaged over its samples first, as roiAlignMany), and the
+/// backward spreads the mean's gradient without materialising it per bin.
+torch::Tensor roiAlignManyMean(const std::vector<torch::Tensor>& maps, const torch::Tensor& rois, const std::vector<double>& scales,
+                               const RoiAlignOptions& options);
+
 constexpr int64_t kRoiAlignMaxMaps = 32;
 
 }  // namespace onestage

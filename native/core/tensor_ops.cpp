@@ -79,13 +79,17 @@ torch::Tensor unaryOp(const std::string& op, const torch::Tensor& t) {
     if (t.scalar_type() == torch::kBool) throw TypeError("relu: not defined for bool tensors");
     return torch::relu(t);
   }
+  if (op == "channelsLast") {
+    if (t.dim() != 4) throw RangeError("channelsLast: needs a 4-d tensor [N, C, H, W], received " + describeShape(t.sizes()));
+    return t.contiguous(at::MemoryFormat::ChannelsLast);
+  }
   requireFloating(t, op);
   if (op == "sigmoid") return torch::sigmoid(t);
   if (op == "exp") return torch::exp(t);
   if (op == "log") return torch::log(t);
   if (op == "sqrt") return torch::sqrt(t);
   if (op == "tanh") return torch::tanh(t);
-  throw RangeError("Expected one of sigmoid, exp, log, relu, neg, abs, sqrt, tanh for op but received '" + op + "'");
+  throw RangeError("Expected one of sigmoid, exp, log, relu, neg, abs, sqrt, tanh, channelsLast for op but received '" + op + "'");
 }
 
 torch::Tensor binaryOp(const std::string& op, const torch::Tensor& a, const torch::Tensor& b) {

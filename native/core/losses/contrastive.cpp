@@ -1,12 +1,24 @@
 #include "core/losses/contrastive.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 #include "core/errors.h"
 #include "core/roi_align.h"
 
 namespace onestage {
+
+#ifdef ONESTAGE_WITH_CUDA
+// contrastive_cuda.cu
+std::pair<at::Tensor, at::Tensor> contrastivePrepareCuda(const at::Tensor& ann, const at::Tensor& cells, int64_t L, bool assigned, int64_t firstLevel,
+                                                         double cellArea);
+std::pair<at::Tensor, at::Tensor> contrastiveNormalizeCuda(const at::Tensor& x);
+at::Tensor contrastiveNormalizeBackwardCuda(const at::Tensor& de, const at::Tensor& e, const at::Tensor& norm);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastiveRowsCuda(const at::Tensor& S, const at::Tensor& onLevel, const at::Tensor& ann,
+                                                                               int64_t mode, double temperature);
+at::Tensor contrastiveSymmetricCuda(const at::Tensor& W, const at::Tensor& upstream, const at::Tensor& invCount, double temperature);
+#endif
 
 namespace {
 
@@ -69,6 +81,50 @@ torch::Tensor backgroundBoxes(const torch::Tensor& annotations, const ShapeIndex
   return index.cells.index_select(0, first);
 }
 
+#ifdef ONESTAGE_WITH_CUDA
+/// ONESTAGE_CONTRASTIVE=ops: the LibTorch-ops path on CUDA too (to compare the two; read per call).
+bool opsContrastive() {
+  const char* v = std::getenv("ONESTAGE_CONTRASTIVE");
+  return v != nullptr && std::string(v) == "ops";
+}
+
+/// Background cells the fused path handles (its shared memory: one double per cell).
+constexpr int64_t kMaxFusedCells = 6144;
+
+/// The fused NT-Xent of contrastive_cuda.cu with autograd: pooled region features [L, R, D] float32
+/// (per level, row v·(BM + B) + k: view v's annotation row k, then the images' backgrounds), the level
+/// mask [L, BM] (uint8), the annotations [B, M, 5] (labels), the negatives rule (0 other-class,
+/// 1 all-other, 2 same-region-other-images), the temperature → {loss, counts int64 [2] (anchors,
+/// anchors using the backgrounds)}. Forward: normalisation, one bmm, a row kernel, a sum; backward:
+/// (W + Wᵀ) scaled, one bmm, the normalisation's backward.
+class NtXentFunction : public torch::autograd::Function<NtXentFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& onLevel,
+                                                const torch::Tensor& ann, int64_t mode, double temperature) {
+    const int64_t L = x.size(0), R = x.size(1), D = x.size(2);
+    const auto [e, norm] = contrastiveNormalizeCuda(x.view({L * R, D}));
+    const auto E = e.view({L, R, D});
+    const auto [loss, counts, W, invCount] = contrastiveRowsCuda(at::bmm(E, E.transpose(1, 2)), onLevel, ann, mode, temperature);
+    ctx->save_for_backward({e, norm, W, invCount});
+    ctx->saved_data["temperature"] = temperature;
+    ctx->mark_non_differentiable({counts});
+    return {loss, counts};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    torch::autograd::variable_list none(5);
+    if (!grads[0].defined()) return none;
+    const auto s = ctx->get_saved_variables();
+    const auto &e = s[0], &norm = s[1], &W = s[2], &invCount = s[3];
+    const int64_t L = W.size(0), R = W.size(1), D = e.size(1);
+    const auto A = contrastiveSymmetricCuda(W, grads[0].to(torch::kFloat32).contiguous(), invCount, ctx->saved_data["temperature"].toDouble());
+    const auto dE = at::bmm(A, e.view({L, R, D}));
+    none[0] = contrastiveNormalizeBackwardCuda(dE.view({L * R, D}), e, norm).view({L, R, D});
+    return none;
+  }
+};
+#endif
+
 }  // namespace
 
 ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std::vector<torch::Tensor>& f2,
@@ -103,6 +159,41 @@ ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std
   // stay in the tensors as masked rows, so nothing depends on how many boxes there are (no host
   // synchronisation, fixed shapes).
   const auto& index = ShapeIndex::get(B, M, inputHeight, inputWidth, o.backgroundGrid, device);
+  std::vector<torch::Tensor> maps;
+  std::vector<double> scales;
+  for (int64_t l = 0; l < L; ++l) {
+    const double stride = o.strides.empty() ? std::pow(2.0, static_cast<double>(o.firstLevel + l)) : o.strides[l];
+    maps.push_back(f1[l]);
+    maps.push_back(f2[l]);
+    scales.push_back(1.0 / stride);
+    scales.push_back(1.0 / stride);
+  }
+  // one RoIAlign over the boxes and the images' background cells, every level of both views →
+  // [2L, BM + B, D] pooled (and projected) region features
+  const auto regions = [&](const torch::Tensor& rois) {
+    RoiAlignOptions ro;
+    ro.outputHeight = ro.outputWidth = o.outputSize;
+    ro.samplingRatio = o.samplingRatio;
+    ro.aligned = true;
+    // float32 [2L, BM + B, C · s · s] or its mean over the bins [2L, BM + B, C]
+    auto flat = o.pooling == "flatten" ? roiAlignMany(maps, rois, scales, ro).flatten(2) : roiAlignManyMean(maps, rois, scales, ro);
+    if (project) flat = project(flat.reshape({2 * L * (BM + B), -1})).view({2 * L, BM + B, -1});
+    return flat;
+  };
+#ifdef ONESTAGE_WITH_CUDA
+  if (device.is_cuda() && !opsContrastive() && index.cells.size(0) <= kMaxFusedCells) {
+    const auto annC = ann.contiguous();
+    const double cellArea = (static_cast<double>(inputWidth) / o.backgroundGrid) * (static_cast<double>(inputHeight) / o.backgroundGrid);
+    const auto [rois, onLevel] = contrastivePrepareCuda(annC, index.cells, L, o.levels == "assigned", o.firstLevel, cellArea);
+    const auto flat = regions(rois).to(torch::kFloat32).reshape({L, 2 * (BM + B), -1}).contiguous();
+    const int64_t mode = o.negatives == "other-class" ? 0 : (o.negatives == "all-other" ? 1 : 2);
+    const auto r = NtXentFunction::apply(flat, onLevel, annC, mode, o.temperature);
+    out.loss = r[0];
+    out.embeddings = r[1].select(0, 0);
+    out.withBackground = r[1].select(0, 1);
+    return out;
+  }
+#endif
   const auto rows = ann.view({BM, 5});
   const auto valid = rows.select(1, 4) >= 0;                                   // [BM]
   const auto boxes = torch::where(valid.unsqueeze(1), rows.slice(1, 0, 4), 0.0);  // no junk coordinates
@@ -117,25 +208,9 @@ ContrastiveParts contrastiveLoss(const std::vector<torch::Tensor>& f1, const std
   } else {
     onLevel = valid.unsqueeze(0).expand({L, BM});
   }
-  // one RoIAlign over the boxes and the images' background cells, every level of both views
   const auto background = backgroundBoxes(ann, index).to(torch::kFloat32);  // [B, 4]
   const auto rois = torch::cat({index.roiImage, torch::cat({boxes, background}, 0)}, 1);  // [BM + B, 5]
-  std::vector<torch::Tensor> maps;
-  std::vector<double> scales;
-  for (int64_t l = 0; l < L; ++l) {
-    const double stride = o.strides.empty() ? std::pow(2.0, static_cast<double>(o.firstLevel + l)) : o.strides[l];
-    maps.push_back(f1[l]);
-    maps.push_back(f2[l]);
-    scales.push_back(1.0 / stride);
-    scales.push_back(1.0 / stride);
-  }
-  RoiAlignOptions ro;
-  ro.outputHeight = ro.outputWidth = o.outputSize;
-  ro.samplingRatio = o.samplingRatio;
-  ro.aligned = true;
-  const auto pooled = roiAlignMany(maps, rois, scales, ro);  // float32 [2L, BM + B, C, s, s]
-  auto flat = o.pooling == "flatten" ? pooled.flatten(2) : pooled.mean({3, 4});   // [2L, BM + B, D]
-  if (project) flat = project(flat.reshape({2 * L * (BM + B), -1})).view({2 * L, BM + B, -1});
+  const auto flat = regions(rois);
   const auto e = torch::nn::functional::normalize(flat, torch::nn::functional::NormalizeFuncOptions().dim(2)).view({L, 2, BM + B, -1});
   const auto E = e.slice(2, 0, BM).reshape({L, 2 * BM, -1});  // per level: view v's row k at v·BM + k
   const auto Bg = e.slice(2, BM).reshape({L, 2 * B, -1});     // per level: view v's background of image b at v·B + b
