@@ -136,7 +136,7 @@ torch::Tensor ghmcLoss(const torch::Tensor& pred, const torch::Tensor& targetIn,
 namespace {
 
 #ifdef ONESTAGE_WITH_CUDA
-/// The fused GHM losses on CUDA. The forward kernel sums the weighted terms and writes the gradient
+/// The fused GHM-R on CUDA. The forward kernel sums the weighted terms and writes the gradient
 /// without the upstream factor (when one is needed); the backward multiplies it by
 /// upstream · lossWeight / tot. run(withGrad) → {sum of terms, gradient or undefined}.
 class GhmFusedFunction : public torch::autograd::Function<GhmFusedFunction> {
@@ -153,6 +153,29 @@ class GhmFusedFunction : public torch::autograd::Function<GhmFusedFunction> {
     const auto s = ctx->get_saved_variables();
     const auto scale = grads[0] * ctx->saved_data["lossWeight"].toDouble() / s[1];
     return {s[0] * scale, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+/// The fused GHM-C (labels form) on CUDA: the forward sums the weighted terms (no gradient written);
+/// the backward recomputes w · (σ(x) − t) from the logits with the upstream factor folded in — one
+/// pass that reads the logits and writes the gradient.
+class GhmcFusedFunction : public torch::autograd::Function<GhmcFusedFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
+                               const torch::Tensor& edges, const torch::Tensor& table, const torch::Tensor& tot, int64_t bins, double lossWeight) {
+    const auto sum = ghmcTermsCuda(x, labels, valid, edges, table, bins);
+    ctx->save_for_backward({x, labels, valid, edges, table, tot});
+    ctx->saved_data["bins"] = bins;
+    ctx->saved_data["lossWeight"] = lossWeight;
+    return sum / tot * lossWeight;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(8);
+    if (!grads[0].defined()) return out;
+    const auto s = ctx->get_saved_variables();
+    out[0] = ghmcGradCuda(s[0], s[1], s[2], s[3], s[4], ctx->saved_data["bins"].toInt(), grads[0], s[5], ctx->saved_data["lossWeight"].toDouble());
+    return out;
   }
 };
 
@@ -200,9 +223,7 @@ torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& lab
     const auto valid = (labelWeight > 0).reshape({-1}).contiguous();
     const auto setup = fusedSetup(valid.sum().to(torch::kFloat64) * static_cast<double>(C), 1e-6, true, o, state,
                                   [&](const torch::Tensor& edges) { return ghmcCountsCuda(x.detach(), labels, valid, edges, o.bins); });
-    return GhmFusedFunction::apply(x, setup.tot, o.lossWeight, [&](bool withGrad) {
-      return ghmcTermsCuda(x.detach(), labels, valid, setup.edges, setup.table, o.bins, withGrad);
-    });
+    return GhmcFusedFunction::apply(x, labels, valid, setup.edges, setup.table, setup.tot, o.bins, o.lossWeight);
   }
 #endif
   // CPU (and other dtypes): the one-hot expansion through LibTorch's vectorised kernels is faster

@@ -37,18 +37,22 @@ torch::Tensor ghmcLoss(const torch::Tensor& pred, const torch::Tensor& target, c
 
 /// GHM-C in mmdetection's labels form, fused: pred [R, C] logits, labels [R] int64 (class index;
 /// anything else, e.g. −1, is background), labelWeight [R] (> 0: all C elements of the row count).
-/// Equal to ghmcLoss on the one-hot expansion. On CUDA fused: two passes forward, one backward, no
-/// [R, C] temporaries (bins ≤ 1024, a shared-memory histogram); on CPU the expansion is used.
+/// Equal to ghmcLoss on the one-hot expansion. On CUDA fused: two read-only passes forward (the
+/// histogram, the weighted terms), one backward that recomputes the gradient from the logits, no
+/// [R, C] temporaries (bins ≤ 1024, shared-memory histograms); on CPU the expansion is used.
 torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& labels, const torch::Tensor& labelWeight,
                              const GhmOptions& opts, GhmState& state);
 
 #ifdef ONESTAGE_WITH_CUDA
-/// CUDA halves of ghmcLossLabels (ghm_cuda.cu). counts: float64 [bins]; terms: the sum of the
-/// weighted BCE terms (scalar) and, withGrad, w · (σ(x) − t) per element (no upstream factor).
+/// CUDA parts of ghmcLossLabels (ghm_cuda.cu). counts: float64 [bins]; terms: the sum of the
+/// weighted BCE terms (scalar); grad: w · (σ(x) − t) · upstream · lossWeight / tot per element,
+/// recomputed from the logits in the backward.
 torch::Tensor ghmcCountsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
                              const torch::Tensor& edges, int64_t bins);
-std::pair<torch::Tensor, torch::Tensor> ghmcTermsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
-                                                      const torch::Tensor& edges, const torch::Tensor& table, int64_t bins, bool withGrad);
+torch::Tensor ghmcTermsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid, const torch::Tensor& edges,
+                            const torch::Tensor& table, int64_t bins);
+torch::Tensor ghmcGradCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid, const torch::Tensor& edges,
+                           const torch::Tensor& table, int64_t bins, const torch::Tensor& upstream, const torch::Tensor& tot, double lossWeight);
 /// CUDA halves of the fused GHM-R (float32 contiguous pred, target, weight of one shape).
 torch::Tensor ghmrCountsCuda(const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight, double mu,
                              const torch::Tensor& edges, int64_t bins);

@@ -12,10 +12,11 @@ namespace onestage {
 ONESTAGE_HD inline float ghmSigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
 /// Bin of g among `bins` uniform float32 edges (edges[bins] may be past 1); −1 when outside or NaN.
-ONESTAGE_HD inline int64_t ghmBin(float g, const float* e, int64_t bins) {
+/// 32-bit arithmetic (bins ≤ 100000): 64-bit conversions and compares are slow on the GPU.
+ONESTAGE_HD inline int ghmBin(float g, const float* e, int bins) {
   if (!(g >= e[0]) || !(g < e[bins])) return -1;
   const float scaled = g * static_cast<float>(bins);
-  int64_t b = scaled >= static_cast<float>(bins) ? bins - 1 : static_cast<int64_t>(scaled);
+  int b = scaled >= static_cast<float>(bins) ? bins - 1 : static_cast<int>(scaled);
   while (b > 0 && g < e[b]) --b;
   while (b < bins - 1 && g >= e[b + 1]) ++b;
   return b;
