@@ -157,27 +157,39 @@ test('ghm: random inputs over three momentum calls equal the authors\' per-bin l
   }
 });
 
-for (const device of devices) test(`ghmc: the labels form (fused on CUDA) equals the one-hot form, values, gradients and momentum state (${device})`, async (t) => {
+for (const device of devices) test(`ghmc: the labels form (fused on CUDA) equals the one-hot form, values, gradients and momentum state, for several bin counts and row widths (${device})`, async (t) => {
   const rng = new Rng(21);
-  const [R, C] = [3000, 7];
-  const dense = new GHMC({ momentum: 0.75 });
-  const fused = new GHMC({ momentum: 0.75 });
-  for (let call = 0; call < 3; call++) {
-    const x = rng.normal(R * C, 3);
-    const labels = Int32Array.from(rng.int(R, -1, C));
-    const rowWeight = Float32Array.from(rng.uniform(R), (v) => (v < 0.85 ? 1 : 0));
-    const onehot = Float32Array.from({ length: R * C }, (_, i) => (labels[Math.floor(i / C)] === i % C ? 1 : 0));
-    const weight = Float32Array.from({ length: R * C }, (_, i) => rowWeight[Math.floor(i / C)]);
-    const a = Tensor.from(x, [R, C], { device }).setRequiresGrad();
-    const b = Tensor.from(x, [R, C], { device }).setRequiresGrad();
-    const la = await dense.forward(a, Tensor.from(onehot, [R, C], { device }), Tensor.from(weight, [R, C], { device }));
-    const lb = await fused.forward(b, Tensor.from(BigInt64Array.from(labels, BigInt), [R], { device }), Tensor.from(rowWeight, [R], { device }));
-    assertClose(t, fromTensor(lb), fromTensor(la), { name: `loss ${call}`, rtol: 1e-5, atol: 1e-7 });
-    const [ga] = await withGrads([la], [a]);
-    const [gb] = await withGrads([lb], [b]);
-    assertClose(t, fromTensor(gb), fromTensor(ga), { name: `grad ${call}`, rtol: 1e-5, atol: 1e-9 });
+  // C = 7: one element per step; C = 8: four per step; bins ≤ 16 / ≤ 32: the one-pass forward with 256 /
+  // 128 threads; 40 bins: the histogram pass and the terms pass; 60 000 rows: many blocks
+  for (const { R, C, bins, momentum } of [
+    { R: 3000, C: 7, bins: 10, momentum: 0.75 },
+    { R: 3000, C: 8, bins: 10, momentum: 0.75 },
+    { R: 2000, C: 8, bins: 30, momentum: 0 },
+    { R: 2000, C: 5, bins: 40, momentum: 0.5 },
+    { R: 60000, C: 12, bins: 10, momentum: 0.75 },
+  ]) {
+    const what = `R ${R} C ${C} bins ${bins} momentum ${momentum}`;
+    const dense = new GHMC({ bins, momentum });
+    const fused = new GHMC({ bins, momentum });
+    for (let call = 0; call < 3; call++) {
+      const x = rng.normal(R * C, 3);
+      const labels = Int32Array.from(rng.int(R, -1, C));
+      const rowWeight = Float32Array.from(rng.uniform(R), (v) => (v < 0.85 ? 1 : 0));
+      const onehot = Float32Array.from({ length: R * C }, (_, i) => (labels[Math.floor(i / C)] === i % C ? 1 : 0));
+      const weight = Float32Array.from({ length: R * C }, (_, i) => rowWeight[Math.floor(i / C)]);
+      const a = Tensor.from(x, [R, C], { device }).setRequiresGrad();
+      const b = Tensor.from(x, [R, C], { device }).setRequiresGrad();
+      const la = await dense.forward(a, Tensor.from(onehot, [R, C], { device }), Tensor.from(weight, [R, C], { device }));
+      const lb = await fused.forward(b, Tensor.from(BigInt64Array.from(labels, BigInt), [R], { device }), Tensor.from(rowWeight, [R], { device }));
+      assertClose(t, fromTensor(lb), fromTensor(la), { name: `${what}: loss ${call}`, rtol: 1e-5, atol: 1e-7 });
+      const [ga] = await withGrads([la], [a]);
+      const [gb] = await withGrads([lb], [b]);
+      assertClose(t, fromTensor(gb), fromTensor(ga), { name: `${what}: grad ${call}`, rtol: 1e-5, atol: 1e-9 });
+    }
+    if (momentum > 0) assertClose(t, { shape: [bins], data: fused.accSum! }, { shape: [bins], data: dense.accSum! }, { name: `${what}: accSum`, rtol: 1e-12, atol: 0 });
+    dense.dispose();
+    fused.dispose();
   }
-  assertClose(t, { shape: [10], data: fused.accSum! }, { shape: [10], data: dense.accSum! }, { name: 'accSum', rtol: 1e-12, atol: 0 });
 });
 
 test('ghmc: all gradients in one bin reduce to the mean binary cross-entropy; the first momentum step uses (1 − m)·count', async (t) => {

@@ -156,28 +156,36 @@ class GhmFusedFunction : public torch::autograd::Function<GhmFusedFunction> {
   }
 };
 
-/// The fused GHM-C (labels form) on CUDA: the forward sums the weighted terms (no gradient written);
-/// the backward recomputes w · (σ(x) − t) from the logits with the upstream factor folded in — one
-/// pass that reads the logits and writes the gradient.
+/// The fused GHM-C (labels form) on CUDA: run() computes {loss (lossWeight included), table, tot}
+/// without autograd; the backward recomputes w · (σ(x) − t) from the logits with the upstream factor
+/// folded in — one pass that reads the logits and writes the gradient.
 class GhmcFusedFunction : public torch::autograd::Function<GhmcFusedFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
-                               const torch::Tensor& edges, const torch::Tensor& table, const torch::Tensor& tot, int64_t bins, double lossWeight) {
-    const auto sum = ghmcTermsCuda(x, labels, valid, edges, table, bins);
-    ctx->save_for_backward({x, labels, valid, edges, table, tot});
+                               const torch::Tensor& edges, int64_t bins, double lossWeight, const std::function<GhmcFinish()>& run) {
+    auto result = run();
+    ctx->save_for_backward({x, labels, valid, edges, result.table, result.tot});
     ctx->saved_data["bins"] = bins;
     ctx->saved_data["lossWeight"] = lossWeight;
-    return sum / tot * lossWeight;
+    return result.loss;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
-    torch::autograd::variable_list out(8);
+    torch::autograd::variable_list out(7);
     if (!grads[0].defined()) return out;
     const auto s = ctx->get_saved_variables();
     out[0] = ghmcGradCuda(s[0], s[1], s[2], s[3], s[4], ctx->saved_data["bins"].toInt(), grads[0], s[5], ctx->saved_data["lossWeight"].toDouble());
     return out;
   }
 };
+
+/// The bin edges of a fused CUDA GHM loss, built once per bin count and device.
+const torch::Tensor& cachedEdges(GhmState& state, int64_t bins, double lastEdge, bool addToLast, const torch::TensorOptions& like) {
+  const auto f32 = like.dtype(torch::kFloat32);
+  if (!state.edges.defined() || state.edges.size(0) != bins + 1 || state.edges.device() != f32.device())
+    state.edges = ghmEdges(bins, lastEdge, addToLast, f32);
+  return state.edges;
+}
 
 /// Edges, total and weight table of a fused CUDA GHM loss (no autograd), the EMA updated.
 struct FusedGhmSetup {
@@ -187,11 +195,8 @@ struct FusedGhmSetup {
 FusedGhmSetup fusedSetup(const torch::Tensor& localTotal, double lastEdge, bool addToLast, const GhmOptions& o, GhmState& state,
                          const std::function<torch::Tensor(const torch::Tensor& edges)>& counts) {
   torch::NoGradGuard noGrad;
-  const auto f32 = localTotal.options().dtype(torch::kFloat32);
-  if (!state.edges.defined() || state.edges.size(0) != o.bins + 1 || state.edges.device() != localTotal.device())
-    state.edges = ghmEdges(o.bins, lastEdge, addToLast, f32);
   FusedGhmSetup s;
-  s.edges = state.edges;
+  s.edges = cachedEdges(state, o.bins, lastEdge, addToLast, localTotal.options());
   s.tot = globalTotal(localTotal, state);
   auto c = counts(s.edges);
   if (state.mean) c = state.mean(c);
@@ -221,9 +226,24 @@ torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& lab
     const auto x = pred.reshape({-1, C}).contiguous();
     const auto labels = labelsIn.to(torch::kInt64).reshape({-1}).contiguous();
     const auto valid = (labelWeight > 0).reshape({-1}).contiguous();
+    if (o.bins <= kGhmcStatsMaxBins) {
+      // one pass: per-bin counts and term sums; the table and the loss from them in one kernel
+      const auto& edges = cachedEdges(state, o.bins, 1e-6, true, x.options());
+      return GhmcFusedFunction::apply(x, labels, valid, edges, o.bins, o.lossWeight, [&] {
+        auto stats = ghmcStatsCuda(x.detach(), labels, valid, edges, o.bins);
+        if (state.mean) {
+          stats.counts = state.mean(stats.counts);
+          stats.validTotal = state.mean(stats.validTotal);
+        }
+        if (o.momentum > 0) state.ensure(o.bins, x.device());
+        return ghmcFinishCuda(stats.counts, stats.sums, stats.validTotal, state.accSum, o.momentum, o.lossWeight);
+      });
+    }
     const auto setup = fusedSetup(valid.sum().to(torch::kFloat64) * static_cast<double>(C), 1e-6, true, o, state,
                                   [&](const torch::Tensor& edges) { return ghmcCountsCuda(x.detach(), labels, valid, edges, o.bins); });
-    return GhmcFusedFunction::apply(x, labels, valid, setup.edges, setup.table, setup.tot, o.bins, o.lossWeight);
+    return GhmcFusedFunction::apply(x, labels, valid, setup.edges, o.bins, o.lossWeight, [&] {
+      return GhmcFinish{ghmcTermsCuda(x.detach(), labels, valid, setup.edges, setup.table, o.bins) / setup.tot * o.lossWeight, setup.table, setup.tot};
+    });
   }
 #endif
   // CPU (and other dtypes): the one-hot expansion through LibTorch's vectorised kernels is faster

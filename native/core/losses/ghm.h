@@ -37,16 +37,36 @@ torch::Tensor ghmcLoss(const torch::Tensor& pred, const torch::Tensor& target, c
 
 /// GHM-C in mmdetection's labels form, fused: pred [R, C] logits, labels [R] int64 (class index;
 /// anything else, e.g. −1, is background), labelWeight [R] (> 0: all C elements of the row count).
-/// Equal to ghmcLoss on the one-hot expansion. On CUDA fused: two read-only passes forward (the
-/// histogram, the weighted terms), one backward that recomputes the gradient from the logits, no
-/// [R, C] temporaries (bins ≤ 1024, shared-memory histograms); on CPU the expansion is used.
+/// Equal to ghmcLoss on the one-hot expansion. On CUDA fused: one read-only pass forward (per-bin
+/// counts and term sums; bins ≤ 32, else a histogram pass and a terms pass, ≤ 1024), one backward that
+/// recomputes the gradient from the logits, no [R, C] temporaries; on CPU the expansion is used.
 torch::Tensor ghmcLossLabels(const torch::Tensor& pred, const torch::Tensor& labels, const torch::Tensor& labelWeight,
                              const GhmOptions& opts, GhmState& state);
 
 #ifdef ONESTAGE_WITH_CUDA
-/// CUDA parts of ghmcLossLabels (ghm_cuda.cu). counts: float64 [bins]; terms: the sum of the
-/// weighted BCE terms (scalar); grad: w · (σ(x) − t) · upstream · lossWeight / tot per element,
-/// recomputed from the logits in the backward.
+/// Most bins of the one-pass GHM-C forward (ghmcStatsCuda); more bins take two passes.
+constexpr int kGhmcStatsMaxBins = 32;
+
+/// One read of the logits (ghm_cuda.cu): per bin the count and the sum of the BCE terms of its valid
+/// elements, and the number of valid elements; float64 [bins], [bins], [1], deterministic.
+struct GhmcStats {
+  torch::Tensor counts, sums, validTotal;
+};
+GhmcStats ghmcStatsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid, const torch::Tensor& edges,
+                        int64_t bins);
+
+/// From (global) counts, the per-bin term sums and the (global, unclamped) total: the weight table
+/// (float32 [bins], EMA updated in place when momentum > 0), tot = max(total, 1) (float32 scalar) and
+/// loss = lossWeight · Σ table·sums / tot (float32 scalar). One kernel.
+struct GhmcFinish {
+  torch::Tensor loss, table, tot;
+};
+GhmcFinish ghmcFinishCuda(const torch::Tensor& counts, const torch::Tensor& sums, const torch::Tensor& tot, const torch::Tensor& accSum,
+                          double momentum, double lossWeight);
+
+/// The two-pass parts (more than kGhmcStatsMaxBins bins). counts: float64 [bins]; terms: the sum of
+/// the weighted BCE terms (scalar). grad (every bin count): w · (σ(x) − t) · upstream · lossWeight / tot
+/// per element, recomputed from the logits in the backward.
 torch::Tensor ghmcCountsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid,
                              const torch::Tensor& edges, int64_t bins);
 torch::Tensor ghmcTermsCuda(const torch::Tensor& x, const torch::Tensor& labels, const torch::Tensor& valid, const torch::Tensor& edges,

@@ -1,19 +1,27 @@
 // CUDA kernels of the fused GHM losses (ghm.cpp, ghm_math.h):
 //   GHM-C, labels form: element i of row r has target (labels[r] == class), gradient norm |σ(x) − t|;
 //   GHM-R: element i has d = pred − target, gradient norm |d / sqrt(d² + μ²)|.
-// Each loss: a per-block shared-memory histogram of the bins (warp-aggregated: the lanes of a warp
-// that fall in one bin add their count once — most elements of GHM-C share bin 0), then one pass that
-// sums the weighted terms per block (deterministic: a fixed grid, fixed order) and, when a gradient is
-// needed, writes it without the upstream factor; the backward is then one multiplication. The bin is
-// recomputed, never stored. Indices are 32-bit when the tensor allows (64-bit division is emulated on
-// the GPU).
+// GHM-C (bins ≤ 32): the forward is one read of the logits — per bin, the count and the sum of the
+// BCE terms of its elements (private per-thread columns in shared memory, no atomics), and the valid
+// count — then one block reduces the per-block partials in a fixed order and a one-block kernel turns
+// counts into the weight table (EMA) and the loss Σ table[bin]·sum[bin] / tot: the weights depend only
+// on the bin, so no second pass is needed. The backward recomputes σ and the bin and writes the
+// gradient with the upstream factor folded in. More bins: a histogram pass, then a terms pass.
+// GHM-R: a per-block shared-memory histogram of the bins (warp-aggregated), then one pass that sums
+// the weighted terms per block (deterministic: a fixed grid, fixed order) and, when a gradient is
+// needed, writes it without the upstream factor; the backward is then one multiplication.
+// The bin is recomputed, never stored. Indices are 32-bit when the tensor allows (64-bit division is
+// emulated on the GPU). Grid-stride kernels get as many blocks as are resident at once (the occupancy
+// calculator): no second, mostly empty wave.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
+#include "core/losses/ghm.h"
 #include "core/losses/ghm_math.h"
 
 namespace onestage {
@@ -41,6 +49,16 @@ struct ClassElement {
     return valid[r];
   }
 };
+
+/// σ(x) as ghmSigmoid and binary_cross_entropy_with_logits(x, t) as bceWithLogits, sharing the
+/// exponential: of bceWithLogits' exp(−m) and exp(−x − m) one is exp(0) = 1 and the other exp(−|x|),
+/// which for x ≥ 0 is σ's exp(−x) — the same float operations, one exponential fewer.
+__device__ inline void classElement(float x, float t, float& p, float& bce) {
+  const float en = expf(-x);
+  p = 1.f / (1.f + en);
+  const float m = fmaxf(-x, 0.f);
+  bce = (1.f - t) * x + m + logf(1.f + (x >= 0.f ? en : expf(x)));
+}
 
 /// Gradient norm of GHM-R element i.
 struct RegressionElement {
@@ -126,31 +144,99 @@ __device__ inline void loadBins(const float* __restrict__ edgesG, const float* _
   __syncthreads();
 }
 
-constexpr int kSmallBins = 32;
-
-/// GHM-C histogram for bins ≤ kSmallBins: a private histogram per thread in shared memory
-/// (hist[bin · kThreads + thread]: each thread its own bank, no atomics, no conflicts), summed per bin
-/// by one warp at the end and added to the global counts.
+/// GHM-C forward statistics for bins ≤ kGhmcStatsMaxBins, one read of the logits: per block, the count and
+/// the BCE sum of every bin and the number of valid elements. Each thread keeps private columns in
+/// shared memory (sums[bin · T + thread], then counts likewise: its own bank, no atomics, no
+/// conflicts); one warp per bin sums the columns at the end. Partials are [bins][gridDim.x].
 template <bool Vec4, typename Index>
-__global__ void classCountSmallKernel(const float* __restrict__ x, const int64_t* __restrict__ labels, const bool* __restrict__ valid,
-                                      const float* __restrict__ edgesG, int bins, Index total, Index C, unsigned long long* __restrict__ counts) {
-  __shared__ unsigned int hist[kSmallBins * kThreads];
-  __shared__ float edges[kSmallBins + 1];
-  for (int k = threadIdx.x; k < bins * kThreads; k += blockDim.x) hist[k] = 0;
+__global__ void classStatsKernel(const float* __restrict__ x, const int64_t* __restrict__ labels, const bool* __restrict__ valid,
+                                 const float* __restrict__ edgesG, int bins, Index total, Index C, unsigned* __restrict__ partialCounts,
+                                 float* __restrict__ partialSums, unsigned* __restrict__ partialValid) {
+  extern __shared__ float ghmShared[];
+  __shared__ float edges[kGhmcStatsMaxBins + 1];
+  __shared__ unsigned warpValid[32];
+  const int T = static_cast<int>(blockDim.x);
+  float* sums = ghmShared;
+  unsigned* counts = reinterpret_cast<unsigned*>(ghmShared + bins * T);
+  for (int k = threadIdx.x; k < bins * T; k += T) {
+    sums[k] = 0.f;
+    counts[k] = 0;
+  }
   loadBins(edgesG, nullptr, bins, edges, nullptr);
-  unsigned int* mine = hist + threadIdx.x;
+  float* mySums = sums + threadIdx.x;
+  unsigned* myCounts = counts + threadIdx.x;
+  unsigned nValid = 0;
   forEachClassElement<Vec4>(x, labels, valid, total, C, static_cast<float*>(nullptr), [&](float v, bool target, bool ok) {
-    const int b = ok ? ghmBin(fabsf(ghmSigmoid(v) - (target ? 1.f : 0.f)), edges, bins) : -1;
-    if (b >= 0) mine[b * kThreads] += 1;
+    if (ok) {
+      ++nValid;
+      const float t = target ? 1.f : 0.f;
+      float p, bce;
+      classElement(v, t, p, bce);
+      const int b = ghmBin(fabsf(p - t), edges, bins);
+      if (b >= 0) {
+        myCounts[b * T] += 1;
+        mySums[b * T] += bce;
+      }
+    }
     return 0.f;
   });
   __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = T >> 5;
+  for (int k = warp; k < bins; k += warps) {
+    unsigned n = 0;
+    float sum = 0.f;
+    for (int j = lane; j < T; j += 32) {
+      n += counts[k * T + j];
+      sum += sums[k * T + j];
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      n += __shfl_down_sync(0xffffffffu, n, o);
+      sum += __shfl_down_sync(0xffffffffu, sum, o);
+    }
+    if (lane == 0) {
+      partialCounts[k * gridDim.x + blockIdx.x] = n;
+      partialSums[k * gridDim.x + blockIdx.x] = sum;
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) nValid += __shfl_down_sync(0xffffffffu, nValid, o);
+  if (lane == 0) warpValid[warp] = nValid;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned n = 0;
+    for (int w = 0; w < warps; ++w) n += warpValid[w];
+    partialValid[blockIdx.x] = n;
+  }
+}
+
+/// Sums the statistics' partials in a fixed order (one block of 32 warps; warp k takes bin k, k + 32,
+/// …; the bin index `bins` is the valid count): counts, sums and valid as float64.
+__global__ void statsReduceKernel(const unsigned* __restrict__ partialCounts, const float* __restrict__ partialSums,
+                                  const unsigned* __restrict__ partialValid, int blocks, int bins, double* __restrict__ counts,
+                                  double* __restrict__ sums, double* __restrict__ validTotal) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int k = warp; k < bins; k += kThreads / 32) {
-    unsigned int n = 0;
-    for (int j = lane; j < kThreads; j += 32) n += hist[k * kThreads + j];
-    for (int o = 16; o > 0; o >>= 1) n += __shfl_down_sync(0xffffffffu, n, o);
-    if (lane == 0 && n) atomicAdd(&counts[k], static_cast<unsigned long long>(n));
+  for (int k = warp; k <= bins; k += blockDim.x >> 5) {
+    unsigned long long n = 0;
+    double sum = 0.0;
+    for (int j = lane; j < blocks; j += 32) {
+      if (k < bins) {
+        n += partialCounts[k * blocks + j];
+        sum += partialSums[k * blocks + j];
+      } else {
+        n += partialValid[j];
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      n += __shfl_down_sync(0xffffffffu, n, o);
+      sum += __shfl_down_sync(0xffffffffu, sum, o);
+    }
+    if (lane == 0) {
+      if (k < bins) {
+        counts[k] = static_cast<double>(n);
+        sums[k] = sum;
+      } else {
+        validTotal[0] = static_cast<double>(n);
+      }
+    }
   }
 }
 
@@ -207,21 +293,38 @@ __global__ void regressionTermsKernel(RegressionElement e, float mu, const float
 }
 
 /// The bin weights from the (global) counts: tot / count, or tot / acc with momentum (acc updated in
-/// place, non-empty bins only), divided by the number of non-empty bins; 0 for empty bins. One block.
-/// The EMA's products and sum are rounded separately (no fused multiply-add), as on the CPU.
-__global__ void tableKernel(const double* __restrict__ counts, const double* __restrict__ tot, double* __restrict__ acc, float* __restrict__ table,
-                            int bins, double momentum) {
+/// place, non-empty bins only), divided by the number of non-empty bins; 0 for empty bins; tot is
+/// clamped to at least 1. One block. The EMA's products and sum are rounded separately (no fused
+/// multiply-add), as on the CPU. With `sums` (the per-bin sums of the loss terms): loss =
+/// lossWeight · Σ table·sums / tot and the float tot (for the backward).
+__global__ void tableKernel(const double* __restrict__ counts, const double* __restrict__ totIn, double* __restrict__ acc, float* __restrict__ table,
+                            int bins, double momentum, const double* __restrict__ sums, double lossWeight, float* __restrict__ loss,
+                            float* __restrict__ totOut) {
+  __shared__ double weighted[1024];
   const int k = threadIdx.x;
   const double c = k < bins ? counts[k] : 0.0;
+  const double tot = fmax(totIn[0], 1.0);
   const int nonEmpty = __syncthreads_count(k < bins && c > 0);
-  if (k >= bins) return;
-  double denom = c;
-  if (acc != nullptr) {
-    if (c > 0) acc[k] = __dadd_rn(__dmul_rn(momentum, acc[k]), __dmul_rn(1.0 - momentum, c));
-    denom = acc[k];
+  float w = 0.f;
+  if (k < bins) {
+    double denom = c;
+    if (acc != nullptr) {
+      if (c > 0) acc[k] = __dadd_rn(__dmul_rn(momentum, acc[k]), __dmul_rn(1.0 - momentum, c));
+      denom = acc[k];
+    }
+    const float n = nonEmpty > 0 ? static_cast<float>(nonEmpty) : 1.f;
+    w = c > 0 ? static_cast<float>(tot / (denom > 1e-300 ? denom : 1e-300)) / n : 0.f;
+    table[k] = w;
   }
-  const float n = nonEmpty > 0 ? static_cast<float>(nonEmpty) : 1.f;
-  table[k] = c > 0 ? static_cast<float>(tot[0] / (denom > 1e-300 ? denom : 1e-300)) / n : 0.f;
+  if (sums == nullptr) return;
+  if (k < bins) weighted[k] = static_cast<double>(w) * sums[k];
+  __syncthreads();
+  if (k == 0) {
+    double total = 0.0;
+    for (int j = 0; j < bins; ++j) total += weighted[j];
+    loss[0] = static_cast<float>(total / tot * lossWeight);
+    totOut[0] = static_cast<float>(tot);
+  }
 }
 
 /// Runs `launch(Index{})` with 32-bit indices when `total` fits.
@@ -248,51 +351,97 @@ at::Tensor ghmTableCuda(const at::Tensor& counts, const at::Tensor& tot, const a
   const auto c = counts.to(at::kDouble).contiguous(), t = tot.to(at::kDouble).reshape({1}).contiguous();
   tableKernel<<<1, 1024, 0, at::cuda::getCurrentCUDAStream()>>>(c.data_ptr<double>(), t.data_ptr<double>(),
                                                                  momentum > 0 ? accSum.data_ptr<double>() : nullptr, table.data_ptr<float>(),
-                                                                 static_cast<int>(bins), momentum);
+                                                                 static_cast<int>(bins), momentum, nullptr, 0.0, nullptr, nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return table;
 }
 
 namespace {
 
-/// Launches a GHM-C kernel: launch(Index, Vec4) with 16-byte steps when the rows allow (C % 4 == 0,
-/// x and out 16-byte aligned) and 32-bit indices when the size allows; blocks for the element count.
+/// Blocks for a grid-stride kernel: `wanted`, at most as many as the device holds at once.
+template <typename Kernel>
+unsigned residentBlocks(Kernel kernel, int threads, size_t sharedBytes, int64_t wanted) {
+  int perSm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, threads, sharedBytes));
+  const int64_t cap = std::max<int64_t>(1, static_cast<int64_t>(perSm) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  return static_cast<unsigned>(std::min(std::max<int64_t>(wanted, 1), cap));
+}
+
+/// Launches a GHM-C kernel: launch(Index, Vec4, wantedBlocks) with 16-byte steps when the rows allow
+/// (C % 4 == 0, x and out 16-byte aligned) and 32-bit indices when the size allows; wantedBlocks is
+/// one item per thread of `threads`-thread blocks.
 template <typename F>
-void launchClass(const at::Tensor& x, const void* out, unsigned maxBlocks, F launch) {
+void launchClass(const at::Tensor& x, const void* out, int threads, F launch) {
   const int64_t C = x.size(1), total = x.numel();
   const bool vec4 = C % 4 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   const int64_t items = vec4 ? total / 4 : total;
-  const int64_t wanted = (items + kThreads - 1) / kThreads;
-  const unsigned blocks = static_cast<unsigned>(wanted < 1 ? 1 : (wanted > maxBlocks ? maxBlocks : wanted));
+  const int64_t wanted = (items + threads - 1) / threads;
   withIndex(total, [&](auto index) {
-    if (vec4) launch(index, std::true_type{}, blocks);
-    else launch(index, std::false_type{}, blocks);
+    if (vec4) launch(index, std::true_type{}, wanted);
+    else launch(index, std::false_type{}, wanted);
   });
 }
 
-constexpr unsigned kClassBlocks = 2048;
-
 }  // namespace
+
+GhmcStats ghmcStatsCuda(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& valid, const at::Tensor& edges, int64_t bins) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  TORCH_CHECK(bins >= 1 && bins <= kGhmcStatsMaxBins, "ghmcStatsCuda: 1 to ", kGhmcStatsMaxBins, " bins");
+  const int64_t total = x.numel();
+  const auto f64 = x.options().dtype(at::kDouble);
+  GhmcStats out{at::empty({bins}, f64), at::empty({bins}, f64), at::empty({1}, f64)};
+  // 256 threads for ≤ 16 bins, else 128: the private columns stay within 32 KiB of shared memory
+  const int threads = bins <= 16 ? 256 : 128;
+  const size_t shared = static_cast<size_t>(bins) * threads * (sizeof(float) + sizeof(unsigned));
+  unsigned blocks = 1;
+  at::Tensor partialCounts, partialSums, partialValid;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  launchClass(x, nullptr, threads, [&](auto index, auto vec4, int64_t wanted) {
+    using Index = decltype(index);
+    const auto kernel = classStatsKernel<decltype(vec4)::value, Index>;
+    blocks = residentBlocks(kernel, threads, shared, wanted);
+    // every block writes its entries
+    partialCounts = at::empty({bins * blocks}, x.options().dtype(at::kInt));
+    partialSums = at::empty({bins * blocks}, x.options());
+    partialValid = at::empty({blocks}, x.options().dtype(at::kInt));
+    kernel<<<blocks, threads, shared, stream>>>(x.data_ptr<float>(), labels.data_ptr<int64_t>(), valid.data_ptr<bool>(), edges.data_ptr<float>(),
+                                                static_cast<int>(bins), static_cast<Index>(total), static_cast<Index>(x.size(1)),
+                                                reinterpret_cast<unsigned*>(partialCounts.data_ptr<int32_t>()), partialSums.data_ptr<float>(),
+                                                reinterpret_cast<unsigned*>(partialValid.data_ptr<int32_t>()));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  statsReduceKernel<<<1, 1024, 0, stream>>>(reinterpret_cast<const unsigned*>(partialCounts.data_ptr<int32_t>()), partialSums.data_ptr<float>(),
+                                            reinterpret_cast<const unsigned*>(partialValid.data_ptr<int32_t>()), static_cast<int>(blocks),
+                                            static_cast<int>(bins), out.counts.data_ptr<double>(), out.sums.data_ptr<double>(),
+                                            out.validTotal.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+GhmcFinish ghmcFinishCuda(const at::Tensor& counts, const at::Tensor& sums, const at::Tensor& tot, const at::Tensor& accSum, double momentum,
+                          double lossWeight) {
+  const c10::cuda::CUDAGuard guard(counts.device());
+  const int64_t bins = counts.size(0);
+  TORCH_CHECK(bins <= 1024, "ghmcFinishCuda: at most 1024 bins");
+  const auto f32 = counts.options().dtype(at::kFloat);
+  GhmcFinish out{at::empty({}, f32), at::empty({bins}, f32), at::empty({}, f32)};
+  const auto c = counts.to(at::kDouble).contiguous(), s = sums.to(at::kDouble).contiguous(), t = tot.to(at::kDouble).reshape({1}).contiguous();
+  tableKernel<<<1, 1024, 0, at::cuda::getCurrentCUDAStream()>>>(
+      c.data_ptr<double>(), t.data_ptr<double>(), momentum > 0 ? accSum.data_ptr<double>() : nullptr, out.table.data_ptr<float>(),
+      static_cast<int>(bins), momentum, s.data_ptr<double>(), lossWeight, out.loss.data_ptr<float>(), out.tot.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
 
 at::Tensor ghmcCountsCuda(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& valid, const at::Tensor& edges, int64_t bins) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t total = x.numel();
   return histogram(bins, x, [&](unsigned long long* counts) {
     if (total == 0) return;
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    if (bins <= kSmallBins) {
-      launchClass(x, nullptr, 1024, [&](auto index, auto vec4, unsigned blocks) {
-        using Index = decltype(index);
-        classCountSmallKernel<decltype(vec4)::value, Index><<<blocks, kThreads, 0, stream>>>(
-            x.data_ptr<float>(), labels.data_ptr<int64_t>(), valid.data_ptr<bool>(), edges.data_ptr<float>(), static_cast<int>(bins),
-            static_cast<Index>(total), static_cast<Index>(x.size(1)), counts);
-      });
-      return;
-    }
     const ClassElement e{x.data_ptr<float>(), labels.data_ptr<int64_t>(), valid.data_ptr<bool>()};
     withIndex(total, [&](auto index) {
       using Index = decltype(index);
-      countKernel<ClassElement, Index><<<blocksFor(total), kThreads, bins * sizeof(unsigned int), stream>>>(
+      countKernel<ClassElement, Index><<<blocksFor(total), kThreads, bins * sizeof(unsigned int), at::cuda::getCurrentCUDAStream()>>>(
           e, edges.data_ptr<float>(), static_cast<int>(bins), static_cast<Index>(total), static_cast<Index>(x.size(1)), counts);
     });
   });
@@ -304,10 +453,13 @@ at::Tensor ghmcTermsCuda(const at::Tensor& x, const at::Tensor& labels, const at
   const int64_t total = x.numel();
   if (total == 0) return at::zeros({}, x.options());
   at::Tensor partial;
-  launchClass(x, nullptr, kClassBlocks, [&](auto index, auto vec4, unsigned blocks) {
+  const size_t shared = (2 * bins + 1) * sizeof(float);
+  launchClass(x, nullptr, kThreads, [&](auto index, auto vec4, int64_t wanted) {
     using Index = decltype(index);
+    const auto kernel = classTermsKernel<decltype(vec4)::value, Index>;
+    const unsigned blocks = residentBlocks(kernel, kThreads, shared, wanted);
     partial = at::empty({static_cast<int64_t>(blocks)}, x.options());  // every block writes its entry
-    classTermsKernel<decltype(vec4)::value, Index><<<blocks, kThreads, (2 * bins + 1) * sizeof(float), at::cuda::getCurrentCUDAStream()>>>(
+    kernel<<<blocks, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<float>(), labels.data_ptr<int64_t>(), valid.data_ptr<bool>(), edges.data_ptr<float>(), table.data_ptr<float>(),
         static_cast<int>(bins), static_cast<Index>(total), static_cast<Index>(x.size(1)), partial.data_ptr<float>());
   });
@@ -322,9 +474,11 @@ at::Tensor ghmcGradCuda(const at::Tensor& x, const at::Tensor& labels, const at:
   auto grad = at::empty_like(x);
   if (total == 0) return grad;
   const auto up = upstream.to(at::kFloat).contiguous(), t = tot.to(at::kFloat).contiguous();
-  launchClass(x, grad.data_ptr(), kClassBlocks, [&](auto index, auto vec4, unsigned blocks) {
+  const size_t shared = (2 * bins + 1) * sizeof(float);
+  launchClass(x, grad.data_ptr(), kThreads, [&](auto index, auto vec4, int64_t wanted) {
     using Index = decltype(index);
-    classGradKernel<decltype(vec4)::value, Index><<<blocks, kThreads, (2 * bins + 1) * sizeof(float), at::cuda::getCurrentCUDAStream()>>>(
+    const auto kernel = classGradKernel<decltype(vec4)::value, Index>;
+    kernel<<<residentBlocks(kernel, kThreads, shared, wanted), kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<float>(), labels.data_ptr<int64_t>(), valid.data_ptr<bool>(), edges.data_ptr<float>(), table.data_ptr<float>(),
         static_cast<int>(bins), static_cast<Index>(total), static_cast<Index>(x.size(1)), up.data_ptr<float>(), t.data_ptr<float>(),
         static_cast<float>(lossWeight), grad.data_ptr<float>());
