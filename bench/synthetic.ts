@@ -37,11 +37,12 @@ export interface StepTiming {
 /**
  * RetinaNet training steps on the synthetic batch: `fast` is the Trainer's default configuration
  * (channels-last and cuDNN benchmark on CUDA, multi-tensor update), otherwise all of them off.
- * `profile`: a Kineto trace of 5 more steps is written there (-bf16/-fp32 added before .json).
+ * `cudaGraph` (with `fast`): the step replayed as a CUDA graph (captured during the warm-up).
+ * `profile`: a Kineto trace of 5 more steps is written there (-bf16/-fp32, -graph, added before .json).
  */
 export async function timeTrainingSteps(o: {
   device: Device; batch: number; size: number; depth: number; steps: number; warmup: number; optimizer: 'sgd' | 'adamw';
-  data: { images: Float32Array; annotations: Float32Array }; amp: boolean; fast: boolean; profile?: string;
+  data: { images: Float32Array; annotations: Float32Array }; amp: boolean; fast: boolean; cudaGraph?: boolean; profile?: string;
 }): Promise<StepTiming> {
   const { device, amp, fast } = o;
   const batch = syntheticBatch(o.data, o.batch, o.size, device);
@@ -52,10 +53,12 @@ export async function timeTrainingSteps(o: {
     amp,
     // fast: the Trainer's defaults (channels-last and cuDNN benchmark on CUDA); plain: all off
     ...(fast ? {} : { channelsLast: false, cudnnBenchmark: false }),
+    ...(fast && o.cudaGraph ? { cudaGraph: true } : {}),
   };
   if (!fast && device === 'cuda') setCudnnBenchmark(false);
   const trainer = new Trainer(model, options);
   for (let i = 0; i < o.warmup; i++) await trainer.step(batch, lr);
+  if (o.cudaGraph && (await trainer.step(batch, lr)).graph !== 'replayed') throw new Error('cudaGraph: the warm-up did not end with a replayed step');
   synchronize();
   if (device === 'cuda') cudaMemory(0, { resetPeak: true });
   const t0 = process.hrtime.bigint();
@@ -69,7 +72,7 @@ export async function timeTrainingSteps(o: {
     startProfiler();
     for (let i = 0; i < 5; i++) await trainer.step(batch, lr);
     synchronize();
-    const file = o.profile.replace(/\.json$/, `-${amp ? 'bf16' : 'fp32'}.json`);
+    const file = o.profile.replace(/\.json$/, `-${amp ? 'bf16' : 'fp32'}${o.cudaGraph ? '-graph' : ''}.json`);
     stopProfiler(file);
     console.error(`profile of 5 steps written to ${file}`);
   }

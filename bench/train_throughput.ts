@@ -1,8 +1,8 @@
 /**
  * Training throughput: RetinaNet training steps on one synthetic batch (B images of S×S, 8 boxes each,
  * 80 classes), onestage's plain configuration (NCHW, LibTorch's per-parameter optimizer, no cuDNN
- * benchmark) and its default fast one (channels-last, cuDNN benchmark, multi-tensor update), fp32 and
- * bf16 autocast — and in the same invocation the PyTorch references on the same batch (torchvision's
+ * benchmark), its default fast one (channels-last, cuDNN benchmark, multi-tensor update) and that with
+ * the step replayed as a CUDA graph (CUDA), fp32 and bf16 autocast — and in the same invocation the PyTorch references on the same batch (torchvision's
  * retinanet_resnet50_fpn and the pytorch-retinanet-layout reference model of test/reference with its
  * per-image focal loss). Prints img/s, ms/step, peak memory and the ratio to torchvision; writes JSON.
  *
@@ -50,10 +50,17 @@ function makeBatch(o: Options, dir: string): { images: Float32Array; annotations
   return data;
 }
 
-async function timeOnestage(o: Options, data: { images: Float32Array; annotations: Float32Array }, amp: boolean, fast: boolean): Promise<Row> {
-  const r = await timeTrainingSteps({ ...o, data, amp, fast });
+async function timeOnestage(o: Options, data: { images: Float32Array; annotations: Float32Array }, amp: boolean, fast: boolean, cudaGraph = false): Promise<Row> {
+  const r = await timeTrainingSteps({ ...o, data, amp, fast, cudaGraph });
+  const name = !fast
+    ? 'plain (NCHW, per-parameter optimizer)'
+    : cudaGraph
+      ? 'default + cudaGraph (step replayed as a CUDA graph)'
+      : o.device === 'cuda'
+        ? 'default (channels-last, cuDNN benchmark, multi-tensor update)'
+        : 'default (multi-tensor update)';
   return {
-    system: `onestage ${fast ? (o.device === 'cuda' ? 'default (channels-last, cuDNN benchmark, multi-tensor update)' : 'default (multi-tensor update)') : 'plain (NCHW, per-parameter optimizer)'}`,
+    system: `onestage ${name}`,
     precision: amp ? 'bf16' : 'fp32',
     imagesPerSecond: r.imagesPerSecond,
     msPerStep: r.msPerStep,
@@ -84,9 +91,10 @@ async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestage-train-bench-'));
   const data = makeBatch(o, dir);
   const rows: Row[] = [];
+  const configs: Array<[boolean, boolean]> = [[false, false], [true, false], ...(o.device === 'cuda' ? [[true, true] as [boolean, boolean]] : [])];
   for (const p of precisions)
-    for (const fast of [false, true]) {
-      const r = await timeOnestage(o, data, p === 'bf16', fast);
+    for (const [fast, graph] of configs) {
+      const r = await timeOnestage(o, data, p === 'bf16', fast, graph);
       console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
       rows.push(r);
     }

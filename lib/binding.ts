@@ -193,6 +193,8 @@ export interface NativeStepResult {
   gradNorm: number;
   skipped: boolean;
   reason: string;
+  /** How the step ran: 'off' (cudaGraph false), 'eager' (cudaGraph, this shape not captured yet), 'captured' (recorded and replayed), 'replayed'. */
+  graph: 'off' | 'eager' | 'captured' | 'replayed';
   /** The architecture's own terms by name (NanoDet-Plus: qfl, bbox, dfl, auxQfl, auxBbox, auxDfl; RetinaNet: none). */
   components: Record<string, number>;
 }

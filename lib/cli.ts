@@ -67,7 +67,7 @@ const TRAIN_FLAG_FIELDS: Array<[string, string]> = [
   ['classes', 'data.classes'], ['batchSize', 'data.batchSize'], ['minSide', 'data.minSide'], ['maxSide', 'data.maxSide'],
   ['head', 'model.head'], ['depth', 'model.depth'], ['featureSize', 'model.featureSize'], ['weights', 'model.weights'], ['backbone', 'model.backbone'],
   ['optimizer', 'optimizer.type'], ['lr', 'optimizer.lr'], ['contrastive', 'loss.contrastive.weight'],
-  ['epochs', 'epochs'], ['device', 'device'], ['amp', 'amp'], ['ema', 'ema'], ['seed', 'seed'], ['out', 'out'],
+  ['epochs', 'epochs'], ['device', 'device'], ['amp', 'amp'], ['cudaGraph', 'cudaGraph'], ['ema', 'ema'], ['seed', 'seed'], ['out', 'out'],
   ['distBackend', 'distributed.backend'], ['distTimeout', 'distributed.timeoutSeconds'],
 ];
 
@@ -124,6 +124,7 @@ export function makeProgram(): Command {
     .option('--max-side <px>', 'resize: longest side at most', intOption('--max-side', 1))
     .addOption(new Option('--device <device>', 'where to train').choices(['auto', 'cpu', 'cuda']))
     .option('--amp', 'bf16 autocast (CUDA)')
+    .option('--cuda-graph', 'replay the training step as a CUDA graph (RetinaNet on CUDA, fixed-size batches)')
     .option('--ema', 'exponential moving average of the weights')
     .option('--seed <n>', 'seed of initialisation and data order', intOption('--seed'))
     .option('--out <dir>', 'run folder')

@@ -6,7 +6,7 @@
  */
 import test from 'ava';
 import * as path from 'node:path';
-import { Batch, buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, OptimizerOptions, setTf32, StepRecord, Trainer } from '../lib';
+import { Batch, buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, OptimizerOptions, setTf32, StepRecord, Tensor, Trainer } from '../lib';
 import { assertClose } from './helpers/close';
 import { tempDir } from './helpers/python';
 
@@ -230,4 +230,60 @@ cuda('fast path: 200 steps on shapes data — the fast configuration (channels-l
   t.true(b <= 1.1 * a, `fast ${b} vs plain ${a}`);
   t.true(b < 0.7 * mean(fast.slice(0, 20)), 'the fast run learned');
   t.true(a < 0.7 * mean(plain.slice(0, 20)), 'the plain run learned');
+});
+
+cuda('cuda graph: steps replayed from a captured graph give the eager steps\' losses and weights — focal and GHM losses, growing box capacity, eager steps in between', async (t) => {
+  setTf32(false);
+  const bs = await batches('cuda', 4);
+  // the same batch with padding rows up to 12 (more than the first capacity, 8): eager until its capacity (16) is captured
+  const wide = (b: Batch): Batch => {
+    const [B, M, F] = b.annotations.shape;
+    const rows = new Float32Array(B * 12 * F).fill(-1);
+    const a = b.annotations.toArray() as Float32Array;
+    for (let i = 0; i < B; i++) rows.set(a.subarray(i * M * F, (i + 1) * M * F), i * 12 * F);
+    return { ...b, annotations: Tensor.from(rows, [B, 12, F], { device: 'cuda' }) };
+  };
+  const sequence = [bs[0], bs[1], bs[2], bs[3], bs[0], bs[1], wide(bs[2]), wide(bs[3]), wide(bs[0]), wide(bs[1]), bs[2], bs[3]];
+  const expected = ['eager', 'eager', 'eager', 'captured', 'replayed', 'replayed', 'eager', 'eager', 'eager', 'captured', 'replayed', 'replayed'];
+  for (const [name, loss] of [
+    ['focal', {}],
+    ['ghmc + ghmr with momentum', { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7 } }],
+  ] as const) {
+    const run = async (cudaGraph: boolean) => {
+      const model = small('cuda');
+      const trainer = new Trainer(model, { optimizer: { type: 'sgd', lr: 0.01, momentum: 0.9, weightDecay: 1e-4 }, loss, cudaGraph });
+      const records: StepRecord[] = [];
+      for (const b of sequence) records.push(await trainer.step(b, 0.01));
+      const weights = weightsOf(model);
+      trainer.dispose();
+      model.dispose();
+      return { records, weights };
+    };
+    const eager = await run(false);
+    const graphed = await run(true);
+    t.deepEqual(eager.records.map((r) => r.graph), sequence.map(() => 'off'), name);
+    t.deepEqual(graphed.records.map((r) => r.graph), expected, name);
+    graphed.records.forEach((r, i) => {
+      for (const k of ['cls', 'reg', 'gradNorm'] as const)
+        t.true(Math.abs(r[k] - eager.records[i][k]) <= 1e-4 * Math.abs(eager.records[i][k]) + 1e-6, `${name} step ${i} ${k}: graph ${r[k]} vs eager ${eager.records[i][k]}`);
+    });
+    let worst = { excess: 0, where: '' };
+    for (const k of Object.keys(eager.weights)) {
+      const x = eager.weights[k].toArray() as Float32Array;
+      const y = graphed.weights[k].toArray() as Float32Array;
+      for (let i = 0; i < x.length; i++) {
+        const excess = Math.abs(Number(y[i]) - Number(x[i])) / (1e-6 + 1e-4 * Math.abs(Number(x[i])));
+        if (excess > worst.excess) worst = { excess, where: `${k}[${i}]: ${y[i]} vs ${x[i]}` };
+      }
+    }
+    t.true(worst.excess <= 1, `${name}: weights differ beyond 1e-6 + 1e-4·|w| at ${worst.where}`);
+  }
+});
+
+test('cuda graph: refused where it cannot run — a CPU model, NanoDet-Plus, CPU replicas; the option must be a boolean', (t) => {
+  t.throws(() => new Trainer(small('cpu'), { cudaGraph: true }), { instanceOf: RangeError, message: /cudaGraph needs a model on CUDA/ });
+  t.throws(() => new Trainer(small('cpu'), { cudaGraph: 'yes' as unknown as boolean }), { message: /options\.cudaGraph/ });
+  if (buildInfo().cudaAvailable) {
+    t.throws(() => new Trainer(Model.nanodetPlus({ numClasses: 3, seed: 1, device: 'cuda' }), { cudaGraph: true }), { instanceOf: RangeError, message: /cudaGraph is available for RetinaNet/ });
+  }
 });

@@ -75,7 +75,7 @@ async function trainInGroup(config: TrainConfig, options: TrainJobOptions, ctx: 
   try {
     if (m.weights) await model.loadWeights(m.weights);
     if (m.backbone) await model.loadWeights(m.backbone, { backboneOnly: true });
-    trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, ema: config.ema, replicas: config.replicas, processGroup: group, bucketMiB: config.distributed.bucketMiB });
+    trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, cudaGraph: config.cudaGraph, ema: config.ema, replicas: config.replicas, processGroup: group, bucketMiB: config.distributed.bucketMiB });
     // as the Trainer resolves it ('auto' shares the cores with the other local processes)
     const replicas = resolveReplicas(config.replicas, device, config.loss, model.architecture, group ? localProcesses(group) : 1);
     log(`training ${nanodet ? 'NanoDet-Plus' : 'RetinaNet'} ResNet-${m.depth} (${(model.parameters() / 1e6).toFixed(1)} M parameters) on ${device}${replicas > 1 ? ` (${replicas} replicas)` : ''}` +

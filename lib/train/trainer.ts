@@ -100,6 +100,16 @@ export interface TrainerOptions {
    * (left unchanged otherwise). Not checkpointed.
    */
   cudnnBenchmark?: boolean;
+  /**
+   * CUDA graphs (RetinaNet on CUDA, one process): after 3 eager steps of one image shape, forward,
+   * losses, backward and gradient clipping are captured as one CUDA graph and replayed for every later
+   * batch of that shape (annotations padded with −1 rows to a power-of-two capacity ≥ 8; a batch with
+   * more boxes runs eagerly until its capacity is captured in turn). The same numbers; no per-operation
+   * launch cost. The optimizer update, the EMA and the non-finite skip run after the replay as in the
+   * eager step. Needs fixed-size batches to pay off (every new shape is a new capture, its memory kept
+   * until the next). Default false. A performance setting: not checkpointed.
+   */
+  cudaGraph?: boolean;
   /** Exponential moving average of the weights, used for validation and the final model; default off. */
   ema?: boolean | EmaOptions;
   /** Training stops with an error after this many consecutive skipped (non-finite) steps; default 10. */
@@ -251,7 +261,7 @@ function checkTrainerOptions(options: TrainerOptions | undefined, architecture: 
   if (sch.milestones !== undefined && (!Array.isArray(sch.milestones) || sch.milestones.some((m) => !Number.isInteger(m) || m < 0)))
     throw invalid('options.schedule.milestones', 'an array of non-negative integers (epochs)', sch.milestones);
   if (opt.implementation !== undefined) checkOneOf('options.optimizer.implementation', opt.implementation, ['auto', 'fused', 'foreach', 'loop'] as const);
-  for (const k of ['amp', 'channelsLast', 'cudnnBenchmark'] as const)
+  for (const k of ['amp', 'channelsLast', 'cudnnBenchmark', 'cudaGraph'] as const)
     if (o[k] !== undefined && typeof o[k] !== 'boolean') throw invalid(`options.${k}`, 'a boolean', o[k]);
   if (o.ema !== undefined && typeof o.ema !== 'boolean') {
     const e = checkOptions('options.ema', o.ema);
@@ -306,7 +316,7 @@ export function localProcesses(group: ProcessGroup): number {
 
 export class Trainer extends EventEmitter {
   private readonly model: Model;
-  /** The options that define the run (checkpointed and compared at resume): without the performance settings (processGroup, bucketMiB, channelsLast, cudnnBenchmark, optimizer.implementation). */
+  /** The options that define the run (checkpointed and compared at resume): without the performance settings (processGroup, bucketMiB, channelsLast, cudnnBenchmark, cudaGraph, optimizer.implementation). */
   private readonly options: TrainerOptions;
   private readonly group?: ProcessGroup;
   private readonly session: NativeSession;
@@ -317,7 +327,7 @@ export class Trainer extends EventEmitter {
 
   constructor(model: Model, options?: TrainerOptions) {
     super();
-    const { processGroup, bucketMiB, channelsLast, cudnnBenchmark, ...rest } = checkTrainerOptions(options, model.architecture);
+    const { processGroup, bucketMiB, channelsLast, cudnnBenchmark, cudaGraph, ...rest } = checkTrainerOptions(options, model.architecture);
     const { implementation, ...optimizer } = rest.optimizer ?? {};
     this.options = { ...rest, optimizer };
     this.group = processGroup && processGroup.worldSize > 1 ? processGroup : undefined;
@@ -328,7 +338,7 @@ export class Trainer extends EventEmitter {
       throw new RangeError(`the process group's collectives run on ${this.group.device} (${this.group.backend}) but the model is on ${model.device}`);
     const onCuda = model.device.startsWith('cuda');
     if (cudnnBenchmark ?? onCuda) setCudnnBenchmark(true);
-    const training = { amp: this.options.amp ?? false, channelsLast: channelsLast ?? onCuda, emaDecay, emaTau, replicas, bucketMiB: bucketMiB ?? 25 };
+    const training = { amp: this.options.amp ?? false, channelsLast: channelsLast ?? onCuda, cudaGraph: cudaGraph ?? false, emaDecay, emaTau, replicas, bucketMiB: bucketMiB ?? 25 };
     this.session = native().trainerCreate(model.handle, { ...optimizer, implementation: implementation ?? 'auto' }, this.options.loss ?? {}, training, this.group?.nativeHandle ?? null);
   }
 

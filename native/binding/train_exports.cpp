@@ -39,6 +39,7 @@ TrainingOptions trainingOptionsFrom(const Napi::Object& o) {
   t.emaDecay = optNumber(o, "training", "emaDecay", t.emaDecay);
   t.emaTau = optNumber(o, "training", "emaTau", t.emaTau);
   t.replicas = static_cast<int64_t>(optNumber(o, "training", "replicas", static_cast<double>(t.replicas)));
+  t.cudaGraph = optBool(o, "training", "cudaGraph", t.cudaGraph);
   return t;
 }
 
@@ -77,6 +78,7 @@ Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
         o.Set("gradNorm", r.gradNorm);
         o.Set("skipped", r.skipped);
         o.Set("reason", r.reason);
+        o.Set("graph", r.graph);
         Napi::Object parts = Napi::Object::New(env);
         for (const auto& [name, value] : r.components) parts.Set(name, value);
         o.Set("components", parts);

@@ -7,13 +7,6 @@
 
 namespace onestage {
 
-namespace {
-torch::Tensor constants(const std::array<double, 4>& v, const torch::Tensor& like) {
-  return torch::tensor({v[0], v[1], v[2], v[3]}, torch::TensorOptions().dtype(torch::kFloat64))
-      .to(like.device(), like.scalar_type());
-}
-}  // namespace
-
 void checkBoxes(const torch::Tensor& boxes, const char* what) {
   if (!boxes.is_floating_point())
     throw TypeError(std::string(what) + ": expected a float32 or float64 tensor but received " +
@@ -35,24 +28,32 @@ torch::Tensor BoxCoder::encode(const torch::Tensor& anchors, const torch::Tensor
     w = w.clamp_min(minTargetSize);
     h = h.clamp_min(minTargetSize);
   }
-  auto deltas = torch::stack({(cx - acx) / aw, (cy - acy) / ah, torch::log(w / aw), torch::log(h / ah)}, -1);
-  return (deltas - constants(mean, deltas)) / constants(std, deltas);
+  // (delta − mean) / std per coordinate with scalars (the arithmetic of a [4] constant tensor, without
+  // a host-to-device copy per call, which a CUDA graph capture would refuse)
+  const auto normalise = [this](torch::Tensor v, int k) { return (mean[k] != 0 ? v - mean[k] : v) / std[k]; };
+  return torch::stack({normalise((cx - acx) / aw, 0), normalise((cy - acy) / ah, 1), normalise(torch::log(w / aw), 2),
+                       normalise(torch::log(h / ah), 3)},
+                      -1);
 }
 
 torch::Tensor BoxCoder::decode(const torch::Tensor& anchors, const torch::Tensor& deltasIn) const {
-  const auto d = deltasIn * constants(std, deltasIn) + constants(mean, deltasIn);
+  // delta · std + mean per coordinate (scalars: no host-to-device copy)
+  const auto coordinate = [&](int k) {
+    const auto v = deltasIn.select(-1, k) * std[k];
+    return mean[k] != 0 ? v + mean[k] : v;
+  };
   const auto aw = anchors.select(-1, 2) - anchors.select(-1, 0);
   const auto ah = anchors.select(-1, 3) - anchors.select(-1, 1);
   const auto acx = anchors.select(-1, 0) + 0.5 * aw;
   const auto acy = anchors.select(-1, 1) + 0.5 * ah;
-  auto dw = d.select(-1, 2);
-  auto dh = d.select(-1, 3);
+  auto dw = coordinate(2);
+  auto dh = coordinate(3);
   if (maxDeltaExp > 0) {
     dw = dw.clamp_max(maxDeltaExp);
     dh = dh.clamp_max(maxDeltaExp);
   }
-  const auto cx = acx + d.select(-1, 0) * aw;
-  const auto cy = acy + d.select(-1, 1) * ah;
+  const auto cx = acx + coordinate(0) * aw;
+  const auto cy = acy + coordinate(1) * ah;
   const auto w = torch::exp(dw) * aw;
   const auto h = torch::exp(dh) * ah;
   return torch::stack({cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h}, -1);

@@ -13,6 +13,14 @@
 
 #include "core/errors.h"
 
+#ifdef ONESTAGE_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace onestage {
 
 namespace {
@@ -59,6 +67,28 @@ class CudaBf16Autocast {
 constexpr const char* kStateFormat = "onestage-trainer-state-1";
 
 }  // namespace
+
+/// The captured training step (TrainingOptions::cudaGraph). Its inputs are static tensors the batch is
+/// copied into (annotations padded with −1 rows to the box capacity); the graph writes the gradients
+/// into its own memory pool — `grads` are those tensors, given back to the parameters after every
+/// replay — and the losses and gradient norm into `values`.
+struct TrainingSession::Graphs {
+#ifdef ONESTAGE_WITH_CUDA
+  explicit Graphs(const torch::Device& device) : stream(c10::cuda::getStreamFromPool(false, device.index())) {}
+  c10::cuda::CUDAStream stream;  // every graph-mode step runs here (captures need a side stream)
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  std::vector<int64_t> shape;  // images B, C, H, W and whether views are given
+  int64_t boxes = 0;           // annotation rows of the static input
+  torch::Tensor images, annotations, views, values;
+  std::vector<torch::Tensor> grads;
+  std::vector<std::string> names;
+  // the shape and box capacity eager steps have run with since the last capture, and how many times
+  std::vector<int64_t> candidate;
+  int64_t candidateSteps = 0;
+#endif
+};
+
+TrainingSession::~TrainingSession() = default;
 
 TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const OptimizerOptions& o, const RetinaLossOptions& loss,
                                  const TrainingOptions& training, const NanoDetLossOptions& nanodetLoss)
@@ -113,6 +143,20 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
     for (const auto& t : emaTargets()) ema_.push_back(t.detach().clone());
   }
   if (training.replicas < 1 || training.replicas > 256) throw RangeError("Expected an integer between 1 and 256 for replicas");
+  if (training.cudaGraph) {
+#ifdef ONESTAGE_WITH_CUDA
+    const bool cuda = detector_->device().is_cuda();
+#else
+    const bool cuda = false;
+#endif
+    if (!cuda) throw RangeError("cudaGraph needs a model on CUDA (and a CUDA build); this one is on " + detector_->device().str());
+    if (!retina_) throw RangeError("cudaGraph is available for RetinaNet models (NanoDet-Plus's assignment is not captured); use cudaGraph false");
+    if (training.group) throw RangeError("cudaGraph is for one process; data-parallel training runs eagerly (use cudaGraph false)");
+    if (training.replicas > 1) throw RangeError("cudaGraph cannot be combined with replicas > 1");
+#ifdef ONESTAGE_WITH_CUDA
+    graphs_ = std::make_unique<Graphs>(detector_->device());
+#endif
+  }
   if (training.replicas > 1) {
     if (nanodet_) throw RangeError("replicas > 1 is not available for NanoDet-Plus (its loss normalisers are batch-wide); use replicas 1");
     if (!detector_->device().is_cpu())
@@ -309,6 +353,7 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   const c10::DeviceGuard guard(detector_->device());
   for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
   detector_->setTraining(true);
+  if (graphs_) return graphStep(images, annotations, views);
   const auto x = images.to(detector_->device());
   const auto ann = annotations.to(detector_->device());
   if (training_.group && !synchronised_) {
@@ -330,24 +375,27 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   return r;
 }
 
-bool TrainingSession::readLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, const torch::Tensor& gradNorm,
-                                 std::vector<double>& values, double& norm, std::string& reason) {
-  // one host synchronisation per step, for the values reported and the finiteness checks
+torch::Tensor TrainingSession::stackLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, const torch::Tensor& gradNorm) {
   std::vector<torch::Tensor> flat;
   for (const auto& [name, t] : named) flat.push_back(t.detach().reshape({}).to(torch::kFloat64));
   auto stacked = torch::stack(flat);
   // under data parallelism the means over the ranks: a non-finite loss anywhere skips the step everywhere
   if (training_.group) stacked = training_.group->mean(stacked, "all-reduce of the step's losses");
   // the norm of the averaged gradients is the same on every rank
-  stacked = torch::cat({stacked, gradNorm.detach().reshape({1}).to(stacked.device(), torch::kFloat64)});
+  return torch::cat({stacked, gradNorm.detach().reshape({1}).to(stacked.device(), torch::kFloat64)});
+}
+
+bool TrainingSession::readLosses(const std::vector<std::string>& names, const torch::Tensor& stacked, std::vector<double>& values, double& norm,
+                                 std::string& reason) {
+  // one host synchronisation per step, for the values reported and the finiteness checks
   const auto host = stacked.cpu();
-  values.assign(host.data_ptr<double>(), host.data_ptr<double>() + named.size());
-  norm = host.data_ptr<double>()[named.size()];
+  values.assign(host.data_ptr<double>(), host.data_ptr<double>() + names.size());
+  norm = host.data_ptr<double>()[names.size()];
   bool finite = true;
   for (double v : values) finite = finite && std::isfinite(v);
   if (finite) return true;
   reason = "non-finite loss (";
-  for (size_t i = 0; i < named.size(); ++i) reason += (i ? ", " : "") + named[i].first + " " + std::to_string(values[i]);
+  for (size_t i = 0; i < names.size(); ++i) reason += (i ? ", " : "") + names[i] + " " + std::to_string(values[i]);
   reason += training_.group ? ", means over the ranks)" : ")";
   return false;
 }
@@ -367,14 +415,15 @@ void TrainingSession::backward(const torch::Tensor& loss) {
   buckets_->finish();
 }
 
-void TrainingSession::finishStep(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values, StepResult& r) {
+torch::Tensor TrainingSession::clipGradients() {
   std::vector<torch::Tensor> grads;
   for (const auto& p : params_)
     if (p.grad().defined()) grads.push_back(p.grad());
   const double maxNorm = options_.clipGradNorm > 0 ? options_.clipGradNorm : std::numeric_limits<double>::infinity();
-  const auto norm = grads.empty() ? torch::zeros({}, torch::TensorOptions(detector_->device())) : clipGradNorm(grads, maxNorm);
-  double hostNorm = 0;
-  const bool finiteLoss = readLosses(named, norm, values, hostNorm, r.reason);
+  return grads.empty() ? torch::zeros({}, torch::TensorOptions(detector_->device())) : clipGradNorm(grads, maxNorm);
+}
+
+void TrainingSession::concludeStep(bool finiteLoss, double hostNorm, StepResult& r) {
   r.skipped = !finiteLoss;
   if (finiteLoss) {
     r.gradNorm = hostNorm;
@@ -392,28 +441,51 @@ void TrainingSession::finishStep(const std::vector<std::pair<std::string, torch:
   updateEma();
 }
 
+void TrainingSession::finishStep(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values, StepResult& r) {
+  const auto norm = clipGradients();
+  std::vector<std::string> names;
+  for (const auto& [name, t] : named) names.push_back(name);
+  double hostNorm = 0;
+  const bool finiteLoss = readLosses(names, stackLosses(named, norm), values, hostNorm, r.reason);
+  concludeStep(finiteLoss, hostNorm, r);
+}
+
+namespace {
+
+/// The step's result from the values of the named RetinaNet losses (cls, reg[, contrastive]).
+void retinaResult(const std::vector<double>& v, StepResult& r) {
+  r.cls = v[0];
+  r.reg = v[1];
+  r.contrastive = v.size() > 2 ? v[2] : 0.0;
+  r.total = r.cls + r.reg + r.contrastive;
+}
+
+}  // namespace
+
 void TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r) {
+  const auto named = forwardBackwardRetinaNet(x, ann, views);
+  std::vector<double> v;
+  finishStep(named, v, r);
+  retinaResult(v, r);
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackwardRetinaNet(const torch::Tensor& x, const torch::Tensor& ann,
+                                                                                             const torch::Tensor& views) {
   auto& net = retina_->net();
   const auto& ct = loss_->options().contrastive;
   const bool contrastive = ct.weight > 0;
   if (contrastive && (!views.defined() || views.sizes() != x.sizes()))
     throw RangeError("the contrastive loss needs the second view of the batch (a loader with views: 2), of the images' shape");
-  auto finish = [this, &r, contrastive](const LossParts& parts, const torch::Tensor& extra) {
-    std::vector<std::pair<std::string, torch::Tensor>> named{{"cls", parts.cls}, {"reg", parts.reg}};
-    if (contrastive) named.emplace_back("contrastive", extra);
-    std::vector<double> v;
-    finishStep(named, v, r);
-    r.cls = v[0];
-    r.reg = v[1];
-    r.contrastive = contrastive ? v[2] : 0.0;
-    r.total = r.cls + r.reg + r.contrastive;
+  auto named = [contrastive](const LossParts& parts, const torch::Tensor& extra) {
+    std::vector<std::pair<std::string, torch::Tensor>> out{{"cls", parts.cls}, {"reg", parts.reg}};
+    if (contrastive) out.emplace_back("contrastive", extra);
+    return out;
   };
   const auto zero = torch::zeros({}, x.options());
   if (!replicas_.empty() && x.size(0) > 1) {
     const auto parts = forwardBackwardParallel(x, ann);
     if (buckets_) buckets_->allreduceGradients();
-    finish(parts, zero);
-    return;
+    return named(parts, zero);
   }
   RetinaNetOutput out, viewOut;
   {
@@ -441,7 +513,132 @@ void TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor&
   }
   // backward before the losses are read: a non-finite loss gives non-finite gradients, dropped unused
   backward(parts.cls + parts.reg + extra);
-  finish(parts, extra);
+  return named(parts, extra);
+}
+
+StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views) {
+#ifdef ONESTAGE_WITH_CUDA
+  auto& g = *graphs_;
+  const auto device = detector_->device();
+  // the side stream follows the work queued so far on the caller's stream (the inputs), and the caller's
+  // stream follows the step (the weights it updates)
+  const auto outer = c10::cuda::getCurrentCUDAStream(device.index());
+  at::cuda::CUDAEvent ready, done;
+  ready.record(outer);
+  ready.block(g.stream);
+  StepResult r;
+  {
+    const c10::cuda::CUDAStreamGuard onSide(g.stream);
+    const std::vector<int64_t> shape{images.size(0), images.size(1), images.size(2), images.size(3), views.defined() ? 1 : 0};
+    const int64_t boxes = annotations.size(1);
+    bool replay = g.graph && shape == g.shape && boxes <= g.boxes;
+    if (!replay) {
+      // capacity: the next power of two, at least 8 rows (padding rows change no loss)
+      int64_t capacity = 8;
+      while (capacity < boxes) capacity *= 2;
+      std::vector<int64_t> candidate = shape;
+      candidate.push_back(capacity);
+      if (candidate == g.candidate) {
+        ++g.candidateSteps;
+      } else {
+        g.candidate = candidate;
+        g.candidateSteps = 1;
+      }
+      if (g.candidateSteps <= kGraphWarmupSteps) {
+        optimizer_->zero_grad();
+        stepRetinaNet(images.to(device), annotations.to(device), views.defined() ? views.to(device) : views, r);
+        r.graph = "eager";
+      } else {
+        captureStep(shape, capacity, images, annotations, views);
+        replay = true;
+        r.graph = "captured";
+      }
+    }
+    if (replay) {
+      g.images.copy_(images);
+      g.annotations.fill_(-1.0);
+      g.annotations.narrow(1, 0, boxes).copy_(annotations);
+      if (views.defined()) g.views.copy_(views);
+      g.graph->replay();
+      // the gradients live in the graph's pool: the parameters get them back (an eager step in between
+      // may have replaced them)
+      for (size_t i = 0; i < params_.size(); ++i) params_[i].mutable_grad() = g.grads[i];
+      std::vector<double> v;
+      double norm = 0;
+      const bool finite = readLosses(g.names, g.values, v, norm, r.reason);
+      concludeStep(finite, norm, r);
+      retinaResult(v, r);
+      if (r.graph == "off") r.graph = "replayed";
+      ++graphReplays_;
+    }
+  }
+  done.record(g.stream);
+  done.block(outer);
+  return r;
+#else
+  (void)images;
+  (void)annotations;
+  (void)views;
+  throw std::logic_error("cudaGraph without CUDA");
+#endif
+}
+
+void TrainingSession::captureStep(const std::vector<int64_t>& shape, int64_t capacity, const torch::Tensor& images, const torch::Tensor& annotations,
+                                  const torch::Tensor& views) {
+#ifdef ONESTAGE_WITH_CUDA
+  auto& g = *graphs_;
+  const auto device = detector_->device();
+  // the old graph and its pool go first
+  g.graph.reset();
+  g.grads.clear();
+  g.values = torch::Tensor();
+  g.shape = shape;
+  g.boxes = capacity;
+  const auto f32 = torch::TensorOptions().device(device).dtype(torch::kFloat32);
+  g.images = torch::empty(images.sizes(), f32);
+  g.annotations = torch::full({images.size(0), capacity, annotations.size(2)}, -1.0, f32);
+  g.views = views.defined() ? torch::empty(views.sizes(), f32) : torch::Tensor();
+  // no gradients before the capture: the backward creates them inside the graph's memory pool, and every
+  // replay writes them anew (an existing gradient would be accumulated into, replay after replay)
+  for (auto& p : params_) p.mutable_grad() = torch::Tensor();
+  g.stream.synchronize();
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  const bool castCache = at::autocast::is_autocast_cache_enabled();
+  at::autocast::set_autocast_cache_enabled(false);  // no bf16 weight copies kept past the capture
+  auto graph = std::make_unique<at::cuda::CUDAGraph>();
+  try {
+    graph->capture_begin();
+    const auto named = forwardBackwardRetinaNet(g.images, g.annotations, g.views);
+    g.values = stackLosses(named, clipGradients());
+    g.names.clear();
+    for (const auto& entry : named) g.names.push_back(entry.first);
+    graph->capture_end();
+  } catch (const std::exception& e) {
+    at::autocast::set_autocast_cache_enabled(castCache);
+    try {
+      graph->capture_end();
+    } catch (...) {
+    }
+    g.values = torch::Tensor();
+    g.shape.clear();
+    for (auto& p : params_) p.mutable_grad() = torch::Tensor();
+    const std::string what = e.what();
+    throw std::runtime_error("cudaGraph: the training step could not be captured as a CUDA graph (" + what.substr(0, what.find('\n')) +
+                             "); train with cudaGraph false");
+  }
+  at::autocast::set_autocast_cache_enabled(castCache);
+  g.graph = std::move(graph);
+  for (const auto& p : params_) g.grads.push_back(p.grad());
+  g.candidate.clear();
+  g.candidateSteps = 0;
+  ++graphCaptures_;
+#else
+  (void)shape;
+  (void)capacity;
+  (void)images;
+  (void)annotations;
+  (void)views;
+#endif
 }
 
 void TrainingSession::stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r) {

@@ -55,7 +55,17 @@ struct TrainingOptions {
   std::shared_ptr<ProcessGroup> group;
   /// Gradient bucket size (bytes) for the all-reduce; the first bucket is 1 MiB.
   int64_t bucketBytes = 25 << 20;
+  /// CUDA graphs (RetinaNet on CUDA, one process): once a batch shape has been trained eagerly
+  /// kGraphWarmupSteps times, forward, losses, backward, gradient clipping and the loss values are
+  /// captured as one CUDA graph and replayed for every later batch of that image shape with at most as
+  /// many boxes as the graph's padded capacity; the optimizer update, the EMA and the skip decision run
+  /// after the replay, as in the eager step. Other shapes run eagerly (and are captured in their turn).
+  bool cudaGraph = false;
 };
+
+/// Eager steps of one batch shape before the step is captured (cuDNN's benchmark and lazily created
+/// state settle in them).
+constexpr int64_t kGraphWarmupSteps = 3;
 
 struct StepResult {
   /// cls: classification terms (NanoDet-Plus: QFL of both heads); reg: box terms (GIoU + DFL).
@@ -65,6 +75,9 @@ struct StepResult {
   double gradNorm = 0;  // before clipping
   bool skipped = false;
   std::string reason;   // why it was skipped
+  /// How it ran: "off" (no cudaGraph), "eager" (cudaGraph, not captured yet for this shape),
+  /// "captured" (recorded, then replayed), "replayed".
+  std::string graph = "off";
 };
 
 class TrainingSession {
@@ -72,6 +85,7 @@ class TrainingSession {
   /// loss: the RetinaNet composer's options (RetinaNet models); nanodetLoss: NanoDet-Plus models'.
   TrainingSession(std::shared_ptr<Detector> detector, const OptimizerOptions& optimizer, const RetinaLossOptions& loss,
                   const TrainingOptions& training = {}, const NanoDetLossOptions& nanodetLoss = {});
+  ~TrainingSession();
 
   /// images [B, 3, H, W] float32, annotations [B, M, 5] (−1 padded), on the model's device; lr for this
   /// step; views [B, 3, H, W]: the contrastive second view (needed when the loss has a contrastive weight);
@@ -93,6 +107,10 @@ class TrainingSession {
 
   std::shared_ptr<Detector> detector() { return detector_; }
 
+  /// CUDA graph use so far: steps replayed from a graph, graphs captured.
+  int64_t graphReplays() const { return graphReplays_; }
+  int64_t graphCaptures() const { return graphCaptures_; }
+
  private:
   std::shared_ptr<Detector> detector_;
   std::shared_ptr<RetinaNetDetector> retina_;    // set for RetinaNet models
@@ -100,6 +118,18 @@ class TrainingSession {
   NanoDetLossOptions nanodetLoss_;
   /// The architectures' paths of step(): forward, losses, backward, then finishStep.
   void stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r);
+  /// RetinaNet's forward, losses and backward: the named loss terms (detached use only).
+  std::vector<std::pair<std::string, torch::Tensor>> forwardBackwardRetinaNet(const torch::Tensor& x, const torch::Tensor& ann,
+                                                                              const torch::Tensor& views);
+  /// step() with TrainingOptions::cudaGraph: eager, capture or replay (training_session.cpp).
+  StepResult graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views);
+  /// Records forward, losses, backward, clipping and the loss values on static inputs of this shape
+  /// (annotations padded to `capacity` rows) as the graph; nothing runs until the replay.
+  void captureStep(const std::vector<int64_t>& shape, int64_t capacity, const torch::Tensor& images, const torch::Tensor& annotations,
+                   const torch::Tensor& views);
+  struct Graphs;  // the captured step, its stream and static inputs (CUDA builds)
+  std::unique_ptr<Graphs> graphs_;
+  int64_t graphReplays_ = 0, graphCaptures_ = 0;
   void stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r);
   void updateEma();
   /// Forward, loss and backward of the batch split over the model and its replicas.
@@ -119,10 +149,17 @@ class TrainingSession {
   std::unique_ptr<GradientBuckets> buckets_;  // data-parallel gradient averaging
   bool synchronised_ = false;                 // rank 0's weights broadcast (at the first step)
   UpdateImpl update_ = UpdateImpl::Loop;
-  /// Reads the named losses and the gradient norm to the host in one transfer (the losses as means over
-  /// the ranks under data parallelism); false when any is not finite.
-  bool readLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, const torch::Tensor& gradNorm,
-                  std::vector<double>& values, double& norm, std::string& reason);
+  /// The named losses and the gradient norm as one float64 device tensor [named + 1] (the losses as
+  /// means over the ranks under data parallelism).
+  torch::Tensor stackLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, const torch::Tensor& gradNorm);
+  /// The stacked values on the host (one transfer): values and norm; false (with the reason) when a
+  /// loss is not finite.
+  bool readLosses(const std::vector<std::string>& names, const torch::Tensor& stacked, std::vector<double>& values, double& norm,
+                  std::string& reason);
+  /// Clipping of the current gradients; returns their norm before clipping (device scalar).
+  torch::Tensor clipGradients();
+  /// After the host read: the skip (reason set) or the update and the EMA.
+  void concludeStep(bool finiteLoss, double hostNorm, StepResult& r);
   /// backward of `loss` with the data-parallel gradient averaging around it.
   void backward(const torch::Tensor& loss);
   /// The end of every step once the gradients exist: clipping, the single host read of the losses and
