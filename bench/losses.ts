@@ -1,7 +1,9 @@
 /**
  * Loss benchmark: forward + backward of each loss on a RetinaNet-sized batch (B 8, 640×640 →
  * 76 725 anchors, 80 classes, 10 boxes per image), onestage vs the reference implementations
- * (pytorch-retinanet's per-image focal loop; the GHM authors' per-bin loops) in the same run.
+ * (pytorch-retinanet's per-image focal loop; the GHM authors' per-bin loops) in the same run. Each
+ * call starts with the inputs' gradients cleared on both sides (a training step's zero_grad), so the
+ * backward stores its gradient rather than adding it to the previous call's.
  *   npx ts-node --transpile-only bench/losses.ts [--device cuda] [--batch 8] [--profile prefix]
  * (--profile: a Kineto trace of 5 calls of each onestage loss, prefix-<loss>.json; LibTorch ≥ 2)
  * Prints a table and writes bench/results/losses-<device>.json.
@@ -80,7 +82,14 @@ async function main(): Promise<void> {
   const lbl = T('ghm_labels'), rowWgt = T('ghm_row_weight'), rwgt = T('ghm_rweight'), dlt = deltas.to(device);
 
   const rows: Row[] = [];
-  const measure = async (loss: string, key: string, fn: () => Promise<unknown>) => {
+  // every call starts with the inputs' gradients cleared, on both sides (as after a training step's
+  // zero_grad): the backward stores the gradient instead of adding it to the last call's
+  const measure = async (loss: string, key: string, body: () => Promise<unknown>) => {
+    const fn = () => {
+      logits.clearGrad();
+      regressions.clearGrad();
+      return body();
+    };
     rows.push({ loss, ms: await time(fn, warmup, iters) });
     await profileCalls(opts.profile && `${opts.profile}-${key}.json`, fn);
   };

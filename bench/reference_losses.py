@@ -25,7 +25,13 @@ def main():
     import losses_ref
     losses_ref.STD = losses_ref.STD.to(device)
 
+    # every call starts with the inputs' gradients cleared (as onestage's side does)
+    def clear():
+        logits.grad = None
+        reg.grad = None
+
     def focal():
+        clear()
         c, r = focal_retinanet(logits, reg, anchors, ann)
         (c + r).backward()
 
@@ -36,6 +42,7 @@ def main():
     ghmc = GHMC(10, 0.75)
 
     def run_ghmc():
+        clear()
         # mmdetection's GHMC receives labels and expands them to one-hot inside the loss
         target = torch.zeros(labels.numel(), C, device=labels.device)
         inds = torch.nonzero((labels >= 0) & (labels < C)).squeeze(1)
@@ -49,6 +56,7 @@ def main():
     ghmr = GHMR(10, 0.7, 0.02)
 
     def run_ghmr():
+        clear()
         ghmr(reg.view(-1, 4), deltas.view(-1, 4), rweight.view(-1, 4)).backward()
 
     print(json.dumps({"loss": "GHM-R (authors' per-bin loop)", "ms": timed(run_ghmr, device, warmup, iters)}), flush=True)

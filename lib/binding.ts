@@ -51,6 +51,7 @@ export interface NativeBinding {
   tensorSetRequiresGrad(t: NativeTensor, on: boolean): void;
   tensorRequiresGrad(t: NativeTensor): boolean;
   tensorGrad(t: NativeTensor): NativeTensor | null;
+  tensorClearGrad(t: NativeTensor): void;
   tensorBackwardAsync(t: NativeTensor): Promise<void>;
 
   modelCreateRetinaNet(options: object): NativeModel;
@@ -100,6 +101,8 @@ export interface NativeBinding {
   retinaLossDispose(loss: NativeLoss): void;
 
   collateImagesAsync(images: Uint8Array[], sizes: number[], height: number, width: number, mean: number[], std: number[], device: string): Promise<NativeTensor>;
+  /** A CPU tensor copied to `device` off the JavaScript thread (CUDA: through page-locked memory on a copy stream of its own). */
+  uploadAsync(tensor: NativeTensor, device: string): Promise<NativeTensor>;
   contrastiveViewsAsync(images: NativeTensor, annotations: NativeTensor, factors: NativeTensor): Promise<NativeTensor>;
 
   trainerCreate(model: NativeModel, optimizer: object, loss: object, training: object, group?: NativeProcessGroup | null): NativeSession;

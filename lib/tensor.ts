@@ -275,6 +275,15 @@ export class Tensor {
     return g === null ? null : new Tensor(g);
   }
 
+  /**
+   * Drops the accumulated gradient (PyTorch's `x.grad = None`): the next `backward()` stores its
+   * gradient instead of adding to this one. Call it between backward passes, not while one runs. Returns this.
+   */
+  clearGrad(): this {
+    native().tensorClearGrad(this.handle);
+    return this;
+  }
+
   /** Back-propagates from this one-element tensor (a loss) into every input that requires gradients. */
   async backward(): Promise<void> {
     await native().tensorBackwardAsync(this.handle);

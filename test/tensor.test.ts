@@ -136,6 +136,18 @@ test('channelsLast(): same shape and values in NHWC order; only for 4-d tensors'
   });
 });
 
+test('clearGrad(): a second backward adds to the gradient unless it was cleared', async (t) => {
+  const x = Tensor.from([1, 2, 3]).setRequiresGrad();
+  await x.mul(x).sum().backward();
+  await x.mul(x).sum().backward();
+  t.deepEqual(Array.from(x.grad!.toArray() as Float32Array), [4, 8, 12]);
+  t.is(x.clearGrad(), x);
+  t.is(x.grad, null);
+  await x.mul(x).sum().backward();
+  t.deepEqual(Array.from(x.grad!.toArray() as Float32Array), [2, 4, 6]);
+  x.dispose();
+});
+
 test('ops: shape, dtype and device errors name what was wrong', (t) => {
   const a = Tensor.from(new Float32Array(6), [2, 3]);
   const b = Tensor.from(new Float32Array(6), [2, 3]);

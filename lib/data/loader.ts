@@ -322,7 +322,16 @@ export class DataLoader implements AsyncIterable<Batch> {
         ann[(b * M + i) * 5 + 4] = s.labels[i];
       }
     });
-    const annotations = Tensor.from(ann, [samples.length, M, 5], { device: this.o.device });
+    let annotations = Tensor.from(ann, [samples.length, M, 5]);
+    if (this.o.device !== 'cpu') {
+      // off the JavaScript thread and the training stream, as the images
+      const host = annotations;
+      try {
+        annotations = new Tensor(await native().uploadAsync(host.handle, this.o.device));
+      } finally {
+        host.dispose();
+      }
+    }
     let views: Tensor | undefined;
     if (this.o.views === 2) {
       const factors = Tensor.from(Float32Array.from(kept, (j) => (this.o.zoomPer === 'batch' ? batchZoom : imageZoom[offset + j])));

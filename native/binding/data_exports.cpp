@@ -4,6 +4,7 @@
 #include "binding/napi_util.h"
 #include "core/data/collate.h"
 #include "core/data/contrastive_views.h"
+#include "core/data/upload.h"
 #include "core/tensor_types.h"
 
 namespace onestage::binding {
@@ -49,10 +50,19 @@ Napi::Value CollateImagesAsync(const Napi::CallbackInfo& info) {
   return PromiseWorker<torch::Tensor>::start(
       info.Env(),
       [views, H, W, mean, std, device] {
-        auto t = collateImages(views, H, W, mean, std);
-        return device.is_cpu() ? t : t.to(device, /*non_blocking=*/false);
+        // collated straight into page-locked memory when headed for CUDA, then copied off the training stream
+        auto t = collateImages(views, H, W, mean, std, stagingOptions(device, torch::kFloat32));
+        return device.is_cpu() ? t : uploadTensors({t}, device)[0];
       },
       [](Napi::Env env, torch::Tensor& t) -> Napi::Value { return wrapTensor(env, t); }, keep);
+}
+
+Napi::Value UploadAsync(const Napi::CallbackInfo& info) {
+  auto tensor = tensorArg(info, 0, "tensor");
+  if (!tensor.is_cpu()) throw Napi::TypeError::New(info.Env(), "upload: expected a CPU tensor but received one on " + tensor.device().str());
+  const auto device = parseDevice(stringArg(info, 1, "device"));
+  requireDeviceAvailable(device);
+  return tensorPromise(info.Env(), [tensor, device] { return uploadTensors({tensor}, device)[0]; });
 }
 
 Napi::Value ContrastiveViewsAsync(const Napi::CallbackInfo& info) {
@@ -69,6 +79,7 @@ Napi::Value ContrastiveViewsAsync(const Napi::CallbackInfo& info) {
 
 void registerDataExports(Napi::Env env, Napi::Object exports) {
   exportFunction<CollateImagesAsync>(env, exports, "collateImagesAsync");
+  exportFunction<UploadAsync>(env, exports, "uploadAsync");
   exportFunction<ContrastiveViewsAsync>(env, exports, "contrastiveViewsAsync");
 }
 

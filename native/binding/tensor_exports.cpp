@@ -160,6 +160,12 @@ Napi::Value TensorGrad(const Napi::CallbackInfo& info) {
   return wrapTensor(info.Env(), g.detach().clone());
 }
 
+Napi::Value TensorClearGrad(const Napi::CallbackInfo& info) {
+  auto t = tensorArg(info, 0, "tensor");
+  t.mutable_grad() = at::Tensor();
+  return info.Env().Undefined();
+}
+
 Napi::Value TensorBackwardAsync(const Napi::CallbackInfo& info) {
   auto t = tensorArg(info, 0, "tensor");
   if (t.numel() != 1)
@@ -197,6 +203,7 @@ void registerTensorExports(Napi::Env env, Napi::Object exports) {
   exportFunction<TensorSetRequiresGrad>(env, exports, "tensorSetRequiresGrad");
   exportFunction<TensorRequiresGrad>(env, exports, "tensorRequiresGrad");
   exportFunction<TensorGrad>(env, exports, "tensorGrad");
+  exportFunction<TensorClearGrad>(env, exports, "tensorClearGrad");
   exportFunction<TensorBackwardAsync>(env, exports, "tensorBackwardAsync");
 }
 

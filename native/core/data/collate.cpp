@@ -7,14 +7,14 @@
 namespace onestage {
 
 torch::Tensor collateImages(const std::vector<ImageView>& images, int64_t H, int64_t W, const std::array<double, 3>& mean,
-                            const std::array<double, 3>& std) {
+                            const std::array<double, 3>& std, const torch::TensorOptions& options) {
   const int64_t B = static_cast<int64_t>(images.size());
   for (int64_t b = 0; b < B; ++b) {
     if (images[b].height > H || images[b].width > W || images[b].height < 1 || images[b].width < 1)
       throw RangeError("image " + std::to_string(b) + " (" + std::to_string(images[b].height) + "×" + std::to_string(images[b].width) +
                        ") does not fit the batch size " + std::to_string(H) + "×" + std::to_string(W));
   }
-  auto out = torch::zeros({B, 3, H, W}, torch::kFloat32);
+  auto out = torch::zeros({B, 3, H, W}, options.dtype(torch::kFloat32));
   float* o = out.data_ptr<float>();
   // per channel and byte value: the normalised float, computed once
   std::array<std::array<float, 256>, 3> table;

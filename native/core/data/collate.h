@@ -14,8 +14,9 @@ struct ImageView {
   int64_t height, width;
 };
 
-/// → [B, 3, H, W] float32 on the CPU; every image must fit in H × W.
+/// → [B, 3, H, W] float32 on the CPU (in page-locked memory when `options` say so); every image must
+/// fit in H × W.
 torch::Tensor collateImages(const std::vector<ImageView>& images, int64_t H, int64_t W, const std::array<double, 3>& mean,
-                            const std::array<double, 3>& std);
+                            const std::array<double, 3>& std, const torch::TensorOptions& options = torch::kFloat32);
 
 }  // namespace onestage
