@@ -78,7 +78,7 @@ async function timeOnestage(o: Options, data: { images: Float32Array; annotation
  */
 async function timeLoaderFed(o: Options, dir: string, amp: boolean): Promise<Row> {
   const data = path.join(dir, 'shapes');
-  if (!fs.existsSync(data)) await makeShapes({ out: data, train: o.loaderImages, val: 0, size: o.size, classes: 80, seed: 3, maxObjects: 8 });
+  if (!fs.existsSync(data)) await makeShapes({ out: data, train: o.loaderImages, val: 0, size: o.size, classes: 10, seed: 3, maxObjects: 8 });
   const ds = await CocoDataset.open(path.join(data, 'instances_train.json'));
   const loader = new DataLoader(ds, { batchSize: o.batch, seed: 1, shuffle: true, prefetch: 4, device: 'cuda', transform: { minSide: o.size, maxSide: o.size } });
   const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device: 'cuda', seed: 0 });

@@ -607,7 +607,9 @@ void TrainingSession::captureStep(const std::vector<int64_t>& shape, int64_t cap
   at::autocast::set_autocast_cache_enabled(false);  // no bf16 weight copies kept past the capture
   auto graph = std::make_unique<at::cuda::CUDAGraph>();
   try {
-    graph->capture_begin();
+    // thread-local: other threads (the DataLoader's uploads: page-locked allocations, stream waits) may go
+    // on with calls a global capture would refuse; this thread makes none
+    graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
     const auto named = forwardBackwardRetinaNet(g.images, g.annotations, g.views);
     g.values = stackLosses(named, clipGradients());
     g.names.clear();
