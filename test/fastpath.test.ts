@@ -194,7 +194,7 @@ test('fast path: clipping scales the update to the clip norm (one plain SGD step
 
 const cuda = buildInfo().cudaAvailable ? test : test.skip;
 
-cuda('fast path: 200 steps on shapes data — the fast configuration (channels-last, cuDNN benchmark, fused AdamW, bf16) follows the plain one (NCHW, per-parameter AdamW, bf16)', async (t) => {
+cuda('fast path: 200 steps on shapes data — the fast configuration (channels-last, cuDNN benchmark, fused AdamW, bf16, CUDA graph) follows the plain one (NCHW, per-parameter AdamW, bf16)', async (t) => {
   setTf32(true);
   const ds = await dataset(400, 128);
   const curve = async (fast: boolean) => {
@@ -205,12 +205,19 @@ cuda('fast path: 200 steps on shapes data — the fast configuration (channels-l
       amp: true,
       channelsLast: fast,
       cudnnBenchmark: fast,
+      cudaGraph: fast,
     });
     const losses: number[] = [];
-    trainer.on('step', (r: StepRecord) => losses.push(r.total));
+    let replayed = 0;
+    trainer.on('step', (r: StepRecord) => {
+      losses.push(r.total);
+      if (r.graph === 'replayed') replayed++;
+    });
     await trainer.fit(new DataLoader(ds, { batchSize: 8, seed: 2, device: 'cuda', shuffle: true, transform: { minSide: 128, maxSide: 128 } }), { epochs: 4 });
     trainer.dispose();
     model.dispose();
+    // every batch has the one shape: after 3 eager steps and the capture, the rest are replays
+    t.is(replayed, fast ? 196 : 0);
     return losses;
   };
   const plain = await curve(false);
@@ -218,18 +225,23 @@ cuda('fast path: 200 steps on shapes data — the fast configuration (channels-l
   t.is(plain.length, 200);
   t.is(fast.length, 200);
   const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
+  const median = (xs: number[]) => {
+    const v = [...xs].sort((x, y) => x - y);
+    return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+  };
   // single runs on a GPU are not bitwise repeatable and this loss is spiky from batch to batch (20-step
-  // means move by ±30 % within one run): the fast path must learn as well as the plain one — its mean
-  // loss over the last 100 steps no more than 10 % above the plain run's — and both must learn
+  // means move by ±30 % within one run, one spiky window can lift a 100-step mean by 20 %): medians,
+  // which a few spikes do not move. The fast path must learn as well as the plain one — its median loss
+  // over the last 100 steps no more than 10 % above the plain run's — and both must learn
   const windows: string[] = [];
   for (let w = 0; w < 200; w += 20) windows.push(`${mean(plain.slice(w, w + 20)).toFixed(3)}/${mean(fast.slice(w, w + 20)).toFixed(3)}`);
   t.log(`20-step means plain/fast: ${windows.join(' ')}`);
-  const a = mean(plain.slice(-100));
-  const b = mean(fast.slice(-100));
-  t.log(`last 100 steps: plain ${a.toFixed(4)}, fast ${b.toFixed(4)}`);
+  const a = median(plain.slice(-100));
+  const b = median(fast.slice(-100));
+  t.log(`last 100 steps, medians: plain ${a.toFixed(4)}, fast ${b.toFixed(4)} (means ${mean(plain.slice(-100)).toFixed(4)}, ${mean(fast.slice(-100)).toFixed(4)})`);
   t.true(b <= 1.1 * a, `fast ${b} vs plain ${a}`);
-  t.true(b < 0.7 * mean(fast.slice(0, 20)), 'the fast run learned');
-  t.true(a < 0.7 * mean(plain.slice(0, 20)), 'the plain run learned');
+  t.true(b < 0.7 * median(fast.slice(0, 20)), 'the fast run learned');
+  t.true(a < 0.7 * median(plain.slice(0, 20)), 'the plain run learned');
 });
 
 cuda('cuda graph: steps replayed from a captured graph give the eager steps\' losses and weights — focal and GHM losses, growing box capacity, eager steps in between', async (t) => {

@@ -6,8 +6,11 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <exception>
+#include <future>
 #include <random>
 #include <thread>
 
@@ -74,7 +77,45 @@ constexpr const char* kStateFormat = "onestage-trainer-state-1";
 /// replay — and the losses and gradient norm into `values`.
 struct TrainingSession::Graphs {
 #ifdef ONESTAGE_WITH_CUDA
-  explicit Graphs(const torch::Device& device) : stream(c10::cuda::getStreamFromPool(false, device.index())) {}
+  explicit Graphs(const torch::Device& device) : stream(c10::cuda::getStreamFromPool(false, device.index())), thread([this] { serve(); }) {}
+  ~Graphs() {
+    {
+      const std::lock_guard<std::mutex> lock(mutex);
+      stopping = true;
+    }
+    wake.notify_all();
+    thread.join();
+  }
+
+  /// Runs `job` on the session's own thread and returns its result (or rethrows its exception). Every
+  /// graph-mode step runs there: cuDNN's benchmark results are kept per thread, and a capture on a
+  /// thread that has not run the step would have to benchmark inside the capture, which fails.
+  template <class F>
+  auto onStepThread(F job) -> decltype(job()) {
+    std::packaged_task<decltype(job())()> task(std::move(job));
+    auto result = task.get_future();
+    {
+      const std::lock_guard<std::mutex> lock(mutex);
+      jobs.emplace_back([&task] { task(); });
+    }
+    wake.notify_all();
+    return result.get();
+  }
+
+  void serve() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        wake.wait(lock, [this] { return stopping || !jobs.empty(); });
+        if (jobs.empty()) return;
+        job = std::move(jobs.front());
+        jobs.pop_front();
+      }
+      job();
+    }
+  }
+
   c10::cuda::CUDAStream stream;  // every graph-mode step runs here (captures need a side stream)
   std::unique_ptr<at::cuda::CUDAGraph> graph;
   std::vector<int64_t> shape;  // images B, C, H, W and whether views are given
@@ -85,6 +126,11 @@ struct TrainingSession::Graphs {
   // the shape and box capacity eager steps have run with since the last capture, and how many times
   std::vector<int64_t> candidate;
   int64_t candidateSteps = 0;
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<std::function<void()>> jobs;
+  bool stopping = false;
+  std::thread thread;  // last: starts once everything above exists
 #endif
 };
 
@@ -353,7 +399,15 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   const c10::DeviceGuard guard(detector_->device());
   for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
   detector_->setTraining(true);
-  if (graphs_) return graphStep(images, annotations, views);
+#ifdef ONESTAGE_WITH_CUDA
+  if (graphs_) {
+    const auto device = detector_->device();
+    return graphs_->onStepThread([&] {
+      const c10::DeviceGuard onDevice(device);
+      return graphStep(images, annotations, views);
+    });
+  }
+#endif
   const auto x = images.to(detector_->device());
   const auto ann = annotations.to(detector_->device());
   if (training_.group && !synchronised_) {
