@@ -192,7 +192,8 @@ test('fast path: clipping scales the update to the clip norm (one plain SGD step
   t.throws(() => new Trainer(small('cpu'), { channelsLast: 1 as unknown as boolean }), { message: /options\.channelsLast/ });
 });
 
-const cuda = buildInfo().cudaAvailable ? test : test.skip;
+// one GPU test at a time: a CUDA graph capture fails when another thread synchronises the device meanwhile
+const cuda = buildInfo().cudaAvailable ? test.serial : test.skip;
 
 cuda('fast path: 200 steps on shapes data — the fast configuration (channels-last, cuDNN benchmark, fused AdamW, bf16, CUDA graph) follows the plain one (NCHW, per-parameter AdamW, bf16)', async (t) => {
   setTf32(true);

@@ -1,5 +1,7 @@
 #include "core/data/upload.h"
 
+#include "core/capture_lock.h"
+
 #ifdef ONESTAGE_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -22,6 +24,7 @@ std::vector<torch::Tensor> uploadTensors(const std::vector<torch::Tensor>& host,
   out.reserve(host.size());
 #ifdef ONESTAGE_WITH_CUDA
   if (device.is_cuda()) {
+    const std::shared_lock<std::shared_mutex> noCapture(captureLock());
     const c10::cuda::CUDAGuard guard(device);
     const auto copies = c10::cuda::getStreamFromPool(false, device.index());
     const auto consumer = c10::cuda::getDefaultCUDAStream(device.index());

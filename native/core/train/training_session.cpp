@@ -14,6 +14,7 @@
 #include <random>
 #include <thread>
 
+#include "core/capture_lock.h"
 #include "core/errors.h"
 
 #ifdef ONESTAGE_WITH_CUDA
@@ -655,6 +656,8 @@ void TrainingSession::captureStep(const std::vector<int64_t>& shape, int64_t cap
   // no gradients before the capture: the backward creates them inside the graph's memory pool, and every
   // replay writes them anew (an existing gradient would be accumulated into, replay after replay)
   for (auto& p : params_) p.mutable_grad() = torch::Tensor();
+  // no upload waits or allocates page-locked memory meanwhile (that would end the capture with an error)
+  const std::unique_lock<std::shared_mutex> capturing(captureLock());
   g.stream.synchronize();
   c10::cuda::CUDACachingAllocator::emptyCache();
   const bool castCache = at::autocast::is_autocast_cache_enabled();
