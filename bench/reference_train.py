@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "test", "refere
 import losses_ref  # noqa: E402
 from losses_ref import focal_retinanet  # noqa: E402
 from retinanet_ref import RetinaNetRef, retinanet_anchors  # noqa: E402
+from timing import timed  # noqa: E402  (bench/, this script's folder)
 
 
 def optimizer_for(params, kind):
@@ -30,17 +31,7 @@ def optimizer_for(params, kind):
 
 
 def timed_steps(step, device, warmup, steps):
-    for _ in range(warmup):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds = timed(step, device, warmup, steps, reset_peak=True) * steps / 1e3
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     return seconds, peak
 

@@ -5,11 +5,14 @@ import time
 import torch
 
 
-def timed(fn, device, warmup, iters):
+def timed(fn, device, warmup, iters, reset_peak=False):
+    """reset_peak: the CUDA peak-memory statistics start after the warm-up."""
     for _ in range(warmup):
         fn()
     if device == "cuda":
         torch.cuda.synchronize()
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()

@@ -119,6 +119,7 @@ template <bool Vec4, typename Index, typename F>
 __device__ inline void forEachClassElement(const float* __restrict__ x, const int64_t* __restrict__ labels, const bool* __restrict__ valid, Index total,
                                            Index C, float* __restrict__ out, F f) {
   constexpr Index kStep = Vec4 ? 4 : 1;
+  if (total == 0) return;  // (C may be 0: no division by it)
   const Index first = (blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x) * kStep;
   const Index stride = static_cast<Index>(gridDim.x) * blockDim.x * kStep;
   const Index rowStep = stride / C, colStep = stride - rowStep * C;

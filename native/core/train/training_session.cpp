@@ -624,7 +624,6 @@ StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::
       concludeStep(finite, norm, r);
       retinaResult(v, r);
       if (r.graph == "off") r.graph = "replayed";
-      ++graphReplays_;
     }
   }
   done.record(g.stream);
@@ -690,7 +689,6 @@ void TrainingSession::captureStep(const std::vector<int64_t>& shape, int64_t cap
   for (const auto& p : params_) g.grads.push_back(p.grad());
   g.candidate.clear();
   g.candidateSteps = 0;
-  ++graphCaptures_;
 #else
   (void)shape;
   (void)capacity;

@@ -107,10 +107,6 @@ class TrainingSession {
 
   std::shared_ptr<Detector> detector() { return detector_; }
 
-  /// CUDA graph use so far: steps replayed from a graph, graphs captured.
-  int64_t graphReplays() const { return graphReplays_; }
-  int64_t graphCaptures() const { return graphCaptures_; }
-
  private:
   std::shared_ptr<Detector> detector_;
   std::shared_ptr<RetinaNetDetector> retina_;    // set for RetinaNet models
@@ -129,7 +125,6 @@ class TrainingSession {
                    const torch::Tensor& views);
   struct Graphs;  // the captured step, its stream and static inputs (CUDA builds)
   std::unique_ptr<Graphs> graphs_;
-  int64_t graphReplays_ = 0, graphCaptures_ = 0;
   void stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r);
   void updateEma();
   /// Forward, loss and backward of the batch split over the model and its replicas.
