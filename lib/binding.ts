@@ -4,6 +4,7 @@
  * @internal
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 /** Opaque handle to a native tensor (a tagged object; only the addon can make one). */
@@ -19,6 +20,23 @@ export interface NativeBuildInfo {
   deviceCount: number;
 }
 
+/** Counters of onestage's CPU caching allocator (bytes, and request counts). */
+export interface CpuMemory {
+  /** Whether the caching allocator is LibTorch's CPU allocator in this process. */
+  enabled: boolean;
+  /** Bytes of live tensor blocks of 64 KiB and more (block sizes: tensors' bytes rounded up to 4 KiB). */
+  allocated: number;
+  /** The most `allocated` has been (since the last `resetPeak`). */
+  peak: number;
+  /** Bytes of freed blocks kept for reuse. */
+  cached: number;
+  /** The most bytes kept for reuse (`ONESTAGE_CPU_CACHE_MB`). */
+  cacheLimit: number;
+  /** Requests served from the cache and from the system allocator. */
+  hits: number;
+  misses: number;
+}
+
 export type NativeTypedArray = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
 
 export interface NativeBinding {
@@ -32,6 +50,9 @@ export interface NativeBinding {
   profilerStart(): void;
   profilerStop(path: string): void;
   cudaMemory(device: number, resetPeak: boolean): { allocated: number; peak: number; reserved: number };
+  cpuCacheInstall(limitBytes: number): void;
+  cpuMemory(resetPeak: boolean): CpuMemory;
+  emptyCpuCache(): void;
 
   tensorFromArray(data: NativeTypedArray, shape: number[], dtype: string, device: string): NativeTensor;
   tensorShape(t: NativeTensor): number[];
@@ -223,12 +244,28 @@ function loadBinding(): NativeBinding {
   // LibTorch's own intra-op threads do the parallel work, so OpenBLAS runs single-threaded unless the
   // user asks otherwise. Must be set before the library loads.
   process.env.OPENBLAS_NUM_THREADS ??= '1';
+  const cacheLimit = cpuCacheLimit();
+  let binding: NativeBinding;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    return require(found) as NativeBinding;
+    binding = require(found) as NativeBinding;
   } catch (err) {
     throw new Error(`onestage: the native addon ${found} could not be loaded: ${(err as Error).message}`);
   }
+  if (cacheLimit > 0) binding.cpuCacheInstall(cacheLimit);
+  return binding;
+}
+
+/**
+ * Bytes of freed CPU tensor memory the caching allocator may keep for reuse: `ONESTAGE_CPU_CACHE_MB`
+ * (MiB; 0 leaves LibTorch's own allocator in place), else an eighth of physical memory, at most 8 GiB.
+ */
+function cpuCacheLimit(): number {
+  const env = process.env.ONESTAGE_CPU_CACHE_MB;
+  if (env === undefined || env.trim() === '') return Math.min(Math.floor(os.totalmem() / 8), 8 * 2 ** 30);
+  if (!/^\s*\d+\s*$/.test(env) || !Number.isSafeInteger(Number(env) * 2 ** 20))
+    throw new Error(`onestage: ONESTAGE_CPU_CACHE_MB must be a whole number of MiB (0 turns the CPU cache off) but is '${env}'`);
+  return Number(env) * 2 ** 20;
 }
 
 let cached: NativeBinding | undefined;

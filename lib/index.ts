@@ -2,7 +2,8 @@
  * onestage: one-stage object detectors with imbalance-aware losses, on LibTorch, for Node.js.
  * @packageDocumentation
  */
-export { buildInfo, setNumThreads, manualSeed, setTf32, setCudnnBenchmark, synchronize, profilerAvailable, startProfiler, stopProfiler, cudaMemory } from './runtime';
+export { buildInfo, setNumThreads, manualSeed, setTf32, setCudnnBenchmark, synchronize, profilerAvailable, startProfiler, stopProfiler, cudaMemory, cpuMemory, emptyCpuCache } from './runtime';
+export type { CpuMemory } from './binding';
 export type { BuildInfo } from './runtime';
 export { Tensor, liveTensors, DTYPES } from './tensor';
 export type { DType, Device, TensorOptions, TensorData, TypedArrayOf } from './tensor';

@@ -1,5 +1,5 @@
 /** What this build is and process-wide LibTorch settings. */
-import { native } from './binding';
+import { CpuMemory, native } from './binding';
 import { checkInteger, invalid } from './validate';
 
 export interface BuildInfo {
@@ -76,6 +76,22 @@ export function stopProfiler(path: string): void {
  */
 export function cudaMemory(index = 0, options: { resetPeak?: boolean } = {}): { allocated: number; peak: number; reserved: number } {
   return native().cudaMemory(checkInteger('index', index, 0, 1024), options.resetPeak ?? false);
+}
+
+/**
+ * Counters of onestage's CPU caching allocator. Large CPU tensors (64 KiB and more) that LibTorch frees
+ * are kept and handed to the next tensor of about the same size, instead of going back to the system:
+ * fresh memory costs a page fault per 4 KiB page on first touch, which on a small virtual machine cost
+ * more than the arithmetic (README: CPU memory). `resetPeak` restarts `peak` from what is live now.
+ */
+export function cpuMemory(options: { resetPeak?: boolean } = {}): CpuMemory {
+  if (options.resetPeak !== undefined && typeof options.resetPeak !== 'boolean') throw invalid('options.resetPeak', 'a boolean', options.resetPeak);
+  return native().cpuMemory(options.resetPeak ?? false);
+}
+
+/** Returns the CPU tensor memory the caching allocator keeps for reuse to the system (`cpuMemory().cached` becomes 0). */
+export function emptyCpuCache(): void {
+  native().emptyCpuCache();
 }
 
 /**

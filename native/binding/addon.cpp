@@ -4,6 +4,7 @@
 
 #include "binding/napi_util.h"
 #include "core/build_info.h"
+#include "core/cpu_allocator.h"
 #include "core/profiler.h"
 
 namespace onestage::binding {
@@ -75,6 +76,31 @@ Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
   return out;
 }
 
+Napi::Value CpuCacheInstall(const Napi::CallbackInfo& info) {
+  const double limit = numberArg(info, 0, "limitBytes", 0, 9007199254740991.0);
+  onestage::installCachingCpuAllocator(static_cast<uint64_t>(limit));
+  return info.Env().Undefined();
+}
+
+Napi::Value CpuMemory(const Napi::CallbackInfo& info) {
+  if (boolArg(info, 0, "resetPeak")) onestage::resetCpuPeak();
+  const auto m = onestage::cpuMemoryStats();
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("enabled", m.enabled);
+  out.Set("allocated", static_cast<double>(m.allocated));
+  out.Set("peak", static_cast<double>(m.peakAllocated));
+  out.Set("cached", static_cast<double>(m.cached));
+  out.Set("cacheLimit", static_cast<double>(m.cacheLimit));
+  out.Set("hits", static_cast<double>(m.hits));
+  out.Set("misses", static_cast<double>(m.misses));
+  return out;
+}
+
+Napi::Value EmptyCpuCache(const Napi::CallbackInfo& info) {
+  onestage::emptyCpuCache();
+  return info.Env().Undefined();
+}
+
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
 #ifdef ONESTAGE_WITH_CUDA
   if (torch::cuda::is_available()) torch::cuda::synchronize();
@@ -94,6 +120,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exportFunction<ProfilerStart>(env, exports, "profilerStart");
   exportFunction<ProfilerStop>(env, exports, "profilerStop");
   exportFunction<CudaMemory>(env, exports, "cudaMemory");
+  exportFunction<CpuCacheInstall>(env, exports, "cpuCacheInstall");
+  exportFunction<CpuMemory>(env, exports, "cpuMemory");
+  exportFunction<EmptyCpuCache>(env, exports, "emptyCpuCache");
   registerTensorExports(env, exports);
   registerModelExports(env, exports);
   registerGeometryExports(env, exports);

@@ -1,0 +1,105 @@
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { cpuMemory, emptyCpuCache, Tensor } from '../lib';
+
+const root = path.resolve(__dirname, '..');
+
+/** Runs `code` in a fresh Node process with onestage loaded as `o` and `env` added; returns its output. */
+function child(code: string, env: Record<string, string>) {
+  return spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', `const o = require('./lib');\n${code}`], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    encoding: 'utf8',
+  });
+}
+
+const sines = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i));
+
+test.serial('cpu memory: a freed tensor of 64 KiB or more hands its block to the next tensor of that size, which computes the right values', (t) => {
+  emptyCpuCache();
+  const m0 = cpuMemory();
+  t.true(m0.enabled);
+  t.true(m0.cacheLimit > 0);
+  const n = 1 << 18; // 1 MiB of float32
+  const data = sines(n);
+  const a = Tensor.from(data, [n]);
+  const b = a.mul(a);
+  const m1 = cpuMemory();
+  t.true(m1.allocated >= m0.allocated + n * 4, 'the product is a live block');
+  b.dispose();
+  const m2 = cpuMemory();
+  t.true(m2.cached >= m0.cached + n * 4, 'its block is kept');
+  t.is(m2.allocated, m1.allocated - n * 4);
+  const c = a.add(a);
+  const m3 = cpuMemory();
+  t.is(m3.hits, m2.hits + 1, 'the sum reuses it');
+  t.is(m3.misses, m2.misses);
+  t.is(m3.cached, m2.cached - n * 4);
+  const sum = c.toArray() as Float32Array;
+  for (let i = 0; i < n; i++) {
+    if (sum[i] !== Math.fround(data[i]! + data[i]!)) {
+      t.fail(`element ${i}: ${sum[i]} instead of ${Math.fround(data[i]! + data[i]!)}`);
+      break;
+    }
+  }
+  // a request within 1/8 above a cached block's size reuses it; a larger one does not
+  c.dispose();
+  const m4 = cpuMemory();
+  const d = Tensor.from(sines(n - 1000), [n - 1000]).mul(Tensor.from(sines(n - 1000), [n - 1000]));
+  t.true(cpuMemory().hits > m4.hits);
+  const m5 = cpuMemory();
+  const e = Tensor.from(sines(2 * n), [2 * n]).exp();
+  t.true(cpuMemory().misses > m5.misses);
+  for (const x of [a, d, e]) x.dispose();
+  t.pass();
+});
+
+test.serial('cpu memory: tensors under 64 KiB bypass the cache; emptyCpuCache returns every kept block; resetPeak restarts the peak', (t) => {
+  const m0 = cpuMemory();
+  const small = Tensor.from(sines(1000), [1000]).mul(Tensor.from(sines(1000), [1000]));
+  const m1 = cpuMemory();
+  t.is(m1.allocated, m0.allocated);
+  t.is(m1.hits + m1.misses, m0.hits + m0.misses);
+  small.dispose();
+  const big = Tensor.from(sines(1 << 17), [1 << 17]);
+  const sq = big.mul(big);
+  sq.dispose();
+  t.true(cpuMemory().cached > 0);
+  emptyCpuCache();
+  const m2 = cpuMemory();
+  t.is(m2.cached, 0);
+  t.true(m2.peak >= m2.allocated);
+  t.is(cpuMemory({ resetPeak: true }).peak, m2.allocated);
+  big.dispose();
+  t.throws(() => cpuMemory({ resetPeak: 'yes' as unknown as boolean }), { message: /options\.resetPeak/ });
+});
+
+test('cpu memory: ONESTAGE_CPU_CACHE_MB bounds what is kept (least recently freed out first), 0 leaves LibTorch\'s allocator, anything else is an error naming it', (t) => {
+  // freed in the order 768 KiB, 256 KiB, 512 KiB under a 1 MiB limit: the 768 KiB block, freed
+  // first, makes room for the last one
+  const bounded = child(
+    `const big = o.Tensor.from(new Float32Array(1 << 20), [1 << 20]); big.dispose();
+     const afterBig = o.cpuMemory().cached;
+     const [a, b, c] = [3, 1, 2].map((k) => o.Tensor.from(new Float32Array(k << 16), [k << 16]));
+     a.dispose(); b.dispose(); c.dispose();
+     const m = o.cpuMemory();
+     const again = o.Tensor.from(new Float32Array(3 << 16), [3 << 16]);
+     console.log(JSON.stringify({ afterBig, cached: m.cached, limit: m.cacheLimit, hit: o.cpuMemory().hits - m.hits }));`,
+    { ONESTAGE_CPU_CACHE_MB: '1' },
+  );
+  t.is(bounded.status, 0, bounded.stderr);
+  const r = JSON.parse(bounded.stdout.trim()) as { afterBig: number; cached: number; limit: number; hit: number };
+  t.is(r.limit, 1 << 20);
+  t.is(r.afterBig, 0, 'a 4 MiB block is larger than the whole cache');
+  t.is(r.cached, (1 + 2) << 18, 'the 256 KiB and 512 KiB blocks stay');
+  t.is(r.hit, 0, 'the 768 KiB block went back to the system');
+
+  const off = child(`console.log(JSON.stringify(o.cpuMemory()));`, { ONESTAGE_CPU_CACHE_MB: '0' });
+  t.is(off.status, 0, off.stderr);
+  t.false((JSON.parse(off.stdout.trim()) as { enabled: boolean }).enabled);
+
+  const bad = child(`o.cpuMemory();`, { ONESTAGE_CPU_CACHE_MB: '2GB' });
+  t.not(bad.status, 0);
+  t.regex(bad.stderr, /ONESTAGE_CPU_CACHE_MB must be a whole number of MiB .* but is '2GB'/);
+});
