@@ -7,16 +7,19 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { buildInfo } from '../lib';
+import { buildInfo, cpuMemory } from '../lib';
 import { tempDir } from './helpers/python';
 
 const cli = path.resolve(__dirname, '..', 'bin', 'onestage.js');
 const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
 
-test('cli: `onestage info` prints buildInfo as JSON', (t) => {
+test('cli: `onestage info` prints buildInfo and the CPU caching allocator (on, or off with ONESTAGE_CPU_CACHE_MB=0) as JSON', (t) => {
   const r = run('info');
   t.is(r.status, 0, r.stderr);
-  t.deepEqual(JSON.parse(r.stdout), buildInfo());
+  const { enabled, cacheLimit } = cpuMemory();
+  t.deepEqual(JSON.parse(r.stdout), { ...buildInfo(), cpuCache: { enabled, limitBytes: cacheLimit } });
+  const off = spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8', env: { ...process.env, ONESTAGE_CPU_CACHE_MB: '0' } });
+  t.deepEqual((JSON.parse(off.stdout) as { cpuCache: unknown }).cpuCache, { enabled: false, limitBytes: 0 });
 });
 
 test('cli: make-shapes, train --config, train --resume, eval and detect run end to end', (t) => {
