@@ -39,17 +39,12 @@ class CachingCpuAllocator final : public c10::Allocator {
     return *allocator;
   }
 
+  /// Every block carries `release` as its deleter (raw_deleter's contract); small ones are not cached.
   c10::DataPtr allocate(size_t nbytes) ONESTAGE_ALLOCATE_QUALIFIER override {
-    const c10::Device cpu(c10::DeviceType::CPU);
-    if (nbytes < kMinCached) {
-      void* p = c10::alloc_cpu(nbytes);
-      return {p, p, &c10::free_cpu, cpu};
-    }
-    void* p = obtain(nbytes);
-    return {p, p, &release, cpu};
+    void* p = nbytes < kMinCached ? c10::alloc_cpu(nbytes) : obtain(nbytes);
+    return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
-  /// Frees blocks of either kind (raw_allocate/raw_deallocate go through it).
   c10::DeleterFnPtr raw_deleter() const override { return &release; }
 
 #if ONESTAGE_ALLOCATOR_COPY_DATA
@@ -164,7 +159,7 @@ class CachingCpuAllocator final : public c10::Allocator {
       }
     }
     for (void* q : evicted) c10::free_cpu(q);
-    if (!keep) c10::free_cpu(p);  // a small block (raw_deallocate), or larger than the whole cache
+    if (!keep) c10::free_cpu(p);  // a small block, or one larger than the whole cache
   }
 
   /// Moves the least recently freed blocks to `out` until `room` more bytes fit under the limit.
