@@ -1,7 +1,9 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { cpuMemory, emptyCpuCache, Tensor } from '../lib';
+import { tempDir } from './helpers/python';
 
 const root = path.resolve(__dirname, '..');
 
@@ -104,4 +106,26 @@ test('cpu memory: ONESTAGE_CPU_CACHE_MB bounds what is kept (least recently free
   const bad = child(`o.cpuMemory();`, { ONESTAGE_CPU_CACHE_MB: '2GB' });
   t.not(bad.status, 0);
   t.regex(bad.stderr, /ONESTAGE_CPU_CACHE_MB must be a whole number of MiB .* but is '2GB'/);
+});
+
+test('cpu memory: three training steps give the same weights, bit for bit, with the caching allocator and with LibTorch\'s own', (t) => {
+  const dir = tempDir();
+  const trained = (cacheMb: string | undefined, name: string) => {
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    if (cacheMb === undefined) delete env.ONESTAGE_CPU_CACHE_MB;
+    else env.ONESTAGE_CPU_CACHE_MB = cacheMb;
+    const file = path.join(dir, `${name}.safetensors`);
+    const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', path.join(__dirname, 'helpers', 'train_tiny.ts'), file, path.join(dir, `data-${name}`)], {
+      cwd: root,
+      env,
+      encoding: 'utf8',
+    });
+    t.is(r.status, 0, r.stderr);
+    return { weights: fs.readFileSync(file), enabled: (JSON.parse(r.stdout.trim()) as { cacheEnabled: boolean }).cacheEnabled };
+  };
+  const cached = trained(undefined, 'cached');
+  const plain = trained('0', 'plain');
+  t.true(cached.enabled);
+  t.false(plain.enabled);
+  t.true(cached.weights.equals(plain.weights));
 });
