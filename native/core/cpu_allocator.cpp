@@ -56,7 +56,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       limit_ = bytes;
-      evictLocked(0, evicted);
+      evictLocked(0, limit_, evicted);
     }
     for (void* p : evicted) c10::free_cpu(p);
   }
@@ -77,10 +77,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      const uint64_t limit = limit_;
-      limit_ = 0;
-      evictLocked(0, evicted);
-      limit_ = limit;
+      evictLocked(0, 0, evicted);
     }
     for (void* p : evicted) c10::free_cpu(p);
   }
@@ -150,7 +147,7 @@ class CachingCpuAllocator final : public c10::Allocator {
         live_.erase(it);
         stats_.allocated -= size;
         if (size <= limit_) {
-          evictLocked(size, evicted);
+          evictLocked(size, limit_, evicted);
           const uint64_t stamp = ++clock_;
           byAge_.emplace(stamp, free_.emplace(size, Entry{p, stamp}));
           stats_.cached += size;
@@ -162,9 +159,9 @@ class CachingCpuAllocator final : public c10::Allocator {
     if (!keep) c10::free_cpu(p);  // a small block, or one larger than the whole cache
   }
 
-  /// Moves the least recently freed blocks to `out` until `room` more bytes fit under the limit.
-  void evictLocked(size_t room, std::vector<void*>& out) const {
-    while (!byAge_.empty() && stats_.cached + room > limit_) {
+  /// Moves the least recently freed blocks to `out` until `room` more bytes fit under `limit`.
+  void evictLocked(size_t room, uint64_t limit, std::vector<void*>& out) const {
+    while (!byAge_.empty() && stats_.cached + room > limit) {
       const auto oldest = byAge_.begin();
       const auto entry = oldest->second;
       out.push_back(entry->second.block);
@@ -180,7 +177,7 @@ class CachingCpuAllocator final : public c10::Allocator {
   mutable std::unordered_map<void*, size_t> live_;         // blocks handed out → their sizes
   mutable CpuMemoryStats stats_;
   mutable uint64_t clock_ = 0;
-  mutable uint64_t limit_ = 0;
+  uint64_t limit_ = 0;
 };
 
 }  // namespace
