@@ -91,7 +91,10 @@ export interface RetinaNetLossOptions {
   ghmc?: GhmOptions;
   /** Default bins 10, momentum 0.7, μ 0.02. */
   ghmr?: GhmrOptions;
-  /** GHM once per pyramid level (mmdetection's call pattern, one EMA update per level) instead of once over all levels (default). */
+  /**
+   * GHM once per pyramid level, summed — mmdetection's call pattern: its head has one GHMC/GHMR module, so one
+   * momentum state updated once per level in level order — instead of once over all levels (default).
+   */
   ghmPerLevel?: boolean;
   /**
    * Data-parallel Trainer: GHM's bin counts and element totals are the means over the ranks (the global
@@ -112,6 +115,63 @@ export interface ContrastiveTrainingOptions extends ContrastiveLossOptions {
   projection?: { hidden: number; out?: number };
   /** Also the detection losses on the second view (added to cls and reg); default false. */
   detectOnViews?: boolean;
+}
+
+/**
+ * A named training recipe for a RetinaNet: the loss, the box coder its regression targets (and the
+ * model's decoding) use, and the gradient clipping it was tuned with.
+ */
+export interface LossRecipe {
+  loss: RetinaNetLossOptions;
+  /** The model's box coder: the loss's targets use the same (set both from here). */
+  boxCoder: BoxCoderOptions;
+  /** The optimizer's `clipGradNorm`. */
+  clipGradNorm: number;
+}
+
+/** Names of the built-in recipes (`lossRecipe`). */
+export const LOSS_RECIPES = ['focal', 'ghm', 'ghmc'] as const;
+export type LossRecipeName = (typeof LOSS_RECIPES)[number];
+
+/**
+ * The built-in recipes:
+ * - `'focal'` — pytorch-retinanet: Focal loss (α 0.25, γ 2) + smooth L1 (β 1/9), box std
+ *   [0.1, 0.1, 0.2, 0.2], max-IoU assignment 0.4 / 0.5, gradients clipped to norm 0.1.
+ * - `'ghm'` — mmdetection's GHM RetinaNet (`configs/ghm/retinanet_ghm_r50_fpn_1x_coco.py`): GHM-C
+ *   (30 bins, momentum 0.75) + GHM-R (μ 0.02, 10 bins, momentum 0.7, loss weight 10), each called once
+ *   per pyramid level with one shared momentum state (`ghmPerLevel`), box std [1, 1, 1, 1] (μ is meant
+ *   for that scale), mmdetection's assigner with low-quality matches (min IoU 0), clipping at norm 35.
+ * - `'ghmc'` — GHM-C as in `'ghm'` with pytorch-retinanet's smooth-L1 regression and box std (the GHM
+ *   paper's "GHM-C + SL1" row), clipping at norm 35.
+ * @example const r = lossRecipe('ghm');
+ *   const model = Model.retinanet({ numClasses: 3, boxCoder: r.boxCoder });
+ *   const trainer = new Trainer(model, { loss: r.loss, optimizer: { clipGradNorm: r.clipGradNorm } });
+ */
+export function lossRecipe(name: LossRecipeName): LossRecipe {
+  checkOneOf('recipe', name, LOSS_RECIPES);
+  const retinanetStd: [number, number, number, number] = [0.1, 0.1, 0.2, 0.2];
+  const mmdetStd: [number, number, number, number] = [1, 1, 1, 1];
+  const ghmc = { bins: 30, momentum: 0.75, lossWeight: 1 };
+  switch (name) {
+    case 'focal':
+      return { loss: { classification: 'focal', regression: 'smoothL1', focal: { boxCoder: { std: retinanetStd } } }, boxCoder: { std: retinanetStd }, clipGradNorm: 0.1 };
+    case 'ghmc':
+      return { loss: { classification: 'ghmc', regression: 'smoothL1', ghmc, ghmPerLevel: true, focal: { boxCoder: { std: retinanetStd } } }, boxCoder: { std: retinanetStd }, clipGradNorm: 35 };
+    default:
+      return {
+        loss: {
+          classification: 'ghmc',
+          regression: 'ghmr',
+          ghmc,
+          ghmr: { bins: 10, momentum: 0.7, mu: 0.02, lossWeight: 1 },
+          regWeight: 10,
+          ghmPerLevel: true,
+          focal: { boxCoder: { std: mmdetStd }, assigner: { lowQualityMatches: true, minPositiveIou: 0 } },
+        },
+        boxCoder: { std: mmdetStd },
+        clipGradNorm: 35,
+      };
+  }
 }
 
 /** Checks `options.contrastive` (throws naming the field). */
@@ -298,7 +358,7 @@ export class RetinaNetLoss {
     const out = await native().retinaLossForwardAsync(this.handle, ...lossInput(input), levels);
     return wrapTensors<keyof LossValue>(out);
   }
-  /** GHM momentum states (one per level with ghmPerLevel), for checkpoints. */
+  /** GHM momentum states (one each, shared by the levels with ghmPerLevel), for checkpoints. */
   state(): { ghmc: Array<Float64Array | null>; ghmr: Array<Float64Array | null> } {
     const s = native().retinaLossState(this.handle);
     const read = (h: NativeTensor | null) => {

@@ -249,7 +249,7 @@ test('focal: an image without boxes contributes its un-normalised negative sum a
   t.is(loss.reg.toNumbers()[0], 0);
 });
 
-test('retinanet loss: focal + smoothL1 equals FocalLoss; ghmc + ghmr equals GHMC/GHMR on the assigned targets; per-level GHM keeps five states', async (t) => {
+test('retinanet loss: focal + smoothL1 equals FocalLoss; ghmc + ghmr equals GHMC/GHMR on the assigned targets; per-level GHM is one module called per level (one shared state)', async (t) => {
   const input = randomBatch(9, [4, 2]);
   const args = { classifications: toTensor(input.logits), regressions: toTensor(input.regressions), anchors: toTensor(input.anchors), annotations: toTensor(input.annotations) };
   const plain = await new FocalLoss().forward(args);
@@ -280,12 +280,33 @@ test('retinanet loss: focal + smoothL1 equals FocalLoss; ghmc + ghmr equals GHMC
   const perLevel = new RetinaNetLoss({ classification: 'ghmc', regression: 'ghmr', ghmPerLevel: true });
   await t.throwsAsync(perLevel.forward(args), { instanceOf: RangeError, message: /levelSizes/ });
   const levelSizes = [320, 80, 20, 6, 2].map((n) => n * 9);
-  const v = await perLevel.forward({ ...args, levelSizes });
-  t.true(Number.isFinite(v.cls.toNumbers()[0]) && Number.isFinite(v.reg.toNumbers()[0]));
+  // mmdetection's head: ONE GHMC module called once per level (level order, one acc_sum), the losses
+  // summed — the same as one standalone GHMC with momentum over the levels' slices, twice (two steps)
+  const reference = new GHMC({ momentum: 0.75 });
+  const [B, N] = args.classifications.shape;
+  const logits = input.logits.data as Float32Array;
+  const slice = (data: Float32Array, start: number, n: number) => {
+    const out = new Float32Array(B * n * C);
+    for (let b = 0; b < B; b++) out.set(data.subarray((b * N + start) * C, (b * N + start + n) * C), b * n * C);
+    return out;
+  };
+  for (let call = 0; call < 2; call++) {
+    const v = await perLevel.forward({ ...args, levelSizes });
+    let expected = 0;
+    let start = 0;
+    for (const n of levelSizes) {
+      const part = await reference.forward(Tensor.from(slice(logits, start, n), [B, n, C]), Tensor.from(slice(target, start, n), [B, n, C]), Tensor.from(slice(weight, start, n), [B, n, C]));
+      expected += part.toNumbers()[0];
+      start += n;
+    }
+    t.true(Math.abs(v.cls.toNumbers()[0] - expected) / expected < 1e-5, `call ${call}: per-level ${v.cls.toNumbers()[0]} vs one module over the levels ${expected}`);
+    t.true(Number.isFinite(v.reg.toNumbers()[0]));
+  }
   const state = perLevel.state();
-  t.is(state.ghmc.length, 5);
-  t.is(state.ghmr.length, 5);
+  t.is(state.ghmc.length, 1);
+  t.is(state.ghmr.length, 1);
   t.true(state.ghmc.every((s) => s !== null && s.length === 10));
+  t.deepEqual(Array.from(state.ghmc[0]!), Array.from(reference.accSum!));
 });
 
 test('losses: bad inputs and options give errors naming the argument', async (t) => {

@@ -16,6 +16,7 @@ import { COCO_STAT_NAMES } from '../eval/coco_eval';
 import { DetectorEvaluation, evaluateDetector, EvaluateOptions } from '../eval/evaluate';
 import { writeFileAtomic, writeJsonAtomic } from '../io';
 import { checkContrastiveTraining, RetinaNetLossOptions } from '../losses';
+import type { BoxCoderOptions } from '../geometry';
 import { checkNanoDetPlusLossOptions, NanoDetPlusLossOptions } from '../nanodet';
 import type { Model } from '../model';
 import { setCudnnBenchmark } from '../runtime';
@@ -82,7 +83,7 @@ export interface EmaOptions {
 
 export interface TrainerOptions {
   optimizer?: OptimizerOptions;
-  /** The loss: RetinaNetLossOptions for a RetinaNet model, NanoDetPlusLossOptions for a NanoDet-Plus model. */
+  /** The loss: RetinaNetLossOptions for a RetinaNet model (its targets use the model's box coder unless `focal.boxCoder` is given), NanoDetPlusLossOptions for a NanoDet-Plus model. */
   loss?: RetinaNetLossOptions | NanoDetPlusLossOptions;
   schedule?: ScheduleOptions;
   /** bf16 autocast of the forward pass on CUDA (losses stay float32); default false. An error on CPU. */
@@ -339,7 +340,12 @@ export class Trainer extends EventEmitter {
     const onCuda = model.device.startsWith('cuda');
     if (cudnnBenchmark ?? onCuda) setCudnnBenchmark(true);
     const training = { amp: this.options.amp ?? false, channelsLast: channelsLast ?? onCuda, cudaGraph: cudaGraph ?? false, emaDecay, emaTau, replicas, bucketMiB: bucketMiB ?? 25 };
-    this.session = native().trainerCreate(model.handle, { ...optimizer, implementation: implementation ?? 'auto' }, this.options.loss ?? {}, training, this.group?.nativeHandle ?? null);
+    // a RetinaNet loss without its own box coder encodes targets with the model's (the decoding's)
+    let loss = this.options.loss ?? {};
+    const modelCoder = model.architecture === 'retinanet' ? (model.config as { boxCoder?: BoxCoderOptions }).boxCoder : undefined;
+    const lossFocal = (loss as RetinaNetLossOptions).focal;
+    if (modelCoder && !lossFocal?.boxCoder) loss = { ...loss, focal: { ...lossFocal, boxCoder: modelCoder } };
+    this.session = native().trainerCreate(model.handle, { ...optimizer, implementation: implementation ?? 'auto' }, loss, training, this.group?.nativeHandle ?? null);
   }
 
   /** Learning rate of global step `step`: warm-up, then the schedule over `epochs` of `stepsPerEpoch` (× the plateau factor). */

@@ -106,7 +106,7 @@ class Pyramid(nn.Module):
 
 
 class RetinaNetRef(nn.Module):
-    def __init__(self, depth, num_classes):
+    def __init__(self, depth, num_classes, width=256):
         super().__init__()
         block, counts = LAYOUT[depth]
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
@@ -120,9 +120,9 @@ class RetinaNetRef(nn.Module):
                 cin = planes * block.expansion
             setattr(self, "layer%d" % (i + 1), nn.Sequential(*blocks))
             chans.append(cin)
-        self.fpn = Pyramid(chans[1], chans[2], chans[3])
-        self.regressionModel = Subnet(256, 4)
-        self.classificationModel = Subnet(256, num_classes)
+        self.fpn = Pyramid(chans[1], chans[2], chans[3], width)
+        self.regressionModel = Subnet(width, 4, width=width)
+        self.classificationModel = Subnet(width, num_classes, width=width)
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
@@ -157,14 +157,21 @@ def randomise(model, seed):
             model.regressionModel.output.weight.mul_(0.05)
 
 
-def retinanet_anchors(h, w):
-    """pytorch-retinanet's numpy anchors: float64 arithmetic, float32 at the end."""
+def retinanet_anchors(h, w, sizes=None):
+    """pytorch-retinanet's numpy anchors: float64 arithmetic, float32 at the end; `sizes` per level
+    (default 2^(level+2)) as its Anchors(sizes=...)."""
+    return pyramid_anchors(h, w, sizes)[0]
+
+
+def pyramid_anchors(h, w, sizes=None):
+    """(anchors [N, 4] float32, anchors per level) of pytorch-retinanet's numpy anchors."""
     levels = [3, 4, 5, 6, 7]
+    sizes = sizes or [2 ** (lv + 2) for lv in levels]
     ratios = np.array([0.5, 1, 2])
     scales = np.array([2 ** 0, 2 ** (1.0 / 3.0), 2 ** (2.0 / 3.0)])
     out = []
-    for lv in levels:
-        stride, size = 2 ** lv, 2 ** (lv + 2)
+    for lv, size in zip(levels, sizes):
+        stride = 2 ** lv
         base = np.zeros((9, 4))
         base[:, 2:] = size * np.tile(scales, (2, len(ratios))).T
         areas = base[:, 2] * base[:, 3]
@@ -176,7 +183,7 @@ def retinanet_anchors(h, w):
         sx, sy = np.meshgrid((np.arange(gw) + 0.5) * stride, (np.arange(gh) + 0.5) * stride)
         shifts = np.vstack((sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel())).T
         out.append((base[None] + shifts[:, None]).reshape(-1, 4))
-    return torch.from_numpy(np.concatenate(out).astype(np.float32))
+    return torch.from_numpy(np.concatenate(out).astype(np.float32)), [len(a) for a in out]
 
 
 def decode(anchors, deltas, std=(0.1, 0.1, 0.2, 0.2)):

@@ -15,7 +15,9 @@ RetinaLoss::RetinaLoss(RetinaLossOptions options) : options_(std::move(options))
 
 namespace {
 
-/// Runs `loss(pred, target, weight, state)` once, or per level along dim 1 and sums.
+/// Runs `loss(pred, target, weight, state)` once, or per level along dim 1 and sums. Per level, every
+/// call updates the one shared state in level order, as mmdetection's RetinaNet head calls its single
+/// GHMC/GHMR module (one `acc_sum` buffer) once per level: P4's weights see the EMA after P3's update.
 template <typename F>
 torch::Tensor overLevels(bool perLevel, const std::vector<int64_t>& levels, std::vector<GhmState>& states, const MeanReducer& reduce,
                          const torch::Tensor& pred, const torch::Tensor& target, const torch::Tensor& weight, F loss) {
@@ -25,13 +27,13 @@ torch::Tensor overLevels(bool perLevel, const std::vector<int64_t>& levels, std:
     if (levels.empty() || total != pred.size(1))
       throw RangeError("per-level GHM needs levelSizes summing to the anchor count " + std::to_string(pred.size(1)));
   }
-  states.resize(perLevel ? levels.size() : 1);
-  for (auto& s : states) s.mean = reduce;
+  states.resize(1);
+  states[0].mean = reduce;
   if (!perLevel) return loss(pred, target, weight, states[0]);
   torch::Tensor sum;
   int64_t start = 0;
   for (size_t l = 0; l < levels.size(); ++l) {
-    auto part = loss(pred.narrow(1, start, levels[l]), target.narrow(1, start, levels[l]), weight.narrow(1, start, levels[l]), states[l]);
+    auto part = loss(pred.narrow(1, start, levels[l]), target.narrow(1, start, levels[l]), weight.narrow(1, start, levels[l]), states[0]);
     sum = sum.defined() ? sum + part : part;
     start += levels[l];
   }

@@ -1,6 +1,7 @@
 // The RetinaNet loss composer: classification ∈ {focal, ghmc}, regression ∈ {smoothL1, l1, giou,
 // ghmr, none}, each weighted, sharing one max-IoU assignment. GHM runs once over all levels
-// (default) or per pyramid level (mmdetection's call pattern: one EMA update per level and step).
+// (default) or per pyramid level (mmdetection's call pattern: one loss module, so one EMA state
+// updated once per level and step, in level order).
 #pragma once
 #include <torch/torch.h>
 
@@ -49,7 +50,7 @@ class RetinaLoss {
                     const torch::Tensor& annotations, const std::vector<int64_t>& levelSizes);
 
   const RetinaLossOptions& options() const { return options_; }
-  /// EMA states: one per level when ghmPerLevel, else one. Saved with checkpoints.
+  /// EMA states (one each: per-level GHM shares it across the levels, as mmdetection). Saved with checkpoints.
   std::vector<GhmState>& ghmcStates() { return ghmc_; }
   std::vector<GhmState>& ghmrStates() { return ghmr_; }
   std::mutex& mutex() { return mutex_; }

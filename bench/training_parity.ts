@@ -1,0 +1,281 @@
+/**
+ * Training parity: onestage and the reference training loop (test/reference/train_ref.py) train the same
+ * RetinaNet from the same initial weights on the same batches — onestage writes its initial weights and
+ * every batch its DataLoader produces (images and annotations, in order, with the step's learning rate);
+ * the reference reads them, so only the training arithmetic differs. Both final models are scored by the
+ * same COCO evaluator (onestage's, on the same validation loader).
+ *
+ *   npx ts-node --transpile-only bench/training_parity.ts [--recipes focal,ghmc,ghm] [--seeds 0,1,2]
+ *       [--epochs 8] [--train 3000] [--device auto] [--out runs/parity] [--steps N]
+ *
+ * Writes <out>/parity.json (every run: AP of both sides, per-step losses and gradient norms),
+ * <out>/parity.md (the table) and <out>/loss-curves.{svg,png} (both sides' smoothed losses).
+ * Settings are those of examples/compare-losses.ts: shapes 128², ResNet-18 + FPN 128, AdamW 1e-3,
+ * weight decay 0.05, 50 warm-up steps then cosine, batch 8, BatchNorm trained.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  buildInfo, CocoDataset, DataLoader, Device, disposeBatch, evaluateDetector, lossRecipe, LOSS_RECIPES, LossRecipeName, makeShapes, Model, RetinaNetLossOptions, setTf32, Trainer, writeFileAtomic, writeJsonAtomic, writeLineChart,
+} from '../lib';
+
+/** A RetinaNet training recipe of the parity runs: a built-in recipe, or the old compare-losses GHM. */
+export type ParityRecipe = LossRecipeName | 'ghm-all-levels';
+export const PARITY_RECIPES: readonly ParityRecipe[] = [...LOSS_RECIPES, 'ghm-all-levels'];
+
+/** The loss, box std and clipping of a parity recipe. */
+export function parityRecipe(name: ParityRecipe): { loss: RetinaNetLossOptions; std: [number, number, number, number]; clipGradNorm: number } {
+  if (name === 'ghm-all-levels') {
+    // what examples/compare-losses.ts used before the 'ghm' recipe: GHM-C bins 10, GHM-R weight 1, once over all levels
+    const std: [number, number, number, number] = [1, 1, 1, 1];
+    return { loss: { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7, mu: 0.02 }, focal: { boxCoder: { std } } }, std, clipGradNorm: 0.1 };
+  }
+  const r = lossRecipe(name);
+  return { loss: r.loss, std: (r.boxCoder.std ?? [0.1, 0.1, 0.2, 0.2]) as [number, number, number, number], clipGradNorm: r.clipGradNorm };
+}
+
+export interface ParityModelOptions {
+  depth: 18 | 34 | 50;
+  featureSize: number;
+  numClasses: number;
+  anchorSizes: number[];
+}
+
+export interface ParityRunOptions {
+  recipe: ParityRecipe;
+  seed: number;
+  epochs: number;
+  /** Stop after this many steps (0: all epochs). */
+  maxSteps?: number;
+  batchSize: number;
+  device: Device;
+  model: ParityModelOptions;
+  /** 'adamw' (default; lr 1e-3, weight decay 0.05) or 'sgd' (lr 0.01, momentum 0.9, weight decay 1e-4: mmdetection's). */
+  optimizer?: 'adamw' | 'sgd';
+  lr?: number;
+  warmupSteps?: number;
+  /** Folder of this run (config, init weights, batches, both sides' records). */
+  dir: string;
+  /** Also score both final models on this loader. */
+  valLoader?: DataLoader;
+  /** Delete the batches after the reference has run (they are large). */
+  dropBatches?: boolean;
+  /** Python with torch for the reference; default ONESTAGE_PYTHON or python3. */
+  python?: string;
+}
+
+export interface StepValues {
+  step: number;
+  cls: number;
+  reg: number;
+  total: number;
+  gradNorm: number;
+}
+
+export interface ParityRunResult {
+  recipe: ParityRecipe;
+  seed: number;
+  steps: number;
+  onestage: StepValues[];
+  reference: StepValues[];
+  /** COCO stats of the final weights (with a valLoader). */
+  onestageStats?: number[];
+  referenceStats?: number[];
+  seconds: { onestage: number; reference: number };
+}
+
+/** Trains onestage on `train`, writing everything the reference needs into `o.dir`, then runs the reference. */
+export async function runParity(train: DataLoader, o: ParityRunOptions): Promise<ParityRunResult> {
+  const r = parityRecipe(o.recipe);
+  fs.rmSync(o.dir, { recursive: true, force: true });
+  fs.mkdirSync(path.join(o.dir, 'onestage'), { recursive: true });
+  const modelOptions = { depth: o.model.depth, numClasses: o.model.numClasses, featureSize: o.model.featureSize, freezeBn: false, anchors: { sizes: o.model.anchorSizes }, boxCoder: { std: r.std }, device: o.device, seed: o.seed };
+  const optimizer =
+    o.optimizer === 'sgd'
+      ? { type: 'sgd' as const, lr: o.lr ?? 0.01, momentum: 0.9, weightDecay: 1e-4, clipGradNorm: r.clipGradNorm }
+      : { type: 'adamw' as const, lr: o.lr ?? 1e-3, weightDecay: 0.05, clipGradNorm: r.clipGradNorm };
+  writeJsonAtomic(path.join(o.dir, 'config.json'), { model: { architecture: 'retinanet', ...o.model }, loss: r.loss, optimizer, recipe: o.recipe, seed: o.seed });
+  const model = Model.retinanet(modelOptions);
+  await model.saveWeights(path.join(o.dir, 'init.safetensors'));
+  const trainer = new Trainer(model, { loss: r.loss, optimizer, schedule: { warmupSteps: o.warmupSteps ?? 50, type: 'cosine' }, replicas: 1 });
+  const total = o.maxSteps ? Math.min(o.maxSteps, train.length * o.epochs) : train.length * o.epochs;
+  const bin = fs.openSync(path.join(o.dir, 'batches.bin'), 'w');
+  const index: string[] = [];
+  const onestage: StepValues[] = [];
+  let offset = 0;
+  const put = (data: Float32Array, shape: number[]) => {
+    const at = offset;
+    fs.writeSync(bin, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    offset += data.byteLength;
+    return { offset: at, shape };
+  };
+  const started = process.hrtime.bigint();
+  let step = 0;
+  try {
+    for (let epoch = 0; epoch < o.epochs && step < total; epoch++) {
+      for await (const batch of train.epoch(epoch)) {
+        try {
+          if (step >= total) continue;
+          const lr = trainer.lrAt(step, train.length, o.epochs);
+          index.push(JSON.stringify({ step, epoch, lr, images: put(batch.images.toArray() as Float32Array, [...batch.images.shape]), annotations: put(batch.annotations.toArray() as Float32Array, [...batch.annotations.shape]) }));
+          const rec = await trainer.step(batch, lr, { epoch, batch: 0, step });
+          onestage.push({ step, cls: rec.cls, reg: rec.reg, total: rec.total, gradNorm: rec.gradNorm });
+          step++;
+        } finally {
+          disposeBatch(batch);
+        }
+      }
+    }
+  } finally {
+    fs.closeSync(bin);
+  }
+  const onestageSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+  writeFileAtomic(path.join(o.dir, 'batches.jsonl'), index.join('\n') + '\n');
+  writeFileAtomic(path.join(o.dir, 'onestage', 'steps.jsonl'), onestage.map((s) => JSON.stringify(s)).join('\n') + '\n');
+  await model.saveWeights(path.join(o.dir, 'onestage', 'final.safetensors'));
+  trainer.dispose();
+
+  const refStarted = process.hrtime.bigint();
+  runReferenceLoop(o.dir, o.device.startsWith('cuda') ? 'cuda' : 'cpu', o.python);
+  const referenceSeconds = Number(process.hrtime.bigint() - refStarted) / 1e9;
+  if (o.dropBatches) fs.rmSync(path.join(o.dir, 'batches.bin'), { force: true });
+  const reference = fs.readFileSync(path.join(o.dir, 'reference', 'steps.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as StepValues);
+
+  const result: ParityRunResult = { recipe: o.recipe, seed: o.seed, steps: step, onestage, reference, seconds: { onestage: onestageSeconds, reference: referenceSeconds } };
+  if (o.valLoader) {
+    result.onestageStats = (await evaluateDetector(model, o.valLoader)).stats;
+    const ref = Model.retinanet(modelOptions);
+    await ref.loadWeights(path.join(o.dir, 'reference', 'final.safetensors'));
+    result.referenceStats = (await evaluateDetector(ref, o.valLoader)).stats;
+    ref.dispose();
+  }
+  model.dispose();
+  return result;
+}
+
+/** Runs test/reference/train_ref.py on a run folder (throws with its stderr on failure). */
+export function runReferenceLoop(dir: string, device: 'cpu' | 'cuda', python?: string): void {
+  const py = python ?? process.env.ONESTAGE_PYTHON ?? 'python3';
+  const script = path.join(__dirname, '..', 'test', 'reference', 'train_ref.py');
+  const res = spawnSync(py, [script, dir, '--device', device], { encoding: 'utf8', env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' }, maxBuffer: 64 * 1024 * 1024 });
+  if (res.status !== 0) throw new Error(`train_ref.py failed (exit ${res.status}${res.signal ? `, ${res.signal}` : ''}):\n${res.stderr}`);
+}
+
+/** Float32 tensors of a safetensors file by name (the F32 entries only). */
+export function readFloatTensors(file: string): Map<string, Float32Array> {
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  const out = new Map<string, Float32Array>();
+  for (const [name, e] of Object.entries(header)) {
+    if (name === '__metadata__' || e.dtype !== 'F32') continue;
+    const bytes = buf.subarray(8 + n + e.data_offsets[0], 8 + n + e.data_offsets[1]);
+    out.set(name, new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)));
+  }
+  return out;
+}
+
+/** The largest |a − b| / (atol + |b|) of two step series, per quantity, over the first `steps` steps. */
+export function stepDifferences(a: StepValues[], b: StepValues[], steps = Math.min(a.length, b.length), atol = 1e-6): Record<'cls' | 'reg' | 'total' | 'gradNorm', number> {
+  const out = { cls: 0, reg: 0, total: 0, gradNorm: 0 };
+  if (a.length < steps || b.length < steps) throw new RangeError(`both sides need ${steps} steps (onestage ${a.length}, reference ${b.length})`);
+  for (let i = 0; i < steps; i++)
+    for (const k of ['cls', 'reg', 'total', 'gradNorm'] as const) out[k] = Math.max(out[k], Math.abs(a[i][k] - b[i][k]) / (atol + Math.abs(b[i][k])));
+  return out;
+}
+
+/** Weight differences of two safetensors files: the largest |a − b| and the largest |a − b| / (1e-3 + |b|) over every F32 tensor, and where. */
+export function weightDifferences(fileA: string, fileB: string): { maxAbs: number; maxRel: number; worst: string } {
+  const a = readFloatTensors(fileA);
+  const b = readFloatTensors(fileB);
+  let maxAbs = 0;
+  let maxRel = 0;
+  let worst = '';
+  for (const [name, va] of a) {
+    const vb = b.get(name);
+    if (!vb || vb.length !== va.length) throw new RangeError(`${name}: missing or of another size in ${fileB}`);
+    for (let i = 0; i < va.length; i++) {
+      const d = Math.abs(va[i] - vb[i]);
+      if (d > maxAbs) maxAbs = d;
+      const rel = d / (1e-3 + Math.abs(vb[i]));
+      if (rel > maxRel) {
+        maxRel = rel;
+        worst = name;
+      }
+    }
+  }
+  return { maxAbs, maxRel, worst };
+}
+
+const mean = (v: number[]) => v.reduce((s, x) => s + x, 0) / Math.max(1, v.length);
+const spread = (v: number[]) => (v.length ? `${mean(v).toFixed(3)} ± ${((Math.max(...v) - Math.min(...v)) / 2).toFixed(3)}` : '—');
+
+async function main(): Promise<void> {
+  const { Command } = await import('commander');
+  const o = new Command()
+    .option('--recipes <names>', `comma-separated: ${PARITY_RECIPES.join(', ')}`, 'focal,ghmc,ghm')
+    .option('--seeds <list>', 'seeds (model initialisation and data order)', '0,1,2')
+    .option('--epochs <n>', 'epochs', '8')
+    .option('--train <n>', 'training images', '3000')
+    .option('--steps <n>', 'stop each run after this many steps (0: all epochs)', '0')
+    .option('--device <device>', "'auto', 'cpu' or 'cuda'", 'auto')
+    .option('--out <dir>', 'output folder', path.join('runs', 'parity'))
+    .parse()
+    .opts<{ recipes: string; seeds: string; epochs: string; train: string; steps: string; device: string; out: string }>();
+  const recipes = o.recipes.split(',').map((s) => s.trim()) as ParityRecipe[];
+  for (const r of recipes) if (!PARITY_RECIPES.includes(r)) throw new RangeError(`--recipes: unknown recipe '${r}' (expected ${PARITY_RECIPES.join(', ')})`);
+  const seeds = o.seeds.split(',').map(Number);
+  const device: Device = o.device === 'auto' ? (buildInfo().cudaAvailable ? 'cuda' : 'cpu') : (o.device as Device);
+  if (device.startsWith('cuda')) setTf32(false);
+  const epochs = Number(o.epochs);
+  const data = path.join(o.out, 'data');
+  await makeShapes({ out: data, train: Number(o.train), val: 60, size: 128, classes: 3, seed: 0 });
+  const trainSet = await CocoDataset.open(path.join(data, 'instances_train.json'));
+  const valSet = await CocoDataset.open(path.join(data, 'instances_val.json'));
+  const transform = { minSide: 128, maxSide: 128 };
+  const valLoader = new DataLoader(valSet, { batchSize: 8, shuffle: false, augment: false, device, transform });
+  const model: ParityModelOptions = { depth: 18, featureSize: 128, numClasses: 3, anchorSizes: [16, 32, 64, 128, 256] };
+  const results: ParityRunResult[] = [];
+  const resultsFile = path.join(o.out, 'parity.json');
+  for (const recipe of recipes)
+    for (const seed of seeds) {
+      const loader = new DataLoader(trainSet, { batchSize: 8, seed, device: 'cpu', transform });
+      const r = await runParity(loader, { recipe, seed, epochs, maxSteps: Number(o.steps), batchSize: 8, device, model, dir: path.join(o.out, `${recipe}-s${seed}`), valLoader, dropBatches: true });
+      results.push(r);
+      const d = stepDifferences(r.onestage, r.reference, Math.min(20, r.steps));
+      console.error(`${recipe} seed ${seed}: AP onestage ${r.onestageStats![0].toFixed(3)} reference ${r.referenceStats![0].toFixed(3)}; first 20 steps max rel diff ${JSON.stringify(d)}; ${r.seconds.onestage.toFixed(0)} s / ${r.seconds.reference.toFixed(0)} s`);
+      writeJsonAtomic(resultsFile, { device, epochs, train: trainSet.length, results });
+    }
+  const rows = recipes.map((recipe) => {
+    const rs = results.filter((r) => r.recipe === recipe);
+    const col = (side: 'onestageStats' | 'referenceStats', k: number) => spread(rs.map((r) => r[side]![k]));
+    return `| ${recipe} | ${col('onestageStats', 0)} | ${col('referenceStats', 0)} | ${col('onestageStats', 1)} | ${col('referenceStats', 1)} | ${rs.length} |`;
+  });
+  const table = [
+    `Shapes (${trainSet.length} train / ${valSet.length} val, 128²), ResNet-18 + FPN 128, ${epochs} epochs, batch 8, AdamW 1e-3 cosine, ${device}; mean ± half-range over seeds ${seeds.join(', ')}`,
+    '',
+    '| recipe | AP onestage | AP reference | AP50 onestage | AP50 reference | seeds |',
+    '| --- | --- | --- | --- | --- | --- |',
+    ...rows,
+    '',
+  ].join('\n');
+  writeFileAtomic(path.join(o.out, 'parity.md'), table);
+  const smoothed = (v: StepValues[]) => {
+    const w = Math.max(1, Math.floor(v.length / 100));
+    const pts: Array<[number, number]> = [];
+    for (let i = 0; i + w <= v.length; i += w) pts.push([(i + w / 2) / (v.length / epochs), mean(v.slice(i, i + w).map((s) => s.total))]);
+    return pts;
+  };
+  await writeLineChart(path.join(o.out, 'loss-curves'), results.filter((r) => r.seed === seeds[0]).flatMap((r) => [
+    { name: `${r.recipe} onestage`, points: smoothed(r.onestage) },
+    { name: `${r.recipe} reference`, points: smoothed(r.reference) },
+  ]), { title: `Training loss (seed ${seeds[0]})`, xTitle: 'epoch', yTitle: 'loss', logY: true });
+  console.log(table);
+}
+
+if (require.main === module)
+  main().catch((err) => {
+    console.error(err);
+    process.exitCode = 1;
+  });

@@ -1,0 +1,248 @@
+"""Reference training loops: the same model, batches and initial weights as an onestage run, trained with
+the reference projects' arithmetic, step by step.
+
+  train_ref.py RUN_DIR [--device cpu|cuda] [--steps N] [--snapshot K] [--perturb SEED] [--out NAME]
+
+RUN_DIR (written by bench/training_parity.ts):
+  config.json          {"model": {depth, numClasses, featureSize, anchorSizes}, "loss": onestage's
+                        RetinaNetLossOptions, "optimizer": {type, lr, weightDecay, momentum, nesterov,
+                        beta1, beta2, eps, clipGradNorm}}
+  init.safetensors     the initial weights (pytorch-retinanet key names)
+  batches.jsonl        per step {step, epoch, lr, images: {offset, shape}, annotations: {offset, shape}}
+  batches.bin          the float32 little-endian data those offsets (in bytes) point into
+Writes RUN_DIR/reference/ (or RUN_DIR/NAME/) steps.jsonl ({step, cls, reg, total, gradNorm} per step), final.safetensors
+(parameters and BatchNorm buffers), and with --snapshot K also snapshot.safetensors after K steps.
+
+How each loss is composed, from the reference projects' own code:
+  classification 'focal' (+ regression 'smoothL1'): pytorch-retinanet's FocalLoss — assignment by max IoU
+    (< 0.4 negative, >= 0.5 positive), probabilities clamped to [1e-4, 1 - 1e-4], per-image sum / num_pos,
+    smooth L1 (beta 1/9) on targets / std averaged over 4 num_pos, means over the images.
+  classification 'ghmc' / regression 'ghmr': mmdetection's RetinaNet head (AnchorHead.loss) with the GHM
+    authors' GHMC / GHMR modules: label weights 1 for positives and negatives, 0 for ignored anchors;
+    one-hot targets; box targets DeltaXYWHBBoxCoder(std) with weights 1 on the 4 deltas of positives;
+    with ghmPerLevel the head calls its one loss module once per pyramid level (level order, the same
+    acc_sum) and sums; otherwise once over every anchor of the batch. The assigner is mmdetection's
+    MaxIoUAssigner when lowQualityMatches is set (min_pos_iou, every anchor tying a GT's best IoU).
+  The optimizer is torch.optim's (SGD / AdamW), gradients clipped with clip_grad_norm_.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+
+from losses_ref import GHMC, GHMR, calc_iou
+from retinanet_ref import RetinaNetRef, pyramid_anchors
+import safetensors_io
+
+
+def encode(anchors, gt, std):
+    """pytorch-retinanet's / mmdetection's delta encoding (no +1), GT sizes clamped to 1 as pytorch-retinanet."""
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
+    gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
+    gx, gy = gt[:, 0] + 0.5 * gw, gt[:, 1] + 0.5 * gh
+    gw, gh = gw.clamp(min=1), gh.clamp(min=1)
+    t = torch.stack(((gx - ax) / aw, (gy - ay) / ah, torch.log(gw / aw), torch.log(gh / ah)), 1)
+    return t / torch.tensor(std, dtype=t.dtype, device=t.device)
+
+
+def assign(anchors, ann, a):
+    """labels per anchor (class >= 0 positive, -1 negative, -2 ignored) and the assigned GT boxes.
+    pytorch-retinanet's rule; with a['lowQualityMatches'] mmdetection's MaxIoUAssigner (min_pos_iou,
+    gt_max_assign_all)."""
+    n = anchors.shape[0]
+    labels = torch.full((n,), -1, dtype=torch.long, device=anchors.device)
+    boxes = anchors.clone()
+    if ann.shape[0] == 0:
+        return labels, boxes
+    iou = calc_iou(anchors, ann[:, :4])
+    mx, arg = iou.max(dim=1)
+    labels[:] = -2
+    labels[mx < a.get("negativeIou", 0.4)] = -1
+    pos = mx >= a.get("positiveIou", 0.5)
+    gt_of = torch.where(pos, arg, torch.full_like(arg, -1))
+    if a.get("lowQualityMatches", False):
+        best = iou.max(dim=0).values
+        for i in range(ann.shape[0]):
+            if best[i] >= a.get("minPositiveIou", 0.0):
+                gt_of[iou[:, i] == best[i]] = i
+    pos = gt_of >= 0
+    labels[pos] = ann[gt_of[pos], 4].long()
+    boxes[pos] = ann[gt_of[pos], :4]
+    return labels, boxes
+
+
+def focal_image(logits, c_labels, alpha=0.25, gamma=2.0):
+    """pytorch-retinanet's classification term of one image: sum / max(1, num_pos)."""
+    c = torch.clamp(torch.sigmoid(logits), 1e-4, 1.0 - 1e-4)
+    targets = torch.full_like(c, -1.0)
+    targets[c_labels == -1] = 0
+    pos = c_labels >= 0
+    targets[pos] = 0
+    targets[pos, c_labels[pos]] = 1
+    af = torch.where(targets == 1, torch.full_like(c, alpha), torch.full_like(c, 1 - alpha))
+    fw = af * torch.pow(torch.where(targets == 1, 1 - c, c), gamma)
+    bce = -(targets * torch.log(c) + (1.0 - targets) * torch.log(1.0 - c))
+    loss = torch.where(targets != -1, fw * bce, torch.zeros_like(c))
+    return loss.sum() / torch.clamp(pos.sum().float(), min=1.0)
+
+
+def smooth_l1_image(reg, anchors, c_labels, boxes, std, beta=1.0 / 9.0):
+    """pytorch-retinanet's regression term of one image: smooth L1 averaged over 4 num_pos (0 without)."""
+    pos = c_labels >= 0
+    if pos.sum() == 0:
+        return reg.sum() * 0
+    diff = torch.abs(encode(anchors[pos], boxes[pos], std) - reg[pos])
+    return torch.where(diff <= beta, 0.5 / beta * diff ** 2, diff - 0.5 * beta).mean()
+
+
+class ReferenceLoss:
+    def __init__(self, o):
+        self.o = o
+        self.focal = o.get("focal", {})
+        self.std = self.focal.get("boxCoder", {}).get("std", [0.1, 0.1, 0.2, 0.2])
+        gc, gr = o.get("ghmc", {}), o.get("ghmr", {})
+        self.ghmc = GHMC(gc.get("bins", 10), gc.get("momentum", 0.75))
+        self.ghmc_weight = gc.get("lossWeight", 1.0)
+        self.ghmr = GHMR(gr.get("bins", 10), gr.get("momentum", 0.7), gr.get("mu", 0.02))
+        self.ghmr_weight = gr.get("lossWeight", 1.0)
+
+    def __call__(self, cls, reg, anchors, annotations, level_sizes):
+        o = self.o
+        B = cls.shape[0]
+        per = [assign(anchors, annotations[b][annotations[b][:, 4] != -1], self.focal.get("assigner", {})) for b in range(B)]
+        labels = torch.stack([p[0] for p in per])
+        boxes = torch.stack([p[1] for p in per])
+        if o.get("classification", "focal") == "focal":
+            cls_loss = torch.stack([focal_image(cls[b], labels[b]) for b in range(B)]).mean()
+        else:
+            C = cls.shape[-1]
+            target = torch.zeros_like(cls)
+            pos = labels >= 0
+            target[pos, labels[pos]] = 1
+            weight = (labels != -2).float().unsqueeze(-1).expand_as(cls)
+            cls_loss = self.per_level(self.ghmc, cls, target, weight, level_sizes) * self.ghmc_weight
+        regression = o.get("regression", "smoothL1")
+        if regression == "smoothL1":
+            reg_loss = torch.stack([smooth_l1_image(reg[b], anchors, labels[b], boxes[b], self.std) for b in range(B)]).mean()
+        elif regression == "ghmr":
+            target = torch.stack([encode(anchors, boxes[b], self.std) for b in range(B)])
+            weight = (labels >= 0).float().unsqueeze(-1).expand_as(reg)
+            reg_loss = self.per_level(self.ghmr, reg, target.detach(), weight, level_sizes) * self.ghmr_weight
+        else:
+            raise SystemExit("train_ref.py: regression %r has no reference here" % regression)
+        return cls_loss * o.get("clsWeight", 1.0), reg_loss * o.get("regWeight", 1.0)
+
+    def per_level(self, module, pred, target, weight, level_sizes):
+        """mmdetection's AnchorHead.loss: loss_single per level over the batch's anchors of that level
+        (one module, so one acc_sum, updated level after level), the levels' losses summed."""
+        D = pred.shape[-1]
+        if not self.o.get("ghmPerLevel", False):
+            return module(pred.reshape(-1, D), target.reshape(-1, D), weight.reshape(-1, D))
+        total, start = 0, 0
+        for n in level_sizes:
+            sl = slice(start, start + n)
+            total = total + module(pred[:, sl].reshape(-1, D), target[:, sl].reshape(-1, D), weight[:, sl].reshape(-1, D))
+            start += n
+        return total
+
+
+def read_steps(run_dir):
+    with open(os.path.join(run_dir, "batches.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_tensor(blob, entry, device):
+    count = int(np.prod(entry["shape"]))
+    arr = np.frombuffer(blob, dtype="<f4", count=count, offset=entry["offset"])
+    return torch.from_numpy(arr.copy()).reshape(entry["shape"]).to(device)
+
+
+def state_for_saving(model):
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=0)
+    ap.add_argument("--snapshot", type=int, default=0)
+    ap.add_argument("--perturb", type=int, default=0,
+                    help="a control: move every initial weight by one float32 rounding step (random direction, this seed), "
+                         "to measure how far rounding-level differences carry through the training")
+    ap.add_argument("--out", default="reference", help="folder under RUN_DIR for the records")
+    args = ap.parse_args()
+    run = args.run_dir
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    m = cfg["model"]
+    if m.get("architecture", "retinanet") != "retinanet":
+        raise SystemExit("train_ref.py: architecture %r has no reference loop here" % m.get("architecture"))
+    model = RetinaNetRef(m["depth"], m["numClasses"], width=m["featureSize"])
+    weights, _, _ = safetensors_io.read(os.path.join(run, "init.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise SystemExit("train_ref.py: init.safetensors does not fit the model: missing %s unexpected %s" % (missing[:5], unexpected[:5]))
+    if args.perturb:
+        g = torch.Generator().manual_seed(args.perturb)
+        with torch.no_grad():
+            for p in model.parameters():
+                step = torch.where(torch.rand(p.shape, generator=g) < 0.5, -1.0, 1.0) * p.abs() * 2.0 ** -24
+                p.add_(step)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg["optimizer"]
+    if o.get("type", "sgd") == "adamw":
+        opt = torch.optim.AdamW(params, lr=o.get("lr", 0.01), betas=(o.get("beta1", 0.9), o.get("beta2", 0.999)), eps=o.get("eps", 1e-8),
+                                weight_decay=o.get("weightDecay", 1e-4))
+    else:
+        opt = torch.optim.SGD(params, lr=o.get("lr", 0.01), momentum=o.get("momentum", 0.9), weight_decay=o.get("weightDecay", 1e-4),
+                              nesterov=o.get("nesterov", False))
+    clip = o.get("clipGradNorm", 0.1)
+    loss_fn = ReferenceLoss(cfg["loss"])
+    steps = read_steps(run)
+    if args.steps > 0:
+        steps = steps[:args.steps]
+    out_dir = os.path.join(run, args.out)
+    os.makedirs(out_dir, exist_ok=True)
+    blob = np.memmap(os.path.join(run, "batches.bin"), dtype=np.uint8, mode="r")
+    anchors_by_shape = {}
+    with open(os.path.join(out_dir, "steps.jsonl.tmp"), "w") as log:
+        for k, s in enumerate(steps):
+            images = load_tensor(blob, s["images"], device)
+            ann = load_tensor(blob, s["annotations"], device)
+            H, W = images.shape[2], images.shape[3]
+            if (H, W) not in anchors_by_shape:
+                anchors_by_shape[(H, W)] = pyramid_anchors(H, W, m["anchorSizes"])
+            anchors, level_sizes = anchors_by_shape[(H, W)]
+            for g in opt.param_groups:
+                g["lr"] = s["lr"]
+            opt.zero_grad(set_to_none=True)
+            _, _, reg, cls = model(images)
+            cls_loss, reg_loss = loss_fn(cls.float(), reg.float(), anchors.to(device), ann, level_sizes)
+            total = cls_loss + reg_loss
+            total.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+            c, r, n = float(cls_loss), float(reg_loss), float(norm)
+            if math.isfinite(c + r) and math.isfinite(n):
+                opt.step()
+            log.write(json.dumps({"step": s["step"], "cls": c, "reg": r, "total": c + r, "gradNorm": n}) + "\n")
+            if args.snapshot and k + 1 == args.snapshot:
+                safetensors_io.write(state_for_saving(model), os.path.join(out_dir, "snapshot.safetensors"))
+            if (k + 1) % 500 == 0:
+                print("reference: step %d/%d loss %.4f" % (k + 1, len(steps), c + r), file=sys.stderr, flush=True)
+    os.replace(os.path.join(out_dir, "steps.jsonl.tmp"), os.path.join(out_dir, "steps.jsonl"))
+    safetensors_io.write(state_for_saving(model), os.path.join(out_dir, "final.safetensors.tmp"))
+    os.replace(os.path.join(out_dir, "final.safetensors.tmp"), os.path.join(out_dir, "final.safetensors"))
+
+
+if __name__ == "__main__":
+    main()
