@@ -238,8 +238,9 @@ async function main(): Promise<void> {
   const model: ParityModelOptions = { depth: 18, featureSize: 128, numClasses: 3, anchorSizes: [16, 32, 64, 128, 256] };
   const results: ParityRunResult[] = [];
   const resultsFile = path.join(o.out, 'parity.json');
-  for (const recipe of recipes)
-    for (const seed of seeds) {
+  // seed by seed, so that an interrupted session still has every recipe at the first seeds
+  for (const seed of seeds)
+    for (const recipe of recipes) {
       const loader = new DataLoader(trainSet, { batchSize: 8, seed, device: 'cpu', transform });
       const r = await runParity(loader, { recipe, seed, epochs, maxSteps: Number(o.steps), batchSize: 8, device, model, dir: path.join(o.out, `${recipe}-s${seed}`), valLoader, dropBatches: true });
       results.push(r);

@@ -8,14 +8,17 @@
  *
  *   npx ts-node --transpile-only examples/compare-losses.ts [--epochs 12] [--device auto] [--out runs/compare]
  *
- * Configurations: focal + smooth L1 (pytorch-retinanet), focal + contrastive (the second view, weight 0.1),
- * GHM-C + GHM-R (mmdetection, box std 1), NanoDet-Plus (FPN 128, head 128, AGM detached from epoch
+ * Configurations: the built-in recipes (lossRecipe: loss, box coder and clipping) — focal + smooth L1
+ * (pytorch-retinanet), GHM-C + smooth L1 and GHM-C + GHM-R (mmdetection's GHM RetinaNet) — focal +
+ * contrastive (the second view, weight 0.1), NanoDet-Plus (FPN 128, head 128, AGM detached from epoch
  * 10 or at three quarters of the epochs when fewer).
+ *   [--optimizer adamw|sgd] AdamW 1e-3 wd 0.05 (default) or SGD 0.01 momentum 0.9 wd 1e-4 (mmdetection's)
+ *   [--seed 0] model initialisation and data order
  */
 import * as path from 'node:path';
 import { Command } from 'commander';
 import {
-  buildInfo, CocoDataset, DataLoader, Device, EpochRecord, makeShapes, Model, NanoDetPlusLossOptions, RetinaNetLossOptions, Trainer, TrainerOptions, writeFileAtomic, writeLineChart,
+  buildInfo, CocoDataset, DataLoader, Device, EpochRecord, lossRecipe, makeShapes, Model, NanoDetPlusLossOptions, RetinaNetLossOptions, Trainer, TrainerOptions, writeFileAtomic, writeLineChart,
 } from '../lib';
 
 interface Variant {
@@ -25,22 +28,28 @@ interface Variant {
   nanodet?: boolean;
   /** Box coder std of targets and decoding. */
   std: [number, number, number, number];
+  /** Gradient clipping of the recipe. */
+  clip: number;
   /** The loader also makes the second view. */
   views?: 2;
 }
 
-const RETINANET_STD: [number, number, number, number] = [0.1, 0.1, 0.2, 0.2];
-const MMDET_STD: [number, number, number, number] = [1, 1, 1, 1];
+function recipe(name: string, which: 'focal' | 'ghm' | 'ghmc'): Variant {
+  const r = lossRecipe(which);
+  return { name, loss: r.loss, std: r.boxCoder.std as [number, number, number, number], clip: r.clipGradNorm };
+}
 
+const focal = recipe('focal + smooth L1', 'focal');
 const VARIANTS: Variant[] = [
   // pytorch-retinanet
-  { name: 'focal + smooth L1', loss: { classification: 'focal', regression: 'smoothL1' }, std: RETINANET_STD },
-  // mmdetection's GHM RetinaNet: box deltas with std 1 (GHM-R's μ = 0.02 is meant for that scale)
+  focal,
   // the contrastive idea: focal + NT-Xent between the two views of every box (weight 0.1, projection head)
-  { name: 'focal + contrastive', loss: { classification: 'focal', regression: 'smoothL1', contrastive: { weight: 0.1, temperature: 0.5, negatives: 'other-class', projection: { hidden: 128, out: 64 } } }, std: RETINANET_STD, views: 2 },
-  { name: 'GHM-C + GHM-R', loss: { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7, mu: 0.02 }, focal: { boxCoder: { std: MMDET_STD } } }, std: MMDET_STD },
+  { ...focal, name: 'focal + contrastive', loss: { ...focal.loss, contrastive: { weight: 0.1, temperature: 0.5, negatives: 'other-class', projection: { hidden: 128, out: 64 } } }, views: 2 },
+  // mmdetection's GHM RetinaNet: GHM-C alone, then GHM-C + GHM-R (box std 1, GHM-R weight 10, per level)
+  recipe('GHM-C + smooth L1', 'ghmc'),
+  recipe('GHM-C + GHM-R', 'ghm'),
   // NanoDet-Plus: QFL + GIoU + DFL on DSL assignment by the auxiliary head
-  { name: 'NanoDet-Plus (QFL + GIoU + DFL, AGM)', loss: {}, std: RETINANET_STD, nanodet: true },
+  { name: 'NanoDet-Plus (QFL + GIoU + DFL, AGM)', loss: {}, std: focal.std, clip: focal.clip, nanodet: true },
 ];
 
 async function main(): Promise<void> {
@@ -50,10 +59,14 @@ async function main(): Promise<void> {
     .option('--out <dir>', 'output folder', path.join('runs', 'compare'))
     .option('--train <n>', 'training images', '300')
     .option('--only <names>', "comma-separated words picking configurations by name (e.g. 'nanodet,focal')")
+    .option('--optimizer <type>', "'adamw' (1e-3, weight decay 0.05) or 'sgd' (0.01, momentum 0.9, weight decay 1e-4)", 'adamw')
+    .option('--seed <n>', 'model initialisation and data order', '0')
     .parse()
-    .opts<{ epochs: string; device: string; out: string; train: string; only?: string }>();
+    .opts<{ epochs: string; device: string; out: string; train: string; only?: string; optimizer: string; seed: string }>();
+  if (o.optimizer !== 'adamw' && o.optimizer !== 'sgd') throw new Error(`--optimizer must be 'adamw' or 'sgd', not '${o.optimizer}'`);
+  const seed = Number(o.seed);
   const picks = o.only?.split(',').map((w) => w.trim().toLowerCase()).filter(Boolean);
-  const variants = picks ? VARIANTS.filter((v) => picks.some((p) => v.name.toLowerCase().includes(p))) : VARIANTS;
+  const variants = picks ? VARIANTS.filter((v) => picks.some((p) => v.name.toLowerCase() === p || v.name.toLowerCase().includes(p))) : VARIANTS;
   if (variants.length === 0) throw new Error(`--only ${o.only} matches none of: ${VARIANTS.map((v) => v.name).join('; ')}`);
   const device: Device = o.device === 'auto' ? (buildInfo().cudaAvailable ? 'cuda' : 'cpu') : (o.device as Device);
   const epochs = Number(o.epochs);
@@ -66,17 +79,18 @@ async function main(): Promise<void> {
   const curves: Array<{ name: string; points: Array<[number, number]> }> = [];
   for (const v of variants) {
     const model: Model = v.nanodet
-      ? Model.nanodetPlus({ depth: 18, numClasses: 3, featureSize: 128, head: { channels: 128 }, aux: { channels: 256 }, device, seed: 0 })
-      : Model.retinanet({ depth: 18, numClasses: 3, featureSize: 128, freezeBn: false, anchors: { sizes: [16, 32, 64, 128, 256] }, boxCoder: { std: v.std }, device, seed: 0 });
+      ? Model.nanodetPlus({ depth: 18, numClasses: 3, featureSize: 128, head: { channels: 128 }, aux: { channels: 256 }, device, seed })
+      : Model.retinanet({ depth: 18, numClasses: 3, featureSize: 128, freezeBn: false, anchors: { sizes: [16, 32, 64, 128, 256] }, boxCoder: { std: v.std }, device, seed });
     const loss = v.nanodet ? { ...v.loss, detachEpoch: Math.min(10, Math.floor((3 * epochs) / 4)) } : v.loss;
-    const options: TrainerOptions = { loss, optimizer: { type: 'adamw', lr: 1e-3, weightDecay: 0.05 }, schedule: { warmupSteps: 50, type: 'cosine' }, replicas: 'auto' };
+    const optimizer = o.optimizer === 'sgd' ? { type: 'sgd' as const, lr: 0.01, momentum: 0.9, weightDecay: 1e-4 } : { type: 'adamw' as const, lr: 1e-3, weightDecay: 0.05 };
+    const options: TrainerOptions = { loss, optimizer: { ...optimizer, clipGradNorm: v.clip }, schedule: { warmupSteps: 50, type: 'cosine' }, replicas: 'auto' };
     const trainer = new Trainer(model, options);
     const history: EpochRecord[] = [];
     trainer.on('epoch', (e: EpochRecord) => {
       history.push(e);
       console.error(`${v.name}: epoch ${e.epoch + 1}/${epochs} loss ${e.total.toFixed(4)} AP50 ${e.val?.AP50.toFixed(4)} (${e.seconds.toFixed(1)} s)`);
     });
-    const loader = new DataLoader(train, { batchSize: 8, seed: 0, device, transform, views: v.views ?? 1 });
+    const loader = new DataLoader(train, { batchSize: 8, seed, device, transform, views: v.views ?? 1 });
     const valLoader = new DataLoader(val, { batchSize: 8, shuffle: false, augment: false, device, transform });
     const result = await trainer.fit(loader, { epochs, valLoader, evalEvery: 1 });
     const s = result.evaluation!.stats;
@@ -87,7 +101,7 @@ async function main(): Promise<void> {
     model.dispose();
   }
   const table = [
-    `Shapes (${train.length} train / ${val.length} val images, 128 px), ResNet-18 + FPN 128 (RetinaNet heads, or NanoDet-Plus), ${epochs} epochs on ${device}, AdamW 1e-3 cosine`,
+    `Shapes (${train.length} train / ${val.length} val images, 128 px), ResNet-18 + FPN 128 (RetinaNet heads, or NanoDet-Plus), ${epochs} epochs on ${device}, ${o.optimizer === 'sgd' ? 'SGD 0.01' : 'AdamW 1e-3'} cosine, seed ${seed}`,
     '',
     '| loss | AP | AP50 | AP75 | s / epoch |',
     '| --- | --- | --- | --- | --- |',

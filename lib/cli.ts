@@ -6,6 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseTrainConfig } from './config';
+import { LOSS_RECIPES, lossRecipe, LossRecipeName } from './losses';
 import { makeShapes } from './data/shapes';
 import { formatEvaluation } from './eval/evaluate';
 import { DatasetSpec } from './jobs/common';
@@ -115,7 +116,7 @@ export function makeProgram(): Command {
     .option('--feature-size <n>', 'FPN and subnet channels', intOption('--feature-size', 1))
     .option('--weights <file>', 'start from these weights')
     .option('--backbone <file>', 'ResNet backbone weights (torchvision state_dict)')
-    .addOption(new Option('--loss <kind>', "'focal' (Focal + smooth L1) or 'ghm' (GHM-C + GHM-R)").choices(['focal', 'ghm']))
+    .addOption(new Option('--loss <recipe>', "loss recipe (sets the loss, box coder and clipping): 'focal' (pytorch-retinanet: Focal + smooth L1), 'ghm' (mmdetection's GHM-C + GHM-R) or 'ghmc' (GHM-C + smooth L1)").choices([...LOSS_RECIPES]))
     .option('--contrastive <weight>', 'add the contrastive loss between two views with this weight', numberOption('--contrastive'))
     .addOption(new Option('--optimizer <type>', 'optimizer').choices(['sgd', 'adamw']))
     .option('--lr <rate>', 'base learning rate', numberOption('--lr'))
@@ -151,9 +152,12 @@ export function makeProgram(): Command {
       for (const [flag, field] of TRAIN_FLAG_FIELDS) setPath(base, field, o[flag]);
       if (o.loss !== undefined) {
         if (o.head === 'nanodet-plus' || (base.model as Record<string, unknown> | undefined)?.head === 'nanodet-plus') throw new Error('--loss chooses a RetinaNet loss; NanoDet-Plus trains with QFL, GIoU and DFL');
-        const [classification, regression] = o.loss === 'ghm' ? ['ghmc', 'ghmr'] : ['focal', 'smoothL1'];
-        setPath(base, 'loss.classification', classification);
-        setPath(base, 'loss.regression', regression);
+        // the whole recipe: loss, the box coder its targets and the decoding use, and its gradient clipping
+        const recipe = lossRecipe(o.loss as LossRecipeName);
+        const contrastive = (base.loss as Record<string, unknown> | undefined)?.contrastive;
+        base.loss = { ...recipe.loss, ...(contrastive !== undefined ? { contrastive } : {}) };
+        setPath(base, 'model.boxCoder', recipe.boxCoder);
+        setPath(base, 'optimizer.clipGradNorm', recipe.clipGradNorm);
       }
       const config = parseTrainConfig(base, o.config ? 'config' : 'options');
       if (o.printConfig) {

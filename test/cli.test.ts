@@ -124,6 +124,30 @@ test('cli: train --head nanodet-plus trains a NanoDet-Plus; eval and detect rebu
   t.regex(run('train', '--head', 'nanodet-plus', '--coco-train', 'a.json', '--loss', 'ghm').stderr, /--loss chooses a RetinaNet loss/);
 });
 
+test('cli: --loss sets the whole recipe (loss, the model\'s box coder, clipping) and keeps the contrastive term', (t) => {
+  const show = (...args: string[]) => {
+    const r = run('train', '--coco-train', 'a.json', '--print-config', ...args);
+    t.is(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout);
+  };
+  const ghm = show('--loss', 'ghm', '--contrastive', '0.1');
+  t.is(ghm.loss.classification, 'ghmc');
+  t.is(ghm.loss.regression, 'ghmr');
+  t.deepEqual(ghm.loss.ghmc, { bins: 30, momentum: 0.75, lossWeight: 1 });
+  t.is(ghm.loss.regWeight, 10);
+  t.true(ghm.loss.ghmPerLevel);
+  t.deepEqual(ghm.model.boxCoder.std, [1, 1, 1, 1]);
+  t.deepEqual(ghm.loss.focal.assigner, { lowQualityMatches: true, minPositiveIou: 0 });
+  t.is(ghm.optimizer.clipGradNorm, 35);
+  t.is(ghm.loss.contrastive.weight, 0.1);
+  const focal = show('--loss', 'focal');
+  t.deepEqual(focal.model.boxCoder.std, [0.1, 0.1, 0.2, 0.2]);
+  t.is(focal.optimizer.clipGradNorm, 0.1);
+  const ghmc = show('--loss', 'ghmc');
+  t.is(ghmc.loss.regression, 'smoothL1');
+  t.regex(run('train', '--coco-train', 'a.json', '--loss', 'ghmr').stderr, /Allowed choices are focal, ghm, ghmc/);
+});
+
 test('cli: an unknown command or a bad option fails with a message and exit code 1', (t) => {
   const r = run('nonsense');
   t.is(r.status, 1);
