@@ -17,15 +17,16 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  buildInfo, CocoDataset, DataLoader, Device, disposeBatch, evaluateDetector, lossRecipe, LOSS_RECIPES, LossRecipeName, makeShapes, Model, RetinaNetLossOptions, setTf32, Trainer, writeFileAtomic, writeJsonAtomic, writeLineChart,
+  buildInfo, CocoDataset, DataLoader, Device, disposeBatch, evaluateDetector, lossRecipe, LOSS_RECIPES, LossRecipeName, makeShapes, Model, NanoDetPlusLossOptions, RetinaNetLossOptions, setTf32, Trainer, writeFileAtomic, writeJsonAtomic, writeLineChart,
 } from '../lib';
 
-/** A RetinaNet training recipe of the parity runs: a built-in recipe, or the old compare-losses GHM. */
-export type ParityRecipe = LossRecipeName | 'ghm-all-levels';
-export const PARITY_RECIPES: readonly ParityRecipe[] = [...LOSS_RECIPES, 'ghm-all-levels'];
+/** A training recipe of the parity runs: a built-in RetinaNet recipe, the old compare-losses GHM, or NanoDet-Plus. */
+export type ParityRecipe = LossRecipeName | 'ghm-all-levels' | 'nanodet-plus';
+export const PARITY_RECIPES: readonly ParityRecipe[] = [...LOSS_RECIPES, 'ghm-all-levels', 'nanodet-plus'];
 
-/** The loss, box std and clipping of a parity recipe. */
-export function parityRecipe(name: ParityRecipe): { loss: RetinaNetLossOptions; std: [number, number, number, number]; clipGradNorm: number } {
+/** The loss, box std and clipping of a parity recipe (NanoDet-Plus: its own loss, NanoDet's clipping at 35). */
+export function parityRecipe(name: ParityRecipe, detachEpoch = 10): { loss: RetinaNetLossOptions | NanoDetPlusLossOptions; std: [number, number, number, number]; clipGradNorm: number } {
+  if (name === 'nanodet-plus') return { loss: { detachEpoch }, std: [0.1, 0.1, 0.2, 0.2], clipGradNorm: 35 };
   if (name === 'ghm-all-levels') {
     // what examples/compare-losses.ts used before the 'ghm' recipe: GHM-C bins 10, GHM-R weight 1, once over all levels
     const std: [number, number, number, number] = [1, 1, 1, 1];
@@ -37,9 +38,14 @@ export function parityRecipe(name: ParityRecipe): { loss: RetinaNetLossOptions; 
 
 export interface ParityModelOptions {
   depth: 18 | 34 | 50;
+  /** FPN channels (RetinaNet: also the subnets'). */
   featureSize: number;
   numClasses: number;
+  /** RetinaNet anchor sizes per level P3–P7. */
   anchorSizes: number[];
+  /** NanoDet-Plus head channels (default featureSize) and the AGM head's (default 2·featureSize). */
+  headChannels?: number;
+  auxChannels?: number;
 }
 
 export interface ParityRunOptions {
@@ -55,10 +61,17 @@ export interface ParityRunOptions {
   optimizer?: 'adamw' | 'sgd';
   lr?: number;
   warmupSteps?: number;
+  /** NanoDet-Plus: the AGM's detach epoch; default 10. */
+  detachEpoch?: number;
   /** Folder of this run (config, init weights, batches, both sides' records). */
   dir: string;
   /** Also score both final models on this loader. */
   valLoader?: DataLoader;
+  /**
+   * Also run the reference a second time with every initial weight moved by one float32 rounding step
+   * (this seed): how far rounding-level differences alone carry through these steps (result.control).
+   */
+  control?: number;
   /** Delete the batches after the reference has run (they are large). */
   dropBatches?: boolean;
   /** Python with torch for the reference; default ONESTAGE_PYTHON or python3. */
@@ -79,6 +92,8 @@ export interface ParityRunResult {
   steps: number;
   onestage: StepValues[];
   reference: StepValues[];
+  /** The reference from initial weights one rounding step away (with options.control). */
+  control?: StepValues[];
   /** COCO stats of the final weights (with a valLoader). */
   onestageStats?: number[];
   referenceStats?: number[];
@@ -87,16 +102,23 @@ export interface ParityRunResult {
 
 /** Trains onestage on `train`, writing everything the reference needs into `o.dir`, then runs the reference. */
 export async function runParity(train: DataLoader, o: ParityRunOptions): Promise<ParityRunResult> {
-  const r = parityRecipe(o.recipe);
+  const r = parityRecipe(o.recipe, o.detachEpoch);
   fs.rmSync(o.dir, { recursive: true, force: true });
   fs.mkdirSync(path.join(o.dir, 'onestage'), { recursive: true });
-  const modelOptions = { depth: o.model.depth, numClasses: o.model.numClasses, featureSize: o.model.featureSize, freezeBn: false, anchors: { sizes: o.model.anchorSizes }, boxCoder: { std: r.std }, device: o.device, seed: o.seed };
+  const nanodet = o.recipe === 'nanodet-plus';
+  const m = o.model;
+  // NanoDet-Plus with onestage's defaults beside the sizes (depthwise 5x5 head convs, 2 stacked; AGM 4 GroupNorm convs, 32 groups)
+  const nanodetModel = { depth: m.depth, numClasses: m.numClasses, featureSize: m.featureSize, headChannels: m.headChannels ?? m.featureSize, stackedConvs: 2, kernelSize: 5, regMax: 7, strides: [8, 16, 32, 64], auxChannels: m.auxChannels ?? 2 * m.featureSize, auxStackedConvs: 4, auxGroups: 32 };
+  const build = () =>
+    nanodet
+      ? Model.nanodetPlus({ depth: m.depth, numClasses: m.numClasses, featureSize: m.featureSize, head: { channels: nanodetModel.headChannels }, aux: { channels: nanodetModel.auxChannels }, device: o.device, seed: o.seed })
+      : Model.retinanet({ depth: m.depth, numClasses: m.numClasses, featureSize: m.featureSize, freezeBn: false, anchors: { sizes: m.anchorSizes }, boxCoder: { std: r.std }, device: o.device, seed: o.seed });
   const optimizer =
     o.optimizer === 'sgd'
       ? { type: 'sgd' as const, lr: o.lr ?? 0.01, momentum: 0.9, weightDecay: 1e-4, clipGradNorm: r.clipGradNorm }
       : { type: 'adamw' as const, lr: o.lr ?? 1e-3, weightDecay: 0.05, clipGradNorm: r.clipGradNorm };
-  writeJsonAtomic(path.join(o.dir, 'config.json'), { model: { architecture: 'retinanet', ...o.model }, loss: r.loss, optimizer, recipe: o.recipe, seed: o.seed });
-  const model = Model.retinanet(modelOptions);
+  writeJsonAtomic(path.join(o.dir, 'config.json'), { model: nanodet ? { architecture: 'nanodet-plus', ...nanodetModel } : { architecture: 'retinanet', ...m }, loss: r.loss, optimizer, recipe: o.recipe, seed: o.seed });
+  const model = build();
   await model.saveWeights(path.join(o.dir, 'init.safetensors'));
   const trainer = new Trainer(model, { loss: r.loss, optimizer, schedule: { warmupSteps: o.warmupSteps ?? 50, type: 'cosine' }, replicas: 1 });
   const total = o.maxSteps ? Math.min(o.maxSteps, train.length * o.epochs) : train.length * o.epochs;
@@ -139,13 +161,16 @@ export async function runParity(train: DataLoader, o: ParityRunOptions): Promise
   const refStarted = process.hrtime.bigint();
   runReferenceLoop(o.dir, o.device.startsWith('cuda') ? 'cuda' : 'cpu', o.python);
   const referenceSeconds = Number(process.hrtime.bigint() - refStarted) / 1e9;
+  if (o.control !== undefined) runReferenceLoop(o.dir, o.device.startsWith('cuda') ? 'cuda' : 'cpu', o.python, ['--perturb', String(o.control), '--out', 'control']);
   if (o.dropBatches) fs.rmSync(path.join(o.dir, 'batches.bin'), { force: true });
-  const reference = fs.readFileSync(path.join(o.dir, 'reference', 'steps.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as StepValues);
+  const read = (side: string) => fs.readFileSync(path.join(o.dir, side, 'steps.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as StepValues);
+  const reference = read('reference');
 
   const result: ParityRunResult = { recipe: o.recipe, seed: o.seed, steps: step, onestage, reference, seconds: { onestage: onestageSeconds, reference: referenceSeconds } };
+  if (o.control !== undefined) result.control = read('control');
   if (o.valLoader) {
     result.onestageStats = (await evaluateDetector(model, o.valLoader)).stats;
-    const ref = Model.retinanet(modelOptions);
+    const ref = build();
     await ref.loadWeights(path.join(o.dir, 'reference', 'final.safetensors'));
     result.referenceStats = (await evaluateDetector(ref, o.valLoader)).stats;
     ref.dispose();
@@ -155,10 +180,10 @@ export async function runParity(train: DataLoader, o: ParityRunOptions): Promise
 }
 
 /** Runs test/reference/train_ref.py on a run folder (throws with its stderr on failure). */
-export function runReferenceLoop(dir: string, device: 'cpu' | 'cuda', python?: string): void {
+export function runReferenceLoop(dir: string, device: 'cpu' | 'cuda', python?: string, extra: string[] = []): void {
   const py = python ?? process.env.ONESTAGE_PYTHON ?? 'python3';
   const script = path.join(__dirname, '..', 'test', 'reference', 'train_ref.py');
-  const res = spawnSync(py, [script, dir, '--device', device], { encoding: 'utf8', env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' }, maxBuffer: 64 * 1024 * 1024 });
+  const res = spawnSync(py, [script, dir, '--device', device, ...extra], { encoding: 'utf8', env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' }, maxBuffer: 64 * 1024 * 1024 });
   if (res.status !== 0) throw new Error(`train_ref.py failed (exit ${res.status}${res.signal ? `, ${res.signal}` : ''}):\n${res.stderr}`);
 }
 
@@ -185,6 +210,16 @@ export function stepDifferences(a: StepValues[], b: StepValues[], steps = Math.m
   return out;
 }
 
+/** Per step, |a − b| / (atol + |b|) of one quantity. */
+export function relativeDeviations(a: StepValues[], b: StepValues[], key: 'cls' | 'reg' | 'total' | 'gradNorm', atol = 1e-6): number[] {
+  return a.slice(0, b.length).map((s, i) => Math.abs(s[key] - b[i][key]) / (atol + Math.abs(b[i][key])));
+}
+
+export function median(v: number[]): number {
+  const s = [...v].sort((x, y) => x - y);
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
 /** Weight differences of two safetensors files: the largest |a − b| and the largest |a − b| / (1e-3 + |b|) over every F32 tensor, and where. */
 export function weightDifferences(fileA: string, fileB: string): { maxAbs: number; maxRel: number; worst: string } {
   const a = readFloatTensors(fileA);
@@ -208,7 +243,7 @@ export function weightDifferences(fileA: string, fileB: string): { maxAbs: numbe
   return { maxAbs, maxRel, worst };
 }
 
-const mean = (v: number[]) => v.reduce((s, x) => s + x, 0) / Math.max(1, v.length);
+const mean = (v: number[]): number => v.reduce((s, x) => s + x, 0) / Math.max(1, v.length);
 const spread = (v: number[]) => (v.length ? `${mean(v).toFixed(3)} ± ${((Math.max(...v) - Math.min(...v)) / 2).toFixed(3)}` : '—');
 
 async function main(): Promise<void> {

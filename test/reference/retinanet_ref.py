@@ -86,49 +86,67 @@ class Subnet(nn.Module):
 
 
 class Pyramid(nn.Module):
-    def __init__(self, c3, c4, c5, width=256):
+    def __init__(self, c3, c4, c5, width=256, levels=5):
         super().__init__()
+        self.levels = levels
         self.P5_1 = nn.Conv2d(c5, width, 1)
         self.P5_2 = nn.Conv2d(width, width, 3, padding=1)
         self.P4_1 = nn.Conv2d(c4, width, 1)
         self.P4_2 = nn.Conv2d(width, width, 3, padding=1)
         self.P3_1 = nn.Conv2d(c3, width, 1)
         self.P3_2 = nn.Conv2d(width, width, 3, padding=1)
-        self.P6 = nn.Conv2d(c5, width, 3, stride=2, padding=1)
-        self.P7_2 = nn.Conv2d(width, width, 3, stride=2, padding=1)
+        if levels >= 4:
+            self.P6 = nn.Conv2d(c5, width, 3, stride=2, padding=1)
+        if levels >= 5:
+            self.P7_2 = nn.Conv2d(width, width, 3, stride=2, padding=1)
 
     def forward(self, c3, c4, c5):
         l5 = self.P5_1(c5)
         l4 = self.P4_1(c4) + F.interpolate(l5, size=c4.shape[-2:], mode="nearest")
         l3 = self.P3_1(c3) + F.interpolate(l4, size=c3.shape[-2:], mode="nearest")
-        p6 = self.P6(c5)
-        return [self.P3_2(l3), self.P4_2(l4), self.P5_2(l5), p6, self.P7_2(F.relu(p6))]
+        out = [self.P3_2(l3), self.P4_2(l4), self.P5_2(l5)]
+        if self.levels >= 4:
+            out.append(self.P6(c5))
+        if self.levels >= 5:
+            out.append(self.P7_2(F.relu(out[3])))
+        return out
+
+
+def add_resnet(module, depth):
+    """conv1, bn1, layer1..4 as attributes of `module` (torchvision's names); → the channels of C2..C5."""
+    block, counts = LAYOUT[depth]
+    module.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    module.bn1 = nn.BatchNorm2d(64)
+    cin = 64
+    chans = []
+    for i, (planes, n) in enumerate(zip([64, 128, 256, 512], counts)):
+        blocks = []
+        for j in range(n):
+            blocks.append(block(cin, planes, 2 if (j == 0 and i > 0) else 1))
+            cin = planes * block.expansion
+        setattr(module, "layer%d" % (i + 1), nn.Sequential(*blocks))
+        chans.append(cin)
+    return chans
+
+
+def resnet_features(module, x):
+    """C3, C4, C5 of the ResNet attributes added by add_resnet."""
+    x = F.max_pool2d(F.relu(module.bn1(module.conv1(x))), 3, 2, 1)
+    c3 = module.layer2(module.layer1(x))
+    c4 = module.layer3(c3)
+    return c3, c4, module.layer4(c4)
 
 
 class RetinaNetRef(nn.Module):
     def __init__(self, depth, num_classes, width=256):
         super().__init__()
-        block, counts = LAYOUT[depth]
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        cin = 64
-        chans = []
-        for i, (planes, n) in enumerate(zip([64, 128, 256, 512], counts)):
-            blocks = []
-            for j in range(n):
-                blocks.append(block(cin, planes, 2 if (j == 0 and i > 0) else 1))
-                cin = planes * block.expansion
-            setattr(self, "layer%d" % (i + 1), nn.Sequential(*blocks))
-            chans.append(cin)
+        chans = add_resnet(self, depth)
         self.fpn = Pyramid(chans[1], chans[2], chans[3], width)
         self.regressionModel = Subnet(width, 4, width=width)
         self.classificationModel = Subnet(width, num_classes, width=width)
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-        c3 = self.layer2(self.layer1(x))
-        c4 = self.layer3(c3)
-        c5 = self.layer4(c4)
+        c3, c4, c5 = resnet_features(self, x)
         ps = self.fpn(c3, c4, c5)
         reg = torch.cat([self.regressionModel(p) for p in ps], 1)
         cls = torch.cat([self.classificationModel(p) for p in ps], 1)

@@ -4,10 +4,12 @@ the reference projects' arithmetic, step by step.
   train_ref.py RUN_DIR [--device cpu|cuda] [--steps N] [--snapshot K] [--perturb SEED] [--out NAME]
 
 RUN_DIR (written by bench/training_parity.ts):
-  config.json          {"model": {depth, numClasses, featureSize, anchorSizes}, "loss": onestage's
-                        RetinaNetLossOptions, "optimizer": {type, lr, weightDecay, momentum, nesterov,
-                        beta1, beta2, eps, clipGradNorm}}
-  init.safetensors     the initial weights (pytorch-retinanet key names)
+  config.json          {"model": {architecture 'retinanet': depth, numClasses, featureSize, anchorSizes;
+                        'nanodet-plus': also headChannels, stackedConvs, kernelSize, regMax, strides,
+                        auxChannels, auxStackedConvs, auxGroups}, "loss": onestage's RetinaNetLossOptions
+                        or NanoDetPlusLossOptions, "optimizer": {type, lr, weightDecay, momentum,
+                        nesterov, beta1, beta2, eps, clipGradNorm}}
+  init.safetensors     the initial weights (pytorch-retinanet / onestage key names)
   batches.jsonl        per step {step, epoch, lr, images: {offset, shape}, annotations: {offset, shape}}
   batches.bin          the float32 little-endian data those offsets (in bytes) point into
 Writes RUN_DIR/reference/ (or RUN_DIR/NAME/) steps.jsonl ({step, cls, reg, total, gradNorm} per step), final.safetensors
@@ -23,6 +25,9 @@ How each loss is composed, from the reference projects' own code:
     with ghmPerLevel the head calls its one loss module once per pyramid level (level order, the same
     acc_sum) and sums; otherwise once over every anchor of the batch. The assigner is mmdetection's
     MaxIoUAssigner when lowQualityMatches is set (min_pos_iou, every anchor tying a GT's best IoU).
+  NanoDet-Plus: NanoDetPlusHead + the AGM (aux_fpn, SimpleConvHead on both pyramids, detached from
+    detachEpoch on), Dynamic Soft Label assignment by the auxiliary predictions, QFL + GIoU + DFL of both
+    heads with NanoDet-Plus' normalisers (test/reference/nanodet_ref.py; CPU only).
   The optimizer is torch.optim's (SGD / AdamW), gradients clipped with clip_grad_norm_.
 """
 import argparse
@@ -34,9 +39,140 @@ import sys
 import numpy as np
 import torch
 
+import torch.nn as nn
+import torch.nn.functional as F
+
 from losses_ref import GHMC, GHMR, calc_iou
-from retinanet_ref import RetinaNetRef, pyramid_anchors
+from nanodet_ref import assign_batch, distance2bbox, head_loss, integral, priors_for
+from retinanet_ref import Pyramid, RetinaNetRef, add_resnet, pyramid_anchors, resnet_features
 import safetensors_io
+
+LEAKY = 0.1  # NanoDet's LeakyReLU slope
+
+
+class DepthwiseConvModule(nn.Module):
+    """NanoDet's DepthwiseConvModule: depthwise k x k conv, BN, LeakyReLU, pointwise 1 x 1 conv, BN, LeakyReLU."""
+
+    def __init__(self, cin, cout, k):
+        super().__init__()
+        self.depthwise = nn.Conv2d(cin, cin, k, padding=k // 2, groups=cin, bias=False)
+        self.dwnorm = nn.BatchNorm2d(cin)
+        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
+        self.pwnorm = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        x = F.leaky_relu(self.dwnorm(self.depthwise(x)), LEAKY)
+        return F.leaky_relu(self.pwnorm(self.pointwise(x)), LEAKY)
+
+
+class ConvNormAct(nn.Module):
+    """NanoDet's ConvModule with GroupNorm and LeakyReLU (the auxiliary head's)."""
+
+    def __init__(self, cin, cout, groups):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.gn = nn.GroupNorm(groups, cout)
+
+    def forward(self, x):
+        return F.leaky_relu(self.gn(self.conv(x)), LEAKY)
+
+
+class Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def flatten_levels(outs):
+    """[B, K, H, W] per level -> [B, sum H W, K]."""
+    return torch.cat([o.flatten(2) for o in outs], 2).permute(0, 2, 1)
+
+
+class NanoDetPlusHeadRef(nn.Module):
+    """NanoDet-Plus' NanoDetPlusHead (share_cls_reg: one 1 x 1 conv per level gives classes and distributions)."""
+
+    def __init__(self, num_classes, cin, feat, stacked, k, reg_max, levels):
+        super().__init__()
+        self.cls_convs = nn.ModuleList(
+            [nn.ModuleList([DepthwiseConvModule(cin if i == 0 else feat, feat, k) for i in range(stacked)]) for _ in range(levels)])
+        self.gfl_cls = nn.ModuleList([nn.Conv2d(feat if stacked else cin, num_classes + 4 * (reg_max + 1), 1) for _ in range(levels)])
+
+    def forward(self, feats):
+        outs = []
+        for x, convs, out in zip(feats, self.cls_convs, self.gfl_cls):
+            for c in convs:
+                x = c(x)
+            outs.append(out(x))
+        return flatten_levels(outs)
+
+
+class SimpleConvHeadRef(nn.Module):
+    """NanoDet-Plus' SimpleConvHead, the AGM's auxiliary head (GroupNorm convs, a Scale per level on the distributions)."""
+
+    def __init__(self, num_classes, cin, feat, stacked, groups, reg_max, levels):
+        super().__init__()
+        self.cls_convs = nn.ModuleList([ConvNormAct(cin if i == 0 else feat, feat, groups) for i in range(stacked)])
+        self.reg_convs = nn.ModuleList([ConvNormAct(cin if i == 0 else feat, feat, groups) for i in range(stacked)])
+        last = feat if stacked else cin
+        self.gfl_cls = nn.Conv2d(last, num_classes, 3, padding=1)
+        self.gfl_reg = nn.Conv2d(last, 4 * (reg_max + 1), 3, padding=1)
+        self.scales = nn.ModuleList([Scale() for _ in range(levels)])
+
+    def forward(self, feats):
+        outs = []
+        for x, scale in zip(feats, self.scales):
+            c, r = x, x
+            for m in self.cls_convs:
+                c = m(c)
+            for m in self.reg_convs:
+                r = m(r)
+            outs.append(torch.cat([self.gfl_cls(c), scale(self.gfl_reg(r))], 1))
+        return flatten_levels(outs)
+
+
+class NanoDetPlusRef(nn.Module):
+    """onestage's NanoDet-Plus layout: ResNet, FPN P3..P6, NanoDetPlusHead; for training the AGM: aux_fpn and
+    aux_head on the concatenation of both pyramids (inputs detached from detach_epoch on, as NanoDet-Plus)."""
+
+    def __init__(self, m):
+        super().__init__()
+        chans = add_resnet(self, m["depth"])
+        levels = len(m["strides"])
+        fs = m["featureSize"]
+        self.fpn = Pyramid(chans[1], chans[2], chans[3], fs, levels)
+        self.head = NanoDetPlusHeadRef(m["numClasses"], fs, m["headChannels"], m["stackedConvs"], m["kernelSize"], m["regMax"], levels)
+        self.aux_fpn = Pyramid(chans[1], chans[2], chans[3], fs, levels)
+        self.aux_head = SimpleConvHeadRef(m["numClasses"], 2 * fs, m["auxChannels"], m["auxStackedConvs"], m["auxGroups"], m["regMax"], levels)
+
+    def forward(self, x, detach):
+        c3, c4, c5 = resnet_features(self, x)
+        ps = self.fpn(c3, c4, c5)
+        preds = self.head(ps)
+        if detach:
+            c3, c4, c5 = c3.detach(), c4.detach(), c5.detach()
+        aux_ps = self.aux_fpn(c3, c4, c5)
+        dual = [torch.cat([p.detach() if detach else p, a], 1) for p, a in zip(ps, aux_ps)]
+        return preds, self.aux_head(dual)
+
+
+def nanodet_plus_step(model, m, loss_cfg, images, ann, epoch):
+    """One NanoDet-Plus training loss: the AGM's predictions assign (DSL) for main and auxiliary heads
+    (assignBy 'aux-until-detach': the main head's own from detachEpoch on); → (QFL sum, box sum)."""
+    detach = epoch >= loss_cfg.get("detachEpoch", 10)
+    preds, aux = model(images, detach)
+    C, R = m["numClasses"], m["regMax"]
+    priors = priors_for(images.shape[2], images.shape[3], m["strides"]).to(images.device)
+    by = preds if (loss_cfg.get("assignBy", "aux") == "aux-until-detach" and detach) else aux
+    with torch.no_grad():
+        b = by.detach()
+        dec = distance2bbox(priors[None, :, :2], integral(b[..., C:], R) * priors[None, :, 2, None])
+        gi, _, ious = assign_batch(b[..., :C], priors, dec, ann)
+    q, g, d = head_loss(preds, priors, ann, gi, ious, C, R)
+    aq, ag, ad = head_loss(aux, priors, ann, gi, ious, C, R)
+    return q + aq, g + d + ag + ad
 
 
 def encode(anchors, gt, std):
@@ -183,9 +319,8 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     cfg = json.load(open(os.path.join(run, "config.json")))
     m = cfg["model"]
-    if m.get("architecture", "retinanet") != "retinanet":
-        raise SystemExit("train_ref.py: architecture %r has no reference loop here" % m.get("architecture"))
-    model = RetinaNetRef(m["depth"], m["numClasses"], width=m["featureSize"])
+    nanodet = m.get("architecture", "retinanet") == "nanodet-plus"
+    model = NanoDetPlusRef(m) if nanodet else RetinaNetRef(m["depth"], m["numClasses"], width=m["featureSize"])
     weights, _, _ = safetensors_io.read(os.path.join(run, "init.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
@@ -207,7 +342,7 @@ def main():
         opt = torch.optim.SGD(params, lr=o.get("lr", 0.01), momentum=o.get("momentum", 0.9), weight_decay=o.get("weightDecay", 1e-4),
                               nesterov=o.get("nesterov", False))
     clip = o.get("clipGradNorm", 0.1)
-    loss_fn = ReferenceLoss(cfg["loss"])
+    loss_fn = None if nanodet else ReferenceLoss(cfg["loss"])
     steps = read_steps(run)
     if args.steps > 0:
         steps = steps[:args.steps]
@@ -219,15 +354,18 @@ def main():
         for k, s in enumerate(steps):
             images = load_tensor(blob, s["images"], device)
             ann = load_tensor(blob, s["annotations"], device)
-            H, W = images.shape[2], images.shape[3]
-            if (H, W) not in anchors_by_shape:
-                anchors_by_shape[(H, W)] = pyramid_anchors(H, W, m["anchorSizes"])
-            anchors, level_sizes = anchors_by_shape[(H, W)]
             for g in opt.param_groups:
                 g["lr"] = s["lr"]
             opt.zero_grad(set_to_none=True)
-            _, _, reg, cls = model(images)
-            cls_loss, reg_loss = loss_fn(cls.float(), reg.float(), anchors.to(device), ann, level_sizes)
+            if nanodet:
+                cls_loss, reg_loss = nanodet_plus_step(model, m, cfg["loss"], images, ann, s["epoch"])
+            else:
+                H, W = images.shape[2], images.shape[3]
+                if (H, W) not in anchors_by_shape:
+                    anchors_by_shape[(H, W)] = pyramid_anchors(H, W, m["anchorSizes"])
+                anchors, level_sizes = anchors_by_shape[(H, W)]
+                _, _, reg, cls = model(images)
+                cls_loss, reg_loss = loss_fn(cls.float(), reg.float(), anchors.to(device), ann, level_sizes)
             total = cls_loss + reg_loss
             total.backward()
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
