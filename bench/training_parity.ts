@@ -19,6 +19,7 @@ import * as path from 'node:path';
 import {
   buildInfo, CocoDataset, DataLoader, Device, disposeBatch, evaluateDetector, lossRecipe, LOSS_RECIPES, LossRecipeName, makeShapes, Model, NanoDetPlusLossOptions, RetinaNetLossOptions, setTf32, Trainer, writeFileAtomic, writeJsonAtomic, writeLineChart,
 } from '../lib';
+import { readFloat32Tensors } from '../lib/safetensors';
 
 /** A training recipe of the parity runs: a built-in RetinaNet recipe, the old compare-losses GHM, or NanoDet-Plus. */
 export type ParityRecipe = LossRecipeName | 'ghm-all-levels' | 'nanodet-plus';
@@ -187,20 +188,6 @@ export function runReferenceLoop(dir: string, device: 'cpu' | 'cuda', python?: s
   if (res.status !== 0) throw new Error(`train_ref.py failed (exit ${res.status}${res.signal ? `, ${res.signal}` : ''}):\n${res.stderr}`);
 }
 
-/** Float32 tensors of a safetensors file by name (the F32 entries only). */
-export function readFloatTensors(file: string): Map<string, Float32Array> {
-  const buf = fs.readFileSync(file);
-  const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; data_offsets: [number, number] }>;
-  const out = new Map<string, Float32Array>();
-  for (const [name, e] of Object.entries(header)) {
-    if (name === '__metadata__' || e.dtype !== 'F32') continue;
-    const bytes = buf.subarray(8 + n + e.data_offsets[0], 8 + n + e.data_offsets[1]);
-    out.set(name, new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)));
-  }
-  return out;
-}
-
 /** The largest |a − b| / (atol + |b|) of two step series, per quantity, over the first `steps` steps. */
 export function stepDifferences(a: StepValues[], b: StepValues[], steps = Math.min(a.length, b.length), atol = 1e-6): Record<'cls' | 'reg' | 'total' | 'gradNorm', number> {
   const out = { cls: 0, reg: 0, total: 0, gradNorm: 0 };
@@ -222,8 +209,8 @@ export function median(v: number[]): number {
 
 /** Weight differences of two safetensors files: the largest |a − b| and the largest |a − b| / (1e-3 + |b|) over every F32 tensor, and where. */
 export function weightDifferences(fileA: string, fileB: string): { maxAbs: number; maxRel: number; worst: string } {
-  const a = readFloatTensors(fileA);
-  const b = readFloatTensors(fileB);
+  const a = readFloat32Tensors(fileA);
+  const b = readFloat32Tensors(fileB);
   let maxAbs = 0;
   let maxRel = 0;
   let worst = '';

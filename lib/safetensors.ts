@@ -68,3 +68,19 @@ export function readSafetensorsHeader(path: string): SafetensorsHeader {
     fs.closeSync(fd);
   }
 }
+
+/**
+ * The float32 tensors of a safetensors file by name (other dtypes are left out), read in JavaScript:
+ * for comparing weight files (tests, parity benchmarks) without the addon.
+ */
+export function readFloat32Tensors(path: string): Map<string, Float32Array> {
+  const { dataStart, entries } = readSafetensorsHeader(path);
+  const buf = fs.readFileSync(path);
+  const out = new Map<string, Float32Array>();
+  for (const e of entries) {
+    if (e.dtype !== 'F32') continue;
+    const bytes = buf.subarray(dataStart + e.begin, dataStart + e.end);
+    out.set(e.name, new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)));
+  }
+  return out;
+}

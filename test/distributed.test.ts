@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildInfo, CocoDataset, DataLoader, disposeBatch, distBackends, distEnvironment, launchWorkers, makeShapes, Model } from '../lib';
 import { freePort, withoutNproc } from '../lib/jobs/launch';
+import { readFloat32Tensors } from '../lib/safetensors';
 import { tempDir } from './helpers/python';
 
 const worker = path.join(__dirname, 'helpers', 'dist_worker.ts');
@@ -62,20 +63,6 @@ async function parallel(n: number, config: object): Promise<WorkerRun> {
   return { code: r.exitCode, stdout, stderr, result: parseResult(stdout) };
 }
 
-/** The float32 tensors of a safetensors file by name. */
-function readWeights(file: string): Map<string, Float32Array> {
-  const buf = fs.readFileSync(file);
-  const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; data_offsets: [number, number] }>;
-  const out = new Map<string, Float32Array>();
-  for (const [name, e] of Object.entries(header)) {
-    if (name === '__metadata__' || e.dtype !== 'F32') continue;
-    const bytes = buf.subarray(8 + n + e.data_offsets[0], 8 + n + e.data_offsets[1]);
-    out.set(name, new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)));
-  }
-  return out;
-}
-
 /** Sets the first `classes` values of every `gfl_cls` bias in a safetensors file to `value`, in place. */
 function setClassBias(file: string, classes: number, value: number): void {
   const buf = fs.readFileSync(file);
@@ -87,8 +74,8 @@ function setClassBias(file: string, classes: number, value: number): void {
 }
 
 function maxWeightDifference(a: string, b: string): { max: number; worst: string; tensors: number } {
-  const wa = readWeights(a);
-  const wb = readWeights(b);
+  const wa = readFloat32Tensors(a);
+  const wb = readFloat32Tensors(b);
   let max = 0;
   let worst = '';
   for (const [name, x] of wa) {
