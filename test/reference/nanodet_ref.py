@@ -33,7 +33,7 @@ def priors_for(h, w, strides):
 def integral(reg, reg_max):
     shape = reg.shape
     p = F.softmax(reg.reshape(*shape[:-1], 4, reg_max + 1), dim=-1)
-    return F.linear(p, torch.linspace(0, reg_max, reg_max + 1)).reshape(*shape[:-1], 4)
+    return F.linear(p, torch.linspace(0, reg_max, reg_max + 1, device=reg.device)).reshape(*shape[:-1], 4)
 
 
 def distance2bbox(points, d):
@@ -51,7 +51,7 @@ def bbox_overlaps(a, b, eps=1e-6):
     rb = torch.min(a[:, None, 2:], b[None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     overlap = wh[..., 0] * wh[..., 1]
-    union = torch.max(area1[:, None] + area2[None, :] - overlap, torch.tensor([eps]))
+    union = torch.max(area1[:, None] + area2[None, :] - overlap, torch.tensor([eps], device=a.device))
     return overlap / union
 
 
@@ -62,7 +62,7 @@ def giou_loss(pred, target, eps=1e-6):
     rb = torch.min(pred[:, 2:], target[:, 2:])
     wh = (rb - lt).clamp(min=0)
     overlap = wh[:, 0] * wh[:, 1]
-    e = torch.tensor([eps])
+    e = torch.tensor([eps], device=pred.device)
     union = torch.max(area1 + area2 - overlap, e)
     ious = overlap / union
     elt = torch.min(pred[:, :2], target[:, :2])
@@ -91,8 +91,8 @@ def dfl(pred, label):
 def assign_one(logits, priors, decoded, gt, gt_labels, topk=13, iou_factor=3.0):
     """One image, as DynamicSoftLabelAssigner.assign: → gt index (0-based, −1) and IoU per prior."""
     n = decoded.size(0)
-    gt_index = torch.full((n,), -1, dtype=torch.long)
-    ious_out = torch.zeros(n)
+    gt_index = torch.full((n,), -1, dtype=torch.long, device=decoded.device)
+    ious_out = torch.zeros(n, device=decoded.device)
     num_gt = gt.size(0)
     if num_gt == 0:
         return gt_index, ious_out
@@ -137,9 +137,10 @@ def real_gt(ann):
 
 def assign_batch(logits, priors, decoded, ann):
     B, N = logits.shape[:2]
-    gi = torch.full((B, N), -1, dtype=torch.long)
-    lab = torch.full((B, N), -1, dtype=torch.long)
-    ious = torch.zeros(B, N)
+    dev = logits.device
+    gi = torch.full((B, N), -1, dtype=torch.long, device=dev)
+    lab = torch.full((B, N), -1, dtype=torch.long, device=dev)
+    ious = torch.zeros(B, N, device=dev)
     for b in range(B):
         gt, gl, rows = real_gt(ann[b])
         idx, iou = assign_one(logits[b], priors, decoded[b], gt, gl)
@@ -156,10 +157,11 @@ def head_loss(preds, priors, ann, gi, ious, C, R):
     decoded = distance2bbox(priors[None, :, :2], integral(reg, R) * priors[None, :, 2, None])
     labels, scores, boxes, dists, num_pos = [], [], [], [], 0
     for b in range(B):
-        lb = torch.full((N,), C, dtype=torch.long)
-        sc = torch.zeros(N)
-        bx = torch.zeros(N, 4)
-        ds = torch.zeros(N, 4)
+        dev = preds.device
+        lb = torch.full((N,), C, dtype=torch.long, device=dev)
+        sc = torch.zeros(N, device=dev)
+        bx = torch.zeros(N, 4, device=dev)
+        ds = torch.zeros(N, 4, device=dev)
         pos = torch.nonzero(gi[b] >= 0).squeeze(1)
         if len(pos) > 0:
             g = ann[b, gi[b, pos]]

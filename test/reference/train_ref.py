@@ -27,7 +27,7 @@ How each loss is composed, from the reference projects' own code:
     MaxIoUAssigner when lowQualityMatches is set (min_pos_iou, every anchor tying a GT's best IoU).
   NanoDet-Plus: NanoDetPlusHead + the AGM (aux_fpn, SimpleConvHead on both pyramids, detached from
     detachEpoch on), Dynamic Soft Label assignment by the auxiliary predictions, QFL + GIoU + DFL of both
-    heads with NanoDet-Plus' normalisers (test/reference/nanodet_ref.py; CPU only).
+    heads with NanoDet-Plus' normalisers (test/reference/nanodet_ref.py).
   The optimizer is torch.optim's (SGD / AdamW), gradients clipped with clip_grad_norm_.
 """
 import argparse
