@@ -44,6 +44,31 @@ for (const device of devices) test(`train: the loss falls over a few epochs on t
   model.dispose();
 });
 
+test('train: a RetinaNet loss without a box coder encodes its targets with the model\'s; one given in the loss wins', async (t) => {
+  const loader = loaderOf(await dataset());
+  const it = loader.epoch(0)[Symbol.asyncIterator]();
+  const batch = (await it.next()).value;
+  const std1: [number, number, number, number] = [1, 1, 1, 1];
+  // the first step's regression loss (same weights and batch) under each combination
+  const firstReg = async (modelStd: [number, number, number, number] | undefined, lossStd: [number, number, number, number] | undefined) => {
+    const model = Model.retinanet({ depth: 18, numClasses: 2, featureSize: 32, seed: 1, ...(modelStd ? { boxCoder: { std: modelStd } } : {}) });
+    const trainer = new Trainer(model, { loss: lossStd ? { focal: { boxCoder: { std: lossStd } } } : {} });
+    const r = await trainer.step(batch, 0.01);
+    trainer.dispose();
+    model.dispose();
+    return r.reg;
+  };
+  const inherited = await firstReg(std1, undefined);
+  const explicit = await firstReg(std1, std1);
+  const defaults = await firstReg(undefined, undefined);
+  const overridden = await firstReg(std1, [0.1, 0.1, 0.2, 0.2]);
+  t.is(inherited, explicit);
+  t.is(overridden, defaults);
+  t.not(inherited, defaults, 'std 1 and the default 0.1/0.2 give other targets');
+  disposeBatch(batch);
+  await it.return?.(undefined);
+});
+
 test('train: a batch with a NaN is skipped, reported, and leaves the weights unchanged; too many in a row stop training', async (t) => {
   const model = small();
   const trainer = new Trainer(model, { maxConsecutiveSkips: 2 });

@@ -28,30 +28,48 @@ def calc_iou(a, b):
     return iw * ih / ua.clamp(min=1e-8)
 
 
-def assign(anchors, ann):
-    """→ targets [N,C]-style labels per anchor: class ≥ 0, −1 negative, −2 ignored; assigned boxes."""
+def assign(anchors, ann, negative_iou=0.4, positive_iou=0.5, low_quality=False, min_pos_iou=0.0, ignore_iof=0.5):
+    """→ labels per anchor: class ≥ 0, −1 negative, −2 ignored; assigned boxes. pytorch-retinanet's rule
+    (IoU < 0.4 negative, ≥ 0.5 positive, between ignored) on the rows with label ≥ 0; with low_quality
+    mmdetection's MaxIoUAssigner low-quality matches (every anchor tying a GT's best IoU ≥ min_pos_iou goes
+    to that GT, later GTs winning: gt_max_assign_all). Rows with label ≤ −2 are ignore regions (onestage's
+    crowd rows, mmdetection's gt_bboxes_ignore): anchors covered above ignore_iof of their area are ignored."""
     n = anchors.shape[0]
-    if ann.shape[0] == 0:
-        return torch.full((n,), -1, dtype=torch.long), anchors.clone()
-    iou = calc_iou(anchors, ann[:, :4])
-    mx, arg = iou.max(dim=1)
-    labels = torch.full((n,), -2, dtype=torch.long)
-    labels[mx < 0.4] = -1
-    pos = mx >= 0.5
-    labels[pos] = ann[arg[pos], 4].long()
+    real = ann[ann[:, 4] >= 0]
+    labels = torch.full((n,), -1, dtype=torch.long, device=anchors.device)
     boxes = anchors.clone()
-    boxes[pos] = ann[arg[pos], :4]
+    if real.shape[0] > 0:
+        iou = calc_iou(anchors, real[:, :4])
+        mx, arg = iou.max(dim=1)
+        labels[mx >= negative_iou] = -2
+        gt_of = torch.where(mx >= positive_iou, arg, torch.full_like(arg, -1))
+        if low_quality:
+            best = iou.max(dim=0).values
+            for i in range(real.shape[0]):
+                if best[i] >= min_pos_iou:
+                    gt_of[iou[:, i] == best[i]] = i
+        pos = gt_of >= 0
+        labels[pos] = real[gt_of[pos], 4].long()
+        boxes[pos] = real[gt_of[pos], :4]
+    regions = ann[ann[:, 4] <= -2]
+    if ignore_iof > 0 and regions.shape[0] > 0:
+        iw = (torch.min(anchors[:, 2:3], regions[:, 2]) - torch.max(anchors[:, 0:1], regions[:, 0])).clamp(min=0)
+        ih = (torch.min(anchors[:, 3:4], regions[:, 3]) - torch.max(anchors[:, 1:2], regions[:, 1])).clamp(min=0)
+        area = ((anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])).clamp(min=1e-8)
+        covered = (iw * ih / area[:, None] > ignore_iof).any(dim=1)
+        labels[covered] = -2
+        boxes[covered] = anchors[covered]
     return labels, boxes
 
 
-def encode(anchors, gt):
+def encode(anchors, gt, std=STD):
     aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
     ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
     gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
     gx, gy = gt[:, 0] + 0.5 * gw, gt[:, 1] + 0.5 * gh
     gw, gh = gw.clamp(min=1), gh.clamp(min=1)
     t = torch.stack(((gx - ax) / aw, (gy - ay) / ah, torch.log(gw / aw), torch.log(gh / ah))).t()
-    return t / STD
+    return t / torch.as_tensor(std, dtype=t.dtype, device=t.device).reshape(1, 4)
 
 
 def decode(anchors, d):
@@ -74,42 +92,39 @@ def giou(a, b, eps=1e-6):
     return ov / union - (enc - union) / enc
 
 
-def focal_retinanet(logits, regressions, anchors, annotations):
-    """pytorch-retinanet's FocalLoss.forward, image by image."""
-    alpha, gamma = 0.25, 2.0
-    classifications = torch.sigmoid(logits)
+def focal_retinanet(logits, regressions, anchors, annotations, std=STD):
+    """pytorch-retinanet's FocalLoss.forward, image by image (targets ÷ std); crowd rows (label ≤ −2) are
+    ignore regions as onestage's collater marks them (pytorch-retinanet itself has none)."""
     cls_losses, reg_losses = [], []
     for j in range(logits.shape[0]):
-        c = torch.clamp(classifications[j], 1e-4, 1.0 - 1e-4)
-        r = regressions[j]
-        ann = annotations[j][annotations[j][:, 4] != -1]
-        if ann.shape[0] == 0:
-            fw = (1.0 - alpha) * torch.pow(c, gamma)
-            cls_losses.append((fw * -(torch.log(1.0 - c))).sum())
-            reg_losses.append(torch.tensor(0).float())
-            continue
-        iou = calc_iou(anchors, ann[:, :4])
-        mx, arg = torch.max(iou, dim=1)
-        targets = torch.ones(c.shape) * -1
-        targets[torch.lt(mx, 0.4), :] = 0
-        pos = torch.ge(mx, 0.5)
-        npos = pos.sum()
-        assigned = ann[arg, :]
-        targets[pos, :] = 0
-        targets[pos, assigned[pos, 4].long()] = 1
-        af = torch.where(torch.eq(targets, 1.), torch.ones(c.shape) * alpha, 1. - torch.ones(c.shape) * alpha)
-        fw = af * torch.pow(torch.where(torch.eq(targets, 1.), 1. - c, c), gamma)
-        bce = -(targets * torch.log(c) + (1.0 - targets) * torch.log(1.0 - c))
-        loss = torch.where(torch.ne(targets, -1.0), fw * bce, torch.zeros(c.shape))
-        cls_losses.append(loss.sum() / torch.clamp(npos.float(), min=1.0))
-        if npos > 0:
-            t = encode(anchors[pos], assigned[pos, :4])
-            diff = torch.abs(t - r[pos, :])
-            rl = torch.where(torch.le(diff, 1.0 / 9.0), 0.5 * 9.0 * torch.pow(diff, 2), diff - 0.5 / 9.0)
-            reg_losses.append(rl.mean())
-        else:
-            reg_losses.append(torch.tensor(0).float())
+        labels, boxes = assign(anchors, annotations[j][annotations[j][:, 4] != -1])
+        c, r = retinanet_terms(logits[j], regressions[j], anchors, labels, boxes, std)
+        cls_losses.append(c)
+        reg_losses.append(r)
     return torch.stack(cls_losses).mean(), torch.stack(reg_losses).mean()
+
+
+def retinanet_terms(logits, regressions, anchors, labels, boxes, std=STD, alpha=0.25, gamma=2.0):
+    """pytorch-retinanet's per-image terms on an assignment (labels: class ≥ 0, −1 negative, −2 ignored):
+    σ clamped to [1e-4, 1 − 1e-4], focal sum ÷ max(1, num_pos); smooth L1 (β 1/9) averaged over 4·num_pos
+    (0 without positives)."""
+    c = torch.clamp(torch.sigmoid(logits), 1e-4, 1.0 - 1e-4)
+    targets = torch.ones_like(c) * -1
+    targets[labels == -1, :] = 0
+    pos = labels >= 0
+    npos = pos.sum()
+    targets[pos, :] = 0
+    targets[pos, labels[pos]] = 1
+    af = torch.where(torch.eq(targets, 1.), torch.ones_like(c) * alpha, 1. - torch.ones_like(c) * alpha)
+    fw = af * torch.pow(torch.where(torch.eq(targets, 1.), 1. - c, c), gamma)
+    bce = -(targets * torch.log(c) + (1.0 - targets) * torch.log(1.0 - c))
+    loss = torch.where(torch.ne(targets, -1.0), fw * bce, torch.zeros_like(c))
+    cls = loss.sum() / torch.clamp(npos.float(), min=1.0)
+    if npos == 0:
+        return cls, torch.tensor(0.0, device=c.device)
+    diff = torch.abs(encode(anchors[pos], boxes[pos], std) - regressions[pos, :])
+    rl = torch.where(torch.le(diff, 1.0 / 9.0), 0.5 * 9.0 * torch.pow(diff, 2), diff - 0.5 / 9.0)
+    return cls, rl.mean()
 
 
 def focal_logits(logits, regressions, anchors, annotations, normalize, reg_kind, beta=1.0 / 9.0):

@@ -18,7 +18,9 @@ Writes RUN_DIR/reference/ (or RUN_DIR/NAME/) steps.jsonl ({step, cls, reg, total
 How each loss is composed, from the reference projects' own code:
   classification 'focal' (+ regression 'smoothL1'): pytorch-retinanet's FocalLoss — assignment by max IoU
     (< 0.4 negative, >= 0.5 positive), probabilities clamped to [1e-4, 1 - 1e-4], per-image sum / num_pos,
-    smooth L1 (beta 1/9) on targets / std averaged over 4 num_pos, means over the images.
+    smooth L1 (beta 1/9) on targets / std averaged over 4 num_pos, means over the images. Crowd rows
+    (label <= -2, the shapes data has them) are ignore regions: anchors covered above ignoreIof of their
+    area are ignored (mmdetection's ignore_iof_thr; pytorch-retinanet has no crowd boxes).
   classification 'ghmc' / regression 'ghmr': mmdetection's RetinaNet head (AnchorHead.loss) with the GHM
     authors' GHMC / GHMR modules: label weights 1 for positives and negatives, 0 for ignored anchors;
     one-hot targets; box targets DeltaXYWHBBoxCoder(std) with weights 1 on the 4 deltas of positives;
@@ -42,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from losses_ref import GHMC, GHMR, calc_iou
+from losses_ref import GHMC, GHMR, assign, encode, retinanet_terms
 from nanodet_ref import assign_batch, distance2bbox, head_loss, integral, priors_for
 from retinanet_ref import Pyramid, RetinaNetRef, add_resnet, pyramid_anchors, resnet_features
 import safetensors_io
@@ -175,67 +177,6 @@ def nanodet_plus_step(model, m, loss_cfg, images, ann, epoch):
     return q + aq, g + d + ag + ad
 
 
-def encode(anchors, gt, std):
-    """pytorch-retinanet's / mmdetection's delta encoding (no +1), GT sizes clamped to 1 as pytorch-retinanet."""
-    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
-    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
-    gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
-    gx, gy = gt[:, 0] + 0.5 * gw, gt[:, 1] + 0.5 * gh
-    gw, gh = gw.clamp(min=1), gh.clamp(min=1)
-    t = torch.stack(((gx - ax) / aw, (gy - ay) / ah, torch.log(gw / aw), torch.log(gh / ah)), 1)
-    return t / torch.tensor(std, dtype=t.dtype, device=t.device)
-
-
-def assign(anchors, ann, a):
-    """labels per anchor (class >= 0 positive, -1 negative, -2 ignored) and the assigned GT boxes.
-    pytorch-retinanet's rule; with a['lowQualityMatches'] mmdetection's MaxIoUAssigner (min_pos_iou,
-    gt_max_assign_all)."""
-    n = anchors.shape[0]
-    labels = torch.full((n,), -1, dtype=torch.long, device=anchors.device)
-    boxes = anchors.clone()
-    if ann.shape[0] == 0:
-        return labels, boxes
-    iou = calc_iou(anchors, ann[:, :4])
-    mx, arg = iou.max(dim=1)
-    labels[:] = -2
-    labels[mx < a.get("negativeIou", 0.4)] = -1
-    pos = mx >= a.get("positiveIou", 0.5)
-    gt_of = torch.where(pos, arg, torch.full_like(arg, -1))
-    if a.get("lowQualityMatches", False):
-        best = iou.max(dim=0).values
-        for i in range(ann.shape[0]):
-            if best[i] >= a.get("minPositiveIou", 0.0):
-                gt_of[iou[:, i] == best[i]] = i
-    pos = gt_of >= 0
-    labels[pos] = ann[gt_of[pos], 4].long()
-    boxes[pos] = ann[gt_of[pos], :4]
-    return labels, boxes
-
-
-def focal_image(logits, c_labels, alpha=0.25, gamma=2.0):
-    """pytorch-retinanet's classification term of one image: sum / max(1, num_pos)."""
-    c = torch.clamp(torch.sigmoid(logits), 1e-4, 1.0 - 1e-4)
-    targets = torch.full_like(c, -1.0)
-    targets[c_labels == -1] = 0
-    pos = c_labels >= 0
-    targets[pos] = 0
-    targets[pos, c_labels[pos]] = 1
-    af = torch.where(targets == 1, torch.full_like(c, alpha), torch.full_like(c, 1 - alpha))
-    fw = af * torch.pow(torch.where(targets == 1, 1 - c, c), gamma)
-    bce = -(targets * torch.log(c) + (1.0 - targets) * torch.log(1.0 - c))
-    loss = torch.where(targets != -1, fw * bce, torch.zeros_like(c))
-    return loss.sum() / torch.clamp(pos.sum().float(), min=1.0)
-
-
-def smooth_l1_image(reg, anchors, c_labels, boxes, std, beta=1.0 / 9.0):
-    """pytorch-retinanet's regression term of one image: smooth L1 averaged over 4 num_pos (0 without)."""
-    pos = c_labels >= 0
-    if pos.sum() == 0:
-        return reg.sum() * 0
-    diff = torch.abs(encode(anchors[pos], boxes[pos], std) - reg[pos])
-    return torch.where(diff <= beta, 0.5 / beta * diff ** 2, diff - 0.5 * beta).mean()
-
-
 class ReferenceLoss:
     def __init__(self, o):
         self.o = o
@@ -249,28 +190,32 @@ class ReferenceLoss:
 
     def __call__(self, cls, reg, anchors, annotations, level_sizes):
         o = self.o
+        classification, regression = o.get("classification", "focal"), o.get("regression", "smoothL1")
+        if regression not in ("smoothL1", "ghmr"):
+            raise SystemExit("train_ref.py: regression %r has no reference here" % regression)
+        a = self.focal.get("assigner", {})
         B = cls.shape[0]
-        per = [assign(anchors, annotations[b][annotations[b][:, 4] != -1], self.focal.get("assigner", {})) for b in range(B)]
+        per = [assign(anchors, annotations[b][annotations[b][:, 4] != -1], a.get("negativeIou", 0.4), a.get("positiveIou", 0.5),
+                      a.get("lowQualityMatches", False), a.get("minPositiveIou", 0.0), a.get("ignoreIof", 0.5)) for b in range(B)]
         labels = torch.stack([p[0] for p in per])
         boxes = torch.stack([p[1] for p in per])
-        if o.get("classification", "focal") == "focal":
-            cls_loss = torch.stack([focal_image(cls[b], labels[b]) for b in range(B)]).mean()
+        # pytorch-retinanet's FocalLoss terms (means over the images)
+        terms = [retinanet_terms(cls[b], reg[b], anchors, labels[b], boxes[b], self.std) for b in range(B)] \
+            if classification == "focal" or regression == "smoothL1" else []
+        if classification == "focal":
+            cls_loss = torch.stack([t[0] for t in terms]).mean()
         else:
-            C = cls.shape[-1]
             target = torch.zeros_like(cls)
             pos = labels >= 0
             target[pos, labels[pos]] = 1
             weight = (labels != -2).float().unsqueeze(-1).expand_as(cls)
             cls_loss = self.per_level(self.ghmc, cls, target, weight, level_sizes) * self.ghmc_weight
-        regression = o.get("regression", "smoothL1")
         if regression == "smoothL1":
-            reg_loss = torch.stack([smooth_l1_image(reg[b], anchors, labels[b], boxes[b], self.std) for b in range(B)]).mean()
-        elif regression == "ghmr":
+            reg_loss = torch.stack([t[1] for t in terms]).mean()
+        else:
             target = torch.stack([encode(anchors, boxes[b], self.std) for b in range(B)])
             weight = (labels >= 0).float().unsqueeze(-1).expand_as(reg)
             reg_loss = self.per_level(self.ghmr, reg, target.detach(), weight, level_sizes) * self.ghmr_weight
-        else:
-            raise SystemExit("train_ref.py: regression %r has no reference here" % regression)
         return cls_loss * o.get("clsWeight", 1.0), reg_loss * o.get("regWeight", 1.0)
 
     def per_level(self, module, pred, target, weight, level_sizes):
