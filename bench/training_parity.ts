@@ -234,6 +234,51 @@ export function weightDifferences(fileA: string, fileB: string): { maxAbs: numbe
 const mean = (v: number[]): number => v.reduce((s, x) => s + x, 0) / Math.max(1, v.length);
 const spread = (v: number[]) => (v.length ? `${mean(v).toFixed(3)} ± ${((Math.max(...v) - Math.min(...v)) / 2).toFixed(3)}` : '—');
 
+interface MainOptions {
+  recipes: string;
+  seeds: string;
+  epochs: string;
+  train: string;
+  steps: string;
+  device: string;
+  out: string;
+  jobs: string;
+  data?: string;
+}
+
+/** One run per child process, `jobs` at a time (each with its share of the CPU threads); returns every finished run. */
+async function runJobs(o: MainOptions, recipes: ParityRecipe[], seeds: number[], data: string, onResult: (r: ParityRunResult[]) => void): Promise<ParityRunResult[]> {
+  const { spawn } = await import('node:child_process');
+  const os = await import('node:os');
+  const jobs = Number(o.jobs);
+  const threads = String(Math.max(1, Math.floor(os.cpus().length / jobs)));
+  const queue = seeds.flatMap((seed) => recipes.map((recipe) => ({ recipe, seed })));
+  const results: ParityRunResult[] = [];
+  const failures: string[] = [];
+  const worker = async () => {
+    for (let job = queue.shift(); job; job = queue.shift()) {
+      const { recipe, seed } = job;
+      const out = path.join(o.out, `job-${recipe}-s${seed}`);
+      const args = ['--transpile-only', __filename, '--recipes', recipe, '--seeds', String(seed), '--epochs', o.epochs, '--train', o.train, '--steps', o.steps, '--device', o.device, '--out', out, '--data', data, '--jobs', '1'];
+      const code = await new Promise<number | null>((resolve) => {
+        const child = spawn(process.execPath, [require.resolve('ts-node/dist/bin.js'), ...args], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, OMP_NUM_THREADS: threads, MKL_NUM_THREADS: threads } });
+        child.on('exit', (c) => resolve(c));
+        child.on('error', () => resolve(-1));
+      });
+      const file = path.join(out, 'parity.json');
+      if (code !== 0 || !fs.existsSync(file)) {
+        failures.push(`${recipe} seed ${seed} (exit ${code})`);
+        continue;
+      }
+      results.push(...(JSON.parse(fs.readFileSync(file, 'utf8')) as { results: ParityRunResult[] }).results);
+      onResult(results);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, jobs) }, worker));
+  if (failures.length) console.error(`training parity: failed runs: ${failures.join(', ')}`);
+  return results;
+}
+
 async function main(): Promise<void> {
   const { Command } = await import('commander');
   const o = new Command()
@@ -244,42 +289,50 @@ async function main(): Promise<void> {
     .option('--steps <n>', 'stop each run after this many steps (0: all epochs)', '0')
     .option('--device <device>', "'auto', 'cpu' or 'cuda'", 'auto')
     .option('--out <dir>', 'output folder', path.join('runs', 'parity'))
+    .option('--jobs <n>', 'runs at a time, each in its own process (one GPU can hold several of these small runs)', '1')
+    .option('--data <dir>', 'an existing shapes dataset folder (default: made under --out)')
     .parse()
-    .opts<{ recipes: string; seeds: string; epochs: string; train: string; steps: string; device: string; out: string }>();
+    .opts<MainOptions>();
   const recipes = o.recipes.split(',').map((s) => s.trim()) as ParityRecipe[];
   for (const r of recipes) if (!PARITY_RECIPES.includes(r)) throw new RangeError(`--recipes: unknown recipe '${r}' (expected ${PARITY_RECIPES.join(', ')})`);
   const seeds = o.seeds.split(',').map(Number);
+  if (seeds.some((s) => !Number.isInteger(s))) throw new RangeError(`--seeds: expected comma-separated integers, got '${o.seeds}'`);
+  if (!(Number.isInteger(Number(o.jobs)) && Number(o.jobs) >= 1)) throw new RangeError(`--jobs: expected a positive integer, got '${o.jobs}'`);
   const device: Device = o.device === 'auto' ? (buildInfo().cudaAvailable ? 'cuda' : 'cpu') : (o.device as Device);
   if (device.startsWith('cuda')) setTf32(false);
   const epochs = Number(o.epochs);
-  const data = path.join(o.out, 'data');
-  await makeShapes({ out: data, train: Number(o.train), val: 60, size: 128, classes: 3, seed: 0 });
+  const data = o.data ?? path.join(o.out, 'data');
+  if (!o.data) await makeShapes({ out: data, train: Number(o.train), val: 60, size: 128, classes: 3, seed: 0 });
   const trainSet = await CocoDataset.open(path.join(data, 'instances_train.json'));
   const valSet = await CocoDataset.open(path.join(data, 'instances_val.json'));
-  const transform = { minSide: 128, maxSide: 128 };
-  const valLoader = new DataLoader(valSet, { batchSize: 8, shuffle: false, augment: false, device, transform });
-  // examples/compare-losses.ts' sizes: FPN 128; NanoDet-Plus head 128, AGM 256, detached at 3/4 of the epochs (at most 10)
-  const model: ParityModelOptions = { depth: 18, featureSize: 128, numClasses: 3, anchorSizes: [16, 32, 64, 128, 256], headChannels: 128, auxChannels: 256 };
-  const detachEpoch = Math.min(10, Math.floor((3 * epochs) / 4));
-  const results: ParityRunResult[] = [];
   const resultsFile = path.join(o.out, 'parity.json');
-  // seed by seed, so that an interrupted session still has every recipe at the first seeds
-  for (const seed of seeds)
-    for (const recipe of recipes) {
-      const loader = new DataLoader(trainSet, { batchSize: 8, seed, device: 'cpu', transform });
-      const r = await runParity(loader, { recipe, seed, epochs, maxSteps: Number(o.steps), batchSize: 8, device, model, detachEpoch, dir: path.join(o.out, `${recipe}-s${seed}`), valLoader, dropBatches: true });
-      results.push(r);
-      const d = stepDifferences(r.onestage, r.reference, Math.min(20, r.steps));
-      console.error(`${recipe} seed ${seed}: AP onestage ${r.onestageStats![0].toFixed(3)} reference ${r.referenceStats![0].toFixed(3)}; first 20 steps max rel diff ${JSON.stringify(d)}; ${r.seconds.onestage.toFixed(0)} s / ${r.seconds.reference.toFixed(0)} s`);
-      writeJsonAtomic(resultsFile, { device, epochs, train: trainSet.length, results });
-    }
+  const save = (results: ParityRunResult[]) => writeJsonAtomic(resultsFile, { device, epochs, train: trainSet.length, results });
+  let results: ParityRunResult[] = [];
+  if (Number(o.jobs) > 1) results = await runJobs({ ...o, device }, recipes, seeds, data, save);
+  else {
+    const transform = { minSide: 128, maxSide: 128 };
+    const valLoader = new DataLoader(valSet, { batchSize: 8, shuffle: false, augment: false, device, transform });
+    // examples/compare-losses.ts' sizes: FPN 128; NanoDet-Plus head 128, AGM 256, detached at 3/4 of the epochs (at most 10)
+    const model: ParityModelOptions = { depth: 18, featureSize: 128, numClasses: 3, anchorSizes: [16, 32, 64, 128, 256], headChannels: 128, auxChannels: 256 };
+    const detachEpoch = Math.min(10, Math.floor((3 * epochs) / 4));
+    // seed by seed, so that an interrupted session still has every recipe at the first seeds
+    for (const seed of seeds)
+      for (const recipe of recipes) {
+        const loader = new DataLoader(trainSet, { batchSize: 8, seed, device: 'cpu', transform });
+        const r = await runParity(loader, { recipe, seed, epochs, maxSteps: Number(o.steps), batchSize: 8, device, model, detachEpoch, dir: path.join(o.out, `${recipe}-s${seed}`), valLoader, dropBatches: true });
+        results.push(r);
+        const d = stepDifferences(r.onestage, r.reference, Math.min(20, r.steps));
+        console.error(`${recipe} seed ${seed}: AP onestage ${r.onestageStats![0].toFixed(3)} reference ${r.referenceStats![0].toFixed(3)}; first 20 steps max rel diff ${JSON.stringify(d)}; ${r.seconds.onestage.toFixed(0)} s / ${r.seconds.reference.toFixed(0)} s`);
+        save(results);
+      }
+  }
   const rows = recipes.map((recipe) => {
     const rs = results.filter((r) => r.recipe === recipe);
     const col = (side: 'onestageStats' | 'referenceStats', k: number) => spread(rs.map((r) => r[side]![k]));
-    return `| ${recipe} | ${col('onestageStats', 0)} | ${col('referenceStats', 0)} | ${col('onestageStats', 1)} | ${col('referenceStats', 1)} | ${rs.length} |`;
+    return `| ${recipe} | ${col('onestageStats', 0)} | ${col('referenceStats', 0)} | ${col('onestageStats', 1)} | ${col('referenceStats', 1)} | ${rs.map((r) => r.seed).join(', ')} |`;
   });
   const table = [
-    `Shapes (${trainSet.length} train / ${valSet.length} val, 128²), ResNet-18 + FPN 128 (RetinaNet subnets 128; NanoDet-Plus head 128, AGM 256), ${epochs} epochs, batch 8, AdamW 1e-3 cosine, ${device}; mean ± half-range over seeds ${seeds.join(', ')}`,
+    `Shapes (${trainSet.length} train / ${valSet.length} val, 128²), ResNet-18 + FPN 128 (RetinaNet subnets 128; NanoDet-Plus head 128, AGM 256), ${epochs} epochs, batch 8, AdamW 1e-3 cosine, ${device}; mean ± half-range over the seeds`,
     '',
     '| recipe | AP onestage | AP reference | AP50 onestage | AP50 reference | seeds |',
     '| --- | --- | --- | --- | --- | --- |',
