@@ -74,6 +74,8 @@ export interface ParityRunOptions {
    * (this seed): how far rounding-level differences alone carry through these steps (result.control).
    */
   control?: number;
+  /** Also run the reference a second time from the same weights (result.rerun): its own run-to-run noise (non-deterministic GPU kernels). */
+  rerun?: boolean;
   /** Delete the batches after the reference has run (they are large). */
   dropBatches?: boolean;
   /** Python with torch for the reference; default ONESTAGE_PYTHON or python3. */
@@ -96,6 +98,8 @@ export interface ParityRunResult {
   reference: StepValues[];
   /** The reference from initial weights one rounding step away (with options.control). */
   control?: StepValues[];
+  /** The reference run again from the same weights (with options.rerun). */
+  rerun?: StepValues[];
   /** COCO stats of the final weights (with a valLoader). */
   onestageStats?: number[];
   referenceStats?: number[];
@@ -164,12 +168,14 @@ export async function runParity(train: DataLoader, o: ParityRunOptions): Promise
   runReferenceLoop(o.dir, o.device.startsWith('cuda') ? 'cuda' : 'cpu', o.python);
   const referenceSeconds = Number(process.hrtime.bigint() - refStarted) / 1e9;
   if (o.control !== undefined) runReferenceLoop(o.dir, o.device.startsWith('cuda') ? 'cuda' : 'cpu', o.python, ['--perturb', String(o.control), '--out', 'control']);
+  if (o.rerun) runReferenceLoop(o.dir, o.device.startsWith('cuda') ? 'cuda' : 'cpu', o.python, ['--out', 'rerun']);
   if (o.dropBatches) fs.rmSync(path.join(o.dir, 'batches.bin'), { force: true });
   const read = (side: string) => fs.readFileSync(path.join(o.dir, side, 'steps.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as StepValues);
   const reference = read('reference');
 
   const result: ParityRunResult = { recipe: o.recipe, seed: o.seed, steps: step, onestage, reference, seconds: { onestage: onestageSeconds, reference: referenceSeconds } };
   if (o.control !== undefined) result.control = read('control');
+  if (o.rerun) result.rerun = read('rerun');
   if (o.valLoader) {
     result.onestageStats = (await evaluateDetector(model, o.valLoader)).stats;
     const ref = build();
@@ -244,6 +250,7 @@ interface MainOptions {
   out: string;
   jobs: string;
   data?: string;
+  control?: boolean;
 }
 
 /** One run per child process, `jobs` at a time (each with its share of the CPU threads); returns every finished run. */
@@ -259,7 +266,7 @@ async function runJobs(o: MainOptions, recipes: ParityRecipe[], seeds: number[],
     for (let job = queue.shift(); job; job = queue.shift()) {
       const { recipe, seed } = job;
       const out = path.join(o.out, `job-${recipe}-s${seed}`);
-      const args = ['--transpile-only', __filename, '--recipes', recipe, '--seeds', String(seed), '--epochs', o.epochs, '--train', o.train, '--steps', o.steps, '--device', o.device, '--out', out, '--data', data, '--jobs', '1'];
+      const args = ['--transpile-only', __filename, '--recipes', recipe, '--seeds', String(seed), '--epochs', o.epochs, '--train', o.train, '--steps', o.steps, '--device', o.device, '--out', out, '--data', data, '--jobs', '1', ...(o.control ? ['--control'] : [])];
       const code = await new Promise<number | null>((resolve) => {
         const child = spawn(process.execPath, [require.resolve('ts-node/dist/bin.js'), ...args], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, OMP_NUM_THREADS: threads, MKL_NUM_THREADS: threads } });
         child.on('exit', (c) => resolve(c));
@@ -291,6 +298,7 @@ async function main(): Promise<void> {
     .option('--out <dir>', 'output folder', path.join('runs', 'parity'))
     .option('--jobs <n>', 'runs at a time, each in its own process (one GPU can hold several of these small runs)', '1')
     .option('--data <dir>', 'an existing shapes dataset folder (default: made under --out)')
+    .option('--control', 'also run the reference from weights one rounding step away and once more from the same weights: the noise floor of the step comparison')
     .parse()
     .opts<MainOptions>();
   const recipes = o.recipes.split(',').map((s) => s.trim()) as ParityRecipe[];
@@ -319,9 +327,14 @@ async function main(): Promise<void> {
     for (const seed of seeds)
       for (const recipe of recipes) {
         const loader = new DataLoader(trainSet, { batchSize: 8, seed, device: 'cpu', transform });
-        const r = await runParity(loader, { recipe, seed, epochs, maxSteps: Number(o.steps), batchSize: 8, device, model, detachEpoch, dir: path.join(o.out, `${recipe}-s${seed}`), valLoader, dropBatches: true });
+        const r = await runParity(loader, { recipe, seed, epochs, maxSteps: Number(o.steps), batchSize: 8, device, model, detachEpoch, dir: path.join(o.out, `${recipe}-s${seed}`), valLoader, dropBatches: true, ...(o.control ? { control: seed + 1, rerun: true } : {}) });
         results.push(r);
         const d = stepDifferences(r.onestage, r.reference, Math.min(20, r.steps));
+        if (o.control) {
+          // median per-step deviation from the reference over the first 100 steps: onestage, the rounding-step control, the rerun
+          const med = (v: StepValues[] | undefined) => (v ? (['cls', 'reg', 'gradNorm'] as const).map((k) => `${k} ${median(relativeDeviations(v.slice(0, 100), r.reference, k)).toExponential(1)}`).join(', ') : '—');
+          console.error(`${recipe} seed ${seed}, median deviation from the reference over steps 0–99: onestage ${med(r.onestage)}; control ${med(r.control)}; rerun ${med(r.rerun)}`);
+        }
         console.error(`${recipe} seed ${seed}: AP onestage ${r.onestageStats![0].toFixed(3)} reference ${r.referenceStats![0].toFixed(3)}; first 20 steps max rel diff ${JSON.stringify(d)}; ${r.seconds.onestage.toFixed(0)} s / ${r.seconds.reference.toFixed(0)} s`);
         save(results);
       }
