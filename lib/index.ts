@@ -8,6 +8,7 @@ export type { BuildInfo } from './runtime';
 export { Tensor, liveTensors, DTYPES } from './tensor';
 export type { DType, Device, TensorOptions, TensorData, TypedArrayOf } from './tensor';
 export { Model, MODEL_METADATA_KEY } from './model';
+export type { OnnxExportOptions, OnnxExportResult } from './onnx/export';
 export type { RetinaNetOptions, NanoDetPlusOptions, ModelConfig, ForwardOutput as RetinaNetForwardOutput, NanoDetPlusForwardOutput, PyramidOutput, DetectOptions, DetectBatch, Detection, ForwardOutput, LoadWeightsOptions, LoadReport, ModelInfo, ResNetDepth } from './model';
 export { generateAnchors, encodeBoxes, decodeBoxes, boxIou, clipBoxes, nms, batchedNms, roiAlign, centrePriors, distanceToBox, boxToDistance, integralDistances } from './geometry';
 export type { AnchorOptions, BoxCoderOptions, RoiAlignOptions } from './geometry';

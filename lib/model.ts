@@ -9,6 +9,7 @@ import { AnchorOptions, BoxCoderOptions, checkAnchorOptions, checkBoxCoderOption
 import { readSafetensorsHeader } from './safetensors';
 import { checkDevice, Device, handleOf, Tensor, wrapTensors } from './tensor';
 import { checkInteger, checkOneOf, checkOptions, invalid } from './validate';
+import type { OnnxExportOptions, OnnxExportResult } from './onnx/export';
 
 export type ResNetDepth = 18 | 34 | 50 | 101 | 152;
 
@@ -362,6 +363,17 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
     if (typeof file !== 'string' || !file.endsWith('.safetensors')) throw invalid('path', 'a path ending in .safetensors', file);
     checkOptions('metadata', metadata);
     await native().modelSaveSafetensorsAsync(this.handle, path.resolve(file), { format: 'pt', [MODEL_METADATA_KEY]: JSON.stringify(this.config), ...metadata });
+  }
+
+  /**
+   * Writes the model as ONNX (atomically): the network, its anchors or priors computed from the input
+   * size inside the graph, and by default the whole post-processing of `detect` (outputs `boxes`,
+   * `scores`, `labels`, `count`); `postprocess: 'raw'` gives the heads' outputs and the anchors/priors.
+   * Exports inference behaviour (BatchNorm running statistics) whatever mode the model is in.
+   */
+  async exportOnnx(file: string, options?: OnnxExportOptions): Promise<OnnxExportResult> {
+    const { exportOnnx } = await import('./onnx/export');
+    return exportOnnx(this as unknown as Model, file, options);
   }
 
   /** Copies of every parameter and buffer, by state_dict name. */

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything onestage needs, idempotently; run by `npm test` and `npm run demo` first.
-#  1. system packages (LibTorch, PyTorch for the parity references, cmake, ninja) when missing,
+#  1. system packages (LibTorch, PyTorch for the parity references, onnx's checker, Chromium for the
+#     web page test, cmake, ninja) when missing,
 #     with apt-get when we are root (or have passwordless sudo);
 #  2. node_modules (npm ci), which also builds the addon and compiles the TypeScript;
 #  3. otherwise an incremental build of the addon and the TypeScript (seconds when nothing changed).
@@ -36,6 +37,12 @@ if [[ ! -e /usr/include/gloo/algorithm.h ]] && { [[ " ${missing[*]} " == *" libt
   missing+=(libgloo-dev)
 fi
 ((runtime)) || python_torch_found || missing+=(python3-torch python3-torchvision)
+# the ONNX tests: onnx's checker (python3-onnx) and a real browser for the web page (chromium)
+if ((!runtime)); then
+  for py in ${ONESTAGE_PYTHON:-} python3 /usr/bin/python3; do "$py" -c 'import onnx' 2>/dev/null && break; py=; done
+  [[ -n "${py:-}" ]] || missing+=(python3-onnx)
+  command -v chromium >/dev/null || [[ -n "${ONESTAGE_CHROMIUM:-}" ]] || missing+=(chromium)
+fi
 command -v cmake >/dev/null || missing+=(cmake)
 command -v ninja >/dev/null || missing+=(ninja-build)
 command -v c++ >/dev/null || missing+=(g++)
@@ -64,7 +71,8 @@ fi
 
 if [[ ! -d node_modules || ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
   say "installing node modules (builds the addon)"
-  npm ci --no-audit --no-fund
+  # onnxruntime-node (a dev dependency) would fetch CUDA provider binaries from NuGet at install: never
+  ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
 else
   node scripts/build-native.js
   npx --no-install tsc -p tsconfig.build.json
