@@ -219,6 +219,61 @@ export function makeProgram(): Command {
     });
 
   program
+    .command('export')
+    .description('export saved weights as an ONNX model (network, anchors/priors and, by default, the post-processing inside)')
+    .requiredOption('--weights <file>', 'weights saved by onestage (.safetensors)')
+    .requiredOption('--onnx <file>', 'the .onnx file to write')
+    .option('--opset <n>', 'ONNX opset (13 … 21)', intOption('--opset', 13), 17)
+    .option('--raw', "the heads' outputs and anchors/priors instead of detections")
+    .option('--fixed-batch <n>', 'a fixed batch size instead of a dynamic one', intOption('--fixed-batch', 1))
+    .option('--fixed-size <HxW>', 'a fixed input height×width instead of dynamic ones')
+    .option('--input-size <HxW>', 'the input size to record in the metadata (dynamic sizes)')
+    .option('--no-normalize', 'the input is already normalised (default: RGB 0–255, normalised inside)')
+    .option('--score-threshold <p>', 'detections: minimum score', numberOption('--score-threshold'))
+    .option('--nms-threshold <iou>', 'detections: NMS IoU', numberOption('--nms-threshold'))
+    .option('--topk <n>', 'detections: candidates per level (0: all above the threshold)', intOption('--topk', 0))
+    .option('--max-detections <n>', 'detections: per image (0: all)', intOption('--max-detections', 0))
+    .action(async (o: { weights: string; onnx: string; opset: number; raw?: boolean; fixedBatch?: number; fixedSize?: string; inputSize?: string; normalize: boolean; scoreThreshold?: number; nmsThreshold?: number; topk?: number; maxDetections?: number }) => {
+      const size = (flag: string, v: string | undefined): [number, number] | undefined => {
+        if (v === undefined) return undefined;
+        const m = /^(\d+)x(\d+)$/.exec(v);
+        if (!m) throw new RangeError(`${flag}: expected HEIGHTxWIDTH, e.g. 320x320, but received '${v}'`);
+        return [Number(m[1]), Number(m[2])];
+      };
+      if (!fs.existsSync(o.weights)) throw new Error(`--weights: no file at ${o.weights}`);
+      const model = await Model.fromWeights(o.weights);
+      try {
+        const fixed = size('--fixed-size', o.fixedSize);
+        const r = await model.exportOnnx(o.onnx, {
+          opset: o.opset,
+          postprocess: o.raw ? 'raw' : 'detections',
+          ...(o.fixedBatch !== undefined ? { dynamicBatch: false, batchSize: o.fixedBatch } : {}),
+          ...(fixed ? { dynamicSize: false, inputSize: fixed } : { inputSize: size('--input-size', o.inputSize) }),
+          normalize: o.normalize,
+          ...(o.scoreThreshold !== undefined ? { scoreThreshold: o.scoreThreshold } : {}),
+          ...(o.nmsThreshold !== undefined ? { nmsThreshold: o.nmsThreshold } : {}),
+          ...(o.topk !== undefined ? { topkCandidates: o.topk } : {}),
+          ...(o.maxDetections !== undefined ? { maxDetections: o.maxDetections } : {}),
+        });
+        console.log(`${r.file}: ${(r.bytes / 1e6).toFixed(1)} MB, opset ${r.opset}, input images [${r.inputs[0].dims.join(', ')}], outputs ${r.outputs.map((x) => `${x.name} [${x.dims.join(', ')}]`).join(', ')}`);
+        console.log(`operators: ${Object.keys(r.operators).join(', ')}`);
+      } finally {
+        model.dispose();
+      }
+    });
+
+  program
+    .command('serve-demo')
+    .description('serve the web page of examples/web (onnxruntime-web) with an exported model on http://127.0.0.1:PORT/')
+    .requiredOption('--model <file>', 'an ONNX model exported with detections (onestage export)')
+    .option('--port <n>', 'port', intOption('--port', 0), 8080)
+    .action(async (o: { model: string; port: number }) => {
+      const { serveDemo } = await import('./jobs/serve_demo');
+      const s = await serveDemo({ model: o.model, port: o.port });
+      console.log(`serving ${o.model} at ${s.url} (Ctrl-C to stop)`);
+    });
+
+  program
     .command('bench')
     .description('time RetinaNet inference (forward + post-processing) on random weights and inputs')
     .option('--depth <n>', 'ResNet depth', intOption('--depth', 1), 50)
