@@ -88,6 +88,7 @@ export interface NativeBinding {
   modelLoadSafetensorsAsync(m: NativeModel, path: string, dataStart: number, entries: NativeSafetensorsEntry[], options: object): Promise<NativeLoadReport>;
   modelSaveSafetensorsAsync(m: NativeModel, path: string, metadata: Record<string, string>): Promise<void>;
   modelStateDict(m: NativeModel): Record<string, NativeTensor>;
+  torchFileEntries(path: string): Array<{ name: string; shape: number[] }>;
 
   generateAnchors(options: object, height: number, width: number): NativeTensor;
   boxEncode(anchors: NativeTensor, boxes: NativeTensor, options: object): NativeTensor;
@@ -182,6 +183,8 @@ export interface NativeLoadReport {
   missing: string[];
   unexpected: string[];
   mismatched: string[];
+  /** The classification output layer of another class count, re-initialised (loadWeights with finetune). */
+  reinitialized: string[];
 }
 
 export interface NativeDetection {

@@ -19,6 +19,11 @@ export interface AnchorOptions {
   ratios?: number[];
   /** Scales; default `[1, 2 ** (1/3), 2 ** (2/3)]`. */
   scales?: number[];
+  /**
+   * 'pytorch-retinanet' (default): centres at (i + ½)·stride, exact base anchors; 'torchvision': its
+   * AnchorGenerator — sides int(size·scale), base anchors rounded, centres at i·(input size // grid size).
+   */
+  style?: 'pytorch-retinanet' | 'torchvision';
 }
 
 /** Box coder: deltas `(dx, dy, dw, dh)` normalised by `(d − mean) / std`. */
@@ -44,6 +49,7 @@ function numberList(name: string, v: unknown, length?: number): void {
 export function checkAnchorOptions(name: string, o: AnchorOptions | undefined): AnchorOptions {
   const opts = checkOptions(name, o);
   for (const k of ['levels', 'strides', 'sizes', 'ratios', 'scales'] as const) numberList(`${name}.${k}`, opts[k]);
+  if (opts.style !== undefined && opts.style !== 'pytorch-retinanet' && opts.style !== 'torchvision') throw invalid(`${name}.style`, "'pytorch-retinanet' or 'torchvision'", opts.style, RangeError);
   return opts;
 }
 

@@ -3,6 +3,7 @@
  * loading and saving weights) runs on the thread pool and returns a promise; calls on one model
  * are serialised natively, so concurrent promises never race.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { native, NativeDetection, NativeLoadReport, NativeModel, NativeModelInfo } from './binding';
 import { AnchorOptions, BoxCoderOptions, checkAnchorOptions, checkBoxCoderOptions } from './geometry';
@@ -10,6 +11,7 @@ import { readSafetensorsHeader } from './safetensors';
 import { checkDevice, Device, handleOf, Tensor, wrapTensors } from './tensor';
 import { checkInteger, checkOneOf, checkOptions, invalid } from './validate';
 import type { OnnxExportOptions, OnnxExportResult } from './onnx/export';
+import { COCO_91_CLASSES, RETINANET_VARIANTS, RetinaNetVariant, torchvisionLayout, weightEntries } from './torchvision';
 
 export type ResNetDepth = 18 | 34 | 50 | 101 | 152;
 
@@ -34,6 +36,17 @@ export interface RetinaNetOptions {
   seed?: number;
   /** Class names (numClasses of them), kept with saved weights and used to label drawn detections. */
   classes?: string[];
+  /**
+   * Architecture variant: 'pytorch-retinanet' (default); 'torchvision' (torchvision's
+   * retinanet_resnet50_fpn: P6 from P5's output) or 'torchvision-v2' (retinanet_resnet50_fpn_v2: P6 from
+   * C5, GroupNorm(32) in the subnets). The torchvision variants default to torchvision's anchors
+   * (`anchors.style: 'torchvision'`), box coder (std 1, dw/dh clamp log(1000/16), no target-size clamp),
+   * frozen BatchNorm affine (FrozenBatchNorm2d) and 300 detections per image, and save and load weights
+   * under torchvision's state_dict names.
+   */
+  variant?: RetinaNetVariant;
+  /** torchvision's trainable_backbone_layers: how many of layer4, layer3, layer2, layer1, conv1 (5: and bn1) train; default 5 (all). */
+  trainableBackboneLayers?: number;
 }
 
 export interface NanoDetPlusOptions {
@@ -147,9 +160,26 @@ export interface LoadWeightsOptions {
   backboneOnly?: boolean;
   /** Read only file keys with this prefix, without it (e.g. `'backbone.body.'`). */
   prefix?: string;
+  /**
+   * Fine-tuning to another class count: a classification output layer of another shape is not loaded
+   * but re-initialised with the prior (listed in the report's `reinitialized`); every other tensor must fit.
+   */
+  finetune?: boolean;
 }
 
 export type LoadReport = NativeLoadReport;
+
+export interface FromWeightsOptions {
+  device?: Device;
+  /** Another class count: fine-tuning (needs finetune: true); the classification output layer is re-initialised. */
+  numClasses?: number;
+  /** Class names (their count sets numClasses). */
+  classes?: string[];
+  /** Allow a class count other than the file's. */
+  finetune?: boolean;
+  /** RetinaNet: torchvision's trainable_backbone_layers for the model built (see RetinaNetOptions). */
+  trainableBackboneLayers?: number;
+}
 export type ModelInfo = NativeModelInfo;
 
 const DEPTHS = [18, 34, 50, 101, 152] as const;
@@ -158,6 +188,8 @@ const DEPTHS = [18, 34, 50, 101, 152] as const;
 export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput> {
   /** @internal */
   readonly handle: NativeModel;
+  /** What the last `Model.fromWeights` load kept and re-initialised (loaded, reinitialized, …). */
+  lastLoad?: LoadReport;
   /** The options it was built with (without device and seed). */
   readonly config: ModelConfig;
 
@@ -181,8 +213,12 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
       throw invalid('options.prior', 'a number in (0, 1)', o.prior, RangeError);
     for (const k of ['freezeBn', 'freezeBnAffine'] as const)
       if (o[k] !== undefined && typeof o[k] !== 'boolean') throw invalid(`options.${k}`, 'a boolean', o[k]);
-    const anchors = checkAnchorOptions('options.anchors', o.anchors);
-    const boxCoder = checkBoxCoderOptions('options.boxCoder', o.boxCoder);
+    if (o.variant !== undefined && !RETINANET_VARIANTS.includes(o.variant)) throw invalid('options.variant', RETINANET_VARIANTS.map((v) => `'${v}'`).join(', '), o.variant, RangeError);
+    if (o.trainableBackboneLayers !== undefined) checkInteger('options.trainableBackboneLayers', o.trainableBackboneLayers, 0, 5);
+    const torchvision = o.variant === 'torchvision' || o.variant === 'torchvision-v2';
+    const anchors = checkAnchorOptions('options.anchors', torchvision ? { style: 'torchvision', ...o.anchors } : o.anchors);
+    const boxCoder = checkBoxCoderOptions('options.boxCoder', torchvision ? { std: [1, 1, 1, 1], maxDeltaExp: Math.log(1000 / 16), minTargetSize: 0, ...o.boxCoder } : o.boxCoder);
+    if (torchvision && o.freezeBnAffine === undefined) o.freezeBnAffine = true;
     const { device: _device, seed: _seed, classes, ...arch } = o;
     void _device;
     void _seed;
@@ -222,31 +258,45 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
    * with the weights loaded.
    * @example const model = await Model.fromWeights('runs/shapes/model.safetensors', { device: 'cuda' });
    */
-  static async fromWeights(file: string, options: { device?: Device } = {}): Promise<Model> {
-    if (typeof file !== 'string' || !file.endsWith('.safetensors')) throw invalid('path', 'a path ending in .safetensors', file);
-    const text = readSafetensorsHeader(file).metadata[MODEL_METADATA_KEY];
-    if (text === undefined) throw new Error(`${file}: no '${MODEL_METADATA_KEY}' metadata (not saved by onestage); build the model with Model.retinanet and call loadWeights`);
+  static async fromWeights(file: string, options: FromWeightsOptions = {}): Promise<Model> {
+    if (typeof file !== 'string' || file.length === 0) throw invalid('path', 'a file path', file);
+    const o = checkOptions('options', options) as FromWeightsOptions;
+    if (o.numClasses !== undefined) checkInteger('options.numClasses', o.numClasses, 1, 100000);
+    if (o.classes !== undefined && (!Array.isArray(o.classes) || o.classes.some((c) => typeof c !== 'string'))) throw invalid('options.classes', 'an array of class names', o.classes);
+    if (o.finetune !== undefined && typeof o.finetune !== 'boolean') throw invalid('options.finetune', 'a boolean', o.finetune);
+    if (!fs.existsSync(file)) throw new Error(`${file}: no such weights file`);
+    const text = file.endsWith('.safetensors') ? readSafetensorsHeader(file).metadata[MODEL_METADATA_KEY] : undefined;
     let config: ModelConfig;
-    try {
-      config = JSON.parse(text) as ModelConfig;
-    } catch (err) {
-      throw new Error(`${file}: malformed '${MODEL_METADATA_KEY}' metadata (${(err as Error).message})`);
-    }
-    const device = options.device ? { device: options.device } : {};
-    let model: Model;
-    if (config.architecture === 'nanodet-plus') {
-      const { architecture: _a, ...rest } = config;
-      void _a;
-      model = Model.nanodetPlus({ ...rest, ...device });
-    } else if (config.architecture === undefined || config.architecture === 'retinanet') {
-      const { architecture: _a, ...rest } = config;
-      void _a;
-      model = Model.retinanet({ ...rest, ...device });
+    if (text !== undefined) {
+      try {
+        config = JSON.parse(text) as ModelConfig;
+      } catch (err) {
+        throw new Error(`${file}: malformed '${MODEL_METADATA_KEY}' metadata (${(err as Error).message})`);
+      }
     } else {
-      throw new Error(`${file}: unknown architecture '${String((config as { architecture: unknown }).architecture)}' in its metadata`);
+      // no onestage metadata: a torchvision RetinaNet is recognised by its keys
+      const layout = torchvisionLayout(weightEntries(file), file);
+      if (!layout)
+        throw new Error(`${file}: neither onestage metadata ('${MODEL_METADATA_KEY}') nor a torchvision RetinaNet state_dict; build the model with Model.retinanet / Model.nanodetPlus and call loadWeights`);
+      if (layout.anchorsPerLocation !== 9) throw new Error(`${file}: ${layout.anchorsPerLocation} anchors per location; torchvision's RetinaNets have 9 (build the model with matching anchors and call loadWeights)`);
+      config = { architecture: 'retinanet', variant: layout.variant, depth: layout.depth, numClasses: layout.numClasses, featureSize: layout.featureSize, ...(layout.numClasses === 91 ? { classes: [...COCO_91_CLASSES] } : {}) };
     }
+    const fileClasses = config.numClasses;
+    const classes = o.classes ?? (o.numClasses !== undefined && o.numClasses !== fileClasses ? undefined : config.classes);
+    const numClasses = o.numClasses ?? (o.classes ? o.classes.length : fileClasses);
+    if (o.classes && o.classes.length !== numClasses) throw new RangeError(`options.classes: ${o.classes.length} names for numClasses ${numClasses}`);
+    if (numClasses !== fileClasses && !o.finetune)
+      throw new RangeError(`${file} was trained for ${fileClasses} classes, not ${numClasses}: to fine-tune to ${numClasses} classes pass { finetune: true } (CLI: train --weights ${file} --finetune)`);
+    const device = o.device ? { device: o.device } : {};
+    const { architecture, classes: _c, ...rest } = config as ModelConfig & { classes?: string[] };
+    void _c;
+    const sized = { ...rest, numClasses, ...(classes ? { classes } : {}), ...(o.trainableBackboneLayers !== undefined ? { trainableBackboneLayers: o.trainableBackboneLayers } : {}), ...device };
+    let model: Model;
+    if (architecture === 'nanodet-plus') model = Model.nanodetPlus(sized as NanoDetPlusOptions);
+    else if (architecture === undefined || architecture === 'retinanet') model = Model.retinanet(sized as RetinaNetOptions);
+    else throw new Error(`${file}: unknown architecture '${String(architecture)}' in its metadata`);
     try {
-      await model.loadWeights(file);
+      model.lastLoad = await model.loadWeights(file, { finetune: numClasses !== fileClasses });
     } catch (err) {
       model.dispose();
       throw err;
@@ -350,6 +400,7 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
     if (o.strict !== undefined && typeof o.strict !== 'boolean') throw invalid('options.strict', 'a boolean', o.strict);
     if (o.backboneOnly !== undefined && typeof o.backboneOnly !== 'boolean') throw invalid('options.backboneOnly', 'a boolean', o.backboneOnly);
     if (o.prefix !== undefined && typeof o.prefix !== 'string') throw invalid('options.prefix', 'a string', o.prefix);
+    if (o.finetune !== undefined && typeof o.finetune !== 'boolean') throw invalid('options.finetune', 'a boolean', o.finetune);
     const format = weightsFormat(file);
     if (format === 'safetensors') {
       const header = readSafetensorsHeader(file);

@@ -85,6 +85,7 @@ function validArgs(group: NativeProcessGroup | null = null, port = 1): Record<ke
     modelLoadSafetensorsAsync: [model, 'no-such-file.safetensors', 8, [], {}],
     modelSaveSafetensorsAsync: [model, 'fuzz.safetensors', {}],
     modelStateDict: [model],
+    torchFileEntries: ['/nonexistent.pt'],
     generateAnchors: [{}, 64, 64],
     boxEncode: [boxes, boxes, {}],
     boxDecode: [boxes, boxes, {}],

@@ -457,6 +457,9 @@ export async function exportOnnx(model: Model, file: string, options?: OnnxExpor
   const target = path.resolve(file);
   if (fs.existsSync(target) && fs.statSync(target).isDirectory()) throw new Error(`ONNX export: ${file} is a directory`);
   const r = resolveOptions(model.config, options);
+  const variant = (model.config as RetinaNetOptions).variant;
+  if (variant !== undefined && variant !== 'pytorch-retinanet')
+    throw new RangeError(`ONNX export: the '${variant}' RetinaNet variant is not exported yet (its P6 source, GroupNorm heads and anchors are not in the exporter); models of the default variant and NanoDet-Plus are`);
   const g = new OnnxGraph();
   const sd = model.stateDict();
   const weights: Record<string, { data: Float32Array; shape: number[] }> = {};

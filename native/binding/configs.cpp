@@ -20,6 +20,7 @@ AnchorConfig anchorConfigFrom(const Napi::Object& o, const char* prefix) {
   c.sizes = optNumbers(o, prefix, "sizes", {});
   c.ratios = optNumbers(o, prefix, "ratios", c.ratios);
   c.scales = optNumbers(o, prefix, "scales", c.scales);
+  c.style = optString(o, prefix, "style", c.style);
   return c.resolved();
 }
 
@@ -51,6 +52,8 @@ RetinaNetConfig retinaNetConfigFrom(const Napi::Object& o) {
   c.freezeBnAffine = optBool(o, "options", "freezeBnAffine", c.freezeBnAffine);
   c.anchors = anchorConfigFrom(optObject(o, "options", "anchors"), "options.anchors");
   c.coder = boxCoderFrom(optObject(o, "options", "boxCoder"), "options.boxCoder");
+  c.variant = optString(o, "options", "variant", c.variant);
+  c.trainableBackboneLayers = optInt(o, "options", "trainableBackboneLayers", 0, 5, c.trainableBackboneLayers);
   return c;
 }
 

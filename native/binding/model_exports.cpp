@@ -159,6 +159,7 @@ LoadOptions loadOptionsFrom(const Napi::Object& o) {
   LoadOptions l;
   l.strict = optBool(o, "options", "strict", true);
   l.stripPrefix = optString(o, "options", "prefix", "");
+  l.finetune = optBool(o, "options", "finetune", false);
   return l;
 }
 
@@ -173,6 +174,7 @@ Napi::Value reportToJs(Napi::Env env, const LoadReport& r) {
   o.Set("missing", list(r.missing));
   o.Set("unexpected", list(r.unexpected));
   o.Set("mismatched", list(r.mismatched));
+  o.Set("reinitialized", list(r.reinitialized));
   return o;
 }
 
@@ -258,7 +260,23 @@ Napi::Value ModelStateDict(const Napi::CallbackInfo& info) {
   auto m = modelArg(info);
   std::lock_guard<std::mutex> lock(m->mutex());
   Napi::Object out = Napi::Object::New(info.Env());
-  for (auto& [k, t] : stateDict(m->module())) out.Set(k, wrapTensor(info.Env(), t.detach().clone()));
+  for (auto& [k, t] : m->namedState()) out.Set(k, wrapTensor(info.Env(), t.detach().clone()));
+  return out;
+}
+
+/// Names and shapes of the tensors of a torch.save'd state_dict (read with the restricted unpickler).
+Napi::Value TorchFileEntries(const Napi::CallbackInfo& info) {
+  const auto path = stringArg(info, 0, "path");
+  const auto file = readTorchStateDict(path);
+  Napi::Array out = Napi::Array::New(info.Env(), file.size());
+  for (size_t i = 0; i < file.size(); ++i) {
+    Napi::Object e = Napi::Object::New(info.Env());
+    e.Set("name", file[i].first);
+    Napi::Array shape = Napi::Array::New(info.Env(), file[i].second.dim());
+    for (int64_t d = 0; d < file[i].second.dim(); ++d) shape.Set(static_cast<uint32_t>(d), static_cast<double>(file[i].second.size(d)));
+    e.Set("shape", shape);
+    out.Set(static_cast<uint32_t>(i), e);
+  }
   return out;
 }
 
@@ -278,6 +296,7 @@ void registerModelExports(Napi::Env env, Napi::Object exports) {
   exportFunction<ModelLoadSafetensorsAsync>(env, exports, "modelLoadSafetensorsAsync");
   exportFunction<ModelSaveSafetensorsAsync>(env, exports, "modelSaveSafetensorsAsync");
   exportFunction<ModelStateDict>(env, exports, "modelStateDict");
+  exportFunction<TorchFileEntries>(env, exports, "torchFileEntries");
 }
 
 }  // namespace onestage::binding

@@ -22,6 +22,7 @@ AnchorConfig AnchorConfig::resolved() const {
   for (double v : c.sizes) if (!(v > 0)) throw RangeError("anchors.sizes must be positive");
   for (double v : c.ratios) if (!(v > 0)) throw RangeError("anchors.ratios must be positive");
   for (double v : c.scales) if (!(v > 0)) throw RangeError("anchors.scales must be positive");
+  if (c.style != "pytorch-retinanet" && c.style != "torchvision") throw RangeError("anchors.style must be 'pytorch-retinanet' or 'torchvision'");
   return c;
 }
 
@@ -38,6 +39,32 @@ torch::Tensor generateAnchors(const AnchorConfig& cfgIn, int64_t height, int64_t
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   const auto grids = anchorGridSizes(cfg, height, width);
   std::vector<torch::Tensor> levels;
+  if (cfg.style == "torchvision") {
+    // torchvision's AnchorGenerator: sides int(size·scale) (as its anchor_sizes tuples), then in float32
+    // h_ratio = √r, w_ratio = 1/h_ratio, (−ws, −hs, ws, hs)/2 rounded; shifts i·(input // grid), no offset
+    const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+    for (size_t l = 0; l < cfg.levels.size(); ++l) {
+      std::vector<float> sides;
+      for (double s : cfg.scales) sides.push_back(static_cast<float>(std::trunc(cfg.sizes[l] * s)));
+      std::vector<float> ratios(cfg.ratios.begin(), cfg.ratios.end());
+      const auto scalesT = torch::tensor(sides, f32);
+      const auto hRatios = torch::sqrt(torch::tensor(ratios, f32));
+      const auto wRatios = 1 / hRatios;
+      const auto ws = (wRatios.unsqueeze(1) * scalesT.unsqueeze(0)).reshape({-1});
+      const auto hs = (hRatios.unsqueeze(1) * scalesT.unsqueeze(0)).reshape({-1});
+      const auto base = (torch::stack({-ws, -hs, ws, hs}, 1) / 2).round();
+      const auto [gh, gw] = grids[l];
+      const int64_t sy = height / gh, sx = width / gw;
+      const auto xs = torch::arange(gw, torch::kInt32) * sx;
+      const auto ys = torch::arange(gh, torch::kInt32) * sy;
+      const auto grid = torch::meshgrid({ys, xs}, "ij");
+      const auto cx = grid[1].reshape({-1});
+      const auto cy = grid[0].reshape({-1});
+      const auto shifts = torch::stack({cx, cy, cx, cy}, 1);
+      levels.push_back((shifts.view({-1, 1, 4}) + base.view({1, -1, 4})).reshape({-1, 4}));
+    }
+    return torch::cat(levels, 0).to(torch::kFloat32);
+  }
   for (size_t l = 0; l < cfg.levels.size(); ++l) {
     // base anchors centred at 0: ratio-major, then scale
     std::vector<double> base;

@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <string>
 #include <vector>
 
 namespace onestage {
@@ -18,6 +19,9 @@ struct AnchorConfig {
   std::vector<double> sizes;    // default 2^(level+2)
   std::vector<double> ratios{0.5, 1.0, 2.0};
   std::vector<double> scales{1.0, std::pow(2.0, 1.0 / 3.0), std::pow(2.0, 2.0 / 3.0)};
+  /// "pytorch-retinanet": centres at (i + ½)·stride, base anchors in float64; "torchvision": its
+  /// AnchorGenerator — sides int(size·scale), base anchors rounded (float32), centres i·(input // grid).
+  std::string style = "pytorch-retinanet";
 
   /// Fills the defaults and checks lengths and values (RangeError naming the field).
   AnchorConfig resolved() const;

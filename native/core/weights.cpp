@@ -186,6 +186,9 @@ LoadReport loadStateDict(torch::nn::Module& module, NamedTensors file, const Loa
       if (kv.first.rfind(options.stripPrefix, 0) == 0) kept.emplace_back(kv.first.substr(options.stripPrefix.size()), kv.second);
     file = std::move(kept);
   }
+  if (options.fileKey)
+    for (auto& kv : file) kv.first = options.fileKey(kv.first);
+  const auto shown = [&](const std::string& k) { return options.displayKey ? options.displayKey(k) : k; };
   std::map<std::string, torch::Tensor> fromFile(file.begin(), file.end());
   const auto own = stateDict(module);
   LoadReport report;
@@ -196,11 +199,18 @@ LoadReport loadStateDict(torch::nn::Module& module, NamedTensors file, const Loa
     ownNames.insert(name);
     auto it = fromFile.find(name);
     if (it == fromFile.end()) {
-      report.missing.push_back(name);
+      // FrozenBatchNorm2d checkpoints (torchvision's detection weights) have no batch counter
+      const std::string counter = "num_batches_tracked";
+      if (name.size() > counter.size() && name.compare(name.size() - counter.size(), counter.size(), counter) == 0) continue;
+      report.missing.push_back(shown(name));
       continue;
     }
     if (it->second.sizes() != target.sizes()) {
-      report.mismatched.push_back(name + ": file " + describeShape(it->second.sizes()) + " vs model " +
+      if (options.finetune && options.classifierKey && options.classifierKey(name)) {
+        report.reinitialized.push_back(shown(name));
+        continue;
+      }
+      report.mismatched.push_back(shown(name) + ": file " + describeShape(it->second.sizes()) + " vs model " +
                                   describeShape(target.sizes()));
       continue;
     }
@@ -208,13 +218,22 @@ LoadReport loadStateDict(torch::nn::Module& module, NamedTensors file, const Loa
   }
   for (const auto& kv : file) {
     if (options.keyFilter && !options.keyFilter(kv.first)) continue;  // outside the part being loaded
-    if (!ownNames.count(kv.first)) report.unexpected.push_back(kv.first);
+    if (!ownNames.count(kv.first)) report.unexpected.push_back(shown(kv.first));
   }
   if (options.strict && (!report.missing.empty() || !report.unexpected.empty() || !report.mismatched.empty())) {
     std::string msg = "weights do not match the model (nothing was loaded; pass strict: false to load what fits):";
     if (!report.missing.empty()) msg += "\n  missing: " + listed(report.missing);
     if (!report.unexpected.empty()) msg += "\n  unexpected: " + listed(report.unexpected);
     if (!report.mismatched.empty()) msg += "\n  wrong shape: " + listed(report.mismatched);
+    bool classifier = false;
+    if (options.classifierKey)
+      for (const auto& [name, target] : own) {
+        auto it = fromFile.find(name);
+        if (options.classifierKey(name) && it != fromFile.end() && it->second.sizes() != target.sizes()) classifier = true;
+      }
+    if (classifier)
+      msg += "\n  the classification output layer was trained for another number of classes: to fine-tune to this model's classes, "
+             "load with { finetune: true } (CLI: train --weights FILE --finetune); that layer is then re-initialised with the prior";
     throw std::runtime_error(msg);
   }
   torch::NoGradGuard noGrad;

@@ -44,11 +44,20 @@ struct LoadOptions {
   /// Only the module's keys for which this returns true are loaded and required; file keys outside
   /// it are ignored (backbone-only loading). Empty: every key.
   std::function<bool(const std::string&)> keyFilter;
+  /// File key → the module's key (after prefix stripping), e.g. torchvision names → onestage's; empty: same.
+  std::function<std::string(const std::string&)> fileKey;
+  /// The module's key → the name reports and errors use (the inverse of fileKey); empty: same.
+  std::function<std::string(const std::string&)> displayKey;
+  /// Keys of the classification output layer (whose shape depends on the class count).
+  std::function<bool(const std::string&)> classifierKey;
+  /// A classification output layer of another shape is skipped (re-initialised by the caller) instead of an error.
+  bool finetune = false;
 };
 struct LoadReport {
   std::vector<std::string> missing;     // in the module, not in the file
   std::vector<std::string> unexpected;  // in the file, not in the module
   std::vector<std::string> mismatched;  // "name: file [a, b] vs model [c, d]"
+  std::vector<std::string> reinitialized;  // classification output layer of another class count (finetune)
   int64_t loaded = 0;
 };
 /// Copies matching tensors into `module` (converting dtype and device). strict: any missing,

@@ -1,5 +1,9 @@
 #include "core/models/detector.h"
 
+#include <algorithm>
+#include <array>
+#include <cctype>
+
 #include "core/losses/nanodet_loss.h"
 #include "core/tensor_types.h"
 
@@ -36,11 +40,22 @@ int64_t Detector::parameterCount(bool trainableOnly) {
 
 LoadReport Detector::load(NamedTensors file, LoadOptions options, bool backboneOnly) {
   if (backboneOnly) options.keyFilter = [this](const std::string& key) { return isBackboneKey(key); };
-  return loadStateDict(module(), std::move(file), options);
+  options.fileKey = [this](const std::string& key) { return internalKey(key); };
+  options.displayKey = [this](const std::string& key) { return externalKey(key); };
+  options.classifierKey = [this](const std::string& key) { return isClassifierKey(key); };
+  auto report = loadStateDict(module(), std::move(file), options);
+  if (!report.reinitialized.empty()) reinitialiseClassifier();
+  return report;
+}
+
+NamedTensors Detector::namedState() {
+  auto state = stateDict(module());
+  for (auto& kv : state) kv.first = externalKey(kv.first);
+  return state;
 }
 
 void Detector::save(const std::string& path, const std::map<std::string, std::string>& metadata) {
-  writeSafetensors(path, stateDict(module()), metadata);
+  writeSafetensors(path, namedState(), metadata);
 }
 
 RetinaNetDetector::RetinaNetDetector(const RetinaNetConfig& config, const torch::Device& device) : Detector(device), net_(config) {
@@ -66,6 +81,82 @@ Detections RetinaNetDetector::detect(const torch::Tensor& images, const torch::T
                                      const DetectOptions& opts) {
   const c10::DeviceGuard guard(device());
   return net_->detect(images, scales, sizes, opts);
+}
+
+DetectOptions RetinaNetDetector::defaultDetectOptions() const {
+  DetectOptions d;
+  if (net_->config().variant != "pytorch-retinanet") d.maxDetections = 300;  // torchvision's detections_per_img
+  return d;
+}
+
+namespace {
+bool startsWith(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+// torchvision's head module of onestage's subnet and its output conv
+const std::vector<std::array<std::string, 3>> kTorchvisionHeads{{"classificationModel.", "head.classification_head.", "cls_logits"},
+                                                                {"regressionModel.", "head.regression_head.", "bbox_reg"}};
+}  // namespace
+
+std::string RetinaNetDetector::externalKey(const std::string& key) const {
+  if (net_->config().variant == "pytorch-retinanet") return key;
+  for (const char* p : {"conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."})
+    if (startsWith(key, p)) return "backbone.body." + key;
+  if (startsWith(key, "fpn.")) {
+    const std::string rest = key.substr(4);
+    for (int l = 3; l <= 5; ++l) {
+      const std::string lv = "P" + std::to_string(l);
+      if (startsWith(rest, lv + "_1.")) return "backbone.fpn.inner_blocks." + std::to_string(l - 3) + ".0." + rest.substr(5);
+      if (startsWith(rest, lv + "_2.")) return "backbone.fpn.layer_blocks." + std::to_string(l - 3) + ".0." + rest.substr(5);
+    }
+    if (startsWith(rest, "P6.")) return "backbone.fpn.extra_blocks.p6." + rest.substr(3);
+    if (startsWith(rest, "P7_2.")) return "backbone.fpn.extra_blocks.p7." + rest.substr(5);
+  }
+  for (const auto& [ours, theirs, out] : kTorchvisionHeads) {
+    if (!startsWith(key, ours)) continue;
+    const std::string rest = key.substr(ours.size());
+    if (startsWith(rest, "output.")) return theirs + out + rest.substr(6);
+    if (rest.size() > 6 && (startsWith(rest, "conv") || startsWith(rest, "gn")) && std::isdigit(static_cast<unsigned char>(rest[rest[0] == 'c' ? 4 : 2]))) {
+      const bool conv = rest[0] == 'c';
+      const size_t digit = conv ? 4 : 2;
+      const int i = rest[digit] - '1';
+      return theirs + "conv." + std::to_string(i) + (conv ? ".0" : ".1") + rest.substr(digit + 1);
+    }
+  }
+  return key;
+}
+
+std::string RetinaNetDetector::internalKey(const std::string& key) const {
+  if (net_->config().variant == "pytorch-retinanet") return key;
+  if (startsWith(key, "backbone.body.")) return key.substr(14);
+  const auto split = [](const std::string& s) {
+    std::vector<std::string> parts;
+    size_t start = 0;
+    for (size_t dot; (dot = s.find('.', start)) != std::string::npos; start = dot + 1) parts.push_back(s.substr(start, dot - start));
+    parts.push_back(s.substr(start));
+    return parts;
+  };
+  const auto parts = split(key);
+  const auto isIndex = [](const std::string& s) { return !s.empty() && s.size() < 3 && std::all_of(s.begin(), s.end(), ::isdigit); };
+  if (startsWith(key, "backbone.fpn.") && parts.size() >= 5) {
+    const std::string& block = parts[2];
+    if ((block == "inner_blocks" || block == "layer_blocks") && isIndex(parts[3])) {
+      const int l = std::stoi(parts[3]) + 3;
+      // current layout blocks.i.0.weight; older torchvision files blocks.i.weight
+      const std::string& leaf = parts.size() == 6 && parts[4] == "0" ? parts[5] : parts[4];
+      return "fpn.P" + std::to_string(l) + (block == "inner_blocks" ? "_1." : "_2.") + leaf;
+    }
+    if (block == "extra_blocks" && parts[3] == "p6") return "fpn.P6." + parts[4];
+    if (block == "extra_blocks" && parts[3] == "p7") return "fpn.P7_2." + parts[4];
+  }
+  for (const auto& [ours, theirs, out] : kTorchvisionHeads) {
+    if (!startsWith(key, theirs)) continue;
+    const auto p = split(key.substr(theirs.size()));
+    if (p.size() == 2 && p[0] == out) return ours + "output." + p[1];
+    if (p.size() == 4 && p[0] == "conv" && isIndex(p[1]) && (p[2] == "0" || p[2] == "1"))
+      return ours + (p[2] == "0" ? "conv" : "gn") + std::to_string(std::stoi(p[1]) + 1) + "." + p[3];
+    // older torchvision files: conv.{0,2,4,6} (convs between ReLUs)
+    if (p.size() == 3 && p[0] == "conv" && isIndex(p[1]) && std::stoi(p[1]) % 2 == 0) return ours + "conv" + std::to_string(std::stoi(p[1]) / 2 + 1) + "." + p[2];
+  }
+  return key;
 }
 
 NanoDetPlusDetector::NanoDetPlusDetector(const NanoDetPlusConfig& config, const torch::Device& device) : Detector(device), net_(config) {

@@ -39,6 +39,15 @@ class Detector {
                             const DetectOptions& opts) = 0;
   /// Parameter names of the backbone (for backbone-only weight loading).
   virtual bool isBackboneKey(const std::string& key) const = 0;
+  /// State-dict names as files carry them (torchvision variants: torchvision's), and back (also
+  /// accepting older layouts of the same weights).
+  virtual std::string externalKey(const std::string& key) const { return key; }
+  virtual std::string internalKey(const std::string& key) const { return key; }
+  /// The classification output layer (its shape depends on the class count); re-initialised with the prior.
+  virtual bool isClassifierKey(const std::string&) const { return false; }
+  virtual void reinitialiseClassifier() {}
+  /// The state dict under external names.
+  NamedTensors namedState();
 
   std::mutex& mutex() { return mutex_; }
   torch::Device device() const { return device_; }
@@ -73,6 +82,11 @@ class RetinaNetDetector : public Detector {
   NamedOutputs forwardNamed(const torch::Tensor& images) override;
   Detections detect(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes, const DetectOptions& opts) override;
   bool isBackboneKey(const std::string& key) const override { return net_->isBackboneKey(key); }
+  DetectOptions defaultDetectOptions() const override;
+  std::string externalKey(const std::string& key) const override;
+  std::string internalKey(const std::string& key) const override;
+  bool isClassifierKey(const std::string& key) const override { return key.rfind("classificationModel.output.", 0) == 0; }
+  void reinitialiseClassifier() override { net_->reinitialiseClassifier(); }
 
  private:
   RetinaNet net_;

@@ -18,7 +18,8 @@ torch::Tensor upsampleTo(const torch::Tensor& x, const torch::Tensor& like) {
 }
 }  // namespace
 
-PyramidFeaturesImpl::PyramidFeaturesImpl(int64_t c3, int64_t c4, int64_t c5, int64_t fs, int64_t levelCount) : levels(levelCount) {
+PyramidFeaturesImpl::PyramidFeaturesImpl(int64_t c3, int64_t c4, int64_t c5, int64_t fs, int64_t levelCount, bool p6FromP5_)
+    : levels(levelCount), p6FromP5(p6FromP5_) {
   if (levels < 3 || levels > 5) throw RangeError("the feature pyramid has 3 to 5 levels (P3–P5 … P3–P7)");
   P5_1 = register_module("P5_1", conv(c5, fs, 1, 1));
   P5_2 = register_module("P5_2", conv(fs, fs, 3, 1));
@@ -26,7 +27,7 @@ PyramidFeaturesImpl::PyramidFeaturesImpl(int64_t c3, int64_t c4, int64_t c5, int
   P4_2 = register_module("P4_2", conv(fs, fs, 3, 1));
   P3_1 = register_module("P3_1", conv(c3, fs, 1, 1));
   P3_2 = register_module("P3_2", conv(fs, fs, 3, 1));
-  if (levels >= 4) P6 = register_module("P6", conv(c5, fs, 3, 2));
+  if (levels >= 4) P6 = register_module("P6", conv(p6FromP5 ? fs : c5, fs, 3, 2));
   if (levels >= 5) P7_2 = register_module("P7_2", conv(fs, fs, 3, 2));
 }
 
@@ -36,7 +37,7 @@ std::vector<torch::Tensor> PyramidFeaturesImpl::forward(const torch::Tensor& c3,
   const auto p4Lateral = P4_1(c4) + upsampleTo(p5Lateral, c4);
   const auto p3Lateral = P3_1(c3) + upsampleTo(p4Lateral, c3);
   std::vector<torch::Tensor> out{P3_2(p3Lateral), P4_2(p4Lateral), P5_2(p5Lateral)};
-  if (levels >= 4) out.push_back(P6(c5));
+  if (levels >= 4) out.push_back(P6(p6FromP5 ? out[2] : c5));
   if (levels >= 5) out.push_back(P7_2(torch::relu(out[3])));
   return out;
 }

@@ -1,5 +1,6 @@
 #include "core/models/retinanet.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/errors.h"
@@ -17,13 +18,27 @@ RetinaNetImpl::RetinaNetImpl(const RetinaNetConfig& config) : config_(config) {
   anchors_ = std::make_shared<AnchorCache>(config_.anchors);
   backbone = ResNet(config.depth);
   registerBackboneAtTop(*this, backbone);
+  if (config.variant != "pytorch-retinanet" && config.variant != "torchvision" && config.variant != "torchvision-v2")
+    throw RangeError("variant must be 'pytorch-retinanet', 'torchvision' or 'torchvision-v2' (received '" + config.variant + "')");
+  if (config.trainableBackboneLayers < 0 || config.trainableBackboneLayers > 5) throw RangeError("trainableBackboneLayers must be between 0 and 5");
   const auto ch = backbone->featureChannels();
-  fpn = register_module("fpn", PyramidFeatures(ch[0], ch[1], ch[2], config.featureSize));
+  fpn = register_module("fpn", PyramidFeatures(ch[0], ch[1], ch[2], config.featureSize, 5, config.variant == "torchvision"));
   const int64_t A = config_.anchors.anchorsPerLocation();
-  regressionModel = register_module("regressionModel", RetinaSubnet(config.featureSize, A, 4, config.featureSize));
+  const int64_t gn = config.variant == "torchvision-v2" ? 32 : 0;
+  regressionModel = register_module("regressionModel", RetinaSubnet(config.featureSize, A, 4, config.featureSize, gn));
   classificationModel =
-      register_module("classificationModel", RetinaSubnet(config.featureSize, A, config.numClasses, config.featureSize));
+      register_module("classificationModel", RetinaSubnet(config.featureSize, A, config.numClasses, config.featureSize, gn));
   initialiseParameters();
+  if (config.trainableBackboneLayers < 5) {
+    // torchvision's _resnet_fpn_extractor: parameters of layers outside the top `trainable` ones get no gradient
+    const std::vector<std::string> order{"layer4", "layer3", "layer2", "layer1", "conv1"};
+    const std::vector<std::string> trained(order.begin(), order.begin() + config.trainableBackboneLayers);
+    for (auto& p : named_parameters(true)) {
+      if (!isBackboneKey(p.key())) continue;
+      const bool train = std::any_of(trained.begin(), trained.end(), [&](const std::string& l) { return p.key().rfind(l, 0) == 0; });
+      if (!train) p.value().set_requires_grad(false);
+    }
+  }
   train(true);
 }
 
@@ -40,6 +55,13 @@ void RetinaNetImpl::initialiseParameters() {
   classificationModel->output->bias.fill_(-std::log((1.0 - config_.prior) / config_.prior));
   regressionModel->output->weight.zero_();
   regressionModel->output->bias.zero_();
+}
+
+void RetinaNetImpl::reinitialiseClassifier() {
+  torch::NoGradGuard noGrad;
+  if (config_.variant == "pytorch-retinanet") classificationModel->output->weight.zero_();
+  else classificationModel->output->weight.normal_(0, 0.01);  // torchvision's RetinaNetClassificationHead
+  classificationModel->output->bias.fill_(-std::log((1.0 - config_.prior) / config_.prior));
 }
 
 void RetinaNetImpl::train(bool on) {

@@ -26,6 +26,12 @@ struct RetinaNetConfig {
   bool freezeBn = true;
   /// ...and their weight and bias get no gradient (not in pytorch-retinanet; common for small batches).
   bool freezeBnAffine = false;
+  /// "pytorch-retinanet" (default), "torchvision" (P6 from P5's output) or "torchvision-v2" (P6 from
+  /// C5, GroupNorm(32) in the subnets); the torchvision ones save and load torchvision's key names.
+  std::string variant = "pytorch-retinanet";
+  /// torchvision's trainable_backbone_layers: how many of layer4, layer3, layer2, layer1, conv1 (5: and
+  /// bn1) train; the rest of the backbone gets no gradient. 5: all.
+  int64_t trainableBackboneLayers = 5;
 };
 
 struct RetinaNetOutput {
@@ -57,6 +63,8 @@ class RetinaNetImpl : public torch::nn::Module {
   void train(bool on = true) override;
 
   const RetinaNetConfig& config() const { return config_; }
+  /// The classification output layer back to its initialisation (the prior's bias).
+  void reinitialiseClassifier();
   AnchorCache& anchorCache() { return *anchors_; }
   /// Parameter names of the backbone (for backbone-only weight loading).
   bool isBackboneKey(const std::string& key) const;
