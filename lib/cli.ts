@@ -67,6 +67,7 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
 const TRAIN_FLAG_FIELDS: Array<[string, string]> = [
   ['classes', 'data.classes'], ['batchSize', 'data.batchSize'], ['minSide', 'data.minSide'], ['maxSide', 'data.maxSide'],
   ['head', 'model.head'], ['depth', 'model.depth'], ['featureSize', 'model.featureSize'], ['weights', 'model.weights'], ['backbone', 'model.backbone'],
+  ['variant', 'model.variant'], ['finetune', 'model.finetune'], ['trainableBackboneLayers', 'model.trainableBackboneLayers'], ['backboneLrMultiplier', 'optimizer.backboneLrMultiplier'],
   ['optimizer', 'optimizer.type'], ['lr', 'optimizer.lr'], ['contrastive', 'loss.contrastive.weight'],
   ['epochs', 'epochs'], ['device', 'device'], ['amp', 'amp'], ['cudaGraph', 'cudaGraph'], ['ema', 'ema'], ['seed', 'seed'], ['out', 'out'],
   ['distBackend', 'distributed.backend'], ['distTimeout', 'distributed.timeoutSeconds'],
@@ -116,6 +117,10 @@ export function makeProgram(): Command {
     .option('--feature-size <n>', 'FPN and subnet channels', intOption('--feature-size', 1))
     .option('--weights <file>', 'start from these weights')
     .option('--backbone <file>', 'ResNet backbone weights (torchvision state_dict)')
+    .option('--variant <name>', "RetinaNet variant: pytorch-retinanet | torchvision | torchvision-v2 (a torchvision --weights file sets it)")
+    .option('--finetune', '--weights trained for other classes: keep all but the classification output layer')
+    .option('--trainable-backbone-layers <n>', "torchvision's trainable_backbone_layers (0-5)", intOption('--trainable-backbone-layers', 0))
+    .option('--backbone-lr-multiplier <x>', 'the backbone trains at lr × this', numberOption('--backbone-lr-multiplier'))
     .addOption(new Option('--loss <recipe>', "loss recipe (sets the loss, box coder and clipping): 'focal' (pytorch-retinanet: Focal + smooth L1), 'ghm' (mmdetection's GHM-C + GHM-R) or 'ghmc' (GHM-C + smooth L1)").choices([...LOSS_RECIPES]))
     .option('--contrastive <weight>', 'add the contrastive loss between two views with this weight', numberOption('--contrastive'))
     .addOption(new Option('--optimizer <type>', 'optimizer').choices(['sgd', 'adamw']))

@@ -48,6 +48,12 @@ export interface TrainConfig {
     weights?: string;
     /** Backbone weights only (torchvision ResNet state_dict). */
     backbone?: string;
+    /** RetinaNet variant (see RetinaNetOptions.variant); a torchvision file in `weights` sets it. */
+    variant?: 'pytorch-retinanet' | 'torchvision' | 'torchvision-v2';
+    /** `weights` trained for another class count: keep every tensor but the classification output layer. */
+    finetune?: boolean;
+    /** torchvision's trainable_backbone_layers (0–5; RetinaNet). */
+    trainableBackboneLayers?: number;
   };
   /** RetinaNetLossOptions, or NanoDetPlusLossOptions with head 'nanodet-plus'. */
   loss: RetinaNetLossOptions & NanoDetPlusLossOptions;
@@ -123,6 +129,9 @@ export const TRAIN_CONFIG_SCHEMA = closed(
         boxCoder,
         weights: { type: 'string', minLength: 1 },
         backbone: { type: 'string', minLength: 1 },
+        variant: { enum: ['pytorch-retinanet', 'torchvision', 'torchvision-v2'] },
+        finetune: { type: 'boolean' },
+        trainableBackboneLayers: int({ minimum: 0, maximum: 5 }),
       },
       { default: {} },
     ),
@@ -161,7 +170,7 @@ export const TRAIN_CONFIG_SCHEMA = closed(
       { default: {} },
     ),
     optimizer: closed(
-      { type: { enum: ['sgd', 'adamw'] }, lr: num({ exclusiveMinimum: 0 }), momentum: nonNeg, weightDecay: nonNeg, nesterov: { type: 'boolean' }, beta1: num({ minimum: 0, exclusiveMaximum: 1 }), beta2: num({ minimum: 0, exclusiveMaximum: 1 }), eps: num({ exclusiveMinimum: 0 }), clipGradNorm: nonNeg },
+      { type: { enum: ['sgd', 'adamw'] }, lr: num({ exclusiveMinimum: 0 }), momentum: nonNeg, weightDecay: nonNeg, nesterov: { type: 'boolean' }, beta1: num({ minimum: 0, exclusiveMaximum: 1 }), beta2: num({ minimum: 0, exclusiveMaximum: 1 }), eps: num({ exclusiveMinimum: 0 }), clipGradNorm: nonNeg, backboneLrMultiplier: nonNeg },
       { default: {} },
     ),
     schedule: closed(
@@ -247,6 +256,8 @@ export function parseTrainConfig(value: unknown, root = 'config'): TrainConfig {
     const nanodetLossKeys = ['qflBeta', 'qflWeight', 'giouWeight', 'dflWeight', 'detachEpoch', 'assignBy', 'assigner'];
     for (const k of Object.keys(c.loss))
       if ((nanodet ? retinaLossKeys : nanodetLossKeys).includes(k)) problems.push(`${root}.loss.${k} is ${nanodet ? 'a RetinaNet' : 'a NanoDet-Plus'} loss option; ${root}.model.head is '${c.model.head}'`);
+    if (nanodet && (c.model.variant || c.model.trainableBackboneLayers !== undefined)) problems.push(`${root}.model.variant and trainableBackboneLayers are RetinaNet options; ${root}.model.head is 'nanodet-plus'`);
+    if (c.model.finetune && !c.model.weights) problems.push(`${root}.model.finetune needs ${root}.model.weights`);
     if (!nanodet && c.model.nanodet) problems.push(`${root}.model.nanodet needs ${root}.model.head 'nanodet-plus'`);
     if (nanodet && (c.model.anchors || c.model.boxCoder)) problems.push(`${root}.model.anchors and boxCoder are RetinaNet options; NanoDet-Plus uses centre priors`);
     if (c.schedule.type === 'plateau' && c.schedule.monitor && c.schedule.monitor !== 'loss' && !c.data.val) problems.push(`${root}.schedule.monitor '${c.schedule.monitor}' needs ${root}.data.val`);

@@ -13,6 +13,8 @@ import { Model } from '../model';
 import { FitResult, localProcesses, resolveReplicas, Trainer } from '../train/trainer';
 import type { Device } from '../tensor';
 import { INPUT_METADATA_KEY, openDataset, resolveDevice } from './common';
+import { torchvisionLayout, weightEntries } from '../torchvision';
+import { readSafetensorsHeader } from '../safetensors';
 
 export interface TrainJobOptions {
   /** Continue the run in `config.out` from its latest checkpoint. */
@@ -54,6 +56,10 @@ export async function trainJob(config: TrainConfig, options: TrainJobOptions = {
   }
 }
 
+function readSafetensorsMetadata(file: string): string | undefined {
+  return readSafetensorsHeader(file).metadata['onestage.model'];
+}
+
 async function trainInGroup(config: TrainConfig, options: TrainJobOptions, ctx: { started: number; device: Device; group?: ProcessGroup; log: (line: string) => void; main: boolean }): Promise<TrainJobResult> {
   const { started, device, group, log, main } = ctx;
   const d = config.data;
@@ -70,10 +76,26 @@ async function trainInGroup(config: TrainConfig, options: TrainJobOptions, ctx: 
   const m = config.model;
   const nanodet = m.head === 'nanodet-plus';
   const common = { numClasses: train.classes.length, classes: train.classes, depth: m.depth, featureSize: m.featureSize, freezeBn: m.freezeBn, device, seed: config.seed };
-  const model: Model = nanodet ? Model.nanodetPlus({ ...common, ...m.nanodet }) : Model.retinanet({ ...common, anchors: m.anchors, boxCoder: m.boxCoder });
+  let variant = m.variant;
+  if (m.weights && !nanodet && (!m.weights.endsWith('.safetensors') || readSafetensorsMetadata(m.weights) === undefined)) {
+    // a torchvision RetinaNet file sets the variant; its depth and FPN size must be the configuration's
+    const layout = torchvisionLayout(weightEntries(m.weights), m.weights);
+    if (layout) {
+      if (variant && variant !== layout.variant) throw new Error(`${m.weights} is a '${layout.variant}' RetinaNet; the configuration says model.variant '${variant}'`);
+      if (layout.depth !== m.depth || layout.featureSize !== m.featureSize)
+        throw new Error(`${m.weights} is a ResNet-${layout.depth} RetinaNet with FPN ${layout.featureSize}; the configuration has depth ${m.depth}, featureSize ${m.featureSize} (set model.depth / model.featureSize)`);
+      variant = layout.variant;
+    }
+  }
+  const model: Model = nanodet
+    ? Model.nanodetPlus({ ...common, ...m.nanodet })
+    : Model.retinanet({ ...common, anchors: m.anchors, boxCoder: m.boxCoder, ...(variant ? { variant } : {}), ...(m.trainableBackboneLayers !== undefined ? { trainableBackboneLayers: m.trainableBackboneLayers } : {}) });
   let trainer: Trainer | undefined;
   try {
-    if (m.weights) await model.loadWeights(m.weights);
+    if (m.weights) {
+      const report = await model.loadWeights(m.weights, m.finetune ? { finetune: true } : {});
+      if (report.reinitialized.length) log(`fine-tuning from ${m.weights}: ${report.loaded} tensors kept, re-initialised for ${train.classes.length} classes: ${report.reinitialized.join(', ')}`);
+    }
     if (m.backbone) await model.loadWeights(m.backbone, { backboneOnly: true });
     trainer = new Trainer(model, { optimizer: config.optimizer, loss: config.loss, schedule: config.schedule, amp: config.amp, cudaGraph: config.cudaGraph, ema: config.ema, replicas: config.replicas, processGroup: group, bucketMiB: config.distributed.bucketMiB });
     // as the Trainer resolves it ('auto' shares the cores with the other local processes)

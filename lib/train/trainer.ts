@@ -39,6 +39,8 @@ export interface OptimizerOptions {
   eps?: number;
   /** Gradients are clipped to this total norm (pytorch-retinanet: 0.1, the default); 0 disables. */
   clipGradNorm?: number;
+  /** The backbone (conv1, bn1, layer1–4) trains at lr × this (a second parameter group); default 1. */
+  backboneLrMultiplier?: number;
   /**
    * How the update runs — the same arithmetic each way: 'loop' (LibTorch's optimizer, a few kernels per
    * parameter), 'foreach' (multi-tensor kernels over all parameters, as torch.optim's foreach=True),
@@ -250,7 +252,7 @@ function checkTrainerOptions(options: TrainerOptions | undefined, architecture: 
   const o = checkOptions('options', options);
   const opt = checkOptions('options.optimizer', o.optimizer);
   if (opt.type !== undefined) checkOneOf('options.optimizer.type', opt.type, ['sgd', 'adamw'] as const);
-  for (const k of ['lr', 'momentum', 'weightDecay', 'beta1', 'beta2', 'eps', 'clipGradNorm'] as const)
+  for (const k of ['lr', 'momentum', 'weightDecay', 'beta1', 'beta2', 'eps', 'clipGradNorm', 'backboneLrMultiplier'] as const)
     if (opt[k] !== undefined && (typeof opt[k] !== 'number' || !Number.isFinite(opt[k]) || (opt[k] as number) < 0)) throw invalid(`options.optimizer.${k}`, 'a non-negative number', opt[k]);
   const sch = checkOptions('options.schedule', o.schedule);
   if (sch.type !== undefined) checkOneOf('options.schedule.type', sch.type, ['constant', 'step', 'cosine', 'plateau'] as const);

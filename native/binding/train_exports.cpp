@@ -28,6 +28,7 @@ OptimizerOptions optimizerOptionsFrom(const Napi::Object& o) {
   p.beta2 = optNumber(o, "optimizer", "beta2", p.beta2);
   p.eps = optNumber(o, "optimizer", "eps", p.eps);
   p.clipGradNorm = optNumber(o, "optimizer", "clipGradNorm", p.clipGradNorm);
+  p.backboneLrMultiplier = optNumber(o, "optimizer", "backboneLrMultiplier", p.backboneLrMultiplier);
   p.implementation = optString(o, "optimizer", "implementation", p.implementation);
   return p;
 }

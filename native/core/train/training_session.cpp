@@ -1,5 +1,7 @@
 #include "core/train/training_session.h"
 
+#include <set>
+
 #include <ATen/autocast_mode.h>
 
 #include <sstream>
@@ -165,12 +167,34 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
   update_ = resolveUpdateImpl(o.implementation, o.type, detector_->device());
   // before the optimizer's state and the EMA copies exist, so that they take the layout too
   if (training.channelsLast) detector_->setChannelsLast(true);
+  if (!(o.backboneLrMultiplier >= 0) || !std::isfinite(o.backboneLrMultiplier)) throw RangeError("optimizer backboneLrMultiplier must be a finite number ≥ 0");
+  // param group 0: everything but the backbone; group 1 (with a multiplier ≠ 1): the backbone at lr × multiplier
+  std::vector<torch::Tensor> rest, backbone;
+  if (o.backboneLrMultiplier != 1.0) {
+    if (training.cudaGraph) throw RangeError("backboneLrMultiplier and cudaGraph cannot be combined (the captured update has one learning rate)");
+    std::set<const void*> inBackbone;
+    for (const auto& p : detector_->module().named_parameters(true))
+      if (detector_->isBackboneKey(p.key())) inBackbone.insert(p.value().unsafeGetTensorImpl());
+    for (const auto& p : params_) (inBackbone.count(p.unsafeGetTensorImpl()) ? backbone : rest).push_back(p);
+  }
+  const auto groups = [&](auto defaults) {
+    std::vector<torch::optim::OptimizerParamGroup> g;
+    if (backbone.empty()) {
+      g.emplace_back(params_);
+    } else {
+      g.emplace_back(rest);
+      auto scaled = std::make_unique<decltype(defaults)>(defaults);
+      scaled->lr(o.lr * o.backboneLrMultiplier);
+      g.emplace_back(backbone, std::move(scaled));
+    }
+    return g;
+  };
   if (o.type == "sgd") {
-    optimizer_ = std::make_unique<torch::optim::SGD>(
-        params_, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weightDecay).nesterov(o.nesterov));
+    const auto d = torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weightDecay).nesterov(o.nesterov);
+    optimizer_ = std::make_unique<torch::optim::SGD>(groups(d), d);
   } else if (o.type == "adamw") {
-    optimizer_ = std::make_unique<torch::optim::AdamW>(
-        params_, torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weightDecay));
+    const auto d = torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weightDecay);
+    optimizer_ = std::make_unique<torch::optim::AdamW>(groups(d), d);
   } else {
     throw RangeError("Expected 'sgd' or 'adamw' for optimizer.type but received '" + o.type + "'");
   }
@@ -351,14 +375,15 @@ void TrainingSession::applyUpdate() {
     return;
   }
   torch::NoGradGuard noGrad;
+  for (auto& group : optimizer_->param_groups()) {
   std::vector<torch::Tensor> params, grads;
-  for (const auto& p : params_)
+  for (const auto& p : group.params())
     if (p.grad().defined()) {
       params.push_back(p);
       grads.push_back(p.grad());
     }
   auto& states = optimizer_->state();
-  const double lr = optimizer_->param_groups().front().options().get_lr();  // this step's
+  const double lr = group.options().get_lr();  // this step's (× the backbone multiplier in group 1)
   if (options_.type == "adamw") {
     std::vector<torch::Tensor> m, v;
     std::vector<int64_t> steps;
@@ -391,6 +416,7 @@ void TrainingSession::applyUpdate() {
     sgdUpdate(params, grads, buffers, {lr, options_.momentum, options_.weightDecay, options_.nesterov});
     for (size_t i = 0; momentum && i < params.size(); ++i) held[i]->momentum_buffer(buffers[i]);
   }
+  }
 }
 
 StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tensor& annotations, double lr, const torch::Tensor& views,
@@ -398,7 +424,10 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   if (!(lr > 0) || !std::isfinite(lr)) throw RangeError("lr must be a positive finite number");
   std::lock_guard<std::mutex> lock(detector_->mutex());
   const c10::DeviceGuard guard(detector_->device());
-  for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
+  {
+    auto& groups = optimizer_->param_groups();
+    for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(g == 1 ? lr * options_.backboneLrMultiplier : lr);
+  }
   detector_->setTraining(true);
 #ifdef ONESTAGE_WITH_CUDA
   if (graphs_) {

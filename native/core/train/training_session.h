@@ -26,6 +26,8 @@ struct OptimizerOptions {
   bool nesterov = false;     // sgd
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // adamw
   double clipGradNorm = 0.1;  // ≤ 0: no clipping (pytorch-retinanet clips at 0.1)
+  /// The backbone's parameters (conv1, bn1, layer1–4) train at lr × this (a second param group).
+  double backboneLrMultiplier = 1.0;
   /// How the update runs (core/train/multi_tensor.h): "auto" | "fused" | "foreach" | "loop".
   std::string implementation = "auto";
 };
