@@ -22,6 +22,8 @@ npx cmake-js build --parallel "$(nproc)" --log-level warn "--CDONESTAGE_CUDA_ARC
 rc=$?
 stamp "build rc=$rc (sm_$arch)"
 if [[ $rc -ne 0 ]]; then tail -40 "$out/build.log"; exit $rc; fi
+# the CLI tests run bin/onestage.js, which loads the compiled dist/
+npx tsc -p tsconfig.build.json >>"$out/build.log" 2>&1 || { echo "gpu-check: tsc failed"; tail -20 "$out/build.log"; exit 1; }
 [[ "$what" == build ]] && exit 0
 
 status=0
