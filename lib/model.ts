@@ -52,6 +52,16 @@ export interface RetinaNetOptions {
 export interface NanoDetPlusOptions {
   /** Classes to detect (no background class). */
   numClasses: number;
+  /**
+   * A released NanoDet-Plus configuration ('m-320', 'm-416', 'm-1.5x-320', 'm-1.5x-416'): ShuffleNetV2 +
+   * Ghost-PAN and the head and AGM sizes of NanoDet's configs; options given beside it win.
+   */
+  preset?: NanoDetPlusPreset;
+  /** 'resnet' (default; `depth`) or NanoDet's 'shufflenetv2-0.5x' | 'shufflenetv2-1.0x' | 'shufflenetv2-1.5x' | 'shufflenetv2-2.0x'. */
+  backbone?: string;
+  /** 'fpn' (default: pytorch-retinanet's FPN) or 'ghost-pan' (NanoDet-Plus's; kernel `neckKernelSize`, default 5). */
+  neck?: 'fpn' | 'ghost-pan';
+  neckKernelSize?: number;
   /** ResNet depth; default 18. */
   depth?: ResNetDepth;
   /** Channels of the FPN; default 96. */
@@ -76,6 +86,16 @@ export interface NanoDetPlusOptions {
   /** Class names (numClasses of them). */
   classes?: string[];
 }
+
+export type NanoDetPlusPreset = 'm-320' | 'm-416' | 'm-1.5x-320' | 'm-1.5x-416';
+
+/** NanoDet-Plus's released configurations (config/nanodet-plus-m*.yml): backbone, Ghost-PAN, head and AGM sizes, input size. */
+export const NANODET_PLUS_PRESETS: Record<NanoDetPlusPreset, Omit<NanoDetPlusOptions, 'numClasses'> & { inputSize: number }> = {
+  'm-320': { backbone: 'shufflenetv2-1.0x', neck: 'ghost-pan', neckKernelSize: 5, featureSize: 96, strides: [8, 16, 32, 64], head: { channels: 96, stackedConvs: 2, kernelSize: 5, convType: 'depthwise' }, regMax: 7, aux: { channels: 192, stackedConvs: 4, groups: 32 }, inputSize: 320 },
+  'm-416': { backbone: 'shufflenetv2-1.0x', neck: 'ghost-pan', neckKernelSize: 5, featureSize: 96, strides: [8, 16, 32, 64], head: { channels: 96, stackedConvs: 2, kernelSize: 5, convType: 'depthwise' }, regMax: 7, aux: { channels: 192, stackedConvs: 4, groups: 32 }, inputSize: 416 },
+  'm-1.5x-320': { backbone: 'shufflenetv2-1.5x', neck: 'ghost-pan', neckKernelSize: 5, featureSize: 128, strides: [8, 16, 32, 64], head: { channels: 128, stackedConvs: 2, kernelSize: 5, convType: 'depthwise' }, regMax: 7, aux: { channels: 256, stackedConvs: 4, groups: 32 }, inputSize: 320 },
+  'm-1.5x-416': { backbone: 'shufflenetv2-1.5x', neck: 'ghost-pan', neckKernelSize: 5, featureSize: 128, strides: [8, 16, 32, 64], head: { channels: 128, stackedConvs: 2, kernelSize: 5, convType: 'depthwise' }, regMax: 7, aux: { channels: 256, stackedConvs: 4, groups: 32 }, inputSize: 416 },
+};
 
 /** What a model was built from (kept in saved weights): the architecture and its options. */
 export type ModelConfig =
@@ -232,7 +252,17 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
    * @example const model = Model.nanodetPlus({ depth: 18, numClasses: 80 });
    */
   static nanodetPlus(options: NanoDetPlusOptions): Model<NanoDetPlusForwardOutput> {
-    const o = checkCommonOptions(options);
+    checkOptions('options', options);
+    if (options.preset !== undefined && !(options.preset in NANODET_PLUS_PRESETS))
+      throw invalid('options.preset', Object.keys(NANODET_PLUS_PRESETS).map((k) => `'${k}'`).join(', '), options.preset, RangeError);
+    const { inputSize: _size, ...preset }: Partial<(typeof NANODET_PLUS_PRESETS)[NanoDetPlusPreset]> = options.preset ? NANODET_PLUS_PRESETS[options.preset] : {};
+    void _size;
+    const o = checkCommonOptions({ ...preset, ...options, head: { ...preset.head, ...options.head }, ...(preset.aux || options.aux !== undefined ? { aux: typeof options.aux === 'object' ? { ...(preset.aux as object), ...options.aux } : (options.aux ?? preset.aux) } : {}) } as NanoDetPlusOptions);
+    const backboneSpec = o.backbone ?? 'resnet';
+    const sm = /^shufflenetv2-(0\.5x|1\.0x|1\.5x|2\.0x)$/.exec(backboneSpec);
+    if (backboneSpec !== 'resnet' && !sm) throw invalid('options.backbone', "'resnet' or 'shufflenetv2-0.5x' | '-1.0x' | '-1.5x' | '-2.0x'", backboneSpec, RangeError);
+    if (o.neck !== undefined) checkOneOf('options.neck', o.neck, ['fpn', 'ghost-pan'] as const);
+    if (o.neckKernelSize !== undefined) checkInteger('options.neckKernelSize', o.neckKernelSize, 1, 15);
     if (o.regMax !== undefined) checkInteger('options.regMax', o.regMax, 1, 64);
     if (o.strides !== undefined) {
       if (!Array.isArray(o.strides) || o.strides.length < 3 || o.strides.length > 5 || o.strides.some((v, i) => v !== 8 << i))
@@ -249,7 +279,7 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
     const { device: _device, seed: _seed, classes, ...arch } = o;
     void _device;
     void _seed;
-    const handle = native().modelCreateNanoDetPlus({ ...arch, ...(o.device ? { device: o.device } : {}), ...(o.seed !== undefined ? { seed: o.seed } : {}) });
+    const handle = native().modelCreateNanoDetPlus({ ...arch, backboneKind: sm ? 'shufflenetv2' : 'resnet', ...(sm ? { backboneWidth: sm[1] } : {}), ...(o.device ? { device: o.device } : {}), ...(o.seed !== undefined ? { seed: o.seed } : {}) });
     return new Model<NanoDetPlusForwardOutput>(handle, { architecture: 'nanodet-plus', ...arch, numClasses: options.numClasses, ...(classes ? { classes: [...classes] } : {}) });
   }
 

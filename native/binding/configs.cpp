@@ -72,6 +72,10 @@ NanoDetPlusConfig nanodetPlusConfigFrom(const Napi::Object& o) {
     throw Napi::TypeError::New(o.Env(), "Expected an integer between 1 and 100000 for options.numClasses but received undefined");
   c.numClasses = optInt(o, "options", "numClasses", 1, 100000, c.numClasses);
   c.fpnChannels = optInt(o, "options", "featureSize", 1, 4096, c.fpnChannels);
+  c.backbone = optString(o, "options", "backboneKind", c.backbone);
+  c.backboneWidth = optString(o, "options", "backboneWidth", c.backboneWidth);
+  c.neck = optString(o, "options", "neck", c.neck);
+  c.neckKernelSize = optInt(o, "options", "neckKernelSize", 1, 15, c.neckKernelSize);
   std::vector<double> strides = optNumbers(o, "options", "strides", {});
   if (!strides.empty()) {
     c.strides.clear();

@@ -24,8 +24,8 @@ torch::Tensor flattenLevels(const std::vector<torch::Tensor>& outs) {
 }
 }  // namespace
 
-DepthwiseConvModuleImpl::DepthwiseConvModuleImpl(int64_t in, int64_t out, int64_t k) {
-  depthwise = register_module("depthwise", nn::Conv2d(nn::Conv2dOptions(in, in, k).padding(k / 2).groups(in).bias(false)));
+DepthwiseConvModuleImpl::DepthwiseConvModuleImpl(int64_t in, int64_t out, int64_t k, int64_t stride) {
+  depthwise = register_module("depthwise", nn::Conv2d(nn::Conv2dOptions(in, in, k).stride(stride).padding(k / 2).groups(in).bias(false)));
   dwnorm = register_module("dwnorm", nn::BatchNorm2d(in));
   pointwise = register_module("pointwise", nn::Conv2d(nn::Conv2dOptions(in, out, 1).bias(false)));
   pwnorm = register_module("pwnorm", nn::BatchNorm2d(out));

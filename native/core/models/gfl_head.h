@@ -19,7 +19,7 @@ namespace onestage {
 constexpr double kNanodetLeakySlope = 0.1;
 
 struct DepthwiseConvModuleImpl : torch::nn::Module {
-  DepthwiseConvModuleImpl(int64_t in, int64_t out, int64_t kernel);
+  DepthwiseConvModuleImpl(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1);
   torch::Tensor forward(const torch::Tensor& x);
   torch::nn::Conv2d depthwise{nullptr}, pointwise{nullptr};
   torch::nn::BatchNorm2d dwnorm{nullptr}, pwnorm{nullptr};

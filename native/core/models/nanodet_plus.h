@@ -11,6 +11,7 @@
 
 #include "core/models/fpn.h"
 #include "core/models/gfl_head.h"
+#include "core/models/nanodet_neck.h"
 #include "core/models/postprocess.h"
 #include "core/models/resnet.h"
 
@@ -18,6 +19,12 @@ namespace onestage {
 
 struct NanoDetPlusConfig {
   int64_t depth = 18;
+  /// "resnet" (depth above, onestage's layout) or "shufflenetv2" (NanoDet's, width below).
+  std::string backbone = "resnet";
+  std::string backboneWidth = "1.0x";
+  /// "fpn" (pytorch-retinanet's FPN) or "ghost-pan" (NanoDet-Plus's Ghost-PAN; levels beyond P5 are its extra levels).
+  std::string neck = "fpn";
+  int64_t neckKernelSize = 5;
   int64_t numClasses = 80;
   int64_t fpnChannels = 96;
   /// Strides of the pyramid levels used: 8, 16, 32 (P3–P5), then 64 (P6), 128 (P7).
@@ -65,11 +72,15 @@ class NanoDetPlusImpl : public torch::nn::Module {
   bool isBackboneKey(const std::string& key) const;
 
   ResNet backbone{nullptr};
+  ShuffleNetV2 shufflenet{nullptr};
   PyramidFeatures fpn{nullptr}, aux_fpn{nullptr};
+  GhostPAN pan{nullptr}, aux_pan{nullptr};
   NanoDetPlusHead head{nullptr};
   SimpleConvHead aux_head{nullptr};
 
  private:
+  BackboneFeatures features(const torch::Tensor& images);
+  std::vector<torch::Tensor> neckForward(bool aux, const torch::Tensor& c3, const torch::Tensor& c4, const torch::Tensor& c5);
   NanoDetPlusOutput run(const torch::Tensor& images, bool withAux, bool detach);
   NanoDetPlusConfig config_;
 };

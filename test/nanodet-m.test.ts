@@ -1,0 +1,51 @@
+/**
+ * NanoDet-Plus as released (ShuffleNetV2 + Ghost-PAN, the NanoDet-Plus-m presets) against a reference
+ * written from NanoDet's own modules (test/reference/nanodet_shufflenet_ref.py): weights in NanoDet's
+ * key layout load strictly, backbone stages, Ghost-PAN levels and head outputs agree.
+ */
+import test from 'ava';
+import * as path from 'node:path';
+import { Model, Tensor } from '../lib';
+import { Rng } from '../lib/data/random';
+import { fromTensor, readBundle, writeBundle } from './helpers/bundle';
+import { assertClose } from './helpers/close';
+import { runReference, tempDir } from './helpers/python';
+
+const NET = { rtol: 1e-4, atol: 1e-4 };
+
+for (const [preset, width, pan, head, aux] of [['m-320', '1.0x', 96, 96, 192], ['m-1.5x-416', '1.5x', 128, 128, 256]] as const) {
+  test.serial(`NanoDet-Plus ${preset}: NanoDet's ShuffleNetV2 ${width} + Ghost-PAN weights load into the preset and give the reference's stages, pyramid and head outputs`, async (t) => {
+    const dir = tempDir('onestage-nanodet-m-');
+    const x = Tensor.from(new Rng(7).normal(2 * 3 * 96 * 160), [2, 3, 96, 160]);
+    writeBundle(path.join(dir, 'in'), { images: fromTensor(x) });
+    const counts = JSON.parse(runReference('nanodet_shufflenet_ref.py', [width, String(pan), String(head), String(aux), '3', '5', path.join(dir, 'in'), path.join(dir, 'out')])) as Record<string, number>;
+    const model = Model.nanodetPlus({ preset, numClasses: 3 });
+    const report = await model.loadWeights(path.join(dir, 'out', 'weights.pt'));
+    t.is(report.missing.length + report.unexpected.length + report.mismatched.length, 0);
+    model.eval();
+    const out = (await model.forward(x)) as unknown as Record<string, Tensor>;
+    const { tensors: want } = readBundle(path.join(dir, 'out'));
+    for (const k of ['c3', 'c4', 'c5', 'p3', 'p4', 'p5', 'p6', 'preds']) assertClose(t, out[k], want[k], { name: k, ...NET });
+    // parameter counts: the inference network (backbone, Ghost-PAN, head) and everything with the AGM
+    const sd = model.stateDict();
+    const params = (prefix: RegExp) => Object.entries(sd).filter(([k]) => prefix.test(k) && !/running_|num_batches/.test(k)).reduce((a, [, v]) => a + v.shape.reduce((p, q) => p * q, 1), 0);
+    t.is(params(/^backbone\./), counts.backbone);
+    t.is(params(/^fpn\./), counts.fpn);
+    t.is(params(/^head\./), counts.head);
+    t.is(model.parameters(), counts.all);
+    t.log(`${preset} (3 classes): inference parameters ${counts.backbone + counts.fpn + counts.head}, with the AGM ${counts.all}`);
+    model.dispose();
+  });
+}
+
+test('NanoDet-Plus presets and backbones: unknown names are errors naming them', (t) => {
+  t.throws(() => Model.nanodetPlus({ numClasses: 3, preset: 'm-640' as never }), { message: /options\.preset/ });
+  t.throws(() => Model.nanodetPlus({ numClasses: 3, backbone: 'shufflenetv2-3.0x' }), { message: /options\.backbone/ });
+  t.throws(() => Model.nanodetPlus({ numClasses: 3, neck: 'bifpn' as never }), { message: /options\.neck/ });
+  const m = Model.nanodetPlus({ numClasses: 80, preset: 'm-416' });
+  // NanoDet-Plus-m: 80 classes, the inference network (backbone + Ghost-PAN + head)
+  const sd = m.stateDict();
+  const inference = Object.entries(sd).filter(([k]) => /^(backbone|fpn|head)\./.test(k) && !/running_|num_batches/.test(k)).reduce((a, [, v]) => a + v.shape.reduce((p, q) => p * q, 1), 0);
+  t.is(inference, 1197924);
+  m.dispose();
+});
