@@ -436,6 +436,15 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
       const header = readSafetensorsHeader(file);
       return native().modelLoadSafetensorsAsync(this.handle, file, header.dataStart, header.entries, o);
     }
+    if (o.prefix === undefined && file.toLowerCase().endsWith('.ckpt')) {
+      // a PyTorch Lightning checkpoint (NanoDet's): the model under 'model.', its EMA copy under 'avg_model.'
+      const names = native().torchFileEntries(file).map((e) => e.name);
+      const hasModel = names.some((n) => n.startsWith('model.'));
+      const hasAvg = names.some((n) => n.startsWith('avg_model.'));
+      if (hasModel && hasAvg)
+        throw new Error(`${file} holds the model ('model.') and its weight average ('avg_model.', what NanoDet evaluates and exports): pass { prefix: 'avg_model.' } or { prefix: 'model.' }`);
+      if (hasModel || hasAvg) return native().modelLoadTorchAsync(this.handle, file, { ...o, prefix: hasAvg ? 'avg_model.' : 'model.' });
+    }
     return native().modelLoadTorchAsync(this.handle, file, o);
   }
 
@@ -487,5 +496,5 @@ function checkCommonOptions<T extends Pick<RetinaNetOptions, 'numClasses' | 'dep
 
 function weightsFormat(file: string): 'safetensors' | 'torch' {
   const ext = path.extname(file).toLowerCase();
-  return checkOneOf('path extension', ext, ['.safetensors', '.pt', '.pth', '.bin', '.tar'] as const) === '.safetensors' ? 'safetensors' : 'torch';
+  return checkOneOf('path extension', ext, ['.safetensors', '.pt', '.pth', '.bin', '.tar', '.ckpt'] as const) === '.safetensors' ? 'safetensors' : 'torch';
 }

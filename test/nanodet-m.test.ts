@@ -49,3 +49,34 @@ test('NanoDet-Plus presets and backbones: unknown names are errors naming them',
   t.is(inference, 1197924);
   m.dispose();
 });
+
+test.serial("NanoDet-Plus checkpoints: a Lightning .ckpt (model. and avg_model.), torchvision's ShuffleNetV2 into the backbone, a checkpoint of another width", async (t) => {
+  const dir = tempDir('onestage-nanodet-ckpt-');
+  const x = Tensor.from(new Rng(8).normal(3 * 64 * 64), [1, 3, 64, 64]);
+  writeBundle(path.join(dir, 'in'), { images: fromTensor(x) });
+  runReference('nanodet_shufflenet_ref.py', ['1.0x', '96', '96', '192', '3', '6', path.join(dir, 'in'), path.join(dir, 'out')]);
+  const pt = path.join(dir, 'out', 'weights.pt');
+  const ckpt = path.join(dir, 'nanodet.ckpt');
+  runReference('nanodet_shufflenet_ref.py', ['ckpt', pt, ckpt]);
+  const model = Model.nanodetPlus({ preset: 'm-416', numClasses: 3 });
+  await t.throwsAsync(model.loadWeights(ckpt), { message: /holds the model \('model\.'\) and its weight average \('avg_model\.'.*prefix: 'avg_model\.'/ });
+  const plain = Model.nanodetPlus({ preset: 'm-416', numClasses: 3 });
+  await plain.loadWeights(pt);
+  await model.loadWeights(ckpt, { prefix: 'avg_model.' });
+  const a = model.stateDict()['head.gfl_cls.0.bias'].toArray() as Float32Array;
+  const b = plain.stateDict()['head.gfl_cls.0.bias'].toArray() as Float32Array;
+  t.true(Math.abs(a[0] - b[0] - 0.001) < 1e-6, 'the weight average was loaded');
+  await model.loadWeights(ckpt, { prefix: 'model.' });
+  t.is((model.stateDict()['head.gfl_cls.0.bias'].toArray() as Float32Array)[0], b[0]);
+  // another width: strict loading names the mismatched shapes
+  const wide = Model.nanodetPlus({ preset: 'm-1.5x-416', numClasses: 3 });
+  const err = await t.throwsAsync(wide.loadWeights(pt));
+  t.regex(err!.message, /wrong shape: backbone\.stage2\.0\.branch1\.2\.weight: file \[58, 24, 1, 1\] vs model \[88, 24, 1, 1\]/);
+  // ImageNet initialisation: torchvision's shufflenet_v2_x1_0 state_dict into the backbone (conv5 and fc ignored)
+  const tv = path.join(dir, 'tv.pt');
+  runReference('nanodet_shufflenet_ref.py', ['tv-shufflenet', '1.0x', tv]);
+  const report = await plain.loadWeights(tv, { backboneOnly: true });
+  t.is(report.missing.length + report.unexpected.length + report.mismatched.length, 0);
+  t.true(report.loaded > 100);
+  for (const m of [model, plain, wide]) m.dispose();
+});

@@ -457,6 +457,9 @@ export async function exportOnnx(model: Model, file: string, options?: OnnxExpor
   const target = path.resolve(file);
   if (fs.existsSync(target) && fs.statSync(target).isDirectory()) throw new Error(`ONNX export: ${file} is a directory`);
   const r = resolveOptions(model.config, options);
+  const nd = model.config as NanoDetPlusOptions;
+  if (model.config.architecture === 'nanodet-plus' && ((nd.backbone ?? 'resnet') !== 'resnet' || (nd.neck ?? 'fpn') !== 'fpn' || nd.preset))
+    throw new RangeError("ONNX export: NanoDet-Plus with ShuffleNetV2 / Ghost-PAN is not exported yet; the ResNet + FPN NanoDet-Plus and RetinaNet are");
   const variant = (model.config as RetinaNetOptions).variant;
   if (variant !== undefined && variant !== 'pytorch-retinanet')
     throw new RangeError(`ONNX export: the '${variant}' RetinaNet variant is not exported yet (its P6 source, GroupNorm heads and anchors are not in the exporter); models of the default variant and NanoDet-Plus are`);

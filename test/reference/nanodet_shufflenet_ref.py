@@ -3,7 +3,9 @@
 AGM (SimpleConvHead on an aux_fpn copy) — written from NanoDet's code, in its module layout, so that its
 state_dict keys are NanoDet's. LeakyReLU(0.1) throughout, as the NanoDet-Plus configs choose.
 
-usage: nanodet_shufflenet_ref.py WIDTH PAN_CHANNELS HEAD_CHANNELS AUX_CHANNELS NUM_CLASSES SEED IN_DIR OUT_DIR
+usage: nanodet_shufflenet_ref.py ckpt WEIGHTS.pt OUT.ckpt        (a Lightning checkpoint of those weights)
+       nanodet_shufflenet_ref.py tv-shufflenet WIDTH OUT.pt      (torchvision's ShuffleNetV2 state_dict)
+       nanodet_shufflenet_ref.py WIDTH PAN_CHANNELS HEAD_CHANNELS AUX_CHANNELS NUM_CLASSES SEED IN_DIR OUT_DIR
   random weights (BatchNorm statistics and affine randomised) → OUT_DIR/weights.pt and a bundle with
   c3..c5 (stage2..4), p3..p6 (Ghost-PAN), preds (the head, [B, N, C + 32]); prints the parameter
   counts of backbone, fpn and head (inference) and of the whole model as JSON.
@@ -206,5 +208,28 @@ def main():
     print(json.dumps({"backbone": count(model.backbone), "fpn": count(model.fpn), "head": count(model.head), "all": count(model)}))
 
 
+def ckpt(src, out):
+    """A PyTorch Lightning checkpoint as NanoDet's trainer writes it: the model under 'model.', its weight
+    average under 'avg_model.' (every float tensor + 0.001 here, so that a test can tell which was loaded)."""
+    state = torch.load(src)
+    sd = {f"model.{k}": v for k, v in state.items()}
+    sd.update({f"avg_model.{k}": (v + 0.001 if v.is_floating_point() else v) for k, v in state.items()})
+    torch.save({"epoch": 3, "global_step": 1200, "pytorch-lightning_version": "1.9.0", "state_dict": sd}, out)
+
+
+def tv_shufflenet(width, out):
+    """torchvision's shufflenet_v2 of this width (random weights, nothing downloaded): its state_dict."""
+    import torchvision
+    maker = {"0.5x": torchvision.models.shufflenet_v2_x0_5, "1.0x": torchvision.models.shufflenet_v2_x1_0,
+             "1.5x": torchvision.models.shufflenet_v2_x1_5, "2.0x": torchvision.models.shufflenet_v2_x2_0}[width]
+    torch.manual_seed(0)
+    torch.save(maker(weights=None).state_dict(), out)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "ckpt":
+        ckpt(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "tv-shufflenet":
+        tv_shufflenet(sys.argv[2], sys.argv[3])
+    else:
+        main()

@@ -163,6 +163,13 @@ NanoDetPlusDetector::NanoDetPlusDetector(const NanoDetPlusConfig& config, const 
   net_->to(device);
 }
 
+std::string NanoDetPlusDetector::internalKey(const std::string& key) const {
+  if (net_->config().backbone != "shufflenetv2") return key;
+  for (const char* p : {"conv1.", "stage2.", "stage3.", "stage4."})
+    if (startsWith(key, p)) return "backbone." + key;
+  return key;
+}
+
 DetectOptions NanoDetPlusDetector::defaultDetectOptions() const {
   DetectOptions d;
   d.scoreThreshold = 0.05;

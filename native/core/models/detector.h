@@ -104,6 +104,8 @@ class NanoDetPlusDetector : public Detector {
   NamedOutputs forwardNamed(const torch::Tensor& images) override;
   Detections detect(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes, const DetectOptions& opts) override;
   bool isBackboneKey(const std::string& key) const override { return net_->isBackboneKey(key); }
+  /// torchvision's shufflenet_v2_x* state_dicts (conv1.*, stage2–4.*) go to the ShuffleNetV2 backbone (backbone.*).
+  std::string internalKey(const std::string& key) const override;
 
  private:
   NanoDetPlus net_;
