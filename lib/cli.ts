@@ -67,6 +67,7 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
 const TRAIN_FLAG_FIELDS: Array<[string, string]> = [
   ['classes', 'data.classes'], ['batchSize', 'data.batchSize'], ['minSide', 'data.minSide'], ['maxSide', 'data.maxSide'],
   ['head', 'model.head'], ['depth', 'model.depth'], ['featureSize', 'model.featureSize'], ['weights', 'model.weights'], ['backbone', 'model.backbone'],
+  ['preset', 'model.nanodet.preset'], ['neck', 'model.nanodet.neck'],
   ['variant', 'model.variant'], ['finetune', 'model.finetune'], ['trainableBackboneLayers', 'model.trainableBackboneLayers'], ['backboneLrMultiplier', 'optimizer.backboneLrMultiplier'],
   ['optimizer', 'optimizer.type'], ['lr', 'optimizer.lr'], ['contrastive', 'loss.contrastive.weight'],
   ['epochs', 'epochs'], ['device', 'device'], ['amp', 'amp'], ['cudaGraph', 'cudaGraph'], ['ema', 'ema'], ['seed', 'seed'], ['out', 'out'],
@@ -117,6 +118,8 @@ export function makeProgram(): Command {
     .option('--feature-size <n>', 'FPN and subnet channels', intOption('--feature-size', 1))
     .option('--weights <file>', 'start from these weights')
     .option('--backbone <file>', 'ResNet backbone weights (torchvision state_dict)')
+    .option('--preset <name>', "NanoDet-Plus as released: m-320 | m-416 | m-1.5x-320 | m-1.5x-416 (ShuffleNetV2 + Ghost-PAN; implies --head nanodet-plus)")
+    .option('--neck <kind>', "NanoDet-Plus neck: fpn | ghost-pan")
     .option('--variant <name>', "RetinaNet variant: pytorch-retinanet | torchvision | torchvision-v2 (a torchvision --weights file sets it)")
     .option('--finetune', '--weights trained for other classes: keep all but the classification output layer')
     .option('--trainable-backbone-layers <n>', "torchvision's trainable_backbone_layers (0-5)", intOption('--trainable-backbone-layers', 0))
@@ -155,6 +158,10 @@ export function makeProgram(): Command {
       setPath(base, 'data.train', o.cocoTrain ?? o.csvTrain);
       setPath(base, 'data.val', o.cocoVal ?? o.csvVal);
       for (const [flag, field] of TRAIN_FLAG_FIELDS) setPath(base, field, o[flag]);
+      if (o.preset !== undefined || o.neck !== undefined) {
+        if (o.head === 'retinanet') throw new Error('--preset and --neck are NanoDet-Plus options; --head is retinanet');
+        setPath(base, 'model.head', 'nanodet-plus');
+      }
       if (o.loss !== undefined) {
         if (o.head === 'nanodet-plus' || (base.model as Record<string, unknown> | undefined)?.head === 'nanodet-plus') throw new Error('--loss chooses a RetinaNet loss; NanoDet-Plus trains with QFL, GIoU and DFL');
         // the whole recipe: loss, the box coder its targets and the decoding use, and its gradient clipping

@@ -11,6 +11,7 @@ import type { NanoDetPlusOptions, ResNetDepth } from './model';
 import type { NanoDetPlusLossOptions } from './nanodet';
 import type { EmaOptions, OptimizerOptions, ScheduleOptions } from './train/trainer';
 import type { ProgressMode } from './train/progress';
+import { NANODET_PLUS_PRESETS } from './model';
 
 export interface TrainConfig {
   data: {
@@ -41,7 +42,7 @@ export interface TrainConfig {
     /** Default true (RetinaNet, as pytorch-retinanet) or false (NanoDet-Plus). */
     freezeBn: boolean;
     /** NanoDet-Plus only: its strides, head, regMax and AGM (see NanoDetPlusOptions). */
-    nanodet?: Pick<NanoDetPlusOptions, 'strides' | 'head' | 'regMax' | 'aux'>;
+    nanodet?: Pick<NanoDetPlusOptions, 'preset' | 'backbone' | 'neck' | 'neckKernelSize' | 'strides' | 'head' | 'regMax' | 'aux'>;
     anchors?: AnchorOptions;
     boxCoder?: BoxCoderOptions;
     /** Start from these weights (.safetensors or .pt state_dict). */
@@ -120,6 +121,10 @@ export const TRAIN_CONFIG_SCHEMA = closed(
         featureSize: int({ minimum: 1, maximum: 4096 }),
         freezeBn: { type: 'boolean' },
         nanodet: closed({
+          preset: { enum: ['m-320', 'm-416', 'm-1.5x-320', 'm-1.5x-416'] },
+          backbone: { type: 'string', pattern: '^(resnet|shufflenetv2-(0\\.5x|1\\.0x|1\\.5x|2\\.0x))$' },
+          neck: { enum: ['fpn', 'ghost-pan'] },
+          neckKernelSize: int({ minimum: 1, maximum: 15 }),
           strides: { anyOf: [{ const: [8, 16, 32] }, { const: [8, 16, 32, 64] }, { const: [8, 16, 32, 64, 128] }] },
           head: closed({ channels: int({ minimum: 1, maximum: 4096 }), stackedConvs: int({ minimum: 0, maximum: 16 }), kernelSize: int({ minimum: 1, maximum: 15 }), convType: { enum: ['depthwise', 'conv'] } }),
           regMax: int({ minimum: 1, maximum: 64 }),
@@ -250,7 +255,8 @@ export function parseTrainConfig(value: unknown, root = 'config'): TrainConfig {
     if (c.model.weights && c.model.backbone) problems.push(`${root}.model.weights and ${root}.model.backbone exclude each other`);
     const nanodet = c.model.head === 'nanodet-plus';
     c.model.depth ??= nanodet ? 18 : 50;
-    c.model.featureSize ??= nanodet ? 96 : 256;
+    const preset = c.model.nanodet?.preset;
+    c.model.featureSize ??= nanodet ? (preset ? NANODET_PLUS_PRESETS[preset].featureSize! : 96) : 256;
     c.model.freezeBn ??= !nanodet;
     const retinaLossKeys = ['classification', 'regression', 'clsWeight', 'regWeight', 'focal', 'ghmc', 'ghmr', 'ghmPerLevel', 'ghmAcrossRanks', 'contrastive'];
     const nanodetLossKeys = ['qflBeta', 'qflWeight', 'giouWeight', 'dflWeight', 'detachEpoch', 'assignBy', 'assigner'];
