@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bundle import read_bundle, write_bundle  # noqa: E402
-from train_ref import NanoDetPlusHeadRef, SimpleConvHeadRef  # noqa: E402
+from train_ref import DepthwiseConvModule, NanoDetPlusHeadRef, SimpleConvHeadRef  # noqa: E402
 
 LEAKY = 0.1
 
@@ -126,19 +126,6 @@ class ConvModule(nn.Module):
 
     def forward(self, x):
         return F.leaky_relu(self.bn(self.conv(x)), LEAKY)
-
-
-class DepthwiseConvModule(nn.Module):
-    def __init__(self, cin, cout, k, stride=1):
-        super().__init__()
-        self.depthwise = nn.Conv2d(cin, cin, k, stride, k // 2, groups=cin, bias=False)
-        self.dwnorm = nn.BatchNorm2d(cin)
-        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
-        self.pwnorm = nn.BatchNorm2d(cout)
-
-    def forward(self, x):
-        x = F.leaky_relu(self.dwnorm(self.depthwise(x)), LEAKY)
-        return F.leaky_relu(self.pwnorm(self.pointwise(x)), LEAKY)
 
 
 class GhostPAN(nn.Module):

@@ -55,9 +55,9 @@ LEAKY = 0.1  # NanoDet's LeakyReLU slope
 class DepthwiseConvModule(nn.Module):
     """NanoDet's DepthwiseConvModule: depthwise k x k conv, BN, LeakyReLU, pointwise 1 x 1 conv, BN, LeakyReLU."""
 
-    def __init__(self, cin, cout, k):
+    def __init__(self, cin, cout, k, stride=1):
         super().__init__()
-        self.depthwise = nn.Conv2d(cin, cin, k, padding=k // 2, groups=cin, bias=False)
+        self.depthwise = nn.Conv2d(cin, cin, k, stride, k // 2, groups=cin, bias=False)
         self.dwnorm = nn.BatchNorm2d(cin)
         self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
         self.pwnorm = nn.BatchNorm2d(cout)
