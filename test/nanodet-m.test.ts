@@ -35,6 +35,11 @@ for (const [preset, width, pan, head, aux] of [['m-320', '1.0x', 96, 96, 192], [
     t.is(params(/^head\./), counts.head);
     t.is(model.parameters(), counts.all);
     t.log(`${preset} (3 classes): inference parameters ${counts.backbone + counts.fpn + counts.head}, with the AGM ${counts.all}`);
+    // the round trip: onestage's saved weights load strictly into NanoDet's layout and give the same outputs
+    const saved = path.join(dir, 'onestage.safetensors');
+    await model.saveWeights(saved);
+    runReference('nanodet_shufflenet_ref.py', [width, String(pan), String(head), String(aux), '3', '5', path.join(dir, 'in'), path.join(dir, 'back'), saved]);
+    assertClose(t, readBundle(path.join(dir, 'back')).tensors.preds, want.preds, { name: 'NanoDet with onestage-saved weights', atol: 0, rtol: 0 });
     model.dispose();
   });
 }

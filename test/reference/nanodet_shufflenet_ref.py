@@ -3,7 +3,8 @@
 AGM (SimpleConvHead on an aux_fpn copy) — written from NanoDet's code, in its module layout, so that its
 state_dict keys are NanoDet's. LeakyReLU(0.1) throughout, as the NanoDet-Plus configs choose.
 
-usage: nanodet_shufflenet_ref.py ckpt WEIGHTS.pt OUT.ckpt        (a Lightning checkpoint of those weights)
+usage: nanodet_shufflenet_ref.py WIDTH PAN HEAD AUX NUM_CLASSES SEED IN_DIR OUT_DIR [ONESTAGE.safetensors]
+       nanodet_shufflenet_ref.py ckpt WEIGHTS.pt OUT.ckpt        (a Lightning checkpoint of those weights)
        nanodet_shufflenet_ref.py tv-shufflenet WIDTH OUT.pt      (torchvision's ShuffleNetV2 state_dict)
        nanodet_shufflenet_ref.py WIDTH PAN_CHANNELS HEAD_CHANNELS AUX_CHANNELS NUM_CLASSES SEED IN_DIR OUT_DIR
   random weights (BatchNorm statistics and affine randomised) → OUT_DIR/weights.pt and a bundle with
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bundle import read_bundle, write_bundle  # noqa: E402
+from safetensors_io import read as read_safetensors  # noqa: E402
 from train_ref import DepthwiseConvModule, NanoDetPlusHeadRef, SimpleConvHeadRef  # noqa: E402
 
 LEAKY = 0.1
@@ -180,6 +182,10 @@ def main():
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
             elif isinstance(m, nn.Conv2d):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.weight[0].numel()))
+    if len(sys.argv) > 9:
+        # the round trip: weights onestage saved (safetensors, NanoDet's key names) load strictly
+        state, _, _ = read_safetensors(sys.argv[9])
+        model.load_state_dict(state, strict=True)
     model.eval()
     x = torch.as_tensor(read_bundle(in_dir)[0]["images"])
     with torch.no_grad():
