@@ -3,7 +3,8 @@
 AGM (SimpleConvHead on an aux_fpn copy) — written from NanoDet's code, in its module layout, so that its
 state_dict keys are NanoDet's. LeakyReLU(0.1) throughout, as the NanoDet-Plus configs choose.
 
-usage: nanodet_shufflenet_ref.py WIDTH PAN HEAD AUX NUM_CLASSES SEED IN_DIR OUT_DIR [ONESTAGE.safetensors]
+usage: nanodet_shufflenet_ref.py flops                            (FLOPs and parameters of the presets)
+       nanodet_shufflenet_ref.py WIDTH PAN HEAD AUX NUM_CLASSES SEED IN_DIR OUT_DIR [ONESTAGE.safetensors]
        nanodet_shufflenet_ref.py ckpt WEIGHTS.pt OUT.ckpt        (a Lightning checkpoint of those weights)
        nanodet_shufflenet_ref.py tv-shufflenet WIDTH OUT.pt      (torchvision's ShuffleNetV2 state_dict)
        nanodet_shufflenet_ref.py WIDTH PAN_CHANNELS HEAD_CHANNELS AUX_CHANNELS NUM_CLASSES SEED IN_DIR OUT_DIR
@@ -219,8 +220,31 @@ def tv_shufflenet(width, out):
     torch.save(maker(weights=None).state_dict(), out)
 
 
+def flops():
+    """FLOPs (2 x the multiply-adds of every convolution) of the inference network (backbone, Ghost-PAN,
+    head; 80 classes) of the released NanoDet-Plus-m configurations, as NanoDet's README counts them."""
+    for name, w, p, h, a, size in (("m-320", "1.0x", 96, 96, 192, 320), ("m-416", "1.0x", 96, 96, 192, 416),
+                                   ("m-1.5x-320", "1.5x", 128, 128, 256, 320), ("m-1.5x-416", "1.5x", 128, 128, 256, 416)):
+        model = NanoDetPlusM(w, p, h, a, 80).eval()
+        macs = [0]
+
+        def hook(mod, _inp, out):
+            macs[0] += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+
+        for part in (model.backbone, model.fpn, model.head):
+            for mod in part.modules():
+                if isinstance(mod, nn.Conv2d):
+                    mod.register_forward_hook(hook)
+        with torch.no_grad():
+            model.head(model.fpn(list(model.backbone(torch.zeros(1, 3, size, size)))))
+        params = sum(q.numel() for part in (model.backbone, model.fpn, model.head) for q in part.parameters())
+        print(json.dumps({"preset": name, "gflops": round(2 * macs[0] / 1e9, 3), "parameters": params}))
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "ckpt":
+    if sys.argv[1] == "flops":
+        flops()
+    elif sys.argv[1] == "ckpt":
         ckpt(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "tv-shufflenet":
         tv_shufflenet(sys.argv[2], sys.argv[3])
