@@ -44,10 +44,14 @@ for (const [preset, width, pan, head, aux] of [['m-320', '1.0x', 96, 96, 192], [
   });
 }
 
-test('NanoDet-Plus presets and backbones: unknown names are errors naming them', (t) => {
+test('NanoDet-Plus presets and backbones: unknown names are errors naming them', async (t) => {
   t.throws(() => Model.nanodetPlus({ numClasses: 3, preset: 'm-640' as never }), { message: /options\.preset/ });
   t.throws(() => Model.nanodetPlus({ numClasses: 3, backbone: 'shufflenetv2-3.0x' }), { message: /options\.backbone/ });
   t.throws(() => Model.nanodetPlus({ numClasses: 3, neck: 'bifpn' as never }), { message: /options\.neck/ });
+  const pan = Model.nanodetPlus({ numClasses: 3, preset: 'm-320' });
+  const odd = Tensor.from(new Float32Array(3 * 97 * 130), [1, 3, 97, 130]);
+  await t.throwsAsync(pan.forward(odd), { message: /Ghost-PAN needs a height and width divisible by 32 \(received 97×130\)/ });
+  pan.dispose();
   const m = Model.nanodetPlus({ numClasses: 80, preset: 'm-416' });
   // NanoDet-Plus-m: 80 classes, the inference network (backbone + Ghost-PAN + head)
   const sd = m.stateDict();

@@ -64,6 +64,8 @@ const CASES = [
   { name: 'RetinaNet ResNet-18, pytorch-retinanet box coder', model: { architecture: 'retinanet' as const, numClasses: 3, depth: 18 as const, featureSize: 64 } },
   { name: 'RetinaNet ResNet-50, box std 1 with a delta clamp', model: { architecture: 'retinanet' as const, numClasses: 4, depth: 50 as const, featureSize: 32, boxCoder: { std: [1, 1, 1, 1] as [number, number, number, number], maxDeltaExp: Math.log(1000 / 16) } } },
   { name: 'NanoDet-Plus ResNet-18, depthwise head, strides 8–64', model: { architecture: 'nanodet-plus' as const, numClasses: 3, depth: 18 as const, featureSize: 64, head: { channels: 64 } } },
+  // Ghost-PAN concatenates ×2-upsampled levels with the next: sizes divisible by 32, as NanoDet's
+  { name: 'NanoDet-Plus-m (ShuffleNetV2 1.0x, Ghost-PAN)', model: { architecture: 'nanodet-plus' as const, numClasses: 3, preset: 'm-320' as const }, sizes: [[1, 128, 128], [4, 96, 160]] },
   { name: 'NanoDet-Plus ResNet-34, plain conv head, strides 8–32', model: { architecture: 'nanodet-plus' as const, numClasses: 2, depth: 34 as const, featureSize: 32, strides: [8, 16, 32], head: { channels: 32, convType: 'conv' as const, stackedConvs: 1 } } },
 ];
 
@@ -76,7 +78,7 @@ for (const [ci, c] of CASES.entries()) {
     await model.exportOnnx(det);
     const rng = new Rng(10 + ci);
     const retina = c.model.architecture === 'retinanet';
-    for (const [B, H, W] of [[1, 128, 128], [4, 97, 130]]) {
+    for (const [B, H, W] of (c as { sizes?: number[][] }).sizes ?? [[1, 128, 128], [4, 97, 130]]) {
       const pixels = Float32Array.from(rng.uniform(B * 3 * H * W, 0, 255), Math.round);
       const x = Tensor.from(normalise(pixels, H, W), [B, 3, H, W]);
       const o = await runOrt(raw, x);

@@ -157,6 +157,92 @@ export function retinaSubnet(g: OnnxGraph, W: WeightSource, prefix: string, p: s
 
 const leaky = (g: OnnxGraph, x: string) => g.op('LeakyRelu', [x], { alpha: { float: 0.1 } });
 
+/** NanoDet's DepthwiseConvModule (`prefix.depthwise`, `dwnorm`, `pointwise`, `pwnorm`), LeakyReLU after each norm. */
+export function depthwiseConvModule(g: OnnxGraph, W: WeightSource, prefix: string, x: string, stride = 1): string {
+  const ch = W.shape(`${prefix}.depthwise.weight`)[0];
+  const h = leaky(g, batchNorm(g, W, `${prefix}.dwnorm`, conv2d(g, W, `${prefix}.depthwise`, x, { groups: ch, stride })));
+  return leaky(g, batchNorm(g, W, `${prefix}.pwnorm`, conv2d(g, W, `${prefix}.pointwise`, h, { pad: 0 })));
+}
+
+/** conv → BatchNorm (→ LeakyReLU): the Sequential pieces of ShuffleNetV2 and GhostNet (`seq.i` conv, `seq.i+1` norm). */
+function convBn(g: OnnxGraph, W: WeightSource, conv: string, bn: string, x: string, o: { stride?: number; depthwise?: boolean; act?: boolean } = {}): string {
+  const shape = W.shape(`${conv}.weight`);
+  const y = batchNorm(g, W, bn, conv2d(g, W, conv, x, { stride: o.stride ?? 1, groups: o.depthwise ? shape[0] : 1, pad: Math.floor(shape[2] / 2) }));
+  return o.act ? leaky(g, y) : y;
+}
+
+/** channel_shuffle(x, 2) of a [B, C, H, W] value with C known. */
+function channelShuffle(g: OnnxGraph, x: string, C: number): string {
+  const t = g.op('Transpose', [g.op('Reshape', [x, g.int64([0, 2, C / 2, -1])])], { perm: [0, 2, 1, 3] });
+  return g.op('Reshape', [t, g.op('Shape', [x])], {}, 'shuffled');
+}
+
+/** NanoDet's ShuffleNetV2 (`backbone.*`, LeakyReLU 0.1): conv1, max-pool, stage2–4 → C3, C4, C5. */
+export function shufflenetV2(g: OnnxGraph, W: WeightSource, x: string): { c3: string; c4: string; c5: string } {
+  let h = convBn(g, W, 'backbone.conv1.0', 'backbone.conv1.1', x, { stride: 2, act: true });
+  h = g.op('MaxPool', [h], { kernel_shape: [3, 3], strides: [2, 2], pads: [1, 1, 1, 1] }, 'maxpool');
+  const outs: string[] = [];
+  for (const stage of [2, 3, 4]) {
+    for (let i = 0; W.has(`backbone.stage${stage}.${i}.branch2.0.weight`); i++) {
+      const p = `backbone.stage${stage}.${i}`;
+      const down = W.has(`${p}.branch1.0.weight`);
+      const branch2 = (v: string) => {
+        let y = convBn(g, W, `${p}.branch2.0`, `${p}.branch2.1`, v, { act: true });
+        y = convBn(g, W, `${p}.branch2.3`, `${p}.branch2.4`, y, { stride: down ? 2 : 1, depthwise: true });
+        return convBn(g, W, `${p}.branch2.5`, `${p}.branch2.6`, y, { act: true });
+      };
+      let out: string;
+      let C: number;
+      if (down) {
+        const b1 = convBn(g, W, `${p}.branch1.2`, `${p}.branch1.3`, convBn(g, W, `${p}.branch1.0`, `${p}.branch1.1`, h, { stride: 2, depthwise: true }), { act: true });
+        out = g.op('Concat', [b1, branch2(h)], { axis: 1 });
+        C = W.shape(`${p}.branch1.2.weight`)[0] + W.shape(`${p}.branch2.5.weight`)[0];
+      } else {
+        const half = W.shape(`${p}.branch2.0.weight`)[1];
+        const x1 = g.op('Slice', [h, g.int64([0]), g.int64([half]), g.int64([1])]);
+        const x2 = g.op('Slice', [h, g.int64([half]), g.int64([2 * half]), g.int64([1])]);
+        out = g.op('Concat', [x1, branch2(x2)], { axis: 1 });
+        C = 2 * half;
+      }
+      h = channelShuffle(g, out, C);
+    }
+    outs.push(h);
+  }
+  return { c3: outs[0], c4: outs[1], c5: outs[2] };
+}
+
+/** GhostNet's GhostModule: primary 1×1 conv and the cheap depthwise 3×3, concatenated. */
+function ghostModule(g: OnnxGraph, W: WeightSource, p: string, x: string, act: boolean): string {
+  const x1 = convBn(g, W, `${p}.primary_conv.0`, `${p}.primary_conv.1`, x, { act });
+  return g.op('Concat', [x1, convBn(g, W, `${p}.cheap_operation.0`, `${p}.cheap_operation.1`, x1, { act, depthwise: true })], { axis: 1 });
+}
+
+/** GhostBlocks of Ghost-PAN: GhostBottlenecks (ghost1, linear ghost2, depthwise + 1×1 shortcut when channels change). */
+function ghostBlocks(g: OnnxGraph, W: WeightSource, p: string, x: string): string {
+  let h = x;
+  for (let i = 0; W.has(`${p}.blocks.${i}.ghost1.primary_conv.0.weight`); i++) {
+    const b = `${p}.blocks.${i}`;
+    const y = ghostModule(g, W, `${b}.ghost2`, ghostModule(g, W, `${b}.ghost1`, h, true), false);
+    const shortcut = W.has(`${b}.shortcut.0.weight`) ? convBn(g, W, `${b}.shortcut.2`, `${b}.shortcut.3`, convBn(g, W, `${b}.shortcut.0`, `${b}.shortcut.1`, h, { depthwise: true })) : h;
+    h = g.op('Add', [y, shortcut]);
+  }
+  return h;
+}
+
+/** NanoDet-Plus's Ghost-PAN (`fpn.*`): reduce, top-down (bilinear ×2), bottom-up (depthwise-separable stride 2), extra levels. */
+export function ghostPan(g: OnnxGraph, W: WeightSource, c: { c3: string; c4: string; c5: string }): string[] {
+  const inputs = [c.c3, c.c4, c.c5].map((x, i) => leaky(g, batchNorm(g, W, `fpn.reduce_layers.${i}.bn`, conv2d(g, W, `fpn.reduce_layers.${i}.conv`, x, { pad: 0 }))));
+  const L = inputs.length;
+  const up = (x: string) => g.op('Resize', [x, '', g.float([1, 1, 2, 2])], { mode: 'linear', coordinate_transformation_mode: 'half_pixel' }, 'upsample');
+  const inner = [inputs[L - 1]];
+  for (let idx = L - 1; idx > 0; idx--) inner.unshift(ghostBlocks(g, W, `fpn.top_down_blocks.${L - 1 - idx}`, g.op('Concat', [up(inner[0]), inputs[idx - 1]], { axis: 1 })));
+  const outs = [inner[0]];
+  for (let idx = 0; idx < L - 1; idx++) outs.push(ghostBlocks(g, W, `fpn.bottom_up_blocks.${idx}`, g.op('Concat', [depthwiseConvModule(g, W, `fpn.downsamples.${idx}`, outs[outs.length - 1], 2), inner[idx + 1]], { axis: 1 })));
+  for (let i = 0; W.has(`fpn.extra_lvl_in_conv.${i}.depthwise.weight`); i++)
+    outs.push(g.op('Add', [depthwiseConvModule(g, W, `fpn.extra_lvl_in_conv.${i}`, inputs[L - 1], 2), depthwiseConvModule(g, W, `fpn.extra_lvl_out_conv.${i}`, outs[outs.length - 1], 2)]));
+  return outs;
+}
+
 /** NanoDet-Plus head (`head.*`): per level the stacked depthwise-separable (or plain) conv modules and gfl_cls → [B, N, C + 4·(regMax+1)], level-major. */
 export function nanodetHead(g: OnnxGraph, W: WeightSource, feats: string[], o: { stackedConvs: number; convType: 'depthwise' | 'conv'; channels: number }): string {
   const flat = feats.map((f, l) => {
@@ -164,9 +250,7 @@ export function nanodetHead(g: OnnxGraph, W: WeightSource, feats: string[], o: {
     for (let i = 0; i < o.stackedConvs; i++) {
       const p = `head.cls_convs.${l}.${i}`;
       if (o.convType === 'depthwise') {
-        const ch = W.shape(`${p}.depthwise.weight`)[0];
-        x = leaky(g, batchNorm(g, W, `${p}.dwnorm`, conv2d(g, W, `${p}.depthwise`, x, { groups: ch })));
-        x = leaky(g, batchNorm(g, W, `${p}.pwnorm`, conv2d(g, W, `${p}.pointwise`, x, { pad: 0 })));
+        x = depthwiseConvModule(g, W, p, x);
       } else {
         x = leaky(g, batchNorm(g, W, `${p}.bn`, conv2d(g, W, `${p}.conv`, x)));
       }
@@ -457,9 +541,6 @@ export async function exportOnnx(model: Model, file: string, options?: OnnxExpor
   const target = path.resolve(file);
   if (fs.existsSync(target) && fs.statSync(target).isDirectory()) throw new Error(`ONNX export: ${file} is a directory`);
   const r = resolveOptions(model.config, options);
-  const nd = model.config as NanoDetPlusOptions;
-  if (model.config.architecture === 'nanodet-plus' && ((nd.backbone ?? 'resnet') !== 'resnet' || (nd.neck ?? 'fpn') !== 'fpn' || nd.preset))
-    throw new RangeError("ONNX export: NanoDet-Plus with ShuffleNetV2 / Ghost-PAN is not exported yet; the ResNet + FPN NanoDet-Plus and RetinaNet are");
   const variant = (model.config as RetinaNetOptions).variant;
   if (variant !== undefined && variant !== 'pytorch-retinanet')
     throw new RangeError(`ONNX export: the '${variant}' RetinaNet variant is not exported yet (its P6 source, GroupNorm heads and anchors are not in the exporter); models of the default variant and NanoDet-Plus are`);
@@ -496,7 +577,9 @@ export async function exportOnnx(model: Model, file: string, options?: OnnxExpor
     outputs.push({ name, dims });
   };
   const depth = config.depth ?? (nanodet ? 18 : 50);
-  const c = resnet(g, W, depth, x);
+  const nd = config as NanoDetPlusOptions;
+  const shufflenet = nanodet && (nd.backbone ?? 'resnet') !== 'resnet';
+  const c = shufflenet ? shufflenetV2(g, W, x) : resnet(g, W, depth, x);
   if (!nanodet) {
     const rc = config as RetinaNetOptions;
     const a = resolveAnchors(rc);
@@ -520,7 +603,7 @@ export async function exportOnnx(model: Model, file: string, options?: OnnxExpor
   } else {
     const nc = config as NanoDetPlusOptions;
     const strides = nc.strides ?? [8, 16, 32, 64];
-    const feats = pyramid(g, W, 'fpn', c, strides.length);
+    const feats = nd.neck === 'ghost-pan' ? ghostPan(g, W, c) : pyramid(g, W, 'fpn', c, strides.length);
     const regMax = nc.regMax ?? 7;
     const head = nc.head ?? {};
     const preds = nanodetHead(g, W, feats, { stackedConvs: head.stackedConvs ?? 2, convType: head.convType ?? 'depthwise', channels: head.channels ?? 96 });
@@ -551,7 +634,7 @@ export async function exportOnnx(model: Model, file: string, options?: OnnxExpor
     ...(r.postprocess === 'detections' ? { score_threshold: String(r.settings.scoreThreshold), topk_candidates: String(r.settings.topkCandidates), nms_threshold: String(r.settings.nmsThreshold), max_detections: String(r.settings.maxDetections) } : {}),
   };
   const { version } = (await import('../runtime')).buildInfo();
-  const bytes = g.encode({ opset: r.opset, graphName: `onestage_${metadata.architecture}`, producerVersion: version, metadata, docString: `onestage ${metadata.architecture} (ResNet-${depth}), ${r.postprocess}` });
+  const bytes = g.encode({ opset: r.opset, graphName: `onestage_${metadata.architecture}`, producerVersion: version, metadata, docString: `onestage ${metadata.architecture} (${shufflenet ? nd.backbone : `ResNet-${depth}`}${nanodet ? `, ${nd.neck ?? 'fpn'}` : ''}), ${r.postprocess}` });
   try {
     writeFileAtomic(target, bytes);
   } catch (err) {

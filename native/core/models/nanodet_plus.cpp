@@ -117,6 +117,9 @@ std::vector<torch::Tensor> NanoDetPlusImpl::neckForward(bool aux, const torch::T
 
 NanoDetPlusOutput NanoDetPlusImpl::run(const torch::Tensor& images, bool withAux, bool detach) {
   checkDetectorInput(images, parameters().front().device());
+  if (pan && (images.size(2) % 32 != 0 || images.size(3) % 32 != 0))
+    throw RangeError("images: Ghost-PAN needs a height and width divisible by 32 (received " + std::to_string(images.size(2)) + "×" +
+                     std::to_string(images.size(3)) + "); pad the batch (the DataLoader pads to multiples of 32)");
   NanoDetPlusOutput out;
   out.backbone = features(images);
   const auto& f = out.backbone;
