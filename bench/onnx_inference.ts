@@ -2,7 +2,7 @@
  * Inference of an exported RetinaNet in onnxruntime-node (CPU provider) vs onestage on the same machine,
  * inputs and weights: forward + post-processing (detect) for both.
  *
- *   npx ts-node --transpile-only bench/onnx_inference.ts [--depth 50] [--sizes 512,640] [--batch 1] [--iterations 5]
+ *   npx ts-node --transpile-only bench/onnx_inference.ts [--model retinanet|nanodet-plus-m] [--depth 50] [--sizes 512,640] [--batch 1] [--iterations 5]
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,9 +11,12 @@ import { tempDir } from '../test/helpers/python';
 
 async function main(): Promise<void> {
   const { Command } = await import('commander');
-  const o = new Command().option('--depth <n>', 'ResNet depth', '50').option('--sizes <list>', 'square input sides', '512,640').option('--batch <n>', 'batch', '1').option('--iterations <n>', 'timed runs', '5').parse().opts<{ depth: string; sizes: string; batch: string; iterations: string }>();
+  const o = new Command().option('--model <name>', "'retinanet' (ResNet --depth) or 'nanodet-plus-m' (the m-416 preset)", 'retinanet').option('--depth <n>', 'ResNet depth', '50').option('--sizes <list>', 'square input sides', '512,640').option('--batch <n>', 'batch', '1').option('--iterations <n>', 'timed runs', '5').parse().opts<{ model: string; depth: string; sizes: string; batch: string; iterations: string }>();
   const ort = await import('onnxruntime-node');
-  const model = Model.retinanet({ depth: Number(o.depth) as 50, numClasses: 80, seed: 0 }).eval();
+  const nanodet = o.model === 'nanodet-plus-m';
+  if (!nanodet && o.model !== 'retinanet') throw new RangeError(`--model: expected retinanet or nanodet-plus-m, got '${o.model}'`);
+  const model = (nanodet ? Model.nanodetPlus({ preset: 'm-416', numClasses: 80, seed: 0 }) : Model.retinanet({ depth: Number(o.depth) as 50, numClasses: 80, seed: 0 })).eval();
+  const label = nanodet ? 'NanoDet-Plus-m' : `RetinaNet ResNet-${o.depth}`;
   const file = path.join(tempDir('onestage-bench-onnx-'), 'retinanet.onnx');
   const t0 = Date.now();
   const info = await model.exportOnnx(file, { normalize: false });
@@ -34,11 +37,11 @@ async function main(): Promise<void> {
     };
     const msOnestage = await time(() => model.detect(x));
     const msOrt = await time(() => session.run(feeds));
-    rows.push(`| ResNet-${o.depth} ${size}×${size}, batch ${B} | ${msOnestage.toFixed(0)} | ${msOrt.toFixed(0)} | ${(msOnestage / msOrt).toFixed(2)} |`);
+    rows.push(`| ${label} ${size}×${size}, batch ${B} | ${msOnestage.toFixed(0)} | ${msOrt.toFixed(0)} | ${(msOnestage / msOrt).toFixed(2)} |`);
     console.log(rows[rows.length - 1]);
     x.dispose();
   }
-  console.log(['', `| RetinaNet, 80 classes, detect | onestage ms | onnxruntime-node ms | onestage / ORT |`, '| --- | --- | --- | --- |', ...rows].join('\n'));
+  console.log(['', `| ${label}, 80 classes, detect | onestage ms | onnxruntime-node ms | onestage / ORT |`, '| --- | --- | --- | --- |', ...rows].join('\n'));
   await session.release();
   model.dispose();
 }
