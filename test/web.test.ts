@@ -38,7 +38,7 @@ test.serial('web page: onnxruntime-web in headless Chromium detects what onnxrun
   await model.exportOnnx(fixedFile, { dynamicSize: false, inputSize: [96, 96] });
   model.dispose();
   const { chromium } = await import('playwright-core');
-  const browser = await chromium.launch({ executablePath: exe, args: ['--no-sandbox', '--disable-gpu'] });
+  const browser = await chromium.launch({ executablePath: exe, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
   const servers: Array<{ close: () => Promise<void> }> = [];
   try {
     const s = await serveDemo({ model: dynamicFile, port: 0 });
