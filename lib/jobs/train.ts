@@ -9,7 +9,7 @@ import { DataLoader } from '../data/loader';
 import { distEnvironment, ProcessGroup } from '../distributed';
 import { DetectorEvaluation } from '../eval/evaluate';
 import { writeJsonAtomic } from '../io';
-import { Model } from '../model';
+import { Model, MODEL_METADATA_KEY } from '../model';
 import { FitResult, localProcesses, resolveReplicas, Trainer } from '../train/trainer';
 import type { Device } from '../tensor';
 import { INPUT_METADATA_KEY, openDataset, resolveDevice } from './common';
@@ -57,7 +57,7 @@ export async function trainJob(config: TrainConfig, options: TrainJobOptions = {
 }
 
 function readSafetensorsMetadata(file: string): string | undefined {
-  return readSafetensorsHeader(file).metadata['onestage.model'];
+  return readSafetensorsHeader(file).metadata[MODEL_METADATA_KEY];
 }
 
 async function trainInGroup(config: TrainConfig, options: TrainJobOptions, ctx: { started: number; device: Device; group?: ProcessGroup; log: (line: string) => void; main: boolean }): Promise<TrainJobResult> {

@@ -98,8 +98,7 @@ const std::vector<std::array<std::string, 3>> kTorchvisionHeads{{"classification
 
 std::string RetinaNetDetector::externalKey(const std::string& key) const {
   if (net_->config().variant == "pytorch-retinanet") return key;
-  for (const char* p : {"conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."})
-    if (startsWith(key, p)) return "backbone.body." + key;
+  if (isResNetBackboneKey(key)) return "backbone.body." + key;
   if (startsWith(key, "fpn.")) {
     const std::string rest = key.substr(4);
     for (int l = 3; l <= 5; ++l) {
