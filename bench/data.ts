@@ -3,22 +3,82 @@
  * ≤ 1024) + normalised + batched, onestage's DataLoader vs pytorch-retinanet's pipeline (skimage,
  * single process) on the same JPEGs, side by side.
  *   npx ts-node --transpile-only bench/data.ts [--images 64] [--size 512] [--batch 2]
+ *       [--side 640] [--device cuda] [--prefetch 2] [--stages]
+ * --side: resized to side × side (the reference is then not run: it resizes as pytorch-retinanet);
+ * --stages: each stage also timed alone (header, decode + resize, collate + upload), as many in flight
+ * as the libuv pool has threads (UV_THREADPOOL_SIZE, default 4).
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { CocoDataset, DataLoader, disposeBatch, makeShapes } from '../lib';
+import sharp from 'sharp';
+import { CocoDataset, DataLoader, Device, disposeBatch, imageSize, loadImage, makeShapes, Tensor } from '../lib';
+import { native } from '../lib/binding';
+import { IMAGENET_MEAN, IMAGENET_STD } from '../lib/data/transforms';
+import { writeJsonAtomic } from '../lib/io';
 import { pythonWithTorch, tempDir } from '../test/helpers/python';
 
+/** Runs `work` over 0..n-1 with at most `k` in flight; seconds taken. */
+async function pool(n: number, k: number, work: (i: number) => Promise<void>): Promise<number> {
+  let next = 0;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(Array.from({ length: Math.min(k, n) }, async () => {
+    while (next < n) await work(next++);
+  }));
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+/**
+ * Where the loader's host time goes: each stage alone over the same files, as many in flight as the
+ * libuv pool has threads — the header read (imageSize), the decode + resize + flip (sharp), the
+ * normalise + pad + collate (+ upload) of whole batches (native, one batch per call).
+ */
+async function stages(ds: CocoDataset, side: number | undefined, batch: number, device: Device, threads: number): Promise<Array<{ system: string; imagesPerSecond: number }>> {
+  const n = ds.length;
+  const files = Array.from({ length: n }, (_, i) => ds.record(i).file);
+  const sizes: Array<{ width: number; height: number }> = new Array(n);
+  const head = await pool(n, threads, async (i) => void (sizes[i] = await imageSize(files[i])));
+  const decoded: Array<{ data: Uint8Array; width: number; height: number }> = new Array(n);
+  const decode = await pool(n, threads, async (i) => {
+    const s = side ? Math.min(side / Math.min(sizes[i].width, sizes[i].height), side / Math.max(sizes[i].width, sizes[i].height)) : 1;
+    const resize = s === 1 ? undefined : { width: Math.round(sizes[i].width * s), height: Math.round(sizes[i].height * s) };
+    decoded[i] = await loadImage(files[i], { resize, flip: i % 2 === 0 });
+  });
+  const batches = Math.floor(n / batch);
+  const collate = await pool(batches, threads, async (k) => {
+    const samples = decoded.slice(k * batch, (k + 1) * batch);
+    const H = Math.max(...samples.map((x) => Math.ceil(x.height / 32) * 32));
+    const W = Math.max(...samples.map((x) => Math.ceil(x.width / 32) * 32));
+    new Tensor(await native().collateImagesAsync(samples.map((x) => x.data), samples.flatMap((x) => [x.height, x.width]), H, W, [...IMAGENET_MEAN], [...IMAGENET_STD], device)).dispose();
+  });
+  return [
+    { system: `stage: header (imageSize), ${threads} in flight`, imagesPerSecond: n / head },
+    { system: `stage: decode + resize + flip (sharp), ${threads} in flight`, imagesPerSecond: n / decode },
+    { system: `stage: normalise + pad + collate${device === 'cpu' ? '' : ' + upload'} (native), ${threads} batches in flight`, imagesPerSecond: (batches * batch) / collate },
+  ];
+}
+
 async function main(): Promise<void> {
-  const o = new Command().option('--images <n>', 'images', '64').option('--size <px>', 'source image side', '512').option('--batch <n>', 'batch size', '2').parse().opts<{ images: string; size: string; batch: string }>();
+  const o = new Command()
+    .option('--images <n>', 'images', '64')
+    .option('--size <px>', 'source image side', '512')
+    .option('--batch <n>', 'batch size', '2')
+    .option('--side <px>', 'resize to this square side (min and max side); default: short side 608, long side ≤ 1024 (pytorch-retinanet)')
+    .option('--device <d>', "where batches are put: 'cpu' or 'cuda'", 'cpu')
+    .option('--prefetch <n>', 'batches prepared ahead', '2')
+    .option('--stages', 'also time each stage of the pipeline alone')
+    .parse()
+    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean }>();
+  const side = o.side ? Number(o.side) : undefined;
+  const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
   const dir = tempDir();
   await makeShapes({ out: dir, train: Number(o.images), val: 0, size: Number(o.size), seed: 1 });
   const json = path.join(dir, 'instances_train.json');
   const ds = await CocoDataset.open(json);
-  const loader = new DataLoader(ds, { batchSize: Number(o.batch), seed: 0, prefetch: 2 });
+  const transform = side ? { minSide: side, maxSide: side } : undefined;
+  const loader = new DataLoader(ds, { batchSize: Number(o.batch), seed: 0, prefetch: Number(o.prefetch), device: o.device, transform });
   for await (const b of loader.epoch(0)) disposeBatch(b); // warm-up (file cache, thread pools)
   const t0 = process.hrtime.bigint();
   let n = 0;
@@ -27,8 +87,8 @@ async function main(): Promise<void> {
     disposeBatch(b);
   }
   const ours = Number(process.hrtime.bigint() - t0) / 1e9;
-  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: 'onestage DataLoader (sharp + native collate)', imagesPerSecond: n / ours }];
-  const py = pythonWithTorch();
+  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}`, imagesPerSecond: n / ours }];
+  const py = side ? undefined : pythonWithTorch(); // the reference script resizes as pytorch-retinanet (608 / 1024)
   if (py) {
     spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8' }); // warm-up
     const res = spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8' });
@@ -37,12 +97,13 @@ async function main(): Promise<void> {
       rows.push({ system: 'pytorch-retinanet pipeline (skimage, one process)', imagesPerSecond: r.images / r.seconds });
     } else console.error(`reference failed (needs python3-skimage): ${res.stderr.slice(-300)}`);
   }
-  console.log(`\nInput pipeline, ${n} JPEGs ${o.size}×${o.size} → 608 short side, batch ${o.batch}, ${os.cpus().length}× ${os.cpus()[0]?.model ?? 'CPU'}\n`);
+  if (o.stages) rows.push(...(await stages(ds, side, Number(o.batch), o.device, threads)));
+  console.log(`\nInput pipeline, ${n} JPEGs ${o.size}×${o.size} → ${side ? `${side}×${side}` : '608 short side'}, batch ${o.batch}, onto ${o.device}, ${os.cpus().length}× ${os.cpus()[0]?.model ?? 'CPU'}\n`);
   console.log('| system | images/s | vs reference |\n| --- | --- | --- |');
-  const ref = rows[1]?.imagesPerSecond;
+  const ref = rows.find((r) => r.system.startsWith('pytorch-retinanet'))?.imagesPerSecond;
   for (const r of rows) console.log(`| ${r.system} | ${r.imagesPerSecond.toFixed(1)} | ${ref ? (r.imagesPerSecond / ref).toFixed(1) + '×' : ''} |`);
   fs.mkdirSync(path.join(__dirname, 'results'), { recursive: true });
-  fs.writeFileSync(path.join(__dirname, 'results', 'data-cpu.json'), JSON.stringify({ rows, images: n, size: Number(o.size) }, null, 1));
+  writeJsonAtomic(path.join(__dirname, 'results', `data-${o.device}.json`), { rows, images: n, size: Number(o.size), side: side ?? null, batch: Number(o.batch), machine: `${os.cpus().length}× ${os.cpus()[0]?.model ?? 'CPU'}` }, 1);
 }
 
 main().catch((err) => {

@@ -1,16 +1,38 @@
 /**
  * Inference latency at batch 1 (forward + post-processing, `detect`): NanoDet-Plus-m (ShuffleNetV2 1.0x +
  * Ghost-PAN) next to NanoDet-Plus on ResNet-18 + FPN and RetinaNet ResNet-18, 80 classes, random weights.
+ * With `--train-batch N`: also training throughput of the same models on a synthetic batch of N images
+ * (8 boxes each; the Trainer's default configuration, AdamW 1e-3, weight decay 0.05, clipping at 35 as
+ * NanoDet-Plus' configs), fp32 and (CUDA) bf16, and in the same run the NanoDet-Plus-m reference
+ * (bench/reference_nanodet_train.py: NanoDet's modules, the per-image DSL loop) on the same batch.
  *
  *   npx ts-node --transpile-only bench/nanodet_latency.ts [--size 416] [--iterations 10] [--device cpu]
+ *       [--train-batch 32] [--steps 20] [--warmup 5] [--out bench/results/nanodet-latency-<device>.json]
  */
-import { buildInfo, Device, Model, synchronize, Tensor } from '../lib';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { buildInfo, Device, Model, setTf32, synchronize, Tensor } from '../lib';
+import { writeJsonAtomic } from '../lib/io';
+import { pythonWithTorch } from '../test/helpers/python';
+import { syntheticArrays, timeTrainingSteps } from './synthetic';
 
 async function main(): Promise<void> {
   const { Command } = await import('commander');
-  const o = new Command().option('--size <px>', 'square input side', '416').option('--iterations <n>', 'timed runs', '10').option('--device <d>', "'auto', 'cpu' or 'cuda'", 'auto').parse().opts<{ size: string; iterations: string; device: string }>();
+  const o = new Command()
+    .option('--size <px>', 'square input side', '416')
+    .option('--iterations <n>', 'timed runs', '10')
+    .option('--device <d>', "'auto', 'cpu' or 'cuda'", 'auto')
+    .option('--train-batch <n>', 'also time training steps on a batch of this many images (0: not)', '0')
+    .option('--steps <n>', 'timed training steps', '20')
+    .option('--warmup <n>', 'untimed training steps', '5')
+    .option('--out <file>', 'JSON results (default bench/results/nanodet-latency-<device>.json)')
+    .parse()
+    .opts<{ size: string; iterations: string; device: string; trainBatch: string; steps: string; warmup: string; out?: string }>();
   const device: Device = o.device === 'auto' ? (buildInfo().cudaAvailable ? 'cuda' : 'cpu') : (o.device as Device);
   const size = Number(o.size);
+  if (device === 'cuda') setTf32(true); // PyTorch's default for cuDNN convolutions, on both sides
   const models: Array<[string, () => Model]> = [
     ['NanoDet-Plus-m (ShuffleNetV2 1.0x, Ghost-PAN 96)', () => Model.nanodetPlus({ preset: 'm-416', numClasses: 80, device, seed: 0 })],
     ['NanoDet-Plus-m-1.5x (ShuffleNetV2 1.5x, Ghost-PAN 128)', () => Model.nanodetPlus({ preset: 'm-1.5x-416', numClasses: 80, device, seed: 0 })],
@@ -18,6 +40,7 @@ async function main(): Promise<void> {
     ['RetinaNet ResNet-18 + FPN 256', () => Model.retinanet({ depth: 18, numClasses: 80, device, seed: 0 })],
   ];
   const rows: string[] = [];
+  const latency: Array<{ model: string; parameters: number; msPerImage: number }> = [];
   const x = Tensor.from(Float32Array.from({ length: 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [1, 3, size, size], { device });
   for (const [name, make] of models) {
     const model = make().eval();
@@ -32,11 +55,50 @@ async function main(): Promise<void> {
     synchronize();
     const ms = Number(process.hrtime.bigint() - t0) / 1e6 / Number(o.iterations);
     rows.push(`| ${name} | ${(params / 1e6).toFixed(2)} M | ${ms.toFixed(1)} |`);
+    latency.push({ model: name, parameters: params, msPerImage: ms });
     console.error(rows[rows.length - 1]);
     model.dispose();
   }
   x.dispose();
-  console.log([`${size}×${size}, batch 1, ${device}`, '', '| model | parameters (inference) | ms per image |', '| --- | --- | --- |', ...rows].join('\n'));
+  const machine = device === 'cuda' ? `${buildInfo().deviceCount} CUDA device(s)` : `${os.cpus().length}× ${os.cpus()[0]?.model ?? 'CPU'}`;
+  console.log([`${size}×${size}, batch 1, ${device} (${machine})`, '', '| model | parameters (inference) | ms per image |', '| --- | --- | --- |', ...rows].join('\n'));
+  const training = Number(o.trainBatch) > 0 ? await trainingThroughput(models, device, size, Number(o.trainBatch), Number(o.steps), Number(o.warmup)) : [];
+  const out = o.out ?? path.join(__dirname, 'results', `nanodet-latency-${device}.json`);
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  writeJsonAtomic(out, { machine, device, size, latency, training }, 1);
+}
+
+interface TrainingRow {
+  system: string;
+  precision: string;
+  imagesPerSecond: number;
+  msPerStep: number;
+}
+
+/** Training img/s of each model (the Trainer's default path) and of the NanoDet-Plus-m reference, same batch. */
+async function trainingThroughput(models: Array<[string, () => Model]>, device: Device, size: number, batch: number, steps: number, warmup: number): Promise<TrainingRow[]> {
+  const data = syntheticArrays(batch, size, 0);
+  const precisions = device === 'cuda' ? ['fp32', 'bf16'] : ['fp32'];
+  const optimizerOptions = { lr: 1e-3, weightDecay: 0.05, clipGradNorm: 35 };
+  const rows: TrainingRow[] = [];
+  for (const precision of precisions)
+    for (const [name, make] of models) {
+      const r = await timeTrainingSteps({ device, batch, size, depth: 18, steps, warmup, optimizer: 'adamw', data, amp: precision === 'bf16', fast: true, makeModel: make, optimizerOptions });
+      rows.push({ system: `onestage ${name}`, precision, imagesPerSecond: r.imagesPerSecond, msPerStep: r.msPerStep });
+      console.error(`training ${name} ${precision}: ${r.imagesPerSecond.toFixed(1)} img/s`);
+    }
+  const py = pythonWithTorch();
+  if (py) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestage-nanodet-bench-'));
+    fs.writeFileSync(path.join(dir, 'images.f32'), Buffer.from(data.images.buffer));
+    fs.writeFileSync(path.join(dir, 'annotations.f32'), Buffer.from(data.annotations.buffer));
+    const res = spawnSync(py, [path.join(__dirname, 'reference_nanodet_train.py'), dir, device, '1.0x', '96', '96', '192', String(batch), String(size), String(warmup), String(steps), precisions.join(',')], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    fs.rmSync(dir, { recursive: true, force: true });
+    if (res.status !== 0) console.error(`reference failed: ${res.stderr.slice(-2000)}`);
+    for (const line of res.stdout.split('\n').filter(Boolean)) rows.push(JSON.parse(line) as TrainingRow);
+  }
+  console.log([``, `Training, batch ${batch}, ${size}×${size}, AdamW, ${device}`, '', '| system | precision | img/s | ms/step |', '| --- | --- | --- | --- |', ...rows.map((r) => `| ${r.system} | ${r.precision} | ${r.imagesPerSecond.toFixed(1)} | ${r.msPerStep.toFixed(1)} |`)].join('\n'));
+  return rows;
 }
 
 main().catch((err) => {

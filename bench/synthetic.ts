@@ -35,7 +35,7 @@ export interface StepTiming {
 }
 
 /**
- * RetinaNet training steps on the synthetic batch: `fast` is the Trainer's default configuration
+ * Training steps on the synthetic batch (RetinaNet unless `makeModel` says otherwise): `fast` is the Trainer's default configuration
  * (channels-last and cuDNN benchmark on CUDA, multi-tensor update), otherwise all of them off.
  * `cudaGraph` (with `fast`): the step replayed as a CUDA graph (captured during the warm-up).
  * `profile`: a Kineto trace of 5 more steps is written there (-bf16/-fp32, -graph, added before .json).
@@ -43,13 +43,17 @@ export interface StepTiming {
 export async function timeTrainingSteps(o: {
   device: Device; batch: number; size: number; depth: number; steps: number; warmup: number; optimizer: 'sgd' | 'adamw';
   data: { images: Float32Array; annotations: Float32Array }; amp: boolean; fast: boolean; cudaGraph?: boolean; profile?: string;
+  /** Another model than RetinaNet ResNet-`depth` (80 classes). */
+  makeModel?: () => Model;
+  /** Learning rate, weight decay and clipping instead of the RetinaNet benchmark's. */
+  optimizerOptions?: { lr: number; weightDecay: number; clipGradNorm?: number };
 }): Promise<StepTiming> {
   const { device, amp, fast } = o;
   const batch = syntheticBatch(o.data, o.batch, o.size, device);
-  const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
-  const lr = o.optimizer === 'sgd' ? 0.01 : 1e-4;
+  const model = o.makeModel ? o.makeModel() : Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
+  const lr = o.optimizerOptions?.lr ?? (o.optimizer === 'sgd' ? 0.01 : 1e-4);
   const options: TrainerOptions = {
-    optimizer: { type: o.optimizer, lr, momentum: 0.9, weightDecay: 1e-4, implementation: fast ? 'auto' : 'loop' },
+    optimizer: { type: o.optimizer, lr, momentum: 0.9, weightDecay: 1e-4, ...o.optimizerOptions, implementation: fast ? 'auto' : 'loop' },
     amp,
     // fast: the Trainer's defaults (channels-last and cuDNN benchmark on CUDA); plain: all off
     ...(fast ? {} : { channelsLast: false, cudnnBenchmark: false }),

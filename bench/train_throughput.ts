@@ -2,7 +2,8 @@
  * Training throughput: RetinaNet training steps on one synthetic batch (B images of S×S, 8 boxes each,
  * 80 classes), onestage's plain configuration (NCHW, LibTorch's per-parameter optimizer, no cuDNN
  * benchmark), its default fast one (channels-last, cuDNN benchmark, multi-tensor update) and that with
- * the step replayed as a CUDA graph (CUDA), fp32 and bf16 autocast — and in the same invocation the PyTorch references on the same batch (torchvision's
+ * the step replayed as a CUDA graph (CUDA), fp32 and bf16 autocast, and that fed by the DataLoader from
+ * JPEGs (`--loader-source`: their side, resized to `--size`) — and in the same invocation the PyTorch references on the same batch (torchvision's
  * retinanet_resnet50_fpn and the pytorch-retinanet-layout reference model of test/reference with its
  * per-image focal loss). Prints img/s, ms/step, peak memory and the ratio to torchvision; writes JSON.
  *
@@ -31,6 +32,7 @@ interface Options {
   profile?: string;
   reference: boolean;
   loaderImages: number;
+  loaderSource: number;
   out: string;
 }
 
@@ -71,14 +73,15 @@ async function timeOnestage(o: Options, data: { images: Float32Array; annotation
 }
 
 /**
- * The fastest configuration fed by the DataLoader instead of a resident batch: shapes images of S×S
- * (PNG, up to 8 objects), decoded, resized, normalised and collated on the CPU, uploaded through
- * page-locked memory off the training stream, `prefetch` batches ahead. Epoch 0 warms up (and
- * captures the graph); epoch 1 is timed.
+ * The fastest configuration fed by the DataLoader instead of a resident batch: shapes JPEGs of
+ * `--loader-source`² (default S², up to 8 objects), decoded, resized to S×S, normalised and collated on
+ * the CPU, uploaded through page-locked memory off the training stream, `prefetch` batches ahead.
+ * Epoch 0 warms up (and captures the graph); epoch 1 is timed.
  */
 async function timeLoaderFed(o: Options, dir: string, amp: boolean): Promise<Row> {
-  const data = path.join(dir, 'shapes');
-  if (!fs.existsSync(data)) await makeShapes({ out: data, train: o.loaderImages, val: 0, size: o.size, classes: 10, seed: 3, maxObjects: 8 });
+  const source = o.loaderSource ?? o.size;
+  const data = path.join(dir, `shapes-${source}`);
+  if (!fs.existsSync(data)) await makeShapes({ out: data, train: o.loaderImages, val: 0, size: source, classes: 10, seed: 3, maxObjects: 8 });
   const ds = await CocoDataset.open(path.join(data, 'instances_train.json'));
   const loader = new DataLoader(ds, { batchSize: o.batch, seed: 1, shuffle: true, prefetch: 4, device: 'cuda', transform: { minSide: o.size, maxSide: o.size } });
   const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device: 'cuda', seed: 0 });
@@ -109,7 +112,7 @@ async function timeLoaderFed(o: Options, dir: string, amp: boolean): Promise<Row
     imagesPerSecond: images / seconds,
     msPerStep: (1000 * seconds) / steps,
     peakMiB: null, // timed after the capture: the graph's pool is not in a peak taken here
-    note: `${o.loaderImages} PNG images ${o.size}², ${replayed}/${steps} steps replayed`,
+    note: `${o.loaderImages} JPEGs ${source}²${source === o.size ? '' : ` resized to ${o.size}²`}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4}, ${replayed}/${steps} steps replayed`,
   };
 }
 
@@ -126,6 +129,7 @@ async function main(): Promise<void> {
     .option('--profile <file.json>', 'write a Kineto trace of 5 steps of the default configuration per precision')
     .option('--no-reference', 'skip the PyTorch references')
     .option('--loader-images <n>', 'CUDA: also train from a DataLoader over this many generated images (0: not)', (v) => Number(v), 160)
+    .option('--loader-source <px>', 'side of those JPEGs, resized to --size by the loader (default: --size, no resize)', (v) => Number(v))
     .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'train-throughput.json'))
     .parse(process.argv)
     .opts<Options>();

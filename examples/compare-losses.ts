@@ -1,7 +1,8 @@
 /**
  * Compares the losses on the shapes data: the same ResNet-18 backbone and FPN (same seed, same data
  * order) trained with each loss configuration — RetinaNet heads with its losses, and NanoDet-Plus
- * (its head over centre priors, DSL assignment, QFL + GIoU + DFL and the AGM) — evaluated on the
+ * (its head over centre priors, DSL assignment, QFL + GIoU + DFL and the AGM) — and NanoDet-Plus-m
+ * (ShuffleNetV2 1.0x + Ghost-PAN, the released architecture) with the same losses, evaluated on the
  * validation set after every epoch.
  * Writes <out>/compare-losses.md (AP, AP50, AP75, seconds per epoch) and <out>/compare-losses.{svg,png}
  * (validation AP50 of every configuration per epoch).
@@ -24,8 +25,8 @@ import {
 interface Variant {
   name: string;
   loss: RetinaNetLossOptions | NanoDetPlusLossOptions;
-  /** NanoDet-Plus instead of RetinaNet. */
-  nanodet?: boolean;
+  /** NanoDet-Plus instead of RetinaNet: on the ResNet-18 + FPN of the others, or NanoDet-Plus-m (ShuffleNetV2 1.0x + Ghost-PAN 96). */
+  nanodet?: 'resnet' | 'm';
   /** Box coder std of targets and decoding. */
   std: [number, number, number, number];
   /** Gradient clipping of the recipe. */
@@ -49,7 +50,9 @@ const VARIANTS: Variant[] = [
   recipe('GHM-C + smooth L1', 'ghmc'),
   recipe('GHM-C + GHM-R', 'ghm'),
   // NanoDet-Plus: QFL + GIoU + DFL on DSL assignment by the auxiliary head
-  { name: 'NanoDet-Plus (QFL + GIoU + DFL, AGM)', loss: {}, std: focal.std, clip: focal.clip, nanodet: true },
+  { name: 'NanoDet-Plus (QFL + GIoU + DFL, AGM)', loss: {}, std: focal.std, clip: focal.clip, nanodet: 'resnet' },
+  // the same losses on NanoDet-Plus-m as its authors ship it (preset m-416's modules at this input size)
+  { name: 'NanoDet-Plus-m (ShuffleNetV2 1.0x + Ghost-PAN, same losses)', loss: {}, std: focal.std, clip: focal.clip, nanodet: 'm' },
 ];
 
 async function main(): Promise<void> {
@@ -78,7 +81,9 @@ async function main(): Promise<void> {
   const rows: string[] = [];
   const curves: Array<{ name: string; points: Array<[number, number]> }> = [];
   for (const v of variants) {
-    const model: Model = v.nanodet
+    const model: Model = v.nanodet === 'm'
+      ? Model.nanodetPlus({ preset: 'm-416', numClasses: 3, device, seed })
+      : v.nanodet === 'resnet'
       ? Model.nanodetPlus({ depth: 18, numClasses: 3, featureSize: 128, head: { channels: 128 }, aux: { channels: 256 }, device, seed })
       : Model.retinanet({ depth: 18, numClasses: 3, featureSize: 128, freezeBn: false, anchors: { sizes: [16, 32, 64, 128, 256] }, boxCoder: { std: v.std }, device, seed });
     const loss = v.nanodet ? { ...v.loss, detachEpoch: Math.min(10, Math.floor((3 * epochs) / 4)) } : v.loss;
@@ -101,7 +106,7 @@ async function main(): Promise<void> {
     model.dispose();
   }
   const table = [
-    `Shapes (${train.length} train / ${val.length} val images, 128 px), ResNet-18 + FPN 128 (RetinaNet heads, or NanoDet-Plus), ${epochs} epochs on ${device}, ${o.optimizer === 'sgd' ? 'SGD 0.01' : 'AdamW 1e-3'} cosine, seed ${seed}`,
+    `Shapes (${train.length} train / ${val.length} val images, 128 px), ResNet-18 + FPN 128 (RetinaNet heads, or NanoDet-Plus) and NanoDet-Plus-m, ${epochs} epochs on ${device}, ${o.optimizer === 'sgd' ? 'SGD 0.01' : 'AdamW 1e-3'} cosine, seed ${seed}`,
     '',
     '| loss | AP | AP50 | AP75 | s / epoch |',
     '| --- | --- | --- | --- | --- |',

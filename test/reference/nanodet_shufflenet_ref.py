@@ -168,6 +168,17 @@ class NanoDetPlusM(nn.Module):
         self.head = NanoDetPlusHeadRef(num_classes, pan, head, 2, 5, 7, 4)
         self.aux_head = SimpleConvHeadRef(num_classes, 2 * pan, aux, 4, 32, 7, 4)
 
+    def forward(self, x, detach):
+        """Training forward as NanoDet-Plus: main predictions and the AGM's on [main | aux] pyramids."""
+        feats = self.backbone(x)
+        ps = self.fpn(list(feats))
+        preds = self.head(ps)
+        if detach:
+            feats = [f.detach() for f in feats]
+        aux_ps = self.aux_fpn(list(feats))
+        dual = [torch.cat([p.detach() if detach else p, a], 1) for p, a in zip(ps, aux_ps)]
+        return preds, self.aux_head(dual)
+
 
 def main():
     width, pan, head, aux, num_classes, seed, in_dir, out_dir = sys.argv[1:9]
