@@ -2,6 +2,8 @@
  * The `onestage` command line. Each command is a thin layer over the public API and the jobs in
  * lib/jobs; errors print as one line naming what was wrong and set a non-zero exit code.
  */
+// first: sizes libuv's thread pool before anything starts it (lib/threadpool.ts)
+import './threadpool';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';

@@ -2,6 +2,8 @@
  * onestage: one-stage object detectors with imbalance-aware losses, on LibTorch, for Node.js.
  * @packageDocumentation
  */
+// first: sizes libuv's thread pool before anything starts it (lib/threadpool.ts)
+import './threadpool';
 export { buildInfo, setNumThreads, manualSeed, setTf32, setCudnnBenchmark, synchronize, profilerAvailable, startProfiler, stopProfiler, cudaMemory, cpuMemory, emptyCpuCache } from './runtime';
 export type { CpuMemory } from './binding';
 export type { BuildInfo } from './runtime';

@@ -316,3 +316,33 @@ test('bad input: each kind gives an error naming the file (and line), or is skip
   }
   t.true(batches >= 4);
 });
+
+test('thread pool: importing onestage sizes libuv\'s pool to the cores (4 to 64) unless UV_THREADPOOL_SIZE is set, which it keeps', (t) => {
+  const { spawnSync } = require('node:child_process') as typeof import('node:child_process');
+  const probe = (env: NodeJS.ProcessEnv) => {
+    const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', "require('./lib'); console.log(process.env.UV_THREADPOOL_SIZE)"], { cwd: path.join(__dirname, '..'), env, encoding: 'utf8' });
+    t.is(r.status, 0, r.stderr);
+    return r.stdout.trim();
+  };
+  const { UV_THREADPOOL_SIZE: _drop, ...without } = process.env;
+  void _drop;
+  const os = require('node:os') as typeof import('node:os');
+  const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  t.is(probe(without), String(Math.min(64, Math.max(4, cores))));
+  t.is(probe({ ...without, UV_THREADPOOL_SIZE: '7' }), '7');
+});
+
+test('loader: an image\'s size is read from its file once; later epochs reuse it and give the same batches', async (t) => {
+  const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
+  const loader = new DataLoader(ds, { batchSize: 4, seed: 2, shuffle: false, augment: false, transform: { minSide: 64, maxSide: 64 } });
+  const sums: number[][] = [];
+  for (const epoch of [0, 1]) {
+    const s: number[] = [];
+    for await (const b of loader.epoch(epoch)) {
+      s.push((b.images.toArray() as Float32Array).reduce((a, v) => a + v, 0), ...b.scales);
+      disposeBatch(b);
+    }
+    sums.push(s);
+  }
+  t.deepEqual(sums[1], sums[0]);
+});

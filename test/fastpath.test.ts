@@ -108,9 +108,14 @@ for (const device of devices)
     for (let i = 0; i < data.length; i++) t.true(Math.abs(nchw.losses[i] - nhwc.losses[i]) <= 1e-4 * Math.abs(nchw.losses[i]), `step ${i}: ${nchw.losses[i]} vs ${nhwc.losses[i]}`);
     const a = nchw.model.stateDict();
     const b = nhwc.model.stateDict();
-    // on CUDA the channels-last model runs its frozen BatchNorm layers as fused kernels (BatchNorm + sum + ReLU):
-    // the BatchNorm weights and biases get their gradients from those kernels
-    for (const k of ['conv1.weight', 'bn1.weight', 'bn1.bias', 'layer1.0.conv2.weight', 'layer1.0.bn2.weight', 'layer2.0.downsample.1.weight', 'layer2.0.downsample.1.bias', 'layer4.1.bn2.bias', 'classificationModel.output.weight'])
+    // on CUDA the channels-last model runs its frozen BatchNorm layers as fused kernels (BatchNorm + sum + ReLU),
+    // and the FPN's and heads' convolutions with their bias (+ ReLU) as fused epilogues: the BatchNorm weights
+    // and biases and the convolutions' biases get their gradients from those kernels
+    for (const k of [
+      'conv1.weight', 'bn1.weight', 'bn1.bias', 'layer1.0.conv2.weight', 'layer1.0.bn2.weight', 'layer2.0.downsample.1.weight', 'layer2.0.downsample.1.bias', 'layer4.1.bn2.bias',
+      'fpn.P3_1.bias', 'fpn.P3_2.weight', 'fpn.P3_2.bias', 'fpn.P7_2.bias', 'classificationModel.conv1.bias', 'classificationModel.conv4.weight', 'classificationModel.conv4.bias',
+      'classificationModel.output.weight', 'classificationModel.output.bias', 'regressionModel.conv2.bias', 'regressionModel.output.bias',
+    ])
       assertClose(t, b[k], a[k], { atol: 1e-5, rtol: 1e-4, name: k });
     // the forward pass of both layouts in eval mode (the fused forward alone)
     nchw.model.eval();

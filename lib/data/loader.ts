@@ -106,6 +106,8 @@ export class DataLoader implements AsyncIterable<Batch> {
   readonly shard: { rank: number; count: number };
   private readonly o: Required<Omit<LoaderOptions, 'transform' | 'shard'>> & { transform: Required<Omit<TransformOptions, 'scaleJitter' | 'photometric' | 'crop'>> & TransformOptions };
   private sizes: Array<{ width: number; height: number } | undefined>;
+  /** Images whose size was read from the file (and checked against the annotations) once: later epochs skip the header read. */
+  private readonly verified: boolean[] = [];
   private nextEpoch = 0;
   /** Samples skipped with `onBadSample: 'skip'`, with the reason. */
   readonly skipped: SkippedSample[] = [];
@@ -262,9 +264,14 @@ export class DataLoader implements AsyncIterable<Batch> {
     const modulate = ph
       ? { brightness: 1 + rng.between(-(ph.brightness ?? 0), ph.brightness ?? 0), saturation: 1 + rng.between(-(ph.saturation ?? 0), ph.saturation ?? 0), hue: rng.between(-(ph.hue ?? 0), ph.hue ?? 0) }
       : undefined;
-    const size = await imageSize(record.file, { limitInputPixels: this.o.limitInputPixels });
-    if (record.width && record.height && (record.width !== size.width || record.height !== size.height))
-      throw new BadSampleError(record.file, `the annotations say ${record.width}×${record.height} but the image is ${size.width}×${size.height}`);
+    let size = this.verified[index] ? this.sizes[index] : undefined;
+    if (!size) {
+      size = await imageSize(record.file, { limitInputPixels: this.o.limitInputPixels });
+      if (record.width && record.height && (record.width !== size.width || record.height !== size.height))
+        throw new BadSampleError(record.file, `the annotations say ${record.width}×${record.height} but the image is ${size.width}×${size.height}`);
+      this.sizes[index] = size;
+      this.verified[index] = true;
+    }
     const scale = resizeScale(size.width, size.height, t.minSide, t.maxSide) * jitter;
     const out = scaledSize(size.width, size.height, scale);
     const same = out.width === size.width && out.height === size.height;

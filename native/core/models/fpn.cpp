@@ -1,6 +1,7 @@
 #include "core/models/fpn.h"
 
 #include "core/errors.h"
+#include "core/models/frozen_bn.h"
 
 namespace onestage {
 
@@ -33,12 +34,14 @@ PyramidFeaturesImpl::PyramidFeaturesImpl(int64_t c3, int64_t c4, int64_t c5, int
 
 std::vector<torch::Tensor> PyramidFeaturesImpl::forward(const torch::Tensor& c3, const torch::Tensor& c4,
                                                         const torch::Tensor& c5) {
-  const auto p5Lateral = P5_1(c5);
-  const auto p4Lateral = P4_1(c4) + upsampleTo(p5Lateral, c4);
-  const auto p3Lateral = P3_1(c3) + upsampleTo(p4Lateral, c3);
-  std::vector<torch::Tensor> out{P3_2(p3Lateral), P4_2(p4Lateral), P5_2(p5Lateral)};
-  if (levels >= 4) out.push_back(P6(p6FromP5 ? out[2] : c5));
-  if (levels >= 5) out.push_back(P7_2(torch::relu(out[3])));
+  // each convolution with its bias as one fused epilogue on CUDA (core/models/frozen_bn.h)
+  auto convBias = [](nn::Conv2d& c, const torch::Tensor& x) { return convBiasAct(*c, x, false); };
+  const auto p5Lateral = convBias(P5_1, c5);
+  const auto p4Lateral = convBias(P4_1, c4) + upsampleTo(p5Lateral, c4);
+  const auto p3Lateral = convBias(P3_1, c3) + upsampleTo(p4Lateral, c3);
+  std::vector<torch::Tensor> out{convBias(P3_2, p3Lateral), convBias(P4_2, p4Lateral), convBias(P5_2, p5Lateral)};
+  if (levels >= 4) out.push_back(convBias(P6, p6FromP5 ? out[2] : c5));
+  if (levels >= 5) out.push_back(convBias(P7_2, torch::relu(out[3])));
   return out;
 }
 

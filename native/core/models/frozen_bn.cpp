@@ -3,6 +3,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <variant>
+
+#include <torch/version.h>
 
 namespace onestage {
 
@@ -11,6 +14,8 @@ at::Tensor frozenBnForwardCuda(const at::Tensor& x, const at::Tensor& r, const a
                                const at::Tensor& v, double eps, bool relu);
 std::vector<at::Tensor> frozenBnBackwardCuda(const at::Tensor& gy, const at::Tensor& y, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                                              const at::Tensor& m, const at::Tensor& v, double eps, bool relu, bool wantResidual);
+at::Tensor biasActForwardCuda(const at::Tensor& y, const at::Tensor& bias, bool relu);
+std::vector<at::Tensor> biasActBackwardCuda(const at::Tensor& gz, const at::Tensor& z, const at::Tensor& bias, bool relu);
 
 namespace {
 
@@ -45,12 +50,38 @@ struct FrozenBnFunction : public torch::autograd::Function<FrozenBnFunction<Resi
   }
 };
 
-bool fusable(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, const torch::Tensor& r) {
-  if (!fusedAllowed() || !x.is_cuda() || bn.is_training() || x.dim() != 4 || !bn.options.affine() || !bn.options.track_running_stats()) return false;
+/// z = act(y + bias) with y a convolution's output (no bias of its own); gradients for y and the bias.
+struct BiasActFunction : public torch::autograd::Function<BiasActFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& y, const torch::Tensor& bias, bool relu) {
+    const auto z = biasActForwardCuda(y, bias, relu);
+    ctx->save_for_backward({relu ? z : torch::Tensor(), bias});
+    ctx->saved_data["relu"] = relu;
+    ctx->saved_data["type"] = static_cast<int64_t>(y.scalar_type());
+    return z;
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const bool relu = ctx->saved_data["relu"].toBool();
+    const auto type = static_cast<c10::ScalarType>(ctx->saved_data["type"].toInt());
+    const auto gz = grads[0].to(type).contiguous(at::MemoryFormat::ChannelsLast);
+    const auto g = biasActBackwardCuda(gz, s[0], s[1], relu);
+    return {relu ? g[0] : gz, g[1], torch::Tensor()};
+  }
+};
+
+/// Channels-last CUDA storage the kernels take: float, bf16 or half, C a multiple of the 16-byte vector, 16-byte aligned.
+bool vectorisable(const torch::Tensor& x) {
+  if (!x.is_cuda() || x.dim() != 4) return false;
   const auto type = x.scalar_type();
   if (type != torch::kFloat32 && type != torch::kBFloat16 && type != torch::kHalf) return false;
   const int64_t vec = 16 / static_cast<int64_t>(x.element_size());
-  if (x.size(1) % vec != 0 || !x.is_contiguous(at::MemoryFormat::ChannelsLast) || !aligned16(x)) return false;
+  return x.size(1) % vec == 0 && x.is_contiguous(at::MemoryFormat::ChannelsLast) && aligned16(x);
+}
+
+bool fusable(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, const torch::Tensor& r) {
+  if (!fusedAllowed() || !x.is_cuda() || bn.is_training() || x.dim() != 4 || !bn.options.affine() || !bn.options.track_running_stats()) return false;
+  const auto type = x.scalar_type();
+  if (!vectorisable(x)) return false;
   if (r.defined() && (r.sizes() != x.sizes() || r.scalar_type() != type || r.device() != x.device() || !r.is_contiguous(at::MemoryFormat::ChannelsLast) || !aligned16(r)))
     return false;
   for (const auto* p : {&bn.weight, &bn.bias, &bn.running_mean, &bn.running_var})
@@ -72,6 +103,27 @@ torch::Tensor batchNormAct(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& 
 #endif
   auto h = bn.forward(x);
   if (residual.defined()) h = h + residual;
+  return relu ? torch::relu(h) : h;
+}
+
+torch::Tensor convBiasAct(torch::nn::Conv2dImpl& conv, const torch::Tensor& x, bool relu) {
+#ifdef ONESTAGE_WITH_CUDA
+#if TORCH_VERSION_MAJOR >= 2
+  const auto* padding = std::get_if<torch::ExpandingArray<2>>(&conv.options.padding());
+  const bool zeros = std::holds_alternative<torch::enumtype::kZeros>(conv.options.padding_mode());
+#else
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&conv.options.padding());
+  const bool zeros = c10::holds_alternative<torch::enumtype::kZeros>(conv.options.padding_mode());
+#endif
+  if (fusedAllowed() && x.is_cuda() && conv.bias.defined() && padding != nullptr && zeros &&
+      conv.bias.scalar_type() == torch::kFloat32 && conv.bias.is_contiguous()) {
+    const auto y = torch::conv2d(x, conv.weight, {}, conv.options.stride(), *padding, conv.options.dilation(), conv.options.groups());
+    if (vectorisable(y)) return BiasActFunction::apply(y, conv.bias, relu);
+    const auto h = y + conv.bias.to(y.scalar_type()).view({1, -1, 1, 1});
+    return relu ? torch::relu(h) : h;
+  }
+#endif
+  const auto h = conv.forward(x);
   return relu ? torch::relu(h) : h;
 }
 

@@ -10,6 +10,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <numeric>
+
 namespace onestage {
 
 namespace {
@@ -27,7 +29,15 @@ struct BnParams {
   float eps;
 };
 
+// weight null: a plain bias (scale 1, shift = bias, x̂ = x), the epilogue of a convolution
 __device__ inline void channelAffine(const BnParams& p, int c, float& scale, float& shift, float& mean, float& invstd) {
+  if (p.weight == nullptr) {
+    scale = 1.f;
+    shift = p.bias[c];
+    mean = 0.f;
+    invstd = 1.f;
+    return;
+  }
   invstd = rsqrtf(p.var[c] + p.eps);
   mean = p.mean[c];
   scale = p.weight[c] * invstd;
@@ -36,17 +46,28 @@ __device__ inline void channelAffine(const BnParams& p, int c, float& scale, flo
 
 template <typename T, int V>
 __global__ void frozenBnForwardKernel(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y, BnParams p, int64_t packs, int C, bool relu) {
+  // a thread's channels repeat from pack to pack whenever the grid's stride is a multiple of C (the
+  // launch arranges it for the usual widths): the per-channel scale and shift are computed once, not
+  // reloaded (four parameter loads and a square root per element) for every pack
+  int cached = -1;
+  float scale[V], shift[V];
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < packs; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int c0 = static_cast<int>((i * V) % C);
+    if (c0 != cached) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        float mean, invstd;
+        channelAffine(p, c0 + k, scale[k], shift[k], mean, invstd);
+      }
+      cached = c0;
+    }
     const auto xv = reinterpret_cast<const Pack<T, V>*>(x)[i];
     Pack<T, V> rv;
     if (r) rv = reinterpret_cast<const Pack<T, V>*>(r)[i];
     Pack<T, V> out;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      float scale, shift, mean, invstd;
-      channelAffine(p, c0 + k, scale, shift, mean, invstd);
-      float v = static_cast<float>(xv.v[k]) * scale + shift;
+      float v = static_cast<float>(xv.v[k]) * scale[k] + shift[k];
       if (r) v += static_cast<float>(rv.v[k]);
       if (relu) v = v > 0.f ? v : 0.f;
       out.v[k] = static_cast<T>(v);
@@ -55,16 +76,20 @@ __global__ void frozenBnForwardKernel(const T* __restrict__ x, const T* __restri
   }
 }
 
-constexpr int kLanes = 32;  // threads along the channels (each V channels)
-constexpr int kRows = 8;    // threads along the rows
+constexpr int kThreads = 256;  // per block of the backward: lanes along the channels × rows
+constexpr int kMaxLanes = 32;  // threads along the channels (each V channels)
 
+// Block (lanes, rows) with lanes = min(32, C / V): narrow layers (C 64: 8 lanes × 32 rows) keep every
+// thread busy and a warp reads whole consecutive rows; wide ones take 32 lanes × 8 rows per block.
 template <typename T, int V>
 __global__ void frozenBnBackwardKernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x, T* __restrict__ gx,
                                        T* __restrict__ gr, BnParams p, int64_t rows, int C, bool relu, float* __restrict__ sumG,
                                        float* __restrict__ sumGx) {
-  __shared__ float shG[kRows][kLanes * V];
-  __shared__ float shGx[kRows][kLanes * V];
-  const int c0 = (blockIdx.x * kLanes + threadIdx.x) * V;
+  __shared__ float shG[kThreads * V];
+  __shared__ float shGx[kThreads * V];
+  const int lanes = blockDim.x;
+  const int rowsPerBlock = blockDim.y;
+  const int c0 = (blockIdx.x * lanes + threadIdx.x) * V;
   const bool active = c0 < C;
   float accG[V], accGx[V], scale[V], mean[V], invstd[V];
 #pragma unroll
@@ -75,10 +100,11 @@ __global__ void frozenBnBackwardKernel(const T* __restrict__ gy, const T* __rest
     if (active) channelAffine(p, c0 + k, scale[k], shift, mean[k], invstd[k]);
   }
   if (active) {
-    for (int64_t row = blockIdx.y * static_cast<int64_t>(kRows) + threadIdx.y; row < rows; row += static_cast<int64_t>(gridDim.y) * kRows) {
+    for (int64_t row = blockIdx.y * static_cast<int64_t>(rowsPerBlock) + threadIdx.y; row < rows; row += static_cast<int64_t>(gridDim.y) * rowsPerBlock) {
       const int64_t at = (row * C + c0) / V;
       const auto gv = reinterpret_cast<const Pack<T, V>*>(gy)[at];
-      const auto xv = reinterpret_cast<const Pack<T, V>*>(x)[at];
+      Pack<T, V> xv;
+      if (x) xv = reinterpret_cast<const Pack<T, V>*>(x)[at];
       Pack<T, V> yv;
       if (relu) yv = reinterpret_cast<const Pack<T, V>*>(y)[at];
       Pack<T, V> gxo, gro;
@@ -87,36 +113,37 @@ __global__ void frozenBnBackwardKernel(const T* __restrict__ gy, const T* __rest
         float g = static_cast<float>(gv.v[k]);
         if (relu && !(static_cast<float>(yv.v[k]) > 0.f)) g = 0.f;
         accG[k] += g;
-        accGx[k] += g * (static_cast<float>(xv.v[k]) - mean[k]) * invstd[k];
+        if (x) accGx[k] += g * (static_cast<float>(xv.v[k]) - mean[k]) * invstd[k];
         gxo.v[k] = static_cast<T>(g * scale[k]);
         gro.v[k] = static_cast<T>(g);
       }
-      reinterpret_cast<Pack<T, V>*>(gx)[at] = gxo;
+      if (gx) reinterpret_cast<Pack<T, V>*>(gx)[at] = gxo;
       if (gr) reinterpret_cast<Pack<T, V>*>(gr)[at] = gro;
     }
   }
+  const int width = lanes * V;
 #pragma unroll
   for (int k = 0; k < V; ++k) {
-    shG[threadIdx.y][threadIdx.x * V + k] = accG[k];
-    shGx[threadIdx.y][threadIdx.x * V + k] = accGx[k];
+    shG[threadIdx.y * width + threadIdx.x * V + k] = accG[k];
+    shGx[threadIdx.y * width + threadIdx.x * V + k] = accGx[k];
   }
   __syncthreads();
-  if (threadIdx.y == 0 && active) {
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-      float a = 0.f, b = 0.f;
-      for (int j = 0; j < kRows; ++j) {
-        a += shG[j][threadIdx.x * V + k];
-        b += shGx[j][threadIdx.x * V + k];
-      }
-      atomicAdd(sumG + c0 + k, a);
-      atomicAdd(sumGx + c0 + k, b);
+  // the block's column sums: one thread per channel of the block (width ≤ 256 channels)
+  const int t = threadIdx.y * lanes + threadIdx.x;
+  if (t < width && blockIdx.x * width + t < C) {
+    float a = 0.f, b = 0.f;
+    for (int j = 0; j < rowsPerBlock; ++j) {
+      a += shG[j * width + t];
+      b += shGx[j * width + t];
     }
+    atomicAdd(sumG + blockIdx.x * width + t, a);
+    if (sumGx) atomicAdd(sumGx + blockIdx.x * width + t, b);
   }
 }
 
 BnParams paramsOf(const at::Tensor& w, const at::Tensor& b, const at::Tensor& m, const at::Tensor& v, double eps) {
-  return {w.data_ptr<float>(), b.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(), static_cast<float>(eps)};
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
+  return {ptr(w), b.data_ptr<float>(), ptr(m), ptr(v), static_cast<float>(eps)};
 }
 
 int multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
@@ -134,7 +161,11 @@ at::Tensor frozenBnForwardCuda(const at::Tensor& x, const at::Tensor& r, const a
     const int64_t packs = x.numel() / V;
     if (packs == 0) return;
     const int threads = 256;
-    const int64_t blocks = std::min<int64_t>((packs + threads - 1) / threads, static_cast<int64_t>(multiprocessors()) * 16);
+    int64_t blocks = std::min<int64_t>((packs + threads - 1) / threads, static_cast<int64_t>(multiprocessors()) * 16);
+    // a grid stride that is a multiple of C keeps each thread on the same channels (see the kernel)
+    const int64_t perBlock = static_cast<int64_t>(threads) * V;
+    const int64_t period = C / std::gcd<int64_t>(C, perBlock);  // blocks per whole number of rows
+    if (blocks > period) blocks -= blocks % period;
     frozenBnForwardKernel<scalar_t, V><<<static_cast<unsigned>(blocks), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), r.defined() ? r.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), paramsOf(w, b, m, v, eps), packs, C, relu);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -142,29 +173,57 @@ at::Tensor frozenBnForwardCuda(const at::Tensor& x, const at::Tensor& r, const a
   return y;
 }
 
+namespace {
+
+/// The backward pass over gy [rows, C] (channels-last); gx, gr, x and sumGx may be undefined (not written / read).
+void launchBackward(const at::Tensor& gy, const at::Tensor& y, const at::Tensor& x, const at::Tensor& gx, const at::Tensor& gr, const BnParams& params,
+                    bool relu, const at::Tensor& sumG, const at::Tensor& sumGx) {
+  const int64_t C = gy.size(1);
+  const int64_t rows = gy.numel() / std::max<int64_t>(C, 1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gy.scalar_type(), "frozenBnBackwardCuda", [&] {
+    constexpr int V = 16 / sizeof(scalar_t);
+    if (rows == 0) return;
+    const int64_t lanes = std::min<int64_t>(kMaxLanes, C / V);
+    const int64_t rowsPerBlock = kThreads / lanes;
+    const int64_t gridX = (C / V + lanes - 1) / lanes;
+    const int64_t want = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors()) * 8 / gridX);
+    const int64_t gridY = std::min<int64_t>(want, (rows + rowsPerBlock - 1) / rowsPerBlock);
+    const dim3 grid(static_cast<unsigned>(gridX), static_cast<unsigned>(std::min<int64_t>(gridY, 65535)));
+    const dim3 block(static_cast<unsigned>(lanes), static_cast<unsigned>(rowsPerBlock));
+    auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    frozenBnBackwardKernel<scalar_t, V><<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(
+        gy.data_ptr<scalar_t>(), ptr(y), ptr(x), ptr(gx), ptr(gr), params, rows, static_cast<int>(C), relu, sumG.data_ptr<float>(),
+        sumGx.defined() ? sumGx.data_ptr<float>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
 /// Returns {∂x, ∂r (when wantResidual), Σg [C], Σg·x̂ [C]}.
 std::vector<at::Tensor> frozenBnBackwardCuda(const at::Tensor& gy, const at::Tensor& y, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                                              const at::Tensor& m, const at::Tensor& v, double eps, bool relu, bool wantResidual) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto gx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   at::Tensor gr = wantResidual ? at::empty_like(x, at::MemoryFormat::ChannelsLast) : at::Tensor();
-  const int64_t C = x.size(1);
-  auto sums = at::zeros({2, C}, x.options().dtype(at::kFloat));
-  const int64_t rows = x.numel() / std::max<int64_t>(C, 1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "frozenBnBackwardCuda", [&] {
-    constexpr int V = 16 / sizeof(scalar_t);
-    if (rows == 0) return;
-    const int64_t gridX = (C + kLanes * V - 1) / (kLanes * V);
-    const int64_t want = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors()) * 8 / gridX);
-    const int64_t gridY = std::min<int64_t>(want, (rows + kRows - 1) / kRows);
-    const dim3 grid(static_cast<unsigned>(gridX), static_cast<unsigned>(std::min<int64_t>(gridY, 65535)));
-    const dim3 block(kLanes, kRows);
-    frozenBnBackwardKernel<scalar_t, V><<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(
-        gy.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), wantResidual ? gr.data_ptr<scalar_t>() : nullptr,
-        paramsOf(w, b, m, v, eps), rows, static_cast<int>(C), relu, sums[0].data_ptr<float>(), sums[1].data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  auto sums = at::zeros({2, x.size(1)}, x.options().dtype(at::kFloat));
+  launchBackward(gy, y, x, gx, gr, paramsOf(w, b, m, v, eps), relu, sums[0], sums[1]);
   return {gx, gr, sums[0], sums[1]};
+}
+
+/// A convolution's epilogue: act(y + bias) for y [N, C, H, W] channels-last contiguous, bias float32 [C].
+at::Tensor biasActForwardCuda(const at::Tensor& y, const at::Tensor& bias, bool relu) {
+  return frozenBnForwardCuda(y, at::Tensor(), at::Tensor(), bias, at::Tensor(), at::Tensor(), 0.0, relu);
+}
+
+/// Its backward from ∂z and z = act(y + bias): {∂y (undefined without the ReLU: ∂z itself), ∂bias = Σ∂y [C] float32}.
+std::vector<at::Tensor> biasActBackwardCuda(const at::Tensor& gz, const at::Tensor& z, const at::Tensor& bias, bool relu) {
+  const c10::cuda::CUDAGuard guard(gz.device());
+  at::Tensor gy = relu ? at::empty_like(gz, at::MemoryFormat::ChannelsLast) : at::Tensor();
+  auto sum = at::zeros({gz.size(1)}, gz.options().dtype(at::kFloat));
+  launchBackward(gz, relu ? z : at::Tensor(), at::Tensor(), gy, at::Tensor(), paramsOf(at::Tensor(), bias, at::Tensor(), at::Tensor(), 0.0), relu, sum,
+                 at::Tensor());
+  return {gy, sum};
 }
 
 }  // namespace onestage

@@ -1,6 +1,7 @@
 #include "core/models/retina_head.h"
 
 #include "core/errors.h"
+#include "core/models/frozen_bn.h"
 
 namespace onestage {
 
@@ -32,12 +33,13 @@ torch::Tensor RetinaSubnetImpl::forward(const torch::Tensor& x) {
     h = torch::relu(gn3(conv3(h)));
     h = torch::relu(gn4(conv4(h)));
   } else {
-    h = torch::relu(conv1(x));
-    h = torch::relu(conv2(h));
-    h = torch::relu(conv3(h));
-    h = torch::relu(conv4(h));
+    // conv, bias and ReLU: the bias and ReLU as one fused epilogue on CUDA (core/models/frozen_bn.h)
+    h = convBiasAct(*conv1, x, true);
+    h = convBiasAct(*conv2, h, true);
+    h = convBiasAct(*conv3, h, true);
+    h = convBiasAct(*conv4, h, true);
   }
-  h = output(h);  // [B, A·K, H, W]
+  h = convBiasAct(*output, h, false);  // [B, A·K, H, W]
   return h.permute({0, 2, 3, 1}).reshape({h.size(0), -1, outputsPerAnchor});
 }
 

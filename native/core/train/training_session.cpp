@@ -74,14 +74,14 @@ constexpr const char* kStateFormat = "onestage-trainer-state-1";
 
 }  // namespace
 
-/// The captured training step (TrainingOptions::cudaGraph). Its inputs are static tensors the batch is
-/// copied into (annotations padded with −1 rows to the box capacity); the graph writes the gradients
-/// into its own memory pool — `grads` are those tensors, given back to the parameters after every
-/// replay — and the losses and gradient norm into `values`.
-struct TrainingSession::Graphs {
-#ifdef ONESTAGE_WITH_CUDA
-  explicit Graphs(const torch::Device& device) : stream(c10::cuda::getStreamFromPool(false, device.index())), thread([this] { serve(); }) {}
-  ~Graphs() {
+/// The session's own thread: every step of a single-process CUDA session runs there. cuDNN keeps its
+/// benchmark results per thread, so steps handed to whichever libuv thread is free would benchmark the
+/// convolutions again on each new thread (with a large UV_THREADPOOL_SIZE: seconds per step for the
+/// first dozens of steps), and a graph capture on a thread that has not run the step would have to
+/// benchmark inside the capture, which fails.
+struct TrainingSession::StepThread {
+  StepThread() : thread([this] { serve(); }) {}
+  ~StepThread() {
     {
       const std::lock_guard<std::mutex> lock(mutex);
       stopping = true;
@@ -90,11 +90,9 @@ struct TrainingSession::Graphs {
     thread.join();
   }
 
-  /// Runs `job` on the session's own thread and returns its result (or rethrows its exception). Every
-  /// graph-mode step runs there: cuDNN's benchmark results are kept per thread, and a capture on a
-  /// thread that has not run the step would have to benchmark inside the capture, which fails.
+  /// Runs `job` there and returns its result (or rethrows its exception).
   template <class F>
-  auto onStepThread(F job) -> decltype(job()) {
+  auto run(F job) -> decltype(job()) {
     std::packaged_task<decltype(job())()> task(std::move(job));
     auto result = task.get_future();
     {
@@ -105,6 +103,7 @@ struct TrainingSession::Graphs {
     return result.get();
   }
 
+ private:
   void serve() {
     for (;;) {
       std::function<void()> job;
@@ -119,6 +118,21 @@ struct TrainingSession::Graphs {
     }
   }
 
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<std::function<void()>> jobs;
+  bool stopping = false;
+  std::thread thread;  // last: started once the members it uses exist
+};
+
+/// The captured training step (TrainingOptions::cudaGraph). Its inputs are static tensors the batch is
+/// copied into (annotations padded with −1 rows to the box capacity); the graph writes the gradients
+/// into its own memory pool — `grads` are those tensors, given back to the parameters after every
+/// replay — and the losses and gradient norm into `values`. Its steps run on the StepThread.
+struct TrainingSession::Graphs {
+#ifdef ONESTAGE_WITH_CUDA
+  explicit Graphs(const torch::Device& device) : stream(c10::cuda::getStreamFromPool(false, device.index())) {}
+
   c10::cuda::CUDAStream stream;  // every graph-mode step runs here (captures need a side stream)
   std::unique_ptr<at::cuda::CUDAGraph> graph;
   std::vector<int64_t> shape;  // images B, C, H, W and whether views are given
@@ -129,11 +143,6 @@ struct TrainingSession::Graphs {
   // the shape and box capacity eager steps have run with since the last capture, and how many times
   std::vector<int64_t> candidate;
   int64_t candidateSteps = 0;
-  std::mutex mutex;
-  std::condition_variable wake;
-  std::deque<std::function<void()>> jobs;
-  bool stopping = false;
-  std::thread thread;  // last: starts once everything above exists
 #endif
 };
 
@@ -228,6 +237,7 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
     graphs_ = std::make_unique<Graphs>(detector_->device());
 #endif
   }
+  if (detector_->device().is_cuda() && !training.group) stepThread_ = std::make_unique<StepThread>();
   if (training.replicas > 1) {
     if (nanodet_) throw RangeError("replicas > 1 is not available for NanoDet-Plus (its loss normalisers are batch-wide); use replicas 1");
     if (!detector_->device().is_cpu())
@@ -429,15 +439,17 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
     for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(g == 1 ? lr * options_.backboneLrMultiplier : lr);
   }
   detector_->setTraining(true);
-#ifdef ONESTAGE_WITH_CUDA
-  if (graphs_) {
+  if (stepThread_) {
     const auto device = detector_->device();
-    return graphs_->onStepThread([&] {
+    return stepThread_->run([&] {
       const c10::DeviceGuard onDevice(device);
-      return graphStep(images, annotations, views);
+      return graphs_ ? graphStep(images, annotations, views) : eagerStep(images, annotations, views, epoch);
     });
   }
-#endif
+  return eagerStep(images, annotations, views, epoch);
+}
+
+StepResult TrainingSession::eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch) {
   const auto x = images.to(detector_->device());
   const auto ann = annotations.to(detector_->device());
   if (training_.group && !synchronised_) {

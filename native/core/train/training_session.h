@@ -125,8 +125,12 @@ class TrainingSession {
   /// (annotations padded to `capacity` rows) as the graph; nothing runs until the replay.
   void captureStep(const std::vector<int64_t>& shape, int64_t capacity, const torch::Tensor& images, const torch::Tensor& annotations,
                    const torch::Tensor& views);
+  /// step() after the learning rate is set: forward, losses, backward, update, without a graph.
+  StepResult eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch);
   struct Graphs;  // the captured step, its stream and static inputs (CUDA builds)
   std::unique_ptr<Graphs> graphs_;
+  struct StepThread;  // the thread every step of a single-process CUDA session runs on
+  std::unique_ptr<StepThread> stepThread_;
   void stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r);
   void updateEma();
   /// Forward, loss and backward of the batch split over the model and its replicas.
