@@ -105,8 +105,10 @@ Napi::Value ModelForwardAsync(const Napi::CallbackInfo& info) {
       info.Env(),
       [m, images] {
         std::lock_guard<std::mutex> lock(m->mutex());
-        torch::NoGradGuard noGrad;
-        return m->forwardNamed(images);
+        return m->onDeviceThread([&] {
+          torch::NoGradGuard noGrad;
+          return m->forwardNamed(images);
+        });
       },
       [](Napi::Env env, Named& named) -> Napi::Value {
         Napi::Object out = Napi::Object::New(env);
@@ -129,10 +131,12 @@ Napi::Value ModelDetectAsync(const Napi::CallbackInfo& info) {
       info.Env(),
       [m, images, scales, sizes, opts] {
         std::lock_guard<std::mutex> lock(m->mutex());
-        const auto d = m->detect(images.to(m->device()), scales, sizes, opts);
-        return HostDetections{d.boxes.to(torch::kCPU, torch::kFloat32).contiguous(),
-                              d.scores.to(torch::kCPU, torch::kFloat32).contiguous(),
-                              d.labels.to(torch::kCPU, torch::kInt32).contiguous(), d.count.to(torch::kCPU)};
+        return m->onDeviceThread([&] {
+          const auto d = m->detect(images.to(m->device()), scales, sizes, opts);
+          return HostDetections{d.boxes.to(torch::kCPU, torch::kFloat32).contiguous(),
+                                d.scores.to(torch::kCPU, torch::kFloat32).contiguous(),
+                                d.labels.to(torch::kCPU, torch::kInt32).contiguous(), d.count.to(torch::kCPU)};
+        });
       },
       [](Napi::Env env, HostDetections& d) -> Napi::Value {
         const int64_t B = d.boxes.size(0), D = d.boxes.size(1);

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/device_thread.h"
 #include "core/models/nanodet_plus.h"
 #include "core/models/retinanet.h"
 #include "core/weights.h"
@@ -51,6 +52,18 @@ class Detector {
 
   std::mutex& mutex() { return mutex_; }
   torch::Device device() const { return device_; }
+  /// Runs `job` on the model's own thread when it lives on CUDA (core/device_thread.h), directly on the
+  /// CPU. Call it holding mutex(), never from inside a job; jobs do not take mutex() themselves.
+  template <class F>
+  auto onDeviceThread(F job) -> decltype(job()) {
+    if (!device_.is_cuda()) return job();
+    if (!deviceThread_) deviceThread_ = std::make_unique<DeviceThread>();
+    const torch::Device device = device_;
+    return deviceThread_->run([&job, device] {
+      const c10::DeviceGuard onDevice(device);
+      return job();
+    });
+  }
   void to(const torch::Device& device);
   void setTraining(bool on) { module().train(on); }
   /// 4-D weights (convolutions) in channels-last memory order (NHWC), or back to contiguous NCHW; the
@@ -69,6 +82,7 @@ class Detector {
  private:
   torch::Device device_;
   std::mutex mutex_;
+  std::unique_ptr<DeviceThread> deviceThread_;  // created at the first CUDA job
 };
 
 class RetinaNetDetector : public Detector {

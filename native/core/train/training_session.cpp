@@ -74,61 +74,10 @@ constexpr const char* kStateFormat = "onestage-trainer-state-1";
 
 }  // namespace
 
-/// The session's own thread: every step of a single-process CUDA session runs there. cuDNN keeps its
-/// benchmark results per thread, so steps handed to whichever libuv thread is free would benchmark the
-/// convolutions again on each new thread (with a large UV_THREADPOOL_SIZE: seconds per step for the
-/// first dozens of steps), and a graph capture on a thread that has not run the step would have to
-/// benchmark inside the capture, which fails.
-struct TrainingSession::StepThread {
-  StepThread() : thread([this] { serve(); }) {}
-  ~StepThread() {
-    {
-      const std::lock_guard<std::mutex> lock(mutex);
-      stopping = true;
-    }
-    wake.notify_all();
-    thread.join();
-  }
-
-  /// Runs `job` there and returns its result (or rethrows its exception).
-  template <class F>
-  auto run(F job) -> decltype(job()) {
-    std::packaged_task<decltype(job())()> task(std::move(job));
-    auto result = task.get_future();
-    {
-      const std::lock_guard<std::mutex> lock(mutex);
-      jobs.emplace_back([&task] { task(); });
-    }
-    wake.notify_all();
-    return result.get();
-  }
-
- private:
-  void serve() {
-    for (;;) {
-      std::function<void()> job;
-      {
-        std::unique_lock<std::mutex> lock(mutex);
-        wake.wait(lock, [this] { return stopping || !jobs.empty(); });
-        if (jobs.empty()) return;
-        job = std::move(jobs.front());
-        jobs.pop_front();
-      }
-      job();
-    }
-  }
-
-  std::mutex mutex;
-  std::condition_variable wake;
-  std::deque<std::function<void()>> jobs;
-  bool stopping = false;
-  std::thread thread;  // last: started once the members it uses exist
-};
-
 /// The captured training step (TrainingOptions::cudaGraph). Its inputs are static tensors the batch is
 /// copied into (annotations padded with −1 rows to the box capacity); the graph writes the gradients
 /// into its own memory pool — `grads` are those tensors, given back to the parameters after every
-/// replay — and the losses and gradient norm into `values`. Its steps run on the StepThread.
+/// replay — and the losses and gradient norm into `values`. Its steps run on the model's device thread.
 struct TrainingSession::Graphs {
 #ifdef ONESTAGE_WITH_CUDA
   explicit Graphs(const torch::Device& device) : stream(c10::cuda::getStreamFromPool(false, device.index())) {}
@@ -237,7 +186,6 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
     graphs_ = std::make_unique<Graphs>(detector_->device());
 #endif
   }
-  if (detector_->device().is_cuda() && !training.group) stepThread_ = std::make_unique<StepThread>();
   if (training.replicas > 1) {
     if (nanodet_) throw RangeError("replicas > 1 is not available for NanoDet-Plus (its loss normalisers are batch-wide); use replicas 1");
     if (!detector_->device().is_cpu())
@@ -439,14 +387,10 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
     for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(g == 1 ? lr * options_.backboneLrMultiplier : lr);
   }
   detector_->setTraining(true);
-  if (stepThread_) {
-    const auto device = detector_->device();
-    return stepThread_->run([&] {
-      const c10::DeviceGuard onDevice(device);
-      return graphs_ ? graphStep(images, annotations, views) : eagerStep(images, annotations, views, epoch);
-    });
-  }
-  return eagerStep(images, annotations, views, epoch);
+  // single-process CUDA steps on the model's own thread (cuDNN's handles and benchmark results are per
+  // thread; core/device_thread.h); data-parallel ones where they are called
+  if (training_.group) return eagerStep(images, annotations, views, epoch);
+  return detector_->onDeviceThread([&] { return graphs_ ? graphStep(images, annotations, views) : eagerStep(images, annotations, views, epoch); });
 }
 
 StepResult TrainingSession::eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch) {

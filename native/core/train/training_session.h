@@ -129,8 +129,6 @@ class TrainingSession {
   StepResult eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch);
   struct Graphs;  // the captured step, its stream and static inputs (CUDA builds)
   std::unique_ptr<Graphs> graphs_;
-  struct StepThread;  // the thread every step of a single-process CUDA session runs on
-  std::unique_ptr<StepThread> stepThread_;
   void stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r);
   void updateEma();
   /// Forward, loss and backward of the batch split over the model and its replicas.
