@@ -332,17 +332,34 @@ test('thread pool: importing onestage sizes libuv\'s pool to the cores (4 to 64)
   t.is(probe({ ...without, UV_THREADPOOL_SIZE: '7' }), '7');
 });
 
-test('loader: an image\'s size is read from its file once; later epochs reuse it and give the same batches', async (t) => {
+test.serial('loader: an image\'s size is read from its file once; later epochs reuse it and give the same batches', async (t) => {
   const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
   const loader = new DataLoader(ds, { batchSize: 4, seed: 2, shuffle: false, augment: false, transform: { minSide: 64, maxSide: 64 } });
+  // header reads go through sharp's metadata(): count them (the loader and this test share one sharp module)
+  const proto = Object.getPrototypeOf(sharp({ create: { width: 1, height: 1, channels: 3, background: '#000' } })) as { metadata: (...a: unknown[]) => unknown };
+  const metadata = proto.metadata;
+  let reads = 0;
+  proto.metadata = function (this: unknown, ...a: unknown[]) {
+    reads++;
+    return metadata.apply(this, a);
+  };
   const sums: number[][] = [];
-  for (const epoch of [0, 1]) {
-    const s: number[] = [];
-    for await (const b of loader.epoch(epoch)) {
-      s.push((b.images.toArray() as Float32Array).reduce((a, v) => a + v, 0), ...b.scales);
-      disposeBatch(b);
+  const perEpoch: number[] = [];
+  try {
+    for (const epoch of [0, 1]) {
+      const s: number[] = [];
+      const before = reads;
+      for await (const b of loader.epoch(epoch)) {
+        s.push((b.images.toArray() as Float32Array).reduce((a, v) => a + v, 0), ...b.scales);
+        disposeBatch(b);
+      }
+      perEpoch.push(reads - before);
+      sums.push(s);
     }
-    sums.push(s);
+  } finally {
+    proto.metadata = metadata;
   }
+  t.is(perEpoch[0], ds.length);
+  t.is(perEpoch[1], 0);
   t.deepEqual(sums[1], sums[0]);
 });
