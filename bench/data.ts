@@ -14,9 +14,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
 import sharp from 'sharp';
-import { CocoDataset, DataLoader, Device, disposeBatch, imageSize, loadImage, makeShapes, Tensor } from '../lib';
+import { CocoDataset, DataLoader, Device, disposeBatch, IMAGENET_MEAN, IMAGENET_STD, imageSize, loadImage, makeShapes, paddedSize, resizeScale, scaledSize, Tensor } from '../lib';
 import { native } from '../lib/binding';
-import { IMAGENET_MEAN, IMAGENET_STD } from '../lib/data/transforms';
 import { writeJsonAtomic } from '../lib/io';
 import { pythonWithTorch, tempDir } from '../test/helpers/python';
 
@@ -42,16 +41,16 @@ async function stages(ds: CocoDataset, side: number | undefined, batch: number, 
   const head = await pool(n, threads, async (i) => void (sizes[i] = await imageSize(files[i])));
   const decoded: Array<{ data: Uint8Array; width: number; height: number }> = new Array(n);
   const decode = await pool(n, threads, async (i) => {
-    const s = side ? Math.min(side / Math.min(sizes[i].width, sizes[i].height), side / Math.max(sizes[i].width, sizes[i].height)) : 1;
-    const resize = s === 1 ? undefined : { width: Math.round(sizes[i].width * s), height: Math.round(sizes[i].height * s) };
-    decoded[i] = await loadImage(files[i], { resize, flip: i % 2 === 0 });
+    // the loader's resize rule (lib/data/transforms)
+    const out = scaledSize(sizes[i].width, sizes[i].height, resizeScale(sizes[i].width, sizes[i].height, side ?? 608, side ?? 1024));
+    const same = out.width === sizes[i].width && out.height === sizes[i].height;
+    decoded[i] = await loadImage(files[i], { resize: same ? undefined : out, flip: i % 2 === 0 });
   });
   const batches = Math.floor(n / batch);
   const collate = await pool(batches, threads, async (k) => {
     const samples = decoded.slice(k * batch, (k + 1) * batch);
-    const H = Math.max(...samples.map((x) => Math.ceil(x.height / 32) * 32));
-    const W = Math.max(...samples.map((x) => Math.ceil(x.width / 32) * 32));
-    new Tensor(await native().collateImagesAsync(samples.map((x) => x.data), samples.flatMap((x) => [x.height, x.width]), H, W, [...IMAGENET_MEAN], [...IMAGENET_STD], device)).dispose();
+    const padded = paddedSize(samples);
+    new Tensor(await native().collateImagesAsync(samples.map((x) => x.data), samples.flatMap((x) => [x.height, x.width]), padded.height, padded.width, [...IMAGENET_MEAN], [...IMAGENET_STD], device)).dispose();
   });
   return [
     { system: `stage: header (imageSize), ${threads} in flight`, imagesPerSecond: n / head },

@@ -79,10 +79,8 @@ bool vectorisable(const torch::Tensor& x) {
 }
 
 bool fusable(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, const torch::Tensor& r) {
-  if (!fusedAllowed() || !x.is_cuda() || bn.is_training() || x.dim() != 4 || !bn.options.affine() || !bn.options.track_running_stats()) return false;
-  const auto type = x.scalar_type();
-  if (!vectorisable(x)) return false;
-  if (r.defined() && (r.sizes() != x.sizes() || r.scalar_type() != type || r.device() != x.device() || !r.is_contiguous(at::MemoryFormat::ChannelsLast) || !aligned16(r)))
+  if (!fusedAllowed() || bn.is_training() || !bn.options.affine() || !bn.options.track_running_stats() || !vectorisable(x)) return false;
+  if (r.defined() && (r.sizes() != x.sizes() || r.scalar_type() != x.scalar_type() || r.device() != x.device() || !r.is_contiguous(at::MemoryFormat::ChannelsLast) || !aligned16(r)))
     return false;
   for (const auto* p : {&bn.weight, &bn.bias, &bn.running_mean, &bn.running_var})
     if (!p->defined() || p->scalar_type() != torch::kFloat32 || !p->is_contiguous() || p->device() != x.device()) return false;

@@ -5,6 +5,8 @@
 // reduced in registers and shared memory, then atomically into float accumulators.
 // Layout: [rows = N·H·W, C] contiguous (channels-last), C a multiple of the vector width; float
 // arithmetic whatever the storage type (float, bf16, half).
+// With no BatchNorm weight (BnParams::weight null) the same kernels are a convolution's epilogue:
+// z = act(y + bias) forward; backward ∂y = ∂z·[z > 0] and Σ∂y (the bias's gradient), nothing else read.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>

@@ -1,19 +1,15 @@
 #include "core/train/training_session.h"
 
-#include <set>
-
 #include <ATen/autocast_mode.h>
 
 #include <sstream>
 #include <torch/version.h>
 
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
-#include <deque>
 #include <exception>
-#include <future>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "core/capture_lock.h"
@@ -334,46 +330,46 @@ void TrainingSession::applyUpdate() {
   }
   torch::NoGradGuard noGrad;
   for (auto& group : optimizer_->param_groups()) {
-  std::vector<torch::Tensor> params, grads;
-  for (const auto& p : group.params())
-    if (p.grad().defined()) {
-      params.push_back(p);
-      grads.push_back(p.grad());
-    }
-  auto& states = optimizer_->state();
-  const double lr = group.options().get_lr();  // this step's (× the backbone multiplier in group 1)
-  if (options_.type == "adamw") {
-    std::vector<torch::Tensor> m, v;
-    std::vector<int64_t> steps;
-    for (const auto& p : params) {
-      auto& s = paramState<torch::optim::AdamWParamState>(states, p, [&p] {
-        auto fresh = std::make_unique<torch::optim::AdamWParamState>();
-        fresh->step(0);
-        fresh->exp_avg(torch::zeros_like(p, at::MemoryFormat::Preserve));
-        fresh->exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
-        return fresh;
-      });
-      s.step(s.step() + 1);
-      m.push_back(s.exp_avg());
-      v.push_back(s.exp_avg_sq());
-      steps.push_back(s.step());
-    }
-    adamwUpdate(params, grads, m, v, steps, {lr, options_.beta1, options_.beta2, options_.eps, options_.weightDecay},
-                update_ == UpdateImpl::Fused);
-  } else {
-    // LibTorch keeps SGD state only with momentum (the buffer)
-    const bool momentum = options_.momentum != 0;
-    std::vector<torch::Tensor> buffers(params.size());
-    std::vector<torch::optim::SGDParamState*> held(params.size(), nullptr);
-    if (momentum)
-      for (size_t i = 0; i < params.size(); ++i) {
-        auto& s = paramState<torch::optim::SGDParamState>(states, params[i], [] { return std::make_unique<torch::optim::SGDParamState>(); });
-        held[i] = &s;
-        buffers[i] = s.momentum_buffer();
+    std::vector<torch::Tensor> params, grads;
+    for (const auto& p : group.params())
+      if (p.grad().defined()) {
+        params.push_back(p);
+        grads.push_back(p.grad());
       }
-    sgdUpdate(params, grads, buffers, {lr, options_.momentum, options_.weightDecay, options_.nesterov});
-    for (size_t i = 0; momentum && i < params.size(); ++i) held[i]->momentum_buffer(buffers[i]);
-  }
+    auto& states = optimizer_->state();
+    const double lr = group.options().get_lr();  // this step's (× the backbone multiplier in group 1)
+    if (options_.type == "adamw") {
+      std::vector<torch::Tensor> m, v;
+      std::vector<int64_t> steps;
+      for (const auto& p : params) {
+        auto& s = paramState<torch::optim::AdamWParamState>(states, p, [&p] {
+          auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+          fresh->step(0);
+          fresh->exp_avg(torch::zeros_like(p, at::MemoryFormat::Preserve));
+          fresh->exp_avg_sq(torch::zeros_like(p, at::MemoryFormat::Preserve));
+          return fresh;
+        });
+        s.step(s.step() + 1);
+        m.push_back(s.exp_avg());
+        v.push_back(s.exp_avg_sq());
+        steps.push_back(s.step());
+      }
+      adamwUpdate(params, grads, m, v, steps, {lr, options_.beta1, options_.beta2, options_.eps, options_.weightDecay},
+                  update_ == UpdateImpl::Fused);
+    } else {
+      // LibTorch keeps SGD state only with momentum (the buffer)
+      const bool momentum = options_.momentum != 0;
+      std::vector<torch::Tensor> buffers(params.size());
+      std::vector<torch::optim::SGDParamState*> held(params.size(), nullptr);
+      if (momentum)
+        for (size_t i = 0; i < params.size(); ++i) {
+          auto& s = paramState<torch::optim::SGDParamState>(states, params[i], [] { return std::make_unique<torch::optim::SGDParamState>(); });
+          held[i] = &s;
+          buffers[i] = s.momentum_buffer();
+        }
+      sgdUpdate(params, grads, buffers, {lr, options_.momentum, options_.weightDecay, options_.nesterov});
+      for (size_t i = 0; momentum && i < params.size(); ++i) held[i]->momentum_buffer(buffers[i]);
+    }
   }
 }
 
@@ -387,9 +383,8 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
     for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(g == 1 ? lr * options_.backboneLrMultiplier : lr);
   }
   detector_->setTraining(true);
-  // single-process CUDA steps on the model's own thread (cuDNN's handles and benchmark results are per
-  // thread; core/device_thread.h); data-parallel ones where they are called
-  if (training_.group) return eagerStep(images, annotations, views, epoch);
+  // CUDA steps on the model's own thread (cuDNN's handles and benchmark results are per thread;
+  // core/device_thread.h), CPU steps where they are called
   return detector_->onDeviceThread([&] { return graphs_ ? graphStep(images, annotations, views) : eagerStep(images, annotations, views, epoch); });
 }
 
