@@ -75,18 +75,20 @@ interface TrainingRow {
   msPerStep: number;
 }
 
-/** Training img/s of each model (the Trainer's default path) and of the NanoDet-Plus-m reference, same batch. */
+/** Training img/s of each model (the Trainer's default path, on CUDA both eager and replayed as a CUDA graph) and of the NanoDet-Plus-m reference, same batch. */
 async function trainingThroughput(models: Array<[string, () => Model]>, device: Device, size: number, batch: number, steps: number, warmup: number): Promise<TrainingRow[]> {
   const data = syntheticArrays(batch, size, 0);
   const precisions = device === 'cuda' ? ['fp32', 'bf16'] : ['fp32'];
   const optimizerOptions = { lr: 1e-3, weightDecay: 0.05, clipGradNorm: 35 };
   const rows: TrainingRow[] = [];
   for (const precision of precisions)
-    for (const [name, make] of models) {
-      const r = await timeTrainingSteps({ device, batch, size, depth: 18, steps, warmup, optimizer: 'adamw', data, amp: precision === 'bf16', fast: true, makeModel: make, optimizerOptions });
-      rows.push({ system: `onestage ${name}`, precision, imagesPerSecond: r.imagesPerSecond, msPerStep: r.msPerStep });
-      console.error(`training ${name} ${precision}: ${r.imagesPerSecond.toFixed(1)} img/s`);
-    }
+    for (const [name, make] of models)
+      for (const cudaGraph of device === 'cuda' ? [false, true] : [false]) {
+        const r = await timeTrainingSteps({ device, batch, size, depth: 18, steps, warmup: Math.max(warmup, cudaGraph ? 5 : 0), optimizer: 'adamw', data, amp: precision === 'bf16', fast: true, cudaGraph, makeModel: make, optimizerOptions });
+        const how = device === 'cuda' ? (cudaGraph ? ', CUDA graph' : ', eager') : '';
+        rows.push({ system: `onestage ${name}${how}`, precision, imagesPerSecond: r.imagesPerSecond, msPerStep: r.msPerStep });
+        console.error(`training ${name}${how} ${precision}: ${r.imagesPerSecond.toFixed(1)} img/s`);
+      }
   const py = pythonWithTorch();
   if (py) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestage-nanodet-bench-'));

@@ -37,7 +37,8 @@ export interface StepTiming {
 /**
  * Training steps on the synthetic batch (RetinaNet unless `makeModel` says otherwise): `fast` is the Trainer's default configuration
  * (channels-last and cuDNN benchmark on CUDA, multi-tensor update), otherwise all of them off.
- * `cudaGraph` (with `fast`): the step replayed as a CUDA graph (captured during the warm-up).
+ * `cudaGraph` (with `fast`): the step replayed as a CUDA graph (captured during the warm-up); without it
+ * the steps run eagerly (cudaGraph false), whatever the Trainer's default.
  * `profile`: a Kineto trace of 5 more steps is written there (-bf16/-fp32, -graph, added before .json).
  */
 export async function timeTrainingSteps(o: {
@@ -57,7 +58,7 @@ export async function timeTrainingSteps(o: {
     amp,
     // fast: the Trainer's defaults (channels-last and cuDNN benchmark on CUDA); plain: all off
     ...(fast ? {} : { channelsLast: false, cudnnBenchmark: false }),
-    ...(fast && o.cudaGraph ? { cudaGraph: true } : {}),
+    cudaGraph: fast && o.cudaGraph ? true : false,
   };
   if (!fast && device === 'cuda') setCudnnBenchmark(false);
   const trainer = new Trainer(model, options);

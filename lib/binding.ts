@@ -220,8 +220,10 @@ export interface NativeStepResult {
   gradNorm: number;
   skipped: boolean;
   reason: string;
-  /** How the step ran: 'off' (cudaGraph false), 'eager' (cudaGraph, this shape not captured yet), 'captured' (recorded and replayed), 'replayed'. */
+  /** How the step ran: 'off' (no CUDA graphs), 'eager' (graphs on, this shape not captured yet or the cache full), 'captured' (recorded and replayed), 'replayed'. */
   graph: 'off' | 'eager' | 'captured' | 'replayed';
+  /** Only at the step where cudaGraph 'auto' gave up on graphs (a capture failed): why. */
+  graphWarning?: string;
   /** The architecture's own terms by name (NanoDet-Plus: qfl, bbox, dfl, auxQfl, auxBbox, auxDfl; RetinaNet: none). */
   components: Record<string, number>;
 }

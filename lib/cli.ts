@@ -136,7 +136,12 @@ export function makeProgram(): Command {
     .option('--max-side <px>', 'resize: longest side at most', intOption('--max-side', 1))
     .addOption(new Option('--device <device>', 'where to train').choices(['auto', 'cpu', 'cuda']))
     .option('--amp', 'bf16 autocast (CUDA)')
-    .option('--cuda-graph', 'replay the training step as a CUDA graph (RetinaNet on CUDA, fixed-size batches)')
+    .addOption(new Option('--cuda-graph <mode>', "replay the training step as a CUDA graph: 'auto' (default: on CUDA in one process; a failed capture goes on eagerly), 'on' (a failure is an error), 'off'")
+      .choices(['auto', 'on', 'off'])
+      .argParser((v: string) => {
+        if (!['auto', 'on', 'off'].includes(v)) throw new InvalidArgumentError(`Expected 'auto', 'on' or 'off' but received '${v}'`);
+        return v === 'auto' ? 'auto' : v === 'on';
+      }))
     .option('--ema', 'exponential moving average of the weights')
     .option('--seed <n>', 'seed of initialisation and data order', intOption('--seed'))
     .option('--out <dir>', 'run folder')

@@ -64,8 +64,8 @@ export interface TrainConfig {
   /** 'auto' (CUDA when available), 'cpu' or 'cuda'. */
   device: 'auto' | 'cpu' | 'cuda';
   amp: boolean;
-  /** CUDA graphs for the training step (RetinaNet on CUDA, one process; TrainerOptions.cudaGraph). */
-  cudaGraph: boolean;
+  /** CUDA graphs for the training step: 'auto' (default: on CUDA in one process), true, false (TrainerOptions.cudaGraph). */
+  cudaGraph: boolean | 'auto';
   ema: boolean | EmaOptions;
   /** CPU data parallelism: copies of the model, each on its own thread ('auto': the cores, when possible). */
   replicas: number | 'auto';
@@ -196,7 +196,7 @@ export const TRAIN_CONFIG_SCHEMA = closed(
     epochs: int({ minimum: 1, maximum: 1e6, default: 12 }),
     device: { enum: ['auto', 'cpu', 'cuda'], default: 'auto' },
     amp: { type: 'boolean', default: false },
-    cudaGraph: { type: 'boolean', default: false },
+    cudaGraph: { anyOf: [{ type: 'boolean' }, { const: 'auto' }], default: 'auto' },
     ema: { anyOf: [{ type: 'boolean' }, closed({ decay: prob, tau: num({ exclusiveMinimum: 0 }) })], default: false },
     replicas: { anyOf: [{ const: 'auto' }, int({ minimum: 1, maximum: 256 })], default: 'auto' },
     distributed: closed(

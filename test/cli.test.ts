@@ -95,6 +95,12 @@ test('cli: a bad configuration is rejected with every bad field named', (t) => {
   const resolved = JSON.parse(printed.stdout);
   t.is(resolved.model.depth, 18);
   t.is(resolved.data.minSide, 608, 'defaults are filled in');
+  t.is(resolved.cudaGraph, 'auto', 'CUDA graphs where they can run, by default');
+  for (const [mode, value] of [['on', true], ['off', false], ['auto', 'auto']] as const)
+    t.is(JSON.parse(run('train', '--coco-train', 'a.json', '--cuda-graph', mode, '--print-config').stdout).cudaGraph, value, `--cuda-graph ${mode}`);
+  t.regex(run('train', '--coco-train', 'a.json', '--cuda-graph', 'always', '--print-config').stderr, /--cuda-graph.*'always'/);
+  fs.writeFileSync(cfg, JSON.stringify({ data: { train: 'x.json' }, cudaGraph: 'yes' }));
+  t.regex(run('train', '--config', cfg).stderr, /config\.cudaGraph/);
 });
 
 test('cli: train --head nanodet-plus trains a NanoDet-Plus; eval and detect rebuild it from its weights; RetinaNet loss options are refused for it', (t) => {

@@ -4,9 +4,9 @@
  * checkpointed optimizer state), channels-last against NCHW, the clipping arithmetic, and on CUDA
  * the loss curve of the whole fast configuration against the plain one over 200 steps of shapes data.
  */
-import test from 'ava';
+import test, { ExecutionContext } from 'ava';
 import * as path from 'node:path';
-import { Batch, buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, OptimizerOptions, setTf32, StepRecord, Tensor, Trainer } from '../lib';
+import { Batch, buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, OptimizerOptions, setTf32, StepRecord, Tensor, Trainer, TrainerOptions } from '../lib';
 import { assertClose } from './helpers/close';
 import { tempDir } from './helpers/python';
 
@@ -251,6 +251,68 @@ cuda('fast path: 200 steps on shapes data — the fast configuration (channels-l
   t.true(a < 0.7 * mean(plain.slice(0, 20)), 'the plain run learned');
 });
 
+/** One step of a graph-versus-eager sequence: the batch and the epoch it belongs to. */
+interface SequenceStep {
+  batch: Batch;
+  epoch?: number;
+}
+
+/**
+ * The same steps on two fresh models, eagerly (cudaGraph false) and with CUDA graphs (cudaGraph true):
+ * how each graphed step ran, and its losses and the final weights against the eager run's.
+ */
+async function graphVersusEager(
+  t: ExecutionContext,
+  name: string,
+  make: () => Model,
+  options: TrainerOptions,
+  sequence: SequenceStep[],
+  expected: StepRecord['graph'][],
+  tol: { loss: number; weightAbs: number; weightRel: number },
+): Promise<void> {
+  const lr = options.optimizer?.lr ?? 0.01;
+  const run = async (cudaGraph: boolean) => {
+    const model = make();
+    const trainer = new Trainer(model, { ...options, cudaGraph });
+    const records: StepRecord[] = [];
+    for (const [i, s] of sequence.entries()) records.push(await trainer.step(s.batch, lr, { epoch: s.epoch ?? 0, batch: i, step: i }));
+    const weights = weightsOf(model);
+    trainer.dispose();
+    model.dispose();
+    return { records, weights };
+  };
+  const eager = await run(false);
+  const graphed = await run(true);
+  t.deepEqual(eager.records.map((r) => r.graph), sequence.map(() => 'off'), name);
+  t.deepEqual(graphed.records.map((r) => r.graph), expected, name);
+  graphed.records.forEach((r, i) => {
+    const terms: Array<[string, number, number]> = (['cls', 'reg', 'contrastive', 'gradNorm'] as const).map((k) => [k, r[k], eager.records[i][k]]);
+    for (const [k, v] of Object.entries(r.components)) terms.push([k, v, eager.records[i].components[k]]);
+    for (const [k, g, e] of terms) t.true(Math.abs(g - e) <= tol.loss * Math.abs(e) + 1e-6, `${name} step ${i} ${k}: graph ${g} vs eager ${e}`);
+  });
+  let worst = { excess: 0, where: '' };
+  for (const k of Object.keys(eager.weights)) {
+    const x = eager.weights[k].toArray() as Float32Array;
+    const y = graphed.weights[k].toArray() as Float32Array;
+    for (let i = 0; i < x.length; i++) {
+      const excess = Math.abs(Number(y[i]) - Number(x[i])) / (tol.weightAbs + tol.weightRel * Math.abs(Number(x[i])));
+      if (excess > worst.excess) worst = { excess, where: `${k}[${i}]: ${y[i]} vs ${x[i]}` };
+    }
+  }
+  t.true(worst.excess <= 1, `${name}: weights differ beyond ${tol.weightAbs} + ${tol.weightRel}·|w| at ${worst.where}`);
+}
+
+/** `n` batches of 4 shapes pictures at side × side (`views`: the contrastive second view too). */
+async function squareBatches(device: Device, n: number, side: number, views = false): Promise<Batch[]> {
+  const loader = new DataLoader(await dataset(8, 64), { batchSize: 4, seed: 5, device, views: views ? 2 : 1, transform: { minSide: side, maxSide: side } });
+  const out: Batch[] = [];
+  for (let e = 0; out.length < n; e++) for await (const b of loader.epoch(e)) if (out.length < n) out.push(b); else disposeBatch(b);
+  return out;
+}
+
+const sgd: TrainerOptions = { optimizer: { type: 'sgd', lr: 0.01, momentum: 0.9, weightDecay: 1e-4 } };
+const exact = { loss: 1e-4, weightAbs: 1e-6, weightRel: 1e-4 };
+
 cuda('cuda graph: steps replayed from a captured graph give the eager steps\' losses and weights — focal and GHM losses, growing box capacity, eager steps in between', async (t) => {
   setTf32(false);
   const bs = await batches('cuda', 4);
@@ -262,47 +324,94 @@ cuda('cuda graph: steps replayed from a captured graph give the eager steps\' lo
     for (let i = 0; i < B; i++) rows.set(a.subarray(i * M * F, (i + 1) * M * F), i * 12 * F);
     return { ...b, annotations: Tensor.from(rows, [B, 12, F], { device: 'cuda' }) };
   };
-  const sequence = [bs[0], bs[1], bs[2], bs[3], bs[0], bs[1], wide(bs[2]), wide(bs[3]), wide(bs[0]), wide(bs[1]), bs[2], bs[3]];
-  const expected = ['eager', 'eager', 'eager', 'captured', 'replayed', 'replayed', 'eager', 'eager', 'eager', 'captured', 'replayed', 'replayed'];
+  const sequence = [bs[0], bs[1], bs[2], bs[3], bs[0], bs[1], wide(bs[2]), wide(bs[3]), wide(bs[0]), wide(bs[1]), bs[2], bs[3]].map((batch) => ({ batch }));
+  const expected = ['eager', 'eager', 'eager', 'captured', 'replayed', 'replayed', 'eager', 'eager', 'eager', 'captured', 'replayed', 'replayed'] as const;
   for (const [name, loss] of [
     ['focal', {}],
     ['ghmc + ghmr with momentum', { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7 } }],
-  ] as const) {
-    const run = async (cudaGraph: boolean) => {
-      const model = small('cuda');
-      const trainer = new Trainer(model, { optimizer: { type: 'sgd', lr: 0.01, momentum: 0.9, weightDecay: 1e-4 }, loss, cudaGraph });
-      const records: StepRecord[] = [];
-      for (const b of sequence) records.push(await trainer.step(b, 0.01));
-      const weights = weightsOf(model);
-      trainer.dispose();
-      model.dispose();
-      return { records, weights };
-    };
-    const eager = await run(false);
-    const graphed = await run(true);
-    t.deepEqual(eager.records.map((r) => r.graph), sequence.map(() => 'off'), name);
-    t.deepEqual(graphed.records.map((r) => r.graph), expected, name);
-    graphed.records.forEach((r, i) => {
-      for (const k of ['cls', 'reg', 'gradNorm'] as const)
-        t.true(Math.abs(r[k] - eager.records[i][k]) <= 1e-4 * Math.abs(eager.records[i][k]) + 1e-6, `${name} step ${i} ${k}: graph ${r[k]} vs eager ${eager.records[i][k]}`);
-    });
-    let worst = { excess: 0, where: '' };
-    for (const k of Object.keys(eager.weights)) {
-      const x = eager.weights[k].toArray() as Float32Array;
-      const y = graphed.weights[k].toArray() as Float32Array;
-      for (let i = 0; i < x.length; i++) {
-        const excess = Math.abs(Number(y[i]) - Number(x[i])) / (1e-6 + 1e-4 * Math.abs(Number(x[i])));
-        if (excess > worst.excess) worst = { excess, where: `${k}[${i}]: ${y[i]} vs ${x[i]}` };
-      }
-    }
-    t.true(worst.excess <= 1, `${name}: weights differ beyond 1e-6 + 1e-4·|w| at ${worst.where}`);
-  }
+  ] as const)
+    await graphVersusEager(t, name, () => small('cuda'), { ...sgd, loss }, sequence, [...expected], exact);
 });
 
-test('cuda graph: refused where it cannot run — a CPU model, NanoDet-Plus, CPU replicas; the option must be a boolean', (t) => {
+cuda('cuda graph: up to 4 batch shapes are captured and replayed side by side (one shared memory pool) with the eager losses and weights; a fifth shape runs eagerly', async (t) => {
+  setTf32(false);
+  const sides = [64, 96, 128, 160, 192];
+  const perSide = await Promise.all(sides.map((s) => squareBatches('cuda', 1, s)));
+  // five rounds over the five shapes: the first four are captured at their fourth step, the fifth finds the cache full
+  const sequence: SequenceStep[] = [];
+  const expected: StepRecord['graph'][] = [];
+  for (let round = 0; round < 5; round++)
+    sides.forEach((_, k) => {
+      sequence.push({ batch: perSide[k][0] });
+      expected.push(k === 4 || round < 3 ? 'eager' : round === 3 ? 'captured' : 'replayed');
+    });
+  await graphVersusEager(t, 'five shapes', () => small('cuda'), sgd, sequence, expected, { loss: 1e-3, weightAbs: 1e-5, weightRel: 1e-3 });
+});
+
+cuda('cuda graph: the NanoDet-Plus step (DSL assignment, both heads, the AGM) replays with the eager losses and weights, and the AGM\'s detach epoch is a graph of its own', async (t) => {
+  setTf32(false);
+  const bs = await batches('cuda', 2);
+  const sequence: SequenceStep[] = [];
+  for (const epoch of [0, 1]) for (let i = 0; i < 6; i++) sequence.push({ batch: bs[i % 2], epoch });
+  const expected = ['eager', 'eager', 'eager', 'captured', 'replayed', 'replayed'] as const;
+  const lr = 1e-4;
+  await graphVersusEager(
+    t,
+    'nanodet-plus',
+    () => Model.nanodetPlus({ numClasses: 3, seed: 1, device: 'cuda' }),
+    { optimizer: { type: 'adamw', lr, weightDecay: 0.05, clipGradNorm: 35 }, loss: { detachEpoch: 1 } },
+    sequence,
+    [...expected, ...expected],
+    // AdamW moves each weight by about ±lr whatever the gradient's size
+    { loss: 1e-4, weightAbs: 4 * lr, weightRel: 1e-3 },
+  );
+});
+
+cuda('cuda graph: the contrastive joint step (two views, RoIAlign over the boxes, projection head) replays with the eager losses and weights', async (t) => {
+  setTf32(false);
+  const bs = await squareBatches('cuda', 2, 64, true);
+  const sequence = [0, 1, 0, 1, 0, 1].map((i) => ({ batch: bs[i] }));
+  await graphVersusEager(
+    t,
+    'focal + contrastive',
+    () => small('cuda'),
+    { ...sgd, loss: { contrastive: { weight: 0.5, projection: { hidden: 16, out: 8 } } } },
+    sequence,
+    ['eager', 'eager', 'eager', 'captured', 'replayed', 'replayed'],
+    exact,
+  );
+});
+
+cuda('cuda graph: on by default (\'auto\') for a model on CUDA — the fourth step of a shape is captured, later ones replayed; backboneLrMultiplier keeps \'auto\' eager and makes true an error', async (t) => {
+  const [b] = await batches('cuda', 1);
+  const model = small('cuda');
+  const trainer = new Trainer(model, sgd);
+  const warnings: string[] = [];
+  trainer.on('warning', (m: string) => warnings.push(m));
+  const how: string[] = [];
+  for (let i = 0; i < 6; i++) how.push((await trainer.step(b, 0.01)).graph);
+  t.deepEqual(how, ['eager', 'eager', 'eager', 'captured', 'replayed', 'replayed']);
+  t.deepEqual(warnings, []);
+  trainer.dispose();
+  const scaled = new Trainer(model, { optimizer: { ...sgd.optimizer, backboneLrMultiplier: 0.1 } });
+  for (let i = 0; i < 5; i++) t.is((await scaled.step(b, 0.01)).graph, 'off');
+  scaled.dispose();
+  t.throws(() => new Trainer(model, { ...sgd, optimizer: { ...sgd.optimizer, backboneLrMultiplier: 0.1 }, cudaGraph: true }), { instanceOf: RangeError, message: /backboneLrMultiplier and cudaGraph/ });
+  model.dispose();
+});
+
+test('cuda graph: true is refused where it cannot run (a CPU model), \'auto\' runs eagerly there; the option must be a boolean or \'auto\'', async (t) => {
   t.throws(() => new Trainer(small('cpu'), { cudaGraph: true }), { instanceOf: RangeError, message: /cudaGraph needs a model on CUDA/ });
-  t.throws(() => new Trainer(small('cpu'), { cudaGraph: 'yes' as unknown as boolean }), { message: /options\.cudaGraph/ });
-  if (buildInfo().cudaAvailable) {
-    t.throws(() => new Trainer(Model.nanodetPlus({ numClasses: 3, seed: 1, device: 'cuda' }), { cudaGraph: true }), { instanceOf: RangeError, message: /cudaGraph is available for RetinaNet/ });
+  t.throws(() => new Trainer(small('cpu'), { cudaGraph: 'yes' as unknown as boolean }), { instanceOf: TypeError, message: /Expected a boolean or 'auto' for options\.cudaGraph/ });
+  const [b] = await batches('cpu', 1);
+  const model = small('cpu');
+  for (const cudaGraph of [undefined, 'auto' as const]) {
+    const trainer = new Trainer(model, { ...sgd, cudaGraph });
+    const r = await trainer.step(b, 0.01);
+    t.is(r.graph, 'off');
+    t.is(r.graphWarning, undefined);
+    trainer.dispose();
   }
+  model.dispose();
+  disposeBatch(b);
 });

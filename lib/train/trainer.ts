@@ -104,15 +104,21 @@ export interface TrainerOptions {
    */
   cudnnBenchmark?: boolean;
   /**
-   * CUDA graphs (RetinaNet on CUDA, one process): after 3 eager steps of one image shape, forward,
-   * losses, backward and gradient clipping are captured as one CUDA graph and replayed for every later
-   * batch of that shape (annotations padded with −1 rows to a power-of-two capacity ≥ 8; a batch with
-   * more boxes runs eagerly until its capacity is captured in turn). The same numbers; no per-operation
-   * launch cost. The optimizer update, the EMA and the non-finite skip run after the replay as in the
-   * eager step. Needs fixed-size batches to pay off (every new shape is a new capture, its memory kept
-   * until the next). Default false. A performance setting: not checkpointed.
+   * CUDA graphs of the training step. After 3 eager steps of one batch shape, forward, losses (RetinaNet's
+   * focal / GHM / contrastive terms, or NanoDet-Plus's with its DSL assignment and AGM), backward and
+   * gradient clipping are captured as one CUDA graph and replayed for every later batch of that shape
+   * (annotations padded with −1 rows to a power-of-two capacity ≥ 8; a batch with more boxes runs eagerly
+   * until its capacity is captured in turn). Up to 4 shapes are kept (their activations share one memory
+   * pool); further shapes run eagerly. The same numbers; no per-operation launch cost. The optimizer
+   * update, the EMA and the non-finite skip run after the replay as in the eager step.
+   * - `'auto'` (default): on for a model on CUDA in one process (no `replicas`, no
+   *   `backboneLrMultiplier`), off otherwise; a capture that fails switches graphs off for the rest of
+   *   the run with a `'warning'` event (and `StepRecord.graphWarning`) instead of failing.
+   * - `true`: on, and a configuration that cannot be graphed, or a failed capture, is an error.
+   * - `false`: never.
+   * A performance setting: not checkpointed.
    */
-  cudaGraph?: boolean;
+  cudaGraph?: boolean | 'auto';
   /** Exponential moving average of the weights, used for validation and the final model; default off. */
   ema?: boolean | EmaOptions;
   /** Training stops with an error after this many consecutive skipped (non-finite) steps; default 10. */
@@ -264,8 +270,9 @@ function checkTrainerOptions(options: TrainerOptions | undefined, architecture: 
   if (sch.milestones !== undefined && (!Array.isArray(sch.milestones) || sch.milestones.some((m) => !Number.isInteger(m) || m < 0)))
     throw invalid('options.schedule.milestones', 'an array of non-negative integers (epochs)', sch.milestones);
   if (opt.implementation !== undefined) checkOneOf('options.optimizer.implementation', opt.implementation, ['auto', 'fused', 'foreach', 'loop'] as const);
-  for (const k of ['amp', 'channelsLast', 'cudnnBenchmark', 'cudaGraph'] as const)
+  for (const k of ['amp', 'channelsLast', 'cudnnBenchmark'] as const)
     if (o[k] !== undefined && typeof o[k] !== 'boolean') throw invalid(`options.${k}`, 'a boolean', o[k]);
+  if (o.cudaGraph !== undefined && typeof o.cudaGraph !== 'boolean' && o.cudaGraph !== 'auto') throw invalid('options.cudaGraph', "a boolean or 'auto'", o.cudaGraph);
   if (o.ema !== undefined && typeof o.ema !== 'boolean') {
     const e = checkOptions('options.ema', o.ema);
     if (e.decay !== undefined && !(typeof e.decay === 'number' && e.decay > 0 && e.decay < 1)) throw invalid('options.ema.decay', 'a number in (0, 1)', e.decay, RangeError);
@@ -317,6 +324,10 @@ export function localProcesses(group: ProcessGroup): number {
   return Number.isInteger(n) && n >= 1 ? n : group.worldSize;
 }
 
+/**
+ * Trains a model. Events: `'step'` (a StepRecord after every step), `'epoch'` (an EpochRecord after every
+ * epoch), `'warning'` (a message: cudaGraph 'auto' gave up on CUDA graphs and went on eagerly).
+ */
 export class Trainer extends EventEmitter {
   private readonly model: Model;
   /** The options that define the run (checkpointed and compared at resume): without the performance settings (processGroup, bucketMiB, channelsLast, cudnnBenchmark, cudaGraph, optimizer.implementation). */
@@ -341,7 +352,7 @@ export class Trainer extends EventEmitter {
       throw new RangeError(`the process group's collectives run on ${this.group.device} (${this.group.backend}) but the model is on ${model.device}`);
     const onCuda = model.device.startsWith('cuda');
     if (cudnnBenchmark ?? onCuda) setCudnnBenchmark(true);
-    const training = { amp: this.options.amp ?? false, channelsLast: channelsLast ?? onCuda, cudaGraph: cudaGraph ?? false, emaDecay, emaTau, replicas, bucketMiB: bucketMiB ?? 25 };
+    const training = { amp: this.options.amp ?? false, channelsLast: channelsLast ?? onCuda, cudaGraph: cudaGraph === true ? 'on' : cudaGraph === false ? 'off' : 'auto', emaDecay, emaTau, replicas, bucketMiB: bucketMiB ?? 25 };
     // a RetinaNet loss without its own box coder encodes targets with the model's (the decoding's)
     let loss = this.options.loss ?? {};
     const modelCoder = model.architecture === 'retinanet' ? (model.config as { boxCoder?: BoxCoderOptions }).boxCoder : undefined;
@@ -398,6 +409,7 @@ export class Trainer extends EventEmitter {
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const record: StepRecord = { ...where, lr, ...r, reason: r.skipped ? r.reason : undefined, ids: batch.ids, seconds, imagesPerSecond: batch.ids.length / seconds };
     this.consecutiveSkips = r.skipped ? this.consecutiveSkips + 1 : 0;
+    if (r.graphWarning) this.emit('warning', r.graphWarning);
     this.emit('step', record);
     return record;
   }
@@ -490,6 +502,7 @@ export class Trainer extends EventEmitter {
             const rec = await this.step(batch, this.lrAt(step), { epoch, batch: k, step });
             if (files) fs.appendFileSync(files.metrics, JSON.stringify(rec) + '\n');
             sums.lr = rec.lr;
+            if (rec.graphWarning) progress.log(`step ${step}: ${rec.graphWarning}`);
             if (rec.skipped) {
               sums.skipped++;
               result.skipped.push({ step, ids: rec.ids, reason: rec.reason ?? '' });

@@ -40,7 +40,7 @@ TrainingOptions trainingOptionsFrom(const Napi::Object& o) {
   t.emaDecay = optNumber(o, "training", "emaDecay", t.emaDecay);
   t.emaTau = optNumber(o, "training", "emaTau", t.emaTau);
   t.replicas = static_cast<int64_t>(optNumber(o, "training", "replicas", static_cast<double>(t.replicas)));
-  t.cudaGraph = optBool(o, "training", "cudaGraph", t.cudaGraph);
+  t.cudaGraph = optString(o, "training", "cudaGraph", t.cudaGraph);  // "off" | "on" | "auto"
   return t;
 }
 
@@ -80,6 +80,7 @@ Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
         o.Set("skipped", r.skipped);
         o.Set("reason", r.reason);
         o.Set("graph", r.graph);
+        if (!r.graphWarning.empty()) o.Set("graphWarning", r.graphWarning);
         Napi::Object parts = Napi::Object::New(env);
         for (const auto& [name, value] : r.components) parts.Set(name, value);
         o.Set("components", parts);

@@ -9,8 +9,10 @@
 #include <cstdio>
 #include <exception>
 #include <random>
+#include <map>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include "core/capture_lock.h"
 #include "core/errors.h"
@@ -70,25 +72,46 @@ constexpr const char* kStateFormat = "onestage-trainer-state-1";
 
 }  // namespace
 
-/// The captured training step (TrainingOptions::cudaGraph). Its inputs are static tensors the batch is
-/// copied into (annotations padded with −1 rows to the box capacity); the graph writes the gradients
-/// into its own memory pool — `grads` are those tensors, given back to the parameters after every
-/// replay — and the losses and gradient norm into `values`. Its steps run on the model's device thread.
+/// The captured training steps (TrainingOptions::cudaGraph), one per batch shape. A step's inputs are
+/// static tensors the batch is copied into (annotations padded with −1 rows to the box capacity); its
+/// graph writes the gradients into the shared memory pool — `grads` are those tensors, given back to the
+/// parameters after every replay — and the losses and gradient norm into `values`. Steps run on the
+/// model's device thread.
 struct TrainingSession::Graphs {
 #ifdef ONESTAGE_WITH_CUDA
-  explicit Graphs(const torch::Device& device) : stream(c10::cuda::getStreamFromPool(false, device.index())) {}
+  struct Captured {
+    std::vector<int64_t> key;  // images B, C, H, W; views given; NanoDet-Plus's AGM detached
+    int64_t boxes = 0;         // annotation rows of the static input
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    torch::Tensor images, annotations, views, values;
+    std::vector<torch::Tensor> grads;
+    std::vector<std::string> names;
+  };
+  Graphs(const torch::Device& device, bool automatic) : stream(c10::cuda::getStreamFromPool(false, device.index())), automatic(automatic) {}
 
   c10::cuda::CUDAStream stream;  // every graph-mode step runs here (captures need a side stream)
-  std::unique_ptr<at::cuda::CUDAGraph> graph;
-  std::vector<int64_t> shape;  // images B, C, H, W and whether views are given
-  int64_t boxes = 0;           // annotation rows of the static input
-  torch::Tensor images, annotations, views, values;
-  std::vector<torch::Tensor> grads;
-  std::vector<std::string> names;
-  // the shape and box capacity eager steps have run with since the last capture, and how many times
-  std::vector<int64_t> candidate;
-  int64_t candidateSteps = 0;
+  bool automatic;                // cudaGraph "auto": a failed capture turns graphs off instead of failing
+  std::vector<Captured> captured;
+  /// The memory pool the graphs share (the first capture's; later ones capture into it): only one
+  /// graph runs at a time and each rewrites its outputs completely, so activations can overlap.
+  decltype(std::declval<at::cuda::CUDAGraph>().pool()) pool{0, 0};
+  /// eager steps per (key, capacity) since that pair's last capture
+  std::map<std::vector<int64_t>, int64_t> seen;
+
+  /// The captured step for `key` whose capacity holds `boxes` rows, or nullptr.
+  Captured* find(const std::vector<int64_t>& key, int64_t boxes) {
+    for (auto& c : captured)
+      if (c.key == key && boxes <= c.boxes) return &c;
+    return nullptr;
+  }
+  /// Drops every graph (their pool goes with the last one).
+  void clear() {
+    captured.clear();
+    seen.clear();
+    pool = {0, 0};
+  }
 #endif
+  bool disabled = false;  // cudaGraph "auto" after a failed capture: every step eager
 };
 
 TrainingSession::~TrainingSession() = default;
@@ -125,7 +148,6 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
   // param group 0: everything but the backbone; group 1 (with a multiplier ≠ 1): the backbone at lr × multiplier
   std::vector<torch::Tensor> rest, backbone;
   if (o.backboneLrMultiplier != 1.0) {
-    if (training.cudaGraph) throw RangeError("backboneLrMultiplier and cudaGraph cannot be combined (the captured update has one learning rate)");
     std::set<const void*> inBackbone;
     for (const auto& p : detector_->module().named_parameters(true))
       if (detector_->isBackboneKey(p.key())) inBackbone.insert(p.value().unsafeGetTensorImpl());
@@ -168,18 +190,27 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
     for (const auto& t : emaTargets()) ema_.push_back(t.detach().clone());
   }
   if (training.replicas < 1 || training.replicas > 256) throw RangeError("Expected an integer between 1 and 256 for replicas");
-  if (training.cudaGraph) {
+  if (training.cudaGraph != "off" && training.cudaGraph != "on" && training.cudaGraph != "auto")
+    throw RangeError("Expected 'off', 'on' or 'auto' for cudaGraph but received '" + training.cudaGraph + "'");
+  if (training.cudaGraph != "off") {
 #ifdef ONESTAGE_WITH_CUDA
     const bool cuda = detector_->device().is_cuda();
 #else
     const bool cuda = false;
 #endif
-    if (!cuda) throw RangeError("cudaGraph needs a model on CUDA (and a CUDA build); this one is on " + detector_->device().str());
-    if (!retina_) throw RangeError("cudaGraph is available for RetinaNet models (NanoDet-Plus's assignment is not captured); use cudaGraph false");
-    if (training.group) throw RangeError("cudaGraph is for one process; data-parallel training runs eagerly (use cudaGraph false)");
-    if (training.replicas > 1) throw RangeError("cudaGraph cannot be combined with replicas > 1");
+    // why this configuration cannot be graphed (empty: it can)
+    std::string refusal;
+    if (!cuda)
+      refusal = "cudaGraph needs a model on CUDA (and a CUDA build); this one is on " + detector_->device().str();
+    else if (training.group)
+      refusal = "cudaGraph is for one process; data-parallel training runs eagerly (use cudaGraph false)";
+    else if (training.replicas > 1)
+      refusal = "cudaGraph cannot be combined with replicas > 1";
+    else if (o.backboneLrMultiplier != 1.0)
+      refusal = "backboneLrMultiplier and cudaGraph cannot be combined (the captured update has one learning rate)";
+    if (!refusal.empty() && training.cudaGraph == "on") throw RangeError(refusal);
 #ifdef ONESTAGE_WITH_CUDA
-    graphs_ = std::make_unique<Graphs>(detector_->device());
+    if (refusal.empty()) graphs_ = std::make_unique<Graphs>(detector_->device(), training.cudaGraph == "auto");
 #endif
   }
   if (training.replicas > 1) {
@@ -385,7 +416,9 @@ StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tenso
   detector_->setTraining(true);
   // CUDA steps on the model's own thread (cuDNN's handles and benchmark results are per thread;
   // core/device_thread.h), CPU steps where they are called
-  return detector_->onDeviceThread([&] { return graphs_ ? graphStep(images, annotations, views) : eagerStep(images, annotations, views, epoch); });
+  return detector_->onDeviceThread([&] {
+    return graphs_ && !graphs_->disabled ? graphStep(images, annotations, views, epoch) : eagerStep(images, annotations, views, epoch);
+  });
 }
 
 StepResult TrainingSession::eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch) {
@@ -402,11 +435,13 @@ StepResult TrainingSession::eagerStep(const torch::Tensor& images, const torch::
     synchronised_ = true;
   }
   optimizer_->zero_grad();
+  const auto named = forwardBackward(x, ann, views, epoch);
   StepResult r;
-  if (retina_)
-    stepRetinaNet(x, ann, views, r);
-  else
-    stepNanoDetPlus(x, ann, epoch, r);
+  std::vector<double> v;
+  finishStep(named, v, r);
+  std::vector<std::string> names;
+  for (const auto& entry : named) names.push_back(entry.first);
+  fillLosses(names, v, r);
   return r;
 }
 
@@ -485,23 +520,25 @@ void TrainingSession::finishStep(const std::vector<std::pair<std::string, torch:
   concludeStep(finiteLoss, hostNorm, r);
 }
 
-namespace {
-
-/// The step's result from the values of the named RetinaNet losses (cls, reg[, contrastive]).
-void retinaResult(const std::vector<double>& v, StepResult& r) {
-  r.cls = v[0];
-  r.reg = v[1];
-  r.contrastive = v.size() > 2 ? v[2] : 0.0;
-  r.total = r.cls + r.reg + r.contrastive;
+void TrainingSession::fillLosses(const std::vector<std::string>& names, const std::vector<double>& v, StepResult& r) const {
+  if (retina_) {
+    r.cls = v[0];
+    r.reg = v[1];
+    r.contrastive = v.size() > 2 ? v[2] : 0.0;
+    r.total = r.cls + r.reg + r.contrastive;
+    return;
+  }
+  // NanoDet-Plus: qfl, bbox, dfl of the main head, then those of the AGM's head (when it has one)
+  const bool aux = v.size() > 3;
+  for (size_t i = 0; i < names.size(); ++i) r.components.emplace_back(names[i], v[i]);
+  r.cls = v[0] + (aux ? v[3] : 0.0);
+  r.reg = v[1] + v[2] + (aux ? v[4] + v[5] : 0.0);
+  r.total = r.cls + r.reg;
 }
 
-}  // namespace
-
-void TrainingSession::stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r) {
-  const auto named = forwardBackwardRetinaNet(x, ann, views);
-  std::vector<double> v;
-  finishStep(named, v, r);
-  retinaResult(v, r);
+std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackward(const torch::Tensor& x, const torch::Tensor& ann,
+                                                                                     const torch::Tensor& views, int64_t epoch) {
+  return retina_ ? forwardBackwardRetinaNet(x, ann, views) : forwardBackwardNanoDetPlus(x, ann, epoch);
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackwardRetinaNet(const torch::Tensor& x, const torch::Tensor& ann,
@@ -551,58 +588,65 @@ std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackw
   return named(parts, extra);
 }
 
-StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views) {
+StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch) {
 #ifdef ONESTAGE_WITH_CUDA
   auto& g = *graphs_;
-  const auto device = detector_->device();
   // the side stream follows the work queued so far on the caller's stream (the inputs), and the caller's
   // stream follows the step (the weights it updates)
-  const auto outer = c10::cuda::getCurrentCUDAStream(device.index());
+  const auto outer = c10::cuda::getCurrentCUDAStream(detector_->device().index());
   at::cuda::CUDAEvent ready, done;
   ready.record(outer);
   ready.block(g.stream);
   StepResult r;
   {
     const c10::cuda::CUDAStreamGuard onSide(g.stream);
-    const std::vector<int64_t> shape{images.size(0), images.size(1), images.size(2), images.size(3), views.defined() ? 1 : 0};
+    // NanoDet-Plus's AGM is detached from detachEpoch on: another graph
+    const int64_t detached = nanodet_ && epoch >= nanodetLoss_.detachEpoch ? 1 : 0;
+    const std::vector<int64_t> key{images.size(0), images.size(1), images.size(2), images.size(3), views.defined() ? 1 : 0, detached};
     const int64_t boxes = annotations.size(1);
-    bool replay = g.graph && shape == g.shape && boxes <= g.boxes;
-    if (!replay) {
+    auto* step = g.find(key, boxes);
+    if (!step) {
       // capacity: the next power of two, at least 8 rows (padding rows change no loss)
       int64_t capacity = 8;
       while (capacity < boxes) capacity *= 2;
-      std::vector<int64_t> candidate = shape;
-      candidate.push_back(capacity);
-      if (candidate == g.candidate) {
-        ++g.candidateSteps;
-      } else {
-        g.candidate = candidate;
-        g.candidateSteps = 1;
-      }
-      if (g.candidateSteps <= kGraphWarmupSteps) {
-        optimizer_->zero_grad();
-        stepRetinaNet(images.to(device), annotations.to(device), views.defined() ? views.to(device) : views, r);
+      auto seenKey = key;
+      seenKey.push_back(capacity);
+      // a new shape is captured while the cache has room; a larger capacity replaces its shape's graph
+      bool room = g.captured.size() < kMaxGraphs;
+      for (const auto& c : g.captured) room = room || c.key == key;
+      if (!room || ++g.seen[seenKey] <= kGraphWarmupSteps) {
+        r = eagerStep(images, annotations, views, epoch);
         r.graph = "eager";
       } else {
-        captureStep(shape, capacity, images, annotations, views);
-        replay = true;
-        r.graph = "captured";
+        try {
+          captureStep(key, capacity, images, annotations, views, epoch);
+          step = g.find(key, boxes);
+          r.graph = "captured";
+        } catch (const std::exception& e) {
+          if (!g.automatic) throw std::runtime_error(std::string(e.what()) + "; train with cudaGraph false");
+          // cudaGraph "auto": this step and every later one eagerly, and the caller is told once
+          g.clear();
+          g.disabled = true;
+          r = eagerStep(images, annotations, views, epoch);
+          r.graph = "off";
+          r.graphWarning = std::string(e.what()) + "; training goes on without CUDA graphs";
+        }
       }
     }
-    if (replay) {
-      g.images.copy_(images);
-      g.annotations.fill_(-1.0);
-      g.annotations.narrow(1, 0, boxes).copy_(annotations);
-      if (views.defined()) g.views.copy_(views);
-      g.graph->replay();
-      // the gradients live in the graph's pool: the parameters get them back (an eager step in between
-      // may have replaced them)
-      for (size_t i = 0; i < params_.size(); ++i) params_[i].mutable_grad() = g.grads[i];
+    if (step) {
+      step->images.copy_(images);
+      step->annotations.fill_(-1.0);
+      step->annotations.narrow(1, 0, boxes).copy_(annotations);
+      if (views.defined()) step->views.copy_(views);
+      step->graph->replay();
+      // the gradients live in the graphs' pool: the parameters get this graph's back (an eager step or
+      // another graph in between has replaced them)
+      for (size_t i = 0; i < params_.size(); ++i) params_[i].mutable_grad() = step->grads[i];
       std::vector<double> v;
       double norm = 0;
-      const bool finite = readLosses(g.names, g.values, v, norm, r.reason);
+      const bool finite = readLosses(step->names, step->values, v, norm, r.reason);
       concludeStep(finite, norm, r);
-      retinaResult(v, r);
+      fillLosses(step->names, v, r);
       if (r.graph == "off") r.graph = "replayed";
     }
   }
@@ -613,25 +657,29 @@ StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::
   (void)images;
   (void)annotations;
   (void)views;
+  (void)epoch;
   throw std::logic_error("cudaGraph without CUDA");
 #endif
 }
 
-void TrainingSession::captureStep(const std::vector<int64_t>& shape, int64_t capacity, const torch::Tensor& images, const torch::Tensor& annotations,
-                                  const torch::Tensor& views) {
+void TrainingSession::captureStep(const std::vector<int64_t>& key, int64_t capacity, const torch::Tensor& images, const torch::Tensor& annotations,
+                                  const torch::Tensor& views, int64_t epoch) {
 #ifdef ONESTAGE_WITH_CUDA
   auto& g = *graphs_;
   const auto device = detector_->device();
-  // the old graph and its pool go first
-  g.graph.reset();
-  g.grads.clear();
-  g.values = torch::Tensor();
-  g.shape = shape;
-  g.boxes = capacity;
+  // a smaller capacity of this shape goes first (its gradients are the only memory it holds alone)
+  for (auto it = g.captured.begin(); it != g.captured.end(); ++it)
+    if (it->key == key) {
+      g.captured.erase(it);
+      break;
+    }
+  Graphs::Captured c;
+  c.key = key;
+  c.boxes = capacity;
   const auto f32 = torch::TensorOptions().device(device).dtype(torch::kFloat32);
-  g.images = torch::empty(images.sizes(), f32);
-  g.annotations = torch::full({images.size(0), capacity, annotations.size(2)}, -1.0, f32);
-  g.views = views.defined() ? torch::empty(views.sizes(), f32) : torch::Tensor();
+  c.images = torch::empty(images.sizes(), f32);
+  c.annotations = torch::full({images.size(0), capacity, annotations.size(2)}, -1.0, f32);
+  c.views = views.defined() ? torch::empty(views.sizes(), f32) : torch::Tensor();
   // no gradients before the capture: the backward creates them inside the graph's memory pool, and every
   // replay writes them anew (an existing gradient would be accumulated into, replay after replay)
   for (auto& p : params_) p.mutable_grad() = torch::Tensor();
@@ -641,15 +689,16 @@ void TrainingSession::captureStep(const std::vector<int64_t>& shape, int64_t cap
   c10::cuda::CUDACachingAllocator::emptyCache();
   const bool castCache = at::autocast::is_autocast_cache_enabled();
   at::autocast::set_autocast_cache_enabled(false);  // no bf16 weight copies kept past the capture
+  if (g.captured.empty()) g.pool = {0, 0};          // a fresh pool when no graph holds the last one
   auto graph = std::make_unique<at::cuda::CUDAGraph>();
   try {
     // thread-local: other threads (the DataLoader's uploads: page-locked allocations, stream waits) may go
-    // on with calls a global capture would refuse; this thread makes none
-    graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-    const auto named = forwardBackwardRetinaNet(g.images, g.annotations, g.views);
-    g.values = stackLosses(named, clipGradients());
-    g.names.clear();
-    for (const auto& entry : named) g.names.push_back(entry.first);
+    // on with calls a global capture would refuse; this thread makes none. Later graphs share the first
+    // one's memory pool.
+    graph->capture_begin(g.pool, cudaStreamCaptureModeThreadLocal);
+    const auto named = forwardBackward(c.images, c.annotations, c.views, epoch);
+    c.values = stackLosses(named, clipGradients());
+    for (const auto& entry : named) c.names.push_back(entry.first);
     graph->capture_end();
   } catch (const std::exception& e) {
     at::autocast::set_autocast_cache_enabled(castCache);
@@ -657,28 +706,30 @@ void TrainingSession::captureStep(const std::vector<int64_t>& shape, int64_t cap
       graph->capture_end();
     } catch (...) {
     }
-    g.values = torch::Tensor();
-    g.shape.clear();
     for (auto& p : params_) p.mutable_grad() = torch::Tensor();
     const std::string what = e.what();
-    throw std::runtime_error("cudaGraph: the training step could not be captured as a CUDA graph (" + what.substr(0, what.find('\n')) +
-                             "); train with cudaGraph false");
+    throw std::runtime_error("cudaGraph: the training step could not be captured as a CUDA graph (" + what.substr(0, what.find('\n')) + ")");
   }
   at::autocast::set_autocast_cache_enabled(castCache);
-  g.graph = std::move(graph);
-  for (const auto& p : params_) g.grads.push_back(p.grad());
-  g.candidate.clear();
-  g.candidateSteps = 0;
+  if (g.captured.empty()) g.pool = graph->pool();
+  c.graph = std::move(graph);
+  for (const auto& p : params_) c.grads.push_back(p.grad());
+  auto seenKey = key;
+  seenKey.push_back(capacity);
+  g.seen.erase(seenKey);
+  g.captured.push_back(std::move(c));
 #else
-  (void)shape;
+  (void)key;
   (void)capacity;
   (void)images;
   (void)annotations;
   (void)views;
+  (void)epoch;
 #endif
 }
 
-void TrainingSession::stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r) {
+std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackwardNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann,
+                                                                                                int64_t epoch) {
   auto& net = nanodet_->net();
   const auto& cfg = net->config();
   const bool detach = epoch >= nanodetLoss_.detachEpoch;
@@ -703,12 +754,7 @@ void TrainingSession::stepNanoDetPlus(const torch::Tensor& x, const torch::Tenso
     named.emplace_back("auxDfl", parts.aux.dfl);
   }
   backward(parts.total());
-  std::vector<double> v;
-  finishStep(named, v, r);
-  for (size_t i = 0; i < named.size(); ++i) r.components.emplace_back(named[i].first, v[i]);
-  r.cls = v[0] + (aux.defined() ? v[3] : 0.0);
-  r.reg = v[1] + v[2] + (aux.defined() ? v[4] + v[5] : 0.0);
-  r.total = r.cls + r.reg;
+  return named;
 }
 
 namespace {
@@ -810,6 +856,10 @@ void TrainingSession::loadState(const std::string& path) {
       loss_->ghmcStates() = std::move(ghmc);
       loss_->ghmrStates() = std::move(ghmr);
     }
+#ifdef ONESTAGE_WITH_CUDA
+    // the graphs read and update the GHM states they were captured with: capture again
+    if (graphs_) graphs_->clear();
+#endif
   } catch (const c10::Error& e) {
     const std::string msg = e.what_without_backtrace();
     throw std::runtime_error(path + ": not a training state of this model and optimizer (" + msg.substr(0, msg.find('\n')) + ")");

@@ -57,17 +57,24 @@ struct TrainingOptions {
   std::shared_ptr<ProcessGroup> group;
   /// Gradient bucket size (bytes) for the all-reduce; the first bucket is 1 MiB.
   int64_t bucketBytes = 25 << 20;
-  /// CUDA graphs (RetinaNet on CUDA, one process): once a batch shape has been trained eagerly
-  /// kGraphWarmupSteps times, forward, losses, backward, gradient clipping and the loss values are
-  /// captured as one CUDA graph and replayed for every later batch of that image shape with at most as
-  /// many boxes as the graph's padded capacity; the optimizer update, the EMA and the skip decision run
-  /// after the replay, as in the eager step. Other shapes run eagerly (and are captured in their turn).
-  bool cudaGraph = false;
+  /// CUDA graphs of the training step (a model on CUDA, one process, no CPU replicas, one learning
+  /// rate): once a batch shape has been trained eagerly kGraphWarmupSteps times, forward, losses
+  /// (RetinaNet's or NanoDet-Plus's, assignment included), backward, gradient clipping and the loss
+  /// values are captured as one CUDA graph and replayed for every later batch of that shape with at
+  /// most as many boxes as the graph's padded capacity; the optimizer update, the EMA and the skip
+  /// decision run after the replay, as in the eager step. Up to kMaxGraphs shapes are kept (their
+  /// activations share one memory pool); further shapes run eagerly.
+  /// "off": never; "on": as described, and a configuration that cannot be graphed is an error;
+  /// "auto": on where the configuration allows it, off otherwise, and a capture that fails turns the
+  /// graphs off for the rest of the session (StepResult::graphWarning says why) instead of failing.
+  std::string cudaGraph = "off";
 };
 
 /// Eager steps of one batch shape before the step is captured (cuDNN's benchmark and lazily created
 /// state settle in them).
 constexpr int64_t kGraphWarmupSteps = 3;
+/// Captured shapes kept at once (their activations share one memory pool; each keeps its own gradients).
+constexpr size_t kMaxGraphs = 4;
 
 struct StepResult {
   /// cls: classification terms (NanoDet-Plus: QFL of both heads); reg: box terms (GIoU + DFL).
@@ -80,6 +87,8 @@ struct StepResult {
   /// How it ran: "off" (no cudaGraph), "eager" (cudaGraph, not captured yet for this shape),
   /// "captured" (recorded, then replayed), "replayed".
   std::string graph = "off";
+  /// Set once, at the step where cudaGraph "auto" gave up on graphs: why (the step itself ran eagerly).
+  std::string graphWarning;
 };
 
 class TrainingSession {
@@ -114,22 +123,28 @@ class TrainingSession {
   std::shared_ptr<RetinaNetDetector> retina_;    // set for RetinaNet models
   std::shared_ptr<NanoDetPlusDetector> nanodet_;  // set for NanoDet-Plus models
   NanoDetLossOptions nanodetLoss_;
-  /// The architectures' paths of step(): forward, losses, backward, then finishStep.
-  void stepRetinaNet(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views, StepResult& r);
-  /// RetinaNet's forward, losses and backward: the named loss terms (detached use only).
+  /// Forward, the architecture's losses and backward: the named loss terms (detached use only). epoch:
+  /// NanoDet-Plus's AGM detaches from detachEpoch on.
+  std::vector<std::pair<std::string, torch::Tensor>> forwardBackward(const torch::Tensor& x, const torch::Tensor& ann, const torch::Tensor& views,
+                                                                     int64_t epoch);
+  /// RetinaNet's forward, losses and backward (forwardBackward's RetinaNet part).
   std::vector<std::pair<std::string, torch::Tensor>> forwardBackwardRetinaNet(const torch::Tensor& x, const torch::Tensor& ann,
                                                                               const torch::Tensor& views);
+  /// NanoDet-Plus's forward, losses (both heads, DSL assignment) and backward.
+  std::vector<std::pair<std::string, torch::Tensor>> forwardBackwardNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch);
+  /// The StepResult's loss fields from the values of the named terms (RetinaNet: cls, reg[, contrastive];
+  /// NanoDet-Plus: its six components).
+  void fillLosses(const std::vector<std::string>& names, const std::vector<double>& values, StepResult& r) const;
   /// step() with TrainingOptions::cudaGraph: eager, capture or replay (training_session.cpp).
-  StepResult graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views);
+  StepResult graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch);
   /// Records forward, losses, backward, clipping and the loss values on static inputs of this shape
-  /// (annotations padded to `capacity` rows) as the graph; nothing runs until the replay.
-  void captureStep(const std::vector<int64_t>& shape, int64_t capacity, const torch::Tensor& images, const torch::Tensor& annotations,
-                   const torch::Tensor& views);
+  /// (annotations padded to `capacity` rows) as a graph of the cache; nothing runs until the replay.
+  void captureStep(const std::vector<int64_t>& key, int64_t capacity, const torch::Tensor& images, const torch::Tensor& annotations,
+                   const torch::Tensor& views, int64_t epoch);
   /// step() after the learning rate is set: forward, losses, backward, update, without a graph.
   StepResult eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch);
-  struct Graphs;  // the captured step, its stream and static inputs (CUDA builds)
+  struct Graphs;  // the captured steps, their stream and static inputs (CUDA builds)
   std::unique_ptr<Graphs> graphs_;
-  void stepNanoDetPlus(const torch::Tensor& x, const torch::Tensor& ann, int64_t epoch, StepResult& r);
   void updateEma();
   /// Forward, loss and backward of the batch split over the model and its replicas.
   LossParts forwardBackwardParallel(const torch::Tensor& images, const torch::Tensor& annotations);
