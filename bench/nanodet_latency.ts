@@ -7,7 +7,7 @@
  * (bench/reference_nanodet_train.py: NanoDet's modules, the per-image DSL loop) on the same batch.
  *
  *   npx ts-node --transpile-only bench/nanodet_latency.ts [--size 416] [--iterations 10] [--device cpu]
- *       [--train-batch 32] [--steps 20] [--warmup 5] [--out bench/results/nanodet-latency-<device>.json]
+ *       [--train-batch 32] [--steps 20] [--warmup 5] [--models 0,2] [--no-reference] [--out bench/results/nanodet-latency-<device>.json]
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -28,17 +28,26 @@ async function main(): Promise<void> {
     .option('--steps <n>', 'timed training steps', '20')
     .option('--warmup <n>', 'untimed training steps', '5')
     .option('--out <file>', 'JSON results (default bench/results/nanodet-latency-<device>.json)')
+    .option('--models <list>', 'which models, by index in the table (comma-separated; default all)')
+    .option('--no-reference', 'skip the NanoDet-Plus-m reference training loop')
     .parse()
-    .opts<{ size: string; iterations: string; device: string; trainBatch: string; steps: string; warmup: string; out?: string }>();
+    .opts<{ size: string; iterations: string; device: string; trainBatch: string; steps: string; warmup: string; out?: string; models?: string; reference: boolean }>();
   const device: Device = o.device === 'auto' ? (buildInfo().cudaAvailable ? 'cuda' : 'cpu') : (o.device as Device);
   const size = Number(o.size);
   if (device === 'cuda') setTf32(true); // PyTorch's default for cuDNN convolutions, on both sides
-  const models: Array<[string, () => Model]> = [
+  const allModels: Array<[string, () => Model]> = [
     ['NanoDet-Plus-m (ShuffleNetV2 1.0x, Ghost-PAN 96)', () => Model.nanodetPlus({ preset: 'm-416', numClasses: 80, device, seed: 0 })],
     ['NanoDet-Plus-m-1.5x (ShuffleNetV2 1.5x, Ghost-PAN 128)', () => Model.nanodetPlus({ preset: 'm-1.5x-416', numClasses: 80, device, seed: 0 })],
     ['NanoDet-Plus ResNet-18 + FPN 96', () => Model.nanodetPlus({ depth: 18, numClasses: 80, device, seed: 0 })],
     ['RetinaNet ResNet-18 + FPN 256', () => Model.retinanet({ depth: 18, numClasses: 80, device, seed: 0 })],
   ];
+  const models = o.models
+    ? o.models.split(',').map((k) => {
+        const m = allModels[Number(k)];
+        if (!m) throw new RangeError(`--models: expected indices 0–${allModels.length - 1} but received '${k}'`);
+        return m;
+      })
+    : allModels;
   const rows: string[] = [];
   const latency: Array<{ model: string; parameters: number; msPerImage: number }> = [];
   const x = Tensor.from(Float32Array.from({ length: 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [1, 3, size, size], { device });
@@ -62,7 +71,7 @@ async function main(): Promise<void> {
   x.dispose();
   const machine = device === 'cuda' ? `${buildInfo().deviceCount} CUDA device(s)` : `${os.cpus().length}× ${os.cpus()[0]?.model ?? 'CPU'}`;
   console.log([`${size}×${size}, batch 1, ${device} (${machine})`, '', '| model | parameters (inference) | ms per image |', '| --- | --- | --- |', ...rows].join('\n'));
-  const training = Number(o.trainBatch) > 0 ? await trainingThroughput(models, device, size, Number(o.trainBatch), Number(o.steps), Number(o.warmup)) : [];
+  const training = Number(o.trainBatch) > 0 ? await trainingThroughput(models, device, size, Number(o.trainBatch), Number(o.steps), Number(o.warmup), o.reference) : [];
   const out = o.out ?? path.join(__dirname, 'results', `nanodet-latency-${device}.json`);
   fs.mkdirSync(path.dirname(out), { recursive: true });
   writeJsonAtomic(out, { machine, device, size, latency, training }, 1);
@@ -76,7 +85,7 @@ interface TrainingRow {
 }
 
 /** Training img/s of each model (the Trainer's default path, on CUDA both eager and replayed as a CUDA graph) and of the NanoDet-Plus-m reference, same batch. */
-async function trainingThroughput(models: Array<[string, () => Model]>, device: Device, size: number, batch: number, steps: number, warmup: number): Promise<TrainingRow[]> {
+async function trainingThroughput(models: Array<[string, () => Model]>, device: Device, size: number, batch: number, steps: number, warmup: number, reference: boolean): Promise<TrainingRow[]> {
   const data = syntheticArrays(batch, size, 0);
   const precisions = device === 'cuda' ? ['fp32', 'bf16'] : ['fp32'];
   const optimizerOptions = { lr: 1e-3, weightDecay: 0.05, clipGradNorm: 35 };
@@ -89,7 +98,7 @@ async function trainingThroughput(models: Array<[string, () => Model]>, device: 
         rows.push({ system: `onestage ${name}${how}`, precision, imagesPerSecond: r.imagesPerSecond, msPerStep: r.msPerStep });
         console.error(`training ${name}${how} ${precision}: ${r.imagesPerSecond.toFixed(1)} img/s`);
       }
-  const py = pythonWithTorch();
+  const py = reference ? pythonWithTorch() : null;
   if (py) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestage-nanodet-bench-'));
     fs.writeFileSync(path.join(dir, 'images.f32'), Buffer.from(data.images.buffer));
