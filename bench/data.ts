@@ -68,8 +68,10 @@ async function main(): Promise<void> {
     .option('--device <d>', "where batches are put: 'cpu' or 'cuda'", 'cpu')
     .option('--prefetch <n>', 'batches prepared ahead', '2')
     .option('--stages', 'also time each stage of the pipeline alone')
+    .option('--no-sharp-cache', "turn libvips' operation cache off (sharp.cache(false))")
     .parse()
-    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean }>();
+    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean; sharpCache: boolean }>();
+  if (!o.sharpCache) sharp.cache(false);
   const side = o.side ? Number(o.side) : undefined;
   const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
   const dir = tempDir();
@@ -86,7 +88,7 @@ async function main(): Promise<void> {
     disposeBatch(b);
   }
   const ours = Number(process.hrtime.bigint() - t0) / 1e9;
-  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}`, imagesPerSecond: n / ours }];
+  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}${o.sharpCache ? '' : ', no libvips cache'}`, imagesPerSecond: n / ours }];
   const py = side ? undefined : pythonWithTorch(); // the reference script resizes as pytorch-retinanet (608 / 1024)
   if (py) {
     spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8' }); // warm-up

@@ -30,8 +30,10 @@ async function main(): Promise<void> {
     .option('--out <file>', 'JSON results (default bench/results/nanodet-latency-<device>.json)')
     .option('--models <list>', 'which models, by index in the table (comma-separated; default all)')
     .option('--no-reference', 'skip the NanoDet-Plus-m reference training loop')
+    .option('--profile <file.json>', 'CUDA: a Kineto trace of 5 graph-replayed bf16 steps per model (-<model index> added)')
+    .option('--nchw', 'CUDA training rows: also with NCHW weights and inputs (the default is channels-last)')
     .parse()
-    .opts<{ size: string; iterations: string; device: string; trainBatch: string; steps: string; warmup: string; out?: string; models?: string; reference: boolean }>();
+    .opts<{ size: string; iterations: string; device: string; trainBatch: string; steps: string; warmup: string; out?: string; models?: string; reference: boolean; nchw?: boolean; profile?: string }>();
   const device: Device = o.device === 'auto' ? (buildInfo().cudaAvailable ? 'cuda' : 'cpu') : (o.device as Device);
   const size = Number(o.size);
   if (device === 'cuda') setTf32(true); // PyTorch's default for cuDNN convolutions, on both sides
@@ -71,7 +73,7 @@ async function main(): Promise<void> {
   x.dispose();
   const machine = device === 'cuda' ? `${buildInfo().deviceCount} CUDA device(s)` : `${os.cpus().length}× ${os.cpus()[0]?.model ?? 'CPU'}`;
   console.log([`${size}×${size}, batch 1, ${device} (${machine})`, '', '| model | parameters (inference) | ms per image |', '| --- | --- | --- |', ...rows].join('\n'));
-  const training = Number(o.trainBatch) > 0 ? await trainingThroughput(models, device, size, Number(o.trainBatch), Number(o.steps), Number(o.warmup), o.reference) : [];
+  const training = Number(o.trainBatch) > 0 ? await trainingThroughput(models, device, size, Number(o.trainBatch), Number(o.steps), Number(o.warmup), o.reference, o.nchw ?? false, o.profile) : [];
   const out = o.out ?? path.join(__dirname, 'results', `nanodet-latency-${device}.json`);
   fs.mkdirSync(path.dirname(out), { recursive: true });
   writeJsonAtomic(out, { machine, device, size, latency, training }, 1);
@@ -85,16 +87,17 @@ interface TrainingRow {
 }
 
 /** Training img/s of each model (the Trainer's default path, on CUDA both eager and replayed as a CUDA graph) and of the NanoDet-Plus-m reference, same batch. */
-async function trainingThroughput(models: Array<[string, () => Model]>, device: Device, size: number, batch: number, steps: number, warmup: number, reference: boolean): Promise<TrainingRow[]> {
+async function trainingThroughput(models: Array<[string, () => Model]>, device: Device, size: number, batch: number, steps: number, warmup: number, reference: boolean, nchw: boolean, profile?: string): Promise<TrainingRow[]> {
   const data = syntheticArrays(batch, size, 0);
   const precisions = device === 'cuda' ? ['fp32', 'bf16'] : ['fp32'];
   const optimizerOptions = { lr: 1e-3, weightDecay: 0.05, clipGradNorm: 35 };
   const rows: TrainingRow[] = [];
   for (const precision of precisions)
-    for (const [name, make] of models)
-      for (const cudaGraph of device === 'cuda' ? [false, true] : [false]) {
-        const r = await timeTrainingSteps({ device, batch, size, depth: 18, steps, warmup: Math.max(warmup, cudaGraph ? 5 : 0), optimizer: 'adamw', data, amp: precision === 'bf16', fast: true, cudaGraph, makeModel: make, optimizerOptions });
-        const how = device === 'cuda' ? (cudaGraph ? ', CUDA graph' : ', eager') : '';
+    for (const [index, [name, make]] of models.entries())
+      for (const [cudaGraph, channelsLast] of device === 'cuda' ? [[false, true], [true, true], ...(nchw ? [[false, false], [true, false]] : [])] : [[false, undefined]]) {
+        const r = await timeTrainingSteps({ device, batch, size, depth: 18, steps, warmup: Math.max(warmup, cudaGraph ? 5 : 0), optimizer: 'adamw', data, amp: precision === 'bf16', fast: true, cudaGraph: cudaGraph as boolean, channelsLast, makeModel: make, optimizerOptions,
+          profile: profile && cudaGraph && channelsLast && precision === 'bf16' ? profile.replace(/\.json$/, `-${index}.json`) : undefined });
+        const how = device === 'cuda' ? `${cudaGraph ? ', CUDA graph' : ', eager'}${channelsLast === false ? ', NCHW' : ''}` : '';
         rows.push({ system: `onestage ${name}${how}`, precision, imagesPerSecond: r.imagesPerSecond, msPerStep: r.msPerStep });
         console.error(`training ${name}${how} ${precision}: ${r.imagesPerSecond.toFixed(1)} img/s`);
       }

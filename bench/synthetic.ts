@@ -44,6 +44,8 @@ export interface StepTiming {
 export async function timeTrainingSteps(o: {
   device: Device; batch: number; size: number; depth: number; steps: number; warmup: number; optimizer: 'sgd' | 'adamw';
   data: { images: Float32Array; annotations: Float32Array }; amp: boolean; fast: boolean; cudaGraph?: boolean; profile?: string;
+  /** With `fast`: the layout instead of the Trainer's default (channels-last on CUDA). */
+  channelsLast?: boolean;
   /** Another model than RetinaNet ResNet-`depth` (80 classes). */
   makeModel?: () => Model;
   /** Learning rate, weight decay and clipping instead of the RetinaNet benchmark's. */
@@ -57,7 +59,7 @@ export async function timeTrainingSteps(o: {
     optimizer: { type: o.optimizer, lr, momentum: 0.9, weightDecay: 1e-4, ...o.optimizerOptions, implementation: fast ? 'auto' : 'loop' },
     amp,
     // fast: the Trainer's defaults (channels-last and cuDNN benchmark on CUDA); plain: all off
-    ...(fast ? {} : { channelsLast: false, cudnnBenchmark: false }),
+    ...(fast ? (o.channelsLast === undefined ? {} : { channelsLast: o.channelsLast }) : { channelsLast: false, cudnnBenchmark: false }),
     cudaGraph: fast && o.cudaGraph ? true : false,
   };
   if (!fast && device === 'cuda') setCudnnBenchmark(false);
