@@ -40,15 +40,17 @@ async function main(): Promise<void> {
   if (gpu) setTf32(true); // PyTorch's default for convolutions; both sides run the same way
   const rows: Row[] = [];
   const model = Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval();
-  // on CUDA also channels-last with cuDNN's benchmark mode (what a Trainer leaves a CUDA model in)
-  for (const layout of gpu ? ['NCHW', 'channels-last'] : ['NCHW']) {
+  // on CUDA also channels-last with cuDNN's benchmark mode (what a Trainer leaves a CUDA model in), in
+  // float32 (TF32) and with the bf16 forward (detect's amp)
+  for (const layout of gpu ? ['NCHW', 'channels-last', 'channels-last + bf16'] : ['NCHW']) {
     if (layout === 'channels-last') {
       model.channelsLast(true);
       setCudnnBenchmark(true);
     }
+    const amp = layout.endsWith('bf16');
     for (const b of batches) {
       const x = Tensor.from(Float32Array.from({ length: b * 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [b, 3, size, size], { device });
-      const ms = await timeMs(() => model.detect(x), warmup, iters);
+      const ms = await timeMs(() => model.detect(x, { amp }), warmup, iters);
       rows.push({ system: `onestage ${layout} (LibTorch ${buildInfo().torchVersion})`, batch: b, ms });
       console.error(`onestage ${layout} batch ${b}: ${ms.toFixed(1)} ms`);
       x.dispose();

@@ -114,6 +114,11 @@ export interface DetectOptions {
   nmsThreshold?: number;
   /** Detections kept per image; default 100; 0 keeps all. */
   maxDetections?: number;
+  /**
+   * bf16 autocast of the forward pass (a model on CUDA; a RangeError elsewhere); scores, decoding and
+   * NMS stay in float32. Default false. Scores move by about 1e-2 against float32.
+   */
+  amp?: boolean;
 }
 
 /** A batch for `detect`: images plus how each was resized from its original. */
@@ -408,6 +413,8 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
       if (o[k] !== undefined && (typeof o[k] !== 'number' || !Number.isFinite(o[k]) || (o[k] as number) < 0 || (o[k] as number) > 1))
         throw invalid(`options.${k}`, 'a number between 0 and 1', o[k], typeof o[k] === 'number' ? RangeError : TypeError);
     for (const k of ['topkCandidates', 'maxDetections'] as const) if (o[k] !== undefined) checkInteger(`options.${k}`, o[k], 0, 2 ** 40);
+    if (o.amp !== undefined && typeof o.amp !== 'boolean') throw invalid('options.amp', 'a boolean', o.amp);
+    if (o.amp && !this.device.startsWith('cuda')) throw new RangeError(`options.amp (bf16 autocast) needs a model on CUDA; this one is on ${this.device}`);
     const scalesT = Tensor.from(Float32Array.from(scales), [B]);
     const sizesT = Tensor.from(Float32Array.from(sizes.flat()), [B, 2]);
     try {

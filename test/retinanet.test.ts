@@ -81,6 +81,27 @@ for (const device of devices) {
     t.deepEqual(ours.labels, theirs.labels);
     assertClose(t, { shape: [ours.scores.length], data: ours.scores }, { shape: [theirs.scores.length], data: theirs.scores }, { name: 'det scores', ...tol });
     assertClose(t, { shape: [ours.boxes.length], data: ours.boxes }, { shape: [theirs.boxes.length], data: theirs.boxes }, { name: 'det boxes', rtol: 1e-4, atol: 1e-3 });
+    if (device === 'cuda') {
+      // bf16 forward: each of the 10 best float32 detections has a bf16 one of its class that overlaps it
+      // by IoU ≥ 0.5 (NMS may keep the other of two overlapping boxes when their scores swap) within 0.05
+      const [half] = await model.detect(input, { topkCandidates: 0, maxDetections: 0, amp: true });
+      const iou = (a: ArrayLike<number>, i: number, b: ArrayLike<number>, j: number) => {
+        const w = Math.max(0, Math.min(a[4 * i + 2], b[4 * j + 2]) - Math.max(a[4 * i], b[4 * j]));
+        const h = Math.max(0, Math.min(a[4 * i + 3], b[4 * j + 3]) - Math.max(a[4 * i + 1], b[4 * j + 1]));
+        const area = (x: ArrayLike<number>, k: number) => (x[4 * k + 2] - x[4 * k]) * (x[4 * k + 3] - x[4 * k + 1]);
+        return (w * h) / (area(a, i) + area(b, j) - w * h);
+      };
+      t.true(half.scores.length > 0.8 * det.scores.length && half.scores.length < 1.25 * det.scores.length, `bf16 ${half.scores.length} vs float32 ${det.scores.length} detections`);
+      for (let i = 0; i < Math.min(10, det.scores.length); i++) {
+        let found = false;
+        for (let j = 0; j < half.scores.length && !found; j++)
+          found = half.labels[j] === det.labels[i] && Math.abs(half.scores[j] - det.scores[i]) <= 0.05 && iou(det.boxes, i, half.boxes, j) >= 0.5;
+        t.true(found, `float32 detection ${i} (label ${det.labels[i]}, score ${det.scores[i]}) has no bf16 match`);
+      }
+    } else {
+      await t.throwsAsync(model.detect(input, { amp: true }), { instanceOf: RangeError, message: /options\.amp \(bf16 autocast\) needs a model on CUDA/ });
+      await t.throwsAsync(model.detect(input, { amp: 1 as unknown as boolean }), { instanceOf: TypeError, message: /Expected a boolean for options\.amp/ });
+    }
     for (const v of [...Object.values(out), probs, input]) v.dispose();
     model.dispose();
   });

@@ -4,6 +4,7 @@
 #include <array>
 #include <cctype>
 
+#include "core/errors.h"
 #include "core/losses/nanodet_loss.h"
 #include "core/tensor_types.h"
 
@@ -79,6 +80,7 @@ NamedOutputs RetinaNetDetector::forwardNamed(const torch::Tensor& images) {
 
 Detections RetinaNetDetector::detect(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes,
                                      const DetectOptions& opts) {
+  if (opts.amp && !device().is_cuda()) throw RangeError("amp (bf16 autocast) needs a model on CUDA; this one is on " + device().str());
   const c10::DeviceGuard guard(device());
   return net_->detect(images, scales, sizes, opts);
 }
@@ -194,6 +196,7 @@ NamedOutputs NanoDetPlusDetector::forwardNamed(const torch::Tensor& images) {
 
 Detections NanoDetPlusDetector::detect(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes,
                                        const DetectOptions& opts) {
+  if (opts.amp && !device().is_cuda()) throw RangeError("amp (bf16 autocast) needs a model on CUDA; this one is on " + device().str());
   const c10::DeviceGuard guard(device());
   return net_->detect(images, scales, sizes, opts);
 }

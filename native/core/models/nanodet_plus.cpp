@@ -1,5 +1,7 @@
 #include "core/models/nanodet_plus.h"
 
+#include "core/autocast.h"
+
 #include "core/errors.h"
 #include "core/losses/nanodet_loss.h"
 #include "core/priors.h"
@@ -147,7 +149,11 @@ Detections NanoDetPlusImpl::detect(const torch::Tensor& images, const torch::Ten
                                    const DetectOptions& opts) {
   torch::NoGradGuard noGrad;
   const auto frame = detectionFrame(images, scales, sizes);
-  const auto out = forward(images);
+  NanoDetPlusOutput out;
+  {
+    const CudaBf16Autocast autocast(opts.amp);
+    out = forward(images);
+  }
   const auto preds = out.preds.to(torch::kFloat);
   const int64_t B = preds.size(0);
   const auto scores = torch::sigmoid(preds.narrow(2, 0, config_.numClasses));

@@ -13,6 +13,7 @@ struct DetectOptions {
   int64_t topkCandidates = 1000;  // per level and image; ≤ 0: all above the threshold
   double nmsThreshold = 0.5;
   int64_t maxDetections = 100;    // per image; ≤ 0: all kept
+  bool amp = false;               // bf16 autocast of the forward pass (CUDA); post-processing in float32
 };
 
 /// Detections of a batch, padded: rows [0, count[b]) of image b are real, by decreasing score.

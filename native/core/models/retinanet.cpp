@@ -1,5 +1,7 @@
 #include "core/models/retinanet.h"
 
+#include "core/autocast.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -111,7 +113,14 @@ Detections RetinaNetImpl::detect(const torch::Tensor& images, const torch::Tenso
                                  const DetectOptions& opts) {
   torch::NoGradGuard noGrad;
   const auto frame = detectionFrame(images, scales, sizes);
-  auto det = postprocess(forward(images), frame.limits, opts);
+  RetinaNetOutput out;
+  {
+    const CudaBf16Autocast autocast(opts.amp);
+    out = forward(images);
+  }
+  out.classification = out.classification.to(torch::kFloat);
+  out.regression = out.regression.to(torch::kFloat);
+  auto det = postprocess(out, frame.limits, opts);
   toOriginalPixels(det, frame);
   return det;
 }
