@@ -31,6 +31,7 @@ interface Options {
   optimizer: 'sgd' | 'adamw';
   profile?: string;
   reference: boolean;
+  resident: boolean;
   loaderImages: number;
   loaderSource: number;
   out: string;
@@ -131,6 +132,7 @@ async function main(): Promise<void> {
     .option('--no-reference', 'skip the PyTorch references')
     .option('--loader-images <n>', 'CUDA: also train from a DataLoader over this many generated images (0: not)', (v) => Number(v), 160)
     .option('--loader-source <px>', 'side of those JPEGs, resized to --size by the loader (default: --size, no resize)', (v) => Number(v))
+    .option('--no-resident', 'skip the resident-batch rows (only the DataLoader-fed ones)')
     .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'train-throughput.json'))
     .parse(process.argv)
     .opts<Options>();
@@ -142,7 +144,7 @@ async function main(): Promise<void> {
   const data = makeBatch(o, dir);
   const rows: Row[] = [];
   const configs: Array<[boolean, boolean]> = [[false, false], [true, false], ...(o.device === 'cuda' ? [[true, true] as [boolean, boolean]] : [])];
-  for (const p of precisions)
+  for (const p of o.resident ? precisions : [])
     for (const [fast, graph] of configs) {
       const r = await timeOnestage(o, data, p === 'bf16', fast, graph);
       console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
