@@ -367,8 +367,11 @@ cuda('cuda graph: the NanoDet-Plus step (DSL assignment, both heads, the AGM) re
     { optimizer: { type: 'adamw', lr, weightDecay: 0.05, clipGradNorm: 35 }, loss: { detachEpoch: 1 } },
     sequence,
     [...expected, ...expected],
-    // AdamW moves each weight by about ±lr whatever the gradient's size
-    { loss: 1e-4, weightAbs: 4 * lr, weightRel: 1e-3 },
+    // losses and gradient norms to 1e-3: the NanoDet-Plus backward has kernels that accumulate with
+    // atomics (the interpolation's backward, the depthwise convolutions' weight gradients), so gradients move in the
+    // fourth digit from run to run (measured: 1.5e-4 at the first replay); AdamW moves each weight by
+    // about ±lr whatever the gradient's size
+    { loss: 1e-3, weightAbs: 4 * lr, weightRel: 1e-3 },
   );
 });
 

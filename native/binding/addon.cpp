@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "binding/napi_util.h"
+#include "core/capture_lock.h"
 #include "core/build_info.h"
 #include "core/cpu_allocator.h"
 #include "core/profiler.h"
@@ -103,7 +104,10 @@ Napi::Value EmptyCpuCache(const Napi::CallbackInfo& info) {
 
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
 #ifdef ONESTAGE_WITH_CUDA
-  if (torch::cuda::is_available()) torch::cuda::synchronize();
+  if (torch::cuda::is_available()) {
+    const CudaWorkScope work;  // waits for every stream: not while a graph is being captured
+    torch::cuda::synchronize();
+  }
 #endif
   return info.Env().Undefined();
 }

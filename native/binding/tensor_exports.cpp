@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "binding/napi_util.h"
+#include "core/capture_lock.h"
 #include "core/errors.h"
 #include "core/tensor_ops.h"
 #include "core/tensor_types.h"
@@ -47,6 +48,7 @@ Napi::Value TensorFromArray(const Napi::CallbackInfo& info) {
       if (bytes[k] > 1)
         throw Napi::RangeError::New(info.Env(), "Expected 0 or 1 for data[" + std::to_string(k) +
                                                     "] of a bool tensor but received " + std::to_string(bytes[k]));
+  const CudaWorkScope work(device.is_cuda());  // an upload: never during a graph capture
   return wrapTensor(info.Env(), tensorFromBytes(bytes, length, shape, dtype, device));
 }
 
@@ -75,7 +77,11 @@ Napi::Value typedArrayCopy(Napi::Env env, const torch::Tensor& cpu) {
 
 Napi::Value TensorToArray(const Napi::CallbackInfo& info) {
   const auto t = tensorArg(info, 0, "tensor");
-  const auto cpu = contiguousCpu(t);
+  torch::Tensor cpu;
+  {
+    const CudaWorkScope work(t.is_cuda());  // a download waits on the device: never during a graph capture
+    cpu = contiguousCpu(t);
+  }
   Napi::Env env = info.Env();
   switch (cpu.scalar_type()) {
     case torch::kFloat32: return typedArrayCopy<float>(env, cpu);
@@ -93,6 +99,7 @@ Napi::Value TensorTo(const Napi::CallbackInfo& info) {
   const auto t = tensorArg(info, 0, "tensor");
   const auto device = parseDevice(stringArg(info, 1, "device"));
   requireDeviceAvailable(device);
+  const CudaWorkScope work(device.is_cuda() || t.is_cuda());
   return wrapTensor(info.Env(), t.to(device));
 }
 

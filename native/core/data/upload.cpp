@@ -24,7 +24,7 @@ std::vector<torch::Tensor> uploadTensors(const std::vector<torch::Tensor>& host,
   out.reserve(host.size());
 #ifdef ONESTAGE_WITH_CUDA
   if (device.is_cuda()) {
-    const std::shared_lock<std::shared_mutex> noCapture(captureLock());
+    const CudaWorkScope noCapture;  // no graph capture meanwhile (core/capture_lock.h)
     const c10::cuda::CUDAGuard guard(device);
     const auto copies = c10::cuda::getStreamFromPool(false, device.index());
     const auto consumer = c10::cuda::getDefaultCUDAStream(device.index());

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/capture_lock.h"
 #include "core/device_thread.h"
 #include "core/models/nanodet_plus.h"
 #include "core/models/retinanet.h"
@@ -61,6 +62,7 @@ class Detector {
     const torch::Device device = device_;
     return deviceThread_->run([&job, device] {
       const c10::DeviceGuard onDevice(device);
+      const CudaWorkScope work;  // a graph capture (elsewhere) waits for this job, and this job for it
       return job();
     });
   }

@@ -646,8 +646,9 @@ void TrainingSession::captureStep(const std::vector<int64_t>& key, int64_t capac
   // no gradients before the capture: the backward creates them inside the graph's memory pool, and every
   // replay writes them anew (an existing gradient would be accumulated into, replay after replay)
   for (auto& p : params_) p.mutable_grad() = torch::Tensor();
-  // no upload waits or allocates page-locked memory meanwhile (that would end the capture with an error)
-  const std::unique_lock<std::shared_mutex> capturing(captureLock());
+  // no other CUDA job of the library (uploads, other models' steps, transfers) runs meanwhile: a wait
+  // on the device or a page-locked allocation there would end the capture, or fail itself
+  const CaptureScope capturing;
   g.stream.synchronize();
   c10::cuda::CUDACachingAllocator::emptyCache();
   const bool castCache = at::autocast::is_autocast_cache_enabled();
