@@ -6,7 +6,7 @@
  */
 import test, { ExecutionContext } from 'ava';
 import * as path from 'node:path';
-import { Batch, buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, OptimizerOptions, setTf32, StepRecord, Tensor, Trainer, TrainerOptions } from '../lib';
+import { Batch, buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, OptimizerOptions, setTf32, StepRecord, synchronize, Tensor, Trainer, TrainerOptions } from '../lib';
 import { assertClose } from './helpers/close';
 import { tempDir } from './helpers/python';
 
@@ -406,6 +406,41 @@ cuda('cuda graph: on by default (\'auto\') for a model on CUDA — the fourth st
   scaled.dispose();
   t.throws(() => new Trainer(model, { ...sgd, optimizer: { ...sgd.optimizer, backboneLrMultiplier: 0.1 }, cudaGraph: true }), { instanceOf: RangeError, message: /backboneLrMultiplier and cudaGraph/ });
   model.dispose();
+});
+
+cuda('cuda graph: captures and other CUDA work of the process exclude each other — two models training at once, transfers and synchronize() meanwhile, nothing fails', async (t) => {
+  const bs = await batches('cuda', 2);
+  const models = [small('cuda'), small('cuda')];
+  const trainers = models.map((m) => new Trainer(m, sgd));
+  const warnings: string[] = [];
+  for (const tr of trainers) tr.on('warning', (m: string) => warnings.push(m));
+  let busy = true;
+  // JavaScript-side CUDA work while the steps (and their captures) run on the models' threads
+  const traffic = (async () => {
+    let n = 0;
+    while (busy) {
+      const x = Tensor.from(new Float32Array(1 << 16).fill(1), [1 << 16], { device: 'cuda' });
+      t.is((x.toArray() as Float32Array)[7], 1);
+      x.dispose();
+      synchronize();
+      n++;
+      await new Promise((r) => setImmediate(r));
+    }
+    return n;
+  })();
+  const runs = trainers.map(async (tr, k) => {
+    const how: string[] = [];
+    for (let i = 0; i < 8; i++) how.push((await tr.step(bs[(i + k) % 2], 0.01)).graph);
+    return how;
+  });
+  const hows = await Promise.all(runs);
+  busy = false;
+  t.true((await traffic) > 0);
+  for (const how of hows) t.deepEqual(how, ['eager', 'eager', 'eager', 'captured', 'replayed', 'replayed', 'replayed', 'replayed']);
+  t.deepEqual(warnings, []);
+  for (const tr of trainers) tr.dispose();
+  for (const m of models) m.dispose();
+  for (const b of bs) disposeBatch(b);
 });
 
 test('cuda graph: true is refused where it cannot run (a CPU model), \'auto\' runs eagerly there; the option must be a boolean or \'auto\'', async (t) => {
