@@ -359,19 +359,20 @@ cuda('cuda graph: the NanoDet-Plus step (DSL assignment, both heads, the AGM) re
   const sequence: SequenceStep[] = [];
   for (const epoch of [0, 1]) for (let i = 0; i < 6; i++) sequence.push({ batch: bs[i % 2], epoch });
   const expected = ['eager', 'eager', 'eager', 'captured', 'replayed', 'replayed'] as const;
-  const lr = 1e-4;
+  // SGD, not NanoDet's AdamW: AdamW turns gradient noise into ±lr moves of every weight whose gradient is
+  // near zero, and the DSL assignment (dynamic k from summed IoUs, top-k ties) turns those into other
+  // positives — two eager runs already differed by 1 % in the gradient norm after 3 AdamW steps (on the
+  // H200: 4.6260 and 4.5788, the graph 4.6253 both times)
   await graphVersusEager(
     t,
     'nanodet-plus',
     () => Model.nanodetPlus({ numClasses: 3, seed: 1, device: 'cuda' }),
-    { optimizer: { type: 'adamw', lr, weightDecay: 0.05, clipGradNorm: 35 }, loss: { detachEpoch: 1 } },
+    { optimizer: { type: 'sgd', lr: 0.01, momentum: 0.9, weightDecay: 1e-4, clipGradNorm: 35 }, loss: { detachEpoch: 1 } },
     sequence,
     [...expected, ...expected],
-    // losses and gradient norms to 1e-3: the NanoDet-Plus backward has kernels that accumulate with
-    // atomics (the interpolation's backward, the depthwise convolutions' weight gradients), so gradients move in the
-    // fourth digit from run to run (measured: 1.5e-4 at the first replay); AdamW moves each weight by
-    // about ±lr whatever the gradient's size
-    { loss: 1e-3, weightAbs: 4 * lr, weightRel: 1e-3 },
+    // to 1e-3: the NanoDet-Plus backward has kernels that accumulate with atomics (the interpolation's
+    // backward, the depthwise convolutions' weight gradients): its first replay differed by 1.5e-4
+    { loss: 1e-3, weightAbs: 1e-5, weightRel: 1e-3 },
   );
 });
 
