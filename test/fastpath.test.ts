@@ -444,6 +444,34 @@ cuda('cuda graph: captures and other CUDA work of the process exclude each other
   for (const b of bs) disposeBatch(b);
 });
 
+cuda('cuda graph: a capture that fails ends, under \'auto\', in eager steps and one warning; under true in an error naming the cause', async (t) => {
+  // ONESTAGE_TEST_CAPTURE_FAILURE: the capture synchronises the device, which no capture allows
+  process.env.ONESTAGE_TEST_CAPTURE_FAILURE = '1';
+  const [b] = await batches('cuda', 1);
+  try {
+    const model = small('cuda');
+    const trainer = new Trainer(model, sgd);
+    const warnings: string[] = [];
+    trainer.on('warning', (m: string) => warnings.push(m));
+    const records: StepRecord[] = [];
+    for (let i = 0; i < 6; i++) records.push(await trainer.step(b, 0.01));
+    t.deepEqual(records.map((r) => r.graph), ['eager', 'eager', 'eager', 'off', 'off', 'off']);
+    t.is(warnings.length, 1);
+    t.regex(warnings[0], /could not be captured as a CUDA graph .*; training goes on without CUDA graphs/);
+    t.is(records[3].graphWarning, warnings[0]);
+    t.true(records.every((r) => !r.skipped && Number.isFinite(r.total)), 'the steps after the failure train');
+    trainer.dispose();
+    const strict = new Trainer(model, { ...sgd, cudaGraph: true });
+    for (let i = 0; i < 3; i++) await strict.step(b, 0.01);
+    await t.throwsAsync(strict.step(b, 0.01), { message: /could not be captured as a CUDA graph .*; train with cudaGraph false/ });
+    strict.dispose();
+    model.dispose();
+  } finally {
+    delete process.env.ONESTAGE_TEST_CAPTURE_FAILURE;
+    disposeBatch(b);
+  }
+});
+
 test('cuda graph: true is refused where it cannot run (a CPU model), \'auto\' runs eagerly there; the option must be a boolean or \'auto\'', async (t) => {
   t.throws(() => new Trainer(small('cpu'), { cudaGraph: true }), { instanceOf: RangeError, message: /cudaGraph needs a model on CUDA/ });
   t.throws(() => new Trainer(small('cpu'), { cudaGraph: 'yes' as unknown as boolean }), { instanceOf: TypeError, message: /Expected a boolean or 'auto' for options\.cudaGraph/ });

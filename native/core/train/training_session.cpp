@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <random>
 #include <map>
@@ -660,6 +661,8 @@ void TrainingSession::captureStep(const std::vector<int64_t>& key, int64_t capac
     // on with calls a global capture would refuse; this thread makes none. Later graphs share the first
     // one's memory pool.
     graph->capture_begin(g.pool, cudaStreamCaptureModeThreadLocal);
+    // a test of the failure path: a device synchronisation, which no capture allows
+    if (std::getenv("ONESTAGE_TEST_CAPTURE_FAILURE")) torch::cuda::synchronize();
     const auto named = forwardBackward(c.images, c.annotations, c.views, epoch);
     c.values = stackLosses(named, clipGradients());
     for (const auto& entry : named) c.names.push_back(entry.first);
