@@ -60,7 +60,7 @@ export async function timeTrainingSteps(o: {
     amp,
     // fast: the Trainer's defaults (channels-last and cuDNN benchmark on CUDA); plain: all off
     ...(fast ? (o.channelsLast === undefined ? {} : { channelsLast: o.channelsLast }) : { channelsLast: false, cudnnBenchmark: false }),
-    cudaGraph: fast && o.cudaGraph ? true : false,
+    cudaGraph: Boolean(fast && o.cudaGraph),
   };
   if (!fast && device === 'cuda') setCudnnBenchmark(false);
   const trainer = new Trainer(model, options);

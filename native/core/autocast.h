@@ -6,8 +6,7 @@
 
 namespace onestage {
 
-// bf16 autocast of CUDA ops for the lifetime of the guard (the C++ form of
-// `torch.autocast('cuda', dtype=torch.bfloat16)`); restores the previous state.
+/// On for the guard's lifetime when `on`; restores the previous autocast state.
 class CudaBf16Autocast {
  public:
   explicit CudaBf16Autocast(bool on) : on_(on) {

@@ -584,6 +584,7 @@ StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::
       } else {
         try {
           captureStep(key, capacity, images, annotations, views, epoch);
+          g.seen.erase(seenKey);
           step = g.find(key, boxes);
           r.graph = "captured";
         } catch (const std::exception& e) {
@@ -657,9 +658,9 @@ void TrainingSession::captureStep(const std::vector<int64_t>& key, int64_t capac
   if (g.captured.empty()) g.pool = {0, 0};          // a fresh pool when no graph holds the last one
   auto graph = std::make_unique<at::cuda::CUDAGraph>();
   try {
-    // thread-local: other threads (the DataLoader's uploads: page-locked allocations, stream waits) may go
-    // on with calls a global capture would refuse; this thread makes none. Later graphs share the first
-    // one's memory pool.
+    // thread-local: CUDA work outside the library on other threads (the library's own waits for
+    // CaptureScope) may go on with calls a global capture would refuse; this thread makes none. Later
+    // graphs share the first one's memory pool.
     graph->capture_begin(g.pool, cudaStreamCaptureModeThreadLocal);
     // a test of the failure path: a device synchronisation, which no capture allows
     if (std::getenv("ONESTAGE_TEST_CAPTURE_FAILURE")) torch::cuda::synchronize();
@@ -681,9 +682,6 @@ void TrainingSession::captureStep(const std::vector<int64_t>& key, int64_t capac
   if (g.captured.empty()) g.pool = graph->pool();
   c.graph = std::move(graph);
   for (const auto& p : params_) c.grads.push_back(p.grad());
-  auto seenKey = key;
-  seenKey.push_back(capacity);
-  g.seen.erase(seenKey);
   g.captured.push_back(std::move(c));
 #else
   (void)key;
