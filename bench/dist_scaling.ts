@@ -3,8 +3,10 @@
  * process on 1 GPU and with N processes on N GPUs (c10d NCCL), in one invocation; prints img/s of
  * each, the scaling efficiency img/s(N) ÷ (N × img/s(1)), and writes bench/results/dist-scaling.json.
  *
- *   ts-node bench/dist_scaling.ts --gpus 2 --batch 8 --size 640 --depth 50 --amp
+ *   ts-node bench/dist_scaling.ts --gpus 2,4,8 --batch 8 --size 640 --depth 50 --amp [--cuda-graph]
  *   (on the CPU: --device cpu uses Gloo processes instead of GPUs)
+ * --cuda-graph: every run (the 1-process one too) replays its steps as CUDA graphs (cudaGraph true:
+ * the data-parallel graphs with the all-reduces captured); without it every run is eager.
  */
 import { Command } from 'commander';
 import * as path from 'node:path';
@@ -20,6 +22,7 @@ interface Options {
   steps: number;
   warmup: number;
   amp: boolean;
+  cudaGraph: boolean;
   device: 'cuda' | 'cpu';
   out: string;
 }
@@ -29,7 +32,8 @@ interface WorkerResult {
   imagesPerSecond: number;
   msPerStep: number;
   skipped: number;
-  peakNote: string;
+  /** Timed steps replayed as CUDA graphs. */
+  replayed: number;
 }
 
 async function worker(o: Options): Promise<void> {
@@ -38,19 +42,24 @@ async function worker(o: Options): Promise<void> {
   if (o.device === 'cuda') setTf32(true); // cuDNN's default (LibTorch and PyTorch)
   const group = env && env.worldSize > 1 ? await ProcessGroup.fromEnv({ device, timeoutSeconds: 600 }) : undefined;
   const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
-  const trainer = new Trainer(model, { optimizer: { lr: 1e-4 }, amp: o.amp, processGroup: group });
+  const trainer = new Trainer(model, { optimizer: { lr: 1e-4 }, amp: o.amp, processGroup: group, cudaGraph: o.cudaGraph });
   const batch = syntheticBatch(syntheticArrays(o.batch, o.size, env?.rank ?? 0), o.batch, o.size, device);
   let skipped = 0;
+  let replayed = 0;
   for (let i = 0; i < o.warmup; i++) skipped += (await trainer.step(batch, 1e-4)).skipped ? 1 : 0;
   synchronize();
   await group?.barrier('timing');
   const t0 = process.hrtime.bigint();
-  for (let i = 0; i < o.steps; i++) skipped += (await trainer.step(batch, 1e-4)).skipped ? 1 : 0;
+  for (let i = 0; i < o.steps; i++) {
+    const r = await trainer.step(batch, 1e-4);
+    skipped += r.skipped ? 1 : 0;
+    replayed += r.graph === 'replayed' ? 1 : 0;
+  }
   synchronize();
   await group?.barrier('timing');
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const worldSize = group?.worldSize ?? 1;
-  const result: WorkerResult = { worldSize, imagesPerSecond: (worldSize * o.batch * o.steps) / seconds, msPerStep: (1000 * seconds) / o.steps, skipped, peakNote: '' };
+  const result: WorkerResult = { worldSize, imagesPerSecond: (worldSize * o.batch * o.steps) / seconds, msPerStep: (1000 * seconds) / o.steps, skipped, replayed };
   if ((env?.rank ?? 0) === 0) process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);
   trainer.dispose();
   model.dispose();
@@ -74,33 +83,36 @@ async function run(n: number, argv: string[]): Promise<WorkerResult> {
 
 async function main(): Promise<void> {
   const o = new Command()
-    .option('--gpus <n>', 'processes (GPUs) of the parallel run', (v) => Number(v), 2)
+    .option('--gpus <list>', 'processes (GPUs) of the parallel runs, comma-separated', '2')
     .option('--batch <n>', 'images per GPU and step', (v) => Number(v), 8)
     .option('--size <px>', 'square input side', (v) => Number(v), 640)
     .option('--depth <n>', 'ResNet depth', (v) => Number(v), 50)
     .option('--steps <n>', 'timed steps', (v) => Number(v), 30)
     .option('--warmup <n>', 'untimed steps', (v) => Number(v), 8)
     .option('--amp', 'bf16 autocast', false)
+    .option('--cuda-graph', 'every run with cudaGraph true (else every run eager)', false)
     .option('--device <d>', "'cuda' (NCCL, a GPU per process) or 'cpu' (Gloo)", 'cuda')
     .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'dist-scaling.json'))
     .parse(process.argv)
-    .opts<Options>();
-  if (process.env.WORLD_SIZE) return worker(o);
+    .opts<Omit<Options, 'gpus'> & { gpus: string }>();
+  const counts = o.gpus.split(',').map(Number);
+  if (counts.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--gpus expects comma-separated process counts, received ${o.gpus}`);
+  if (process.env.WORLD_SIZE) return worker({ ...o, gpus: Number(process.env.WORLD_SIZE) });
   const info = buildInfo();
-  if (o.device === 'cuda' && info.deviceCount < o.gpus) throw new Error(`--gpus ${o.gpus} needs ${o.gpus} GPUs; this machine has ${info.deviceCount}`);
+  const most = Math.max(...counts);
+  if (o.device === 'cuda' && info.deviceCount < most) throw new Error(`--gpus ${o.gpus} needs ${most} GPUs; this machine has ${info.deviceCount}`);
   const argv = process.argv.slice(2);
   const one = await run(1, argv);
-  const many = await run(o.gpus, argv);
-  const efficiency = many.imagesPerSecond / (o.gpus * one.imagesPerSecond);
-  const rows = [
-    ['processes', 'img/s', 'ms/step', 'skipped steps'],
-    ['1', one.imagesPerSecond.toFixed(1), one.msPerStep.toFixed(1), String(one.skipped)],
-    [String(o.gpus), many.imagesPerSecond.toFixed(1), many.msPerStep.toFixed(1), String(many.skipped)],
-  ];
-  console.log(`RetinaNet ResNet-${o.depth}, ${o.size}×${o.size}, ${o.batch} images per ${o.device === 'cuda' ? 'GPU' : 'process'} and step, ${o.amp ? 'bf16 autocast' : 'fp32'} (${o.device === 'cuda' ? 'NCCL' : 'Gloo'}), onestage ${info.version}, LibTorch ${info.torchVersion}`);
-  for (const r of rows) console.log('| ' + r.join(' | ') + ' |');
-  console.log(`scaling efficiency ${o.gpus} vs 1: ${(100 * efficiency).toFixed(1)} %`);
-  writeJsonAtomic(o.out, { date: new Date().toISOString(), options: o, one, many, efficiency, torch: info.torchVersion }, 2);
+  const many: Array<WorkerResult & { efficiency: number }> = [];
+  for (const n of counts) {
+    const r = await run(n, argv);
+    many.push({ ...r, efficiency: r.imagesPerSecond / (n * one.imagesPerSecond) });
+  }
+  console.log(`RetinaNet ResNet-${o.depth}, ${o.size}×${o.size}, ${o.batch} images per ${o.device === 'cuda' ? 'GPU' : 'process'} and step, ${o.amp ? 'bf16 autocast' : 'fp32'} (${o.device === 'cuda' ? 'NCCL' : 'Gloo'}), ${o.cudaGraph ? 'CUDA graphs' : 'eager steps'}, onestage ${info.version}, LibTorch ${info.torchVersion}`);
+  console.log('| processes | img/s | ms/step | scaling efficiency | replayed steps | skipped steps |\n| --- | --- | --- | --- | --- | --- |');
+  for (const r of [{ ...one, efficiency: 1 }, ...many])
+    console.log(`| ${r.worldSize} | ${r.imagesPerSecond.toFixed(1)} | ${r.msPerStep.toFixed(1)} | ${(100 * r.efficiency).toFixed(1)} % | ${r.replayed} of ${o.steps} | ${r.skipped} |`);
+  writeJsonAtomic(o.out, { date: new Date().toISOString(), options: o, one, many, torch: info.torchVersion }, 2);
 }
 
 main().catch((err: Error) => {

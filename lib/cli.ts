@@ -136,7 +136,7 @@ export function makeProgram(): Command {
     .option('--max-side <px>', 'resize: longest side at most', intOption('--max-side', 1))
     .addOption(new Option('--device <device>', 'where to train').choices(['auto', 'cpu', 'cuda']))
     .option('--amp', 'bf16 autocast (CUDA)')
-    .addOption(new Option('--cuda-graph <mode>', "replay the training step as a CUDA graph: 'auto' (default: on CUDA in one process; a failed capture goes on eagerly), 'on' (a failure is an error), 'off'")
+    .addOption(new Option('--cuda-graph <mode>', "replay the training step as a CUDA graph: 'auto' (default: on CUDA in one process; a failed capture goes on eagerly), 'on' (also data-parallel steps under --nproc/NCCL; a failure is an error), 'off'")
       .choices(['auto', 'on', 'off'])
       .argParser((v: string) => {
         if (!['auto', 'on', 'off'].includes(v)) throw new InvalidArgumentError(`Expected 'auto', 'on' or 'off' but received '${v}'`);

@@ -19,6 +19,7 @@ const hasGloo = distBackends().includes('gloo');
 const glooTest = hasGloo ? test.serial : test.skip;
 // NCCL needs a GPU per process
 const ncclTest = distBackends().includes('nccl') && buildInfo().deviceCount >= 2 ? test.serial : test.skip;
+const ncclOneGpuTest = distBackends().includes('nccl') && buildInfo().deviceCount >= 1 ? test.serial : test.skip;
 
 let shapes: Promise<string> | undefined;
 function data(): Promise<string> {
@@ -34,7 +35,8 @@ interface WorkerRun {
   code: number;
   stdout: string;
   stderr: string;
-  result?: { weights?: string; stats?: number[]; losses: number[]; steps: number; worldSize: number };
+  /** graphs: steps by StepRecord.graph ('off', 'eager', 'captured', 'replayed'). */
+  result?: { weights?: string; stats?: number[]; losses: number[]; steps: number; worldSize: number; graphs: Record<string, number> };
 }
 
 function parseResult(stdout: string): WorkerRun['result'] {
@@ -164,11 +166,79 @@ ncclTest('dist: 2 NCCL processes (a GPU each) end with the weights of one proces
   t.is(one.code, 0, one.stderr);
   const two = await parallel(2, { ...base, out: path.join(out, 'two'), batchSize: 2 });
   t.is(two.code, 0, two.stderr);
+  // cudaGraph 'auto' (the default) keeps data-parallel steps eager
+  t.deepEqual(two.result!.graphs, { off: two.result!.steps });
   const diff = maxWeightDifference(one.result!.weights!, two.result!.weights!);
   t.log(`NCCL vs one GPU: weights differ by at most ${diff.max} (${diff.worst})`);
   // cuDNN's backward kernels sum in an order of their own (not bitwise reproducible even on one GPU)
   t.true(diff.max <= 1e-5, `weights differ by ${diff.max} (${diff.worst})`);
   one.result!.stats!.forEach((s, i) => t.true(Math.abs(s - two.result!.stats![i]) <= 1e-3, `stat ${i}: ${s} vs ${two.result!.stats![i]}`));
+});
+
+ncclOneGpuTest('dist: the data-parallel step replayed as a CUDA graph (NCCL, world size 1) equals the eager data-parallel step', async (t) => {
+  const dir = await data();
+  const out = tempDir('onestage-dist-graph1-');
+  const base = { data: dir, head: 'retinanet', epochs: 2, device: 'cuda', batchSize: 2 };
+  // a process group of one: the bucketed all-reduces, the losses' all-reduce and the shape all-gather
+  // run (and are captured) as with more ranks
+  const eager = await parallel(1, { ...base, out: path.join(out, 'eager'), cudaGraph: false });
+  t.is(eager.code, 0, eager.stderr);
+  const graph = await parallel(1, { ...base, out: path.join(out, 'graph'), cudaGraph: true });
+  t.is(graph.code, 0, graph.stderr);
+  t.is(graph.result!.worldSize, 1);
+  t.deepEqual(eager.result!.graphs, { off: eager.result!.steps });
+  // 3 eager steps of the one shape, one capture, the rest replayed
+  t.is(graph.result!.graphs.eager, 3, JSON.stringify(graph.result!.graphs));
+  t.is(graph.result!.graphs.captured, 1);
+  t.is(graph.result!.graphs.replayed, graph.result!.steps - 4);
+  const diff = maxWeightDifference(eager.result!.weights!, graph.result!.weights!);
+  t.log(`graph vs eager (NCCL, 1 rank): weights differ by at most ${diff.max} (${diff.worst})`);
+  t.true(diff.max <= 1e-5, `weights differ by ${diff.max} (${diff.worst})`);
+  eager.result!.losses.forEach((l, i) => t.true(Math.abs(l - graph.result!.losses[i]) <= 1e-4 * Math.max(1, Math.abs(l)), `epoch ${i}: ${l} vs ${graph.result!.losses[i]}`));
+});
+
+ncclTest('dist: 2 NCCL processes replaying CUDA graphs (all-reduces captured) end with the weights of one process on one GPU', async (t) => {
+  const dir = await data();
+  const out = tempDir('onestage-dist-graph2-');
+  const base = { data: dir, head: 'retinanet', epochs: 2, device: 'cuda' };
+  const one = single({ ...base, out: path.join(out, 'one'), batchSize: 4, cudaGraph: false });
+  t.is(one.code, 0, one.stderr);
+  const two = await parallel(2, { ...base, out: path.join(out, 'two'), batchSize: 2, cudaGraph: true });
+  t.is(two.code, 0, two.stderr);
+  t.true((two.result!.graphs.replayed ?? 0) >= two.result!.steps - 4, JSON.stringify(two.result!.graphs));
+  const diff = maxWeightDifference(one.result!.weights!, two.result!.weights!);
+  t.log(`NCCL graphs vs one GPU eager: weights differ by at most ${diff.max} (${diff.worst})`);
+  t.true(diff.max <= 1e-5, `weights differ by ${diff.max} (${diff.worst})`);
+  one.result!.losses.forEach((l, i) => t.true(Math.abs(l - two.result!.losses[i]) <= 1e-4 * Math.max(1, Math.abs(l)), `epoch ${i}: ${l} vs ${two.result!.losses[i]}`));
+});
+
+ncclTest('dist: a CUDA graph capture that fails on one rank fails on every rank, naming it', async (t) => {
+  const out = tempDir('onestage-dist-graphfail-');
+  const config = { data: await data(), head: 'retinanet', out, batchSize: 2, epochs: 1, device: 'cuda', cudaGraph: true, captureFailure: 'rank:1', timeoutSeconds: 60 };
+  const [rank0, rank1] = await twoWorkers(config, () => undefined);
+  t.is(rank1.code, 1);
+  t.regex(rank1.stderr, /worker failed: .*could not be captured as a CUDA graph \(.*\); train with cudaGraph false/);
+  t.is(rank0.code, 1);
+  t.regex(rank0.stderr, /worker failed: .*could not be captured as a CUDA graph on rank 1 \(every rank replays the same graphs, so none does\); train with cudaGraph false/);
+});
+
+ncclTest('dist: with CUDA graphs, a hung worker makes the other exit with an error after the timeout', async (t) => {
+  const out = tempDir('onestage-dist-graphhang-');
+  let stoppedAt = 0;
+  const timeoutSeconds = 6;
+  // stopped after its sixth step: the graph has been captured (fourth step) and replayed
+  const config = { data: await data(), head: 'retinanet', out, batchSize: 2, epochs: 1000, device: 'cuda', cudaGraph: true, timeoutSeconds, announceSteps: true };
+  const [survivor, hung] = await twoWorkers(config, (rank, children) => {
+    if (rank !== 1) return;
+    stoppedAt = Date.now();
+    children[1].kill('SIGSTOP');
+    setTimeout(() => children[1].kill('SIGKILL'), 2_000 * timeoutSeconds).unref();
+  }, 6);
+  t.is(survivor.code, 1);
+  t.regex(survivor.stderr, /worker failed: .*(timed out|Timed out|timeout)/i);
+  const waited = (survivor.endedAt - stoppedAt) / 1000;
+  t.true(waited >= timeoutSeconds * 0.5 && waited < timeoutSeconds + 30, `the survivor stopped ${waited} s after the other hung`);
+  t.not(hung.code, 0);
 });
 
 glooTest('dist: NanoDet-Plus over 2 processes (normalisers all-reduced) equals one process', async (t) => {
@@ -228,8 +298,11 @@ glooTest('dist: a checkpoint written by 2 processes resumes in 1, and one from 1
   t.deepEqual(epochs.map((e) => e.epoch), [0, 1, 2]);
 });
 
-/** Starts 2 workers by hand (no launcher, which would stop the survivor itself) and waits for both. */
-async function twoWorkers(config: object, onStep: (rank: number, children: ChildProcess[]) => void): Promise<Array<{ code: number | null; stderr: string; endedAt: number }>> {
+/**
+ * Starts 2 workers by hand (no launcher, which would stop the survivor itself) and waits for both;
+ * `onStep` is called once per rank when it has announced step `atStep`.
+ */
+async function twoWorkers(config: object, onStep: (rank: number, children: ChildProcess[]) => void, atStep = 1): Promise<Array<{ code: number | null; stderr: string; endedAt: number }>> {
   const port = await freePort();
   const children: ChildProcess[] = [];
   const results = [0, 1].map((rank) => {
@@ -242,7 +315,7 @@ async function twoWorkers(config: object, onStep: (rank: number, children: Child
     let announced = false;
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     child.stdout!.on('data', (d: Buffer) => {
-      if (!announced && d.toString().includes('STEP 1')) {
+      if (!announced && d.toString().includes(`STEP ${atStep}\n`)) {
         announced = true;
         onStep(rank, children);
       }

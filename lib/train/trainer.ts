@@ -114,7 +114,11 @@ export interface TrainerOptions {
    * - `'auto'` (default): on for a model on CUDA in one process (no `replicas`, no
    *   `backboneLrMultiplier`), off otherwise; a capture that fails switches graphs off for the rest of
    *   the run with a `'warning'` event (and `StepRecord.graphWarning`) instead of failing.
-   * - `true`: on, and a configuration that cannot be graphed, or a failed capture, is an error.
+   * - `true`: on, and a configuration that cannot be graphed, or a failed capture, is an error. With an
+   *   NCCL `processGroup` this graphs the data-parallel step as well: the gradient all-reduces are
+   *   captured with it, every step begins with a small all-gather of the ranks' batch shapes so that all
+   *   ranks capture and replay the same graphs together, a capture that fails on one rank fails on all,
+   *   and a replay that does not finish within the group's timeout (a rank stopped) is an error.
    * - `false`: never.
    * A performance setting: not checkpointed.
    */

@@ -25,10 +25,15 @@ interface WorkerConfig {
   clip?: number;
   /** Per-step lines on stdout (for the failure tests). */
   announceSteps?: boolean;
+  /** TrainerOptions.cudaGraph (default: the Trainer's, 'auto'). */
+  cudaGraph?: boolean | 'auto';
+  /** ONESTAGE_TEST_CAPTURE_FAILURE for this process ('rank:N': that rank's captures fail). */
+  captureFailure?: string;
 }
 
 async function main(): Promise<void> {
   const c = JSON.parse(process.env.ONESTAGE_TEST_DIST ?? '{}') as WorkerConfig;
+  if (c.captureFailure) process.env.ONESTAGE_TEST_CAPTURE_FAILURE = c.captureFailure;
   const env = distEnvironment();
   const device: Device = c.device === 'cuda' ? `cuda:${env?.localRank ?? 0}` : 'cpu';
   if (c.device === 'cuda') setTf32(false); // TF32 convolutions would make batch 4 and 2 × 2 differ by ~1e-3
@@ -43,11 +48,14 @@ async function main(): Promise<void> {
   const transform = { minSide: 64, maxSide: 64 };
   const loader = new DataLoader(train, { batchSize: c.batchSize, seed: 3, transform, shard: group?.shard, device });
   const valLoader = new DataLoader(val, { batchSize: c.batchSize, shuffle: false, augment: false, transform, shard: group?.shard, device });
-  const trainer = new Trainer(model, { optimizer: { lr: 0.01, clipGradNorm: c.clip ?? 0.1 }, loss: c.loss, ema: { decay: 0.9, tau: 2 }, processGroup: group, bucketMiB: 0.25 });
+  const trainer = new Trainer(model, { optimizer: { lr: 0.01, clipGradNorm: c.clip ?? 0.1 }, loss: c.loss, ema: { decay: 0.9, tau: 2 }, processGroup: group, bucketMiB: 0.25, cudaGraph: c.cudaGraph });
   if (c.announceSteps) trainer.on('step', (r: StepRecord) => process.stdout.write(`STEP ${r.step}\n`));
+  // how the steps ran (StepRecord.graph): 'off', 'eager', 'captured', 'replayed'
+  const graphs: Record<string, number> = {};
+  trainer.on('step', (r: StepRecord) => void (graphs[r.graph] = (graphs[r.graph] ?? 0) + 1));
   const fit = await trainer.fit(loader, { epochs: c.epochs, runDir: c.out, resume: c.resume, valLoader });
   const losses = fit.history.map((e) => e.total);
-  if (rank === 0) process.stdout.write(`RESULT ${JSON.stringify({ weights: fit.weights, stats: fit.evaluation?.stats, losses, steps: fit.steps, worldSize: group?.worldSize ?? 1 })}\n`);
+  if (rank === 0) process.stdout.write(`RESULT ${JSON.stringify({ weights: fit.weights, stats: fit.evaluation?.stats, losses, steps: fit.steps, worldSize: group?.worldSize ?? 1, graphs })}\n`);
   trainer.dispose();
   model.dispose();
   group?.dispose();

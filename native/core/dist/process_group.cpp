@@ -18,6 +18,7 @@
 #ifndef USE_C10D_NCCL
 #define USE_C10D_NCCL
 #endif
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -35,14 +36,30 @@ std::string messageOf(const std::exception& e) {
   return firstLine(e.what());
 }
 
+/// Whether this thread's current CUDA stream is being captured into a CUDA graph (NCCL builds).
+bool capturingStream() {
+#ifdef ONESTAGE_WITH_NCCL
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+#else
+  return false;
+#endif
+}
+
 class C10dCollective final : public PendingCollective {
  public:
-  C10dCollective(c10::intrusive_ptr<c10d::Work> work, std::string what, std::chrono::milliseconds timeout)
-      : work_(std::move(work)), what_(std::move(what)), timeout_(timeout) {}
+  /// streamOrdered: an NCCL collective, which the current CUDA stream can wait for on the device.
+  C10dCollective(c10::intrusive_ptr<c10d::Work> work, std::string what, std::chrono::milliseconds timeout, bool streamOrdered)
+      : work_(std::move(work)), what_(std::move(what)), timeout_(timeout), streamOrdered_(streamOrdered) {}
   void wait() override {
     if (!work_) return;
     try {
-      work_->wait(timeout_);
+      if (streamOrdered_ && capturingStream())
+        // inside a CUDA graph capture (TrainingSession's data-parallel graphs): the capturing stream waits
+        // for the NCCL stream, recorded into the graph; the host wait with a timeout would query an event
+        // of the capture, which no capture allows (a replay is awaited with the timeout instead)
+        work_->wait();
+      else
+        work_->wait(timeout_);
       work_.reset();
     } catch (const std::exception& e) {
       work_.reset();
@@ -54,6 +71,7 @@ class C10dCollective final : public PendingCollective {
   c10::intrusive_ptr<c10d::Work> work_;
   std::string what_;
   std::chrono::milliseconds timeout_;
+  bool streamOrdered_;
 };
 
 // Either c10d backend: ProcessGroupGloo and ProcessGroupNCCL have the same collective signatures (in
@@ -120,7 +138,7 @@ class C10dProcessGroup final : public ProcessGroup {
   std::shared_ptr<PendingCollective> launch(F&& f, const std::string& what) {
     const std::string named = what + " (rank " + std::to_string(rank()) + " of " + std::to_string(worldSize()) + ", " + backend() + ")";
     try {
-      return std::make_shared<C10dCollective>(f(), named, std::chrono::milliseconds(options_.timeoutMs));
+      return std::make_shared<C10dCollective>(f(), named, std::chrono::milliseconds(options_.timeoutMs), backend() == "nccl");
     } catch (const std::exception& e) {
       throw std::runtime_error(named + " failed: " + messageOf(e));
     }
@@ -240,6 +258,18 @@ void ProcessGroup::broadcastInPlace(const std::vector<torch::Tensor>& tensors, i
       offset += t.numel();
     }
   }
+}
+
+std::vector<int64_t> ProcessGroup::allGather(const std::vector<int64_t>& values, const std::string& what) {
+  torch::NoGradGuard noGrad;
+  const auto n = static_cast<int64_t>(values.size());
+  // every rank fills its own row of zeros; the sum over the ranks is every rank's row
+  auto rows = torch::zeros({worldSize(), n}, torch::TensorOptions().dtype(torch::kInt64));
+  if (n > 0) std::copy(values.begin(), values.end(), rows[rank()].data_ptr<int64_t>());
+  auto buffer = rows.to(device());
+  allreduceSum(buffer, what)->wait();
+  const auto host = buffer.cpu().contiguous();
+  return std::vector<int64_t>(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
 }
 
 void ProcessGroup::barrier(const std::string& what) {

@@ -31,7 +31,9 @@ struct ProcessGroupOptions {
 };
 
 /// A collective in flight. wait() blocks until it is done and throws its error (a peer that left, a
-/// timeout) as a std::runtime_error naming the operation.
+/// timeout) as a std::runtime_error naming the operation. While the calling thread's CUDA stream is
+/// being captured into a CUDA graph, an NCCL collective's wait() is the stream's wait instead (recorded
+/// into the graph; the host goes on).
 class PendingCollective {
  public:
   virtual ~PendingCollective() = default;
@@ -62,6 +64,9 @@ class ProcessGroup {
   /// ranks, and rank 0's values on every rank (tensors of one dtype travel as one flat buffer).
   torch::Tensor mean(const torch::Tensor& tensor, const std::string& what);
   void broadcastInPlace(const std::vector<torch::Tensor>& tensors, int64_t root, const std::string& what);
+  /// Every rank's `values` (of one length on every rank), concatenated in rank order: one all-reduce
+  /// and a host read (synchronous).
+  std::vector<int64_t> allGather(const std::vector<int64_t>& values, const std::string& what);
   /// Every rank waits here until all have arrived.
   void barrier(const std::string& what);
 

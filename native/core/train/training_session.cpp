@@ -7,6 +7,8 @@
 #include <sstream>
 #include <torch/version.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -166,8 +168,10 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
     std::string refusal;
     if (!cuda)
       refusal = "cudaGraph needs a model on CUDA (and a CUDA build); this one is on " + detector_->device().str();
-    else if (training.group)
-      refusal = "cudaGraph is for one process; data-parallel training runs eagerly (use cudaGraph false)";
+    else if (training.group && training.cudaGraph == "auto")
+      // data-parallel steps are graphed on request only: a graph with NCCL collectives must be captured and
+      // replayed by every rank together, and a rank that stops is then noticed by the replay's timeout
+      refusal = "cudaGraph 'auto' keeps data-parallel steps eager (cudaGraph true graphs them)";
     else if (training.replicas > 1)
       refusal = "cudaGraph cannot be combined with replicas > 1";
     else if (o.backboneLrMultiplier != 1.0)
@@ -552,6 +556,14 @@ std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackw
   return named(parts, extra);
 }
 
+bool TrainingSession::testCaptureFailure() const {
+  const char* v = std::getenv("ONESTAGE_TEST_CAPTURE_FAILURE");
+  if (!v || !*v) return false;
+  const std::string value(v);
+  if (value.rfind("rank:", 0) != 0) return true;
+  return training_.group && std::to_string(training_.group->rank()) == value.substr(5);
+}
+
 StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch) {
 #ifdef ONESTAGE_WITH_CUDA
   auto& g = *graphs_;
@@ -566,8 +578,23 @@ StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::
     const c10::cuda::CUDAStreamGuard onSide(g.stream);
     // NanoDet-Plus's AGM is detached from detachEpoch on: another graph
     const int64_t detached = nanodet_ && epoch >= nanodetLoss_.detachEpoch ? 1 : 0;
-    const std::vector<int64_t> key{images.size(0), images.size(1), images.size(2), images.size(3), views.defined() ? 1 : 0, detached};
-    const int64_t boxes = annotations.size(1);
+    std::vector<int64_t> key{images.size(0), images.size(1), images.size(2), images.size(3), views.defined() ? 1 : 0, detached};
+    int64_t boxes = annotations.size(1);
+    if (training_.group) {
+      // a captured NCCL collective is captured, and its graph replayed, by every rank together: the
+      // decisions below are made on every rank's shapes (the key: all ranks' in rank order) and on the
+      // largest box count, so they are the same everywhere
+      auto mine = key;
+      mine.push_back(boxes);
+      const auto all = training_.group->allGather(mine, "all-gather of the batch shapes (CUDA graph decision)");
+      const size_t width = mine.size();
+      key.clear();
+      boxes = 0;
+      for (size_t r = 0; r < all.size() / width; ++r) {
+        key.insert(key.end(), all.begin() + static_cast<std::ptrdiff_t>(r * width), all.begin() + static_cast<std::ptrdiff_t>(r * width + width - 1));
+        boxes = std::max(boxes, all[r * width + width - 1]);
+      }
+    }
     auto* step = g.find(key, boxes);
     if (!step) {
       // capacity: the next power of two, at least 8 rows (padding rows change no loss)
@@ -582,28 +609,36 @@ StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::
         r = eagerStep(images, annotations, views, epoch);
         r.graph = "eager";
       } else {
+        std::string failure;
         try {
           captureStep(key, capacity, images, annotations, views, epoch);
+        } catch (const std::exception& e) {
+          failure = e.what();
+        }
+        if (training_.group) failure = agreeOnCapture(failure);
+        if (failure.empty()) {
           g.seen.erase(seenKey);
           step = g.find(key, boxes);
           r.graph = "captured";
-        } catch (const std::exception& e) {
-          if (!g.automatic) throw std::runtime_error(std::string(e.what()) + "; train with cudaGraph false");
-          // cudaGraph "auto": this step and every later one eagerly, and the caller is told once
+        } else {
           g.clear();
+          for (auto& p : params_) p.mutable_grad() = torch::Tensor();
+          if (!g.automatic) throw std::runtime_error(failure + "; train with cudaGraph false");
+          // cudaGraph "auto": this step and every later one eagerly, and the caller is told once
           g.disabled = true;
           r = eagerStep(images, annotations, views, epoch);
           r.graph = "off";
-          r.graphWarning = std::string(e.what()) + "; training goes on without CUDA graphs";
+          r.graphWarning = failure + "; training goes on without CUDA graphs";
         }
       }
     }
     if (step) {
       step->images.copy_(images);
       step->annotations.fill_(-1.0);
-      step->annotations.narrow(1, 0, boxes).copy_(annotations);
+      step->annotations.narrow(1, 0, annotations.size(1)).copy_(annotations);
       if (views.defined()) step->views.copy_(views);
       step->graph->replay();
+      if (training_.group) awaitReplay(g.stream);
       // the gradients live in the graphs' pool: the parameters get this graph's back (an eager step or
       // another graph in between has replaced them)
       for (size_t i = 0; i < params_.size(); ++i) params_[i].mutable_grad() = step->grads[i];
@@ -624,6 +659,35 @@ StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::
   (void)views;
   (void)epoch;
   throw std::logic_error("cudaGraph without CUDA");
+#endif
+}
+
+std::string TrainingSession::agreeOnCapture(const std::string& failure) {
+  const auto failed = training_.group->allGather({failure.empty() ? 0 : 1}, "all-gather of the CUDA graph capture's outcome");
+  if (!failure.empty()) return failure;
+  std::string ranks;
+  for (size_t r = 0; r < failed.size(); ++r)
+    if (failed[r]) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+  if (ranks.empty()) return "";
+  return "cudaGraph: the training step could not be captured as a CUDA graph on rank " + ranks + " (every rank replays the same graphs, so none does)";
+}
+
+void TrainingSession::awaitReplay(const c10::Stream& stream) {
+#ifdef ONESTAGE_WITH_CUDA
+  // the replay's all-reduces wait on the device for every other rank, where no c10d timeout watches them
+  at::cuda::CUDAEvent finished;
+  finished.record(c10::cuda::CUDAStream(stream));
+  const auto& group = *training_.group;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(group.options().timeoutMs);
+  while (!finished.query()) {
+    if (std::chrono::steady_clock::now() > deadline)
+      throw std::runtime_error("data-parallel training step (a CUDA graph replay with its all-reduces; rank " + std::to_string(group.rank()) + " of " +
+                               std::to_string(group.worldSize()) + ", " + group.backend() + ") timed out after " +
+                               std::to_string(group.options().timeoutMs) + " ms: another rank stopped or left");
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+#else
+  (void)stream;
 #endif
 }
 
@@ -662,8 +726,9 @@ void TrainingSession::captureStep(const std::vector<int64_t>& key, int64_t capac
     // CaptureScope) may go on with calls a global capture would refuse; this thread makes none. Later
     // graphs share the first one's memory pool.
     graph->capture_begin(g.pool, cudaStreamCaptureModeThreadLocal);
-    // a test of the failure path: a device synchronisation, which no capture allows
-    if (std::getenv("ONESTAGE_TEST_CAPTURE_FAILURE")) torch::cuda::synchronize();
+    // a test of the failure path: a device synchronisation, which no capture allows ("rank:N": on that
+    // rank of a process group only)
+    if (testCaptureFailure()) torch::cuda::synchronize();
     const auto named = forwardBackward(c.images, c.annotations, c.views, epoch);
     c.values = stackLosses(named, clipGradients());
     for (const auto& entry : named) c.names.push_back(entry.first);

@@ -57,16 +57,22 @@ struct TrainingOptions {
   std::shared_ptr<ProcessGroup> group;
   /// Gradient bucket size (bytes) for the all-reduce; the first bucket is 1 MiB.
   int64_t bucketBytes = 25 << 20;
-  /// CUDA graphs of the training step (a model on CUDA, one process, no CPU replicas, one learning
-  /// rate): once a batch shape has been trained eagerly kGraphWarmupSteps times, forward, losses
-  /// (RetinaNet's or NanoDet-Plus's, assignment included), backward, gradient clipping and the loss
-  /// values are captured as one CUDA graph and replayed for every later batch of that shape with at
-  /// most as many boxes as the graph's padded capacity; the optimizer update, the EMA and the skip
-  /// decision run after the replay, as in the eager step. Up to kMaxGraphs shapes are kept (their
+  /// CUDA graphs of the training step (a model on CUDA, no CPU replicas, one learning rate): once a
+  /// batch shape has been trained eagerly kGraphWarmupSteps times, forward, losses (RetinaNet's or
+  /// NanoDet-Plus's, assignment included), backward, gradient clipping and the loss values are
+  /// captured as one CUDA graph and replayed for every later batch of that shape with at most as many
+  /// boxes as the graph's padded capacity; the optimizer update, the EMA and the skip decision run
+  /// after the replay, as in the eager step. Up to kMaxGraphs shapes are kept (their
   /// activations share one memory pool); further shapes run eagerly.
+  /// Data-parallel (an NCCL group): the gradient buckets' all-reduces, the losses' and the normalisers'
+  /// are captured with the step; each step first gathers every rank's batch shape and box count (one
+  /// small all-reduce), so that all ranks capture and replay the same graphs together; a capture that
+  /// fails on one rank fails on all; a replay that does not finish within the group's timeout (a rank
+  /// stopped) is an error.
   /// "off": never; "on": as described, and a configuration that cannot be graphed is an error;
-  /// "auto": on where the configuration allows it, off otherwise, and a capture that fails turns the
-  /// graphs off for the rest of the session (StepResult::graphWarning says why) instead of failing.
+  /// "auto": on where the configuration allows it (in one process), off otherwise, and a capture that
+  /// fails turns the graphs off for the rest of the session (StepResult::graphWarning says why) instead
+  /// of failing.
   std::string cudaGraph = "off";
 };
 
@@ -143,6 +149,14 @@ class TrainingSession {
                    const torch::Tensor& views, int64_t epoch);
   /// step() after the learning rate is set: forward, losses, backward, update, without a graph.
   StepResult eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch);
+  /// Data-parallel graphs: every rank's capture outcome; this rank's failure, or one naming the ranks
+  /// whose capture failed (empty: captured everywhere). Every rank calls it after every capture.
+  std::string agreeOnCapture(const std::string& failure);
+  /// Data-parallel graphs: waits for the replay queued on `stream` on the host, up to the group's
+  /// timeout (then an error naming the rank): a rank that stopped would hold the replay's all-reduces forever.
+  void awaitReplay(const c10::Stream& stream);
+  /// ONESTAGE_TEST_CAPTURE_FAILURE is set (for this rank): the test of the failed-capture path.
+  bool testCaptureFailure() const;
   struct Graphs;  // the captured steps, their stream and static inputs (CUDA builds)
   std::unique_ptr<Graphs> graphs_;
   void updateEma();
