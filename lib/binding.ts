@@ -122,7 +122,8 @@ export interface NativeBinding {
   retinaLossState(loss: NativeLoss): { ghmc: Array<NativeTensor | null>; ghmr: Array<NativeTensor | null> };
   retinaLossDispose(loss: NativeLoss): void;
 
-  collateImagesAsync(images: Uint8Array[], sizes: number[], height: number, width: number, mean: number[], std: number[], device: string): Promise<NativeTensor>;
+  /** normalise: 'host' (floats made on the CPU) or 'device' (uint8 uploaded, normalised there); default 'device' for CUDA, 'host' for the CPU. Either gives the same floats. */
+  collateImagesAsync(images: Uint8Array[], sizes: number[], height: number, width: number, mean: number[], std: number[], device: string, normalise?: 'host' | 'device'): Promise<NativeTensor>;
   /** A CPU tensor copied to `device` off the JavaScript thread (CUDA: through page-locked memory on a copy stream of its own). */
   uploadAsync(tensor: NativeTensor, device: string): Promise<NativeTensor>;
   contrastiveViewsAsync(images: NativeTensor, annotations: NativeTensor, factors: NativeTensor): Promise<NativeTensor>;

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import sharp from 'sharp';
 import { Batch, buildInfo, CocoDataset, contrastiveViews, cropBoxes, CsvDataset, DataLoader, disposeBatch, loadImage, makeShapes, resizeScale, Tensor, transformBoxes } from '../lib';
 import { fromTensor, readBundle, writeBundle } from './helpers/bundle';
+import { native } from '../lib/binding';
 import { assertClose } from './helpers/close';
 import { runReference, tempDir } from './helpers/python';
 import { Rng } from './helpers/random';
@@ -291,6 +292,30 @@ test('bad input: each kind gives an error naming the file (and line), or is skip
   fs.writeFileSync(path.join(dir, 'classes2.csv'), 'a,0\nb\n');
   await t.throwsAsync(CsvDataset.open(path.join(dir, 'ok.csv'), path.join(dir, 'classes2.csv')), { message: /classes2\.csv:2: expected 'class_name,id'/ });
   t.throws(() => new DataLoader(mixed, { batchSize: 0 }), { instanceOf: RangeError, message: /options\.batchSize/ });
+});
+
+test('collate: images normalised after a uint8 upload (the CUDA loader\'s path) equal those normalised on the host, bit for bit, zero padded', async (t) => {
+  const rng = new Rng(12);
+  // three sizes in one padded batch (below and right of each image), every byte value present
+  const sizes = [[5, 7], [9, 4], [3, 11]];
+  const images = sizes.map(([h, w]) => Uint8Array.from({ length: h * w * 3 }, (_, i) => (i < 256 ? i : rng.integer(0, 256))));
+  images[1].fill(255, 0, 3);
+  const mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225];
+  for (const device of ['cpu', ...(buildInfo().cudaAvailable ? ['cuda' as const] : [])]) {
+    const host = new Tensor(await native().collateImagesAsync(images, sizes.flat(), 10, 12, mean, std, device, 'host'));
+    const packed = new Tensor(await native().collateImagesAsync(images, sizes.flat(), 10, 12, mean, std, device, 'device'));
+    t.deepEqual(packed.shape, [3, 3, 10, 12]);
+    t.is(packed.device, host.device);
+    const a = host.toArray() as Float32Array, b = packed.toArray() as Float32Array;
+    t.deepEqual(Buffer.from(b.buffer, b.byteOffset, b.byteLength), Buffer.from(a.buffer, a.byteOffset, a.byteLength), device);
+    // the padding of image 0 (5×7 in 10×12) is zero; its first pixel is (0/255 − mean)/std
+    t.is(b[0 * 120 + 6 * 12 + 2], 0);
+    t.is(b[0 * 120 + 2 * 12 + 9], 0);
+    t.is(b[0], Math.fround((0 - mean[0]) / std[0]));
+    host.dispose();
+    packed.dispose();
+  }
+  t.throws(() => native().collateImagesAsync(images, sizes.flat(), 10, 12, mean, std, 'cpu', 'gpu' as 'device'), { instanceOf: RangeError, message: /Expected 'host' or 'device' for normalise but received 'gpu'/ });
 });
 
 (buildInfo().cudaAvailable ? test : test.skip)('loader on CUDA: batches uploaded through page-locked memory equal the CPU loader\'s, images, annotations and views, every batch of two epochs', async (t) => {

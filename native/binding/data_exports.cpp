@@ -32,6 +32,14 @@ Napi::Value CollateImagesAsync(const Napi::CallbackInfo& info) {
     if (!(s > 0)) throw Napi::RangeError::New(info.Env(), "std values must be positive");
   const auto device = parseDevice(stringArg(info, 6, "device"));
   requireDeviceAvailable(device);
+  // where the bytes become normalised floats: "host" (collateImages), or "device" (packImages, uploaded
+  // as uint8 — a quarter of the bytes — and normalisePacked there); default: the device for CUDA
+  std::string where = device.is_cpu() ? "host" : "device";
+  if (info.Length() > 7 && !info[7].IsUndefined()) {
+    where = stringArg(info, 7, "normalise");
+    if (where != "host" && where != "device")
+      throw Napi::RangeError::New(info.Env(), "Expected 'host' or 'device' for normalise but received '" + where + "'");
+  }
   std::vector<ImageView> views;
   std::vector<Napi::Value> keep;
   for (uint32_t k = 0; k < arr.Length(); ++k) {
@@ -49,8 +57,14 @@ Napi::Value CollateImagesAsync(const Napi::CallbackInfo& info) {
   }
   return PromiseWorker<torch::Tensor>::start(
       info.Env(),
-      [views, H, W, mean, std, device] {
+      [views, H, W, mean, std, device, where] {
         // collated straight into page-locked memory when headed for CUDA, then copied off the training stream
+        if (where == "device") {
+          std::vector<std::array<int64_t, 2>> sizes;
+          for (const auto& v : views) sizes.push_back({v.height, v.width});
+          const auto packed = packImages(views, H, W, stagingOptions(device, torch::kUInt8));
+          return uploadTensors({packed}, device, [&](const torch::Tensor& t) { return normalisePacked(t, sizes, mean, std); })[0];
+        }
         auto t = collateImages(views, H, W, mean, std, stagingOptions(device, torch::kFloat32));
         return device.is_cpu() ? t : uploadTensors({t}, device)[0];
       },

@@ -19,7 +19,8 @@ torch::TensorOptions stagingOptions(const torch::Device& device, torch::ScalarTy
   return options;
 }
 
-std::vector<torch::Tensor> uploadTensors(const std::vector<torch::Tensor>& host, const torch::Device& device) {
+std::vector<torch::Tensor> uploadTensors(const std::vector<torch::Tensor>& host, const torch::Device& device,
+                                         const std::function<torch::Tensor(const torch::Tensor&)>& then) {
   std::vector<torch::Tensor> out;
   out.reserve(host.size());
 #ifdef ONESTAGE_WITH_CUDA
@@ -35,6 +36,7 @@ std::vector<torch::Tensor> uploadTensors(const std::vector<torch::Tensor>& host,
         auto target = torch::empty(source.sizes(), source.options().device(device).pinned_memory(false));
         // asynchronous from page-locked memory; the host allocator keeps `source` until the copy is done
         target.copy_(source, /*non_blocking=*/true);
+        if (then) target = then(target);
         target.record_stream(consumer);
         out.push_back(target);
       }
@@ -43,7 +45,7 @@ std::vector<torch::Tensor> uploadTensors(const std::vector<torch::Tensor>& host,
     return out;
   }
 #endif
-  for (const auto& t : host) out.push_back(t.to(device));
+  for (const auto& t : host) out.push_back(then ? then(t.to(device)) : t.to(device));
   return out;
 }
 
