@@ -197,7 +197,7 @@ ncclOneGpuTest('dist: the data-parallel step replayed as a CUDA graph (NCCL, wor
   eager.result!.losses.forEach((l, i) => t.true(Math.abs(l - graph.result!.losses[i]) <= 1e-4 * Math.max(1, Math.abs(l)), `epoch ${i}: ${l} vs ${graph.result!.losses[i]}`));
 });
 
-ncclTest('dist: 2 NCCL processes replaying CUDA graphs (all-reduces captured) end with the weights of one process on one GPU', async (t) => {
+ncclTest('dist: 2 NCCL processes replaying CUDA graphs (all-reduces captured) end with the weights of the eager data-parallel run and of one process on one GPU', async (t) => {
   const dir = await data();
   const out = tempDir('onestage-dist-graph2-');
   const base = { data: dir, head: 'retinanet', epochs: 2, device: 'cuda' };
@@ -206,9 +206,13 @@ ncclTest('dist: 2 NCCL processes replaying CUDA graphs (all-reduces captured) en
   const two = await parallel(2, { ...base, out: path.join(out, 'two'), batchSize: 2, cudaGraph: true });
   t.is(two.code, 0, two.stderr);
   t.true((two.result!.graphs.replayed ?? 0) >= two.result!.steps - 4, JSON.stringify(two.result!.graphs));
+  const eager = await parallel(2, { ...base, out: path.join(out, 'eager'), batchSize: 2, cudaGraph: false });
+  t.is(eager.code, 0, eager.stderr);
   const diff = maxWeightDifference(one.result!.weights!, two.result!.weights!);
-  t.log(`NCCL graphs vs one GPU eager: weights differ by at most ${diff.max} (${diff.worst})`);
+  const vsEager = maxWeightDifference(eager.result!.weights!, two.result!.weights!);
+  t.log(`NCCL graphs vs one GPU eager: weights differ by at most ${diff.max} (${diff.worst}); vs 2 NCCL ranks eager: ${vsEager.max} (${vsEager.worst})`);
   t.true(diff.max <= 1e-5, `weights differ by ${diff.max} (${diff.worst})`);
+  t.true(vsEager.max <= 1e-5, `weights differ from the eager data-parallel run's by ${vsEager.max} (${vsEager.worst})`);
   one.result!.losses.forEach((l, i) => t.true(Math.abs(l - two.result!.losses[i]) <= 1e-4 * Math.max(1, Math.abs(l)), `epoch ${i}: ${l} vs ${two.result!.losses[i]}`));
 });
 
