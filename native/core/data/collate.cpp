@@ -78,16 +78,18 @@ torch::Tensor normalisePacked(const torch::Tensor& packed, const std::vector<std
   torch::NoGradGuard noGrad;
   const auto host = normalisationTable(mean, std);
   const auto table = torch::from_blob(const_cast<float*>(host[0].data()), {3 * 256}, torch::kFloat32).to(packed.device());
-  // index of (channel, byte) in the table, in [B, 3, H, W] order: the gather writes the NCHW batch directly
-  const auto offsets = torch::arange(0, 3 * 256, 256, torch::TensorOptions().dtype(torch::kInt64).device(packed.device())).view({1, 3, 1, 1});
-  const auto index = packed.permute({0, 3, 1, 2}).to(torch::kInt64).add_(offsets);
-  auto out = table.take(index).contiguous();
+  // index of (channel, byte) in the table, in [3, H, W] order: the gather writes the image's NCHW slab
+  // directly; one image at a time keeps the int64 indices small (8 bytes a value)
+  const auto offsets = torch::arange(0, 3 * 256, 256, torch::TensorOptions().dtype(torch::kInt64).device(packed.device())).view({3, 1, 1});
+  auto out = torch::empty({B, 3, H, W}, torch::TensorOptions().dtype(torch::kFloat32).device(packed.device()));
   for (int64_t b = 0; b < B; ++b) {
     const int64_t h = sizes[b][0], w = sizes[b][1];
     if (h < 1 || w < 1 || h > H || w > W) throw std::logic_error("normalisePacked: image " + std::to_string(b) + " does not fit the batch");
+    auto slab = out[b];
+    at::take_out(slab, table, packed[b].permute({2, 0, 1}).to(torch::kInt64).add_(offsets));
     // padding is zero after normalisation (as collateImages)
-    if (h < H) out[b].narrow(1, h, H - h).zero_();
-    if (w < W) out[b].narrow(1, 0, h).narrow(2, w, W - w).zero_();
+    if (h < H) slab.narrow(1, h, H - h).zero_();
+    if (w < W) slab.narrow(1, 0, h).narrow(2, w, W - w).zero_();
   }
   return out;
 }
