@@ -5,6 +5,7 @@
 #include <chrono>
 #include <stdexcept>
 #include <type_traits>
+#include <utility>
 
 #include "core/errors.h"
 
@@ -74,6 +75,13 @@ class C10dCollective final : public PendingCollective {
   bool streamOrdered_;
 };
 
+/// Whether the c10d backend has an abort() callable without arguments (ProcessGroupNCCL in LibTorch 2.x:
+/// `void abort()` or `bool abort(optional<string> = nullopt)` depending on the version).
+template <typename T, typename = void>
+struct HasAbort : std::false_type {};
+template <typename T>
+struct HasAbort<T, std::void_t<decltype(std::declval<T&>().abort())>> : std::true_type {};
+
 // Either c10d backend: ProcessGroupGloo and ProcessGroupNCCL have the same collective signatures (in
 // LibTorch 1.13 as ProcessGroup subclasses, in 2.x as Backend subclasses).
 template <typename Backend>
@@ -108,6 +116,15 @@ class C10dProcessGroup final : public ProcessGroup {
     opts.rootRank = root;
     opts.rootTensor = 0;
     return launch([&] { return backend_->broadcast(list, opts); }, what);
+  }
+
+  void abort() override {
+    if constexpr (HasAbort<Backend>::value) {
+      try {
+        backend_->abort();
+      } catch (...) {
+      }
+    }
   }
 
   void storeSet(const std::string& key, const std::vector<uint8_t>& value) override {

@@ -64,6 +64,11 @@ class ProcessGroup {
   /// ranks, and rank 0's values on every rank (tensors of one dtype travel as one flat buffer).
   torch::Tensor mean(const torch::Tensor& tensor, const std::string& what);
   void broadcastInPlace(const std::vector<torch::Tensor>& tensors, int64_t root, const std::string& what);
+  /// Ends this rank's communicators and every collective in flight on them (NCCL: ncclCommAbort,
+  /// where the LibTorch version has it; otherwise nothing): after a collective that can no longer
+  /// finish — a CUDA graph replay whose peers stopped — so that the process can exit. The group is not
+  /// usable afterwards.
+  virtual void abort() = 0;
   /// Every rank's `values` (of one length on every rank), concatenated in rank order: one all-reduce
   /// and a host read (synchronous).
   std::vector<int64_t> allGather(const std::vector<int64_t>& values, const std::string& what);

@@ -680,10 +680,13 @@ void TrainingSession::awaitReplay(const c10::Stream& stream) {
   const auto& group = *training_.group;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(group.options().timeoutMs);
   while (!finished.query()) {
-    if (std::chrono::steady_clock::now() > deadline)
+    if (std::chrono::steady_clock::now() > deadline) {
+      // the replay's all-reduces would spin on the device for ever: end them, so that the process can exit
+      training_.group->abort();
       throw std::runtime_error("data-parallel training step (a CUDA graph replay with its all-reduces; rank " + std::to_string(group.rank()) + " of " +
                                std::to_string(group.worldSize()) + ", " + group.backend() + ") timed out after " +
                                std::to_string(group.options().timeoutMs) + " ms: another rank stopped or left");
+    }
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
 #else
