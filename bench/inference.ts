@@ -41,16 +41,18 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   const model = Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval();
   // on CUDA also channels-last with cuDNN's benchmark mode (what a Trainer leaves a CUDA model in), in
-  // float32 (TF32) and with the bf16 forward (detect's amp)
-  for (const layout of gpu ? ['NCHW', 'channels-last', 'channels-last + bf16'] : ['NCHW']) {
+  // float32 (TF32) and with the bf16 forward (detect's amp), each also replayed as a CUDA graph (detect's
+  // cudaGraph: the warm-up calls capture it)
+  for (const layout of gpu ? ['NCHW', 'channels-last', 'channels-last + bf16', 'channels-last + CUDA graph', 'channels-last + bf16 + CUDA graph'] : ['NCHW']) {
     if (layout === 'channels-last') {
       model.channelsLast(true);
       setCudnnBenchmark(true);
     }
-    const amp = layout.endsWith('bf16');
+    const amp = layout.includes('bf16');
+    const cudaGraph = layout.endsWith('CUDA graph');
     for (const b of batches) {
       const x = Tensor.from(Float32Array.from({ length: b * 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [b, 3, size, size], { device });
-      const ms = await timeMs(() => model.detect(x, { amp }), warmup, iters);
+      const ms = await timeMs(() => model.detect(x, { amp, cudaGraph }), warmup, iters);
       rows.push({ system: `onestage ${layout} (LibTorch ${buildInfo().torchVersion})`, batch: b, ms });
       console.error(`onestage ${layout} batch ${b}: ${ms.toFixed(1)} ms`);
       x.dispose();

@@ -119,6 +119,16 @@ export interface DetectOptions {
    * NMS stay in float32. Default false. Scores move by about 1e-2 against float32.
    */
   amp?: boolean;
+  /**
+   * Replay forward and post-processing as a CUDA graph (a model on CUDA; `topkCandidates` > 0 —
+   * NanoDet-Plus's default keeps every candidate, a count known only after the forward: pass e.g. 1000).
+   * The first 2 calls of an input shape and set of options run eagerly, the third is captured, later
+   * ones copy their inputs into the graph's and replay it: the same kernels, the same detections,
+   * without the per-operation launch cost. Up to 4 shapes are kept (least recently used dropped);
+   * replaced weights (loading into new storage, moving, channels-last) drop them. A capture that fails
+   * is an error naming the cause. Default false.
+   */
+  cudaGraph?: boolean;
 }
 
 /** A batch for `detect`: images plus how each was resized from its original. */
@@ -415,6 +425,8 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
     for (const k of ['topkCandidates', 'maxDetections'] as const) if (o[k] !== undefined) checkInteger(`options.${k}`, o[k], 0, 2 ** 40);
     if (o.amp !== undefined && typeof o.amp !== 'boolean') throw invalid('options.amp', 'a boolean', o.amp);
     if (o.amp && !this.device.startsWith('cuda')) throw new RangeError(`options.amp (bf16 autocast) needs a model on CUDA; this one is on ${this.device}`);
+    if (o.cudaGraph !== undefined && typeof o.cudaGraph !== 'boolean') throw invalid('options.cudaGraph', 'a boolean', o.cudaGraph);
+    if (o.cudaGraph && !this.device.startsWith('cuda')) throw new RangeError(`options.cudaGraph needs a model on CUDA; this one is on ${this.device}`);
     const scalesT = Tensor.from(Float32Array.from(scales), [B]);
     const sizesT = Tensor.from(Float32Array.from(sizes.flat()), [B, 2]);
     try {

@@ -101,11 +101,64 @@ for (const device of devices) {
     } else {
       await t.throwsAsync(model.detect(input, { amp: true }), { instanceOf: RangeError, message: /options\.amp \(bf16 autocast\) needs a model on CUDA/ });
       await t.throwsAsync(model.detect(input, { amp: 1 as unknown as boolean }), { instanceOf: TypeError, message: /Expected a boolean for options\.amp/ });
+      await t.throwsAsync(model.detect(input, { cudaGraph: true }), { instanceOf: RangeError, message: /options\.cudaGraph needs a model on CUDA/ });
+      await t.throwsAsync(model.detect(input, { cudaGraph: 'yes' as unknown as boolean }), { instanceOf: TypeError, message: /Expected a boolean for options\.cudaGraph/ });
     }
     for (const v of [...Object.values(out), probs, input]) v.dispose();
     model.dispose();
   });
 }
+
+(buildInfo().cudaAvailable ? test : test.skip)('detect with cudaGraph: replays give the eager detections for new inputs, two shapes, bf16, and weights loaded later (RetinaNet and NanoDet-Plus, cuda)', async (t) => {
+  const rng = new Rng(31);
+  const dir = tempDir();
+  const builders = [
+    (seed: number) => Model.retinanet({ depth: 18, numClasses: 3, featureSize: 32, device: 'cuda', seed }),
+    (seed: number) => Model.nanodetPlus({ depth: 18, numClasses: 3, featureSize: 32, device: 'cuda', seed }),
+  ];
+  for (const build of builders) {
+    const model = build(1);
+    model.eval();
+    const other = path.join(dir, `${model.architecture}-other.safetensors`);
+    const donor = build(2);
+    await donor.saveWeights(other);
+    donor.dispose();
+    // low threshold: random weights score low; top-k > 0 (a graph needs a fixed candidate count)
+    const opts = { scoreThreshold: 0.001, topkCandidates: 200, maxDetections: 50 };
+    const same = async (x: Tensor, o: object, what: string) => {
+      const eager = await model.detect(x, o);
+      const graphed = await model.detect(x, { ...o, cudaGraph: true });
+      t.is(graphed.length, eager.length);
+      eager.forEach((e, b) => {
+        t.is(graphed[b].scores.length, e.scores.length, `${what}: image ${b} detections`);
+        t.true(e.scores.length > 0, `${what}: image ${b} has detections`);
+        assertClose(t, { shape: [e.scores.length], data: graphed[b].scores }, { shape: [e.scores.length], data: e.scores }, { name: `${what} scores`, atol: 1e-6, rtol: 1e-5 });
+        assertClose(t, { shape: [e.boxes.length], data: graphed[b].boxes }, { shape: [e.boxes.length], data: e.boxes }, { name: `${what} boxes`, atol: 1e-4, rtol: 1e-5 });
+        t.deepEqual(Array.from(graphed[b].labels), Array.from(e.labels), `${what}: labels`);
+      });
+    };
+    const input = (shape: number[]) => Tensor.from(rng.normal(shape.reduce((a, b) => a * b)), shape, { device: 'cuda' });
+    // calls 1–2 of a shape eager, 3 captured, then replayed with other inputs; a second shape in between
+    for (let k = 0; k < 6; k++) {
+      const x = input([2, 3, 96, 128]);
+      await same(x, opts, `${model.architecture} call ${k}`);
+      x.dispose();
+      if (k % 2 === 1) {
+        const y = input([1, 3, 64, 64]);
+        await same(y, opts, `${model.architecture} second shape, call ${k}`);
+        y.dispose();
+      }
+    }
+    const z = input([2, 3, 96, 128]);
+    for (let k = 0; k < 3; k++) await same(z, { ...opts, amp: true }, `${model.architecture} bf16 call ${k}`);
+    // other weights: the replays read them
+    await model.loadWeights(other);
+    await same(z, opts, `${model.architecture} after loadWeights`);
+    z.dispose();
+    await t.throwsAsync(model.detect(input([1, 3, 64, 64]), { ...opts, topkCandidates: 0, cudaGraph: true }), { instanceOf: RangeError, message: /cudaGraph needs topkCandidates > 0/ });
+    model.dispose();
+  }
+});
 
 for (const depth of [18, 50] as const) {
   test(`retinanet: ResNet-${depth} FPN outputs, anchors and decoded boxes equal the PyTorch reference model (odd input size)`, async (t) => {

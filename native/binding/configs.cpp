@@ -63,6 +63,7 @@ DetectOptions detectOptionsFrom(const Napi::Object& o, DetectOptions d) {
   d.topkCandidates = optInt(o, "options", "topkCandidates", 0, 1LL << 40, d.topkCandidates);
   d.maxDetections = optInt(o, "options", "maxDetections", 0, 1LL << 40, d.maxDetections);
   d.amp = optBool(o, "options", "amp", d.amp);
+  d.cudaGraph = optBool(o, "options", "cudaGraph", d.cudaGraph);
   return d;
 }
 

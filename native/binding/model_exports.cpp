@@ -132,7 +132,8 @@ Napi::Value ModelDetectAsync(const Napi::CallbackInfo& info) {
       [m, images, scales, sizes, opts] {
         std::lock_guard<std::mutex> lock(m->mutex());
         return m->onDeviceThread([&] {
-          const auto d = m->detect(images.to(m->device()), scales, sizes, opts);
+          const auto x = images.to(m->device());
+          const auto d = opts.cudaGraph ? m->detectGraphed(x, scales, sizes, opts) : m->detect(x, scales, sizes, opts);
           return HostDetections{d.boxes.to(torch::kCPU, torch::kFloat32).contiguous(),
                                 d.scores.to(torch::kCPU, torch::kFloat32).contiguous(),
                                 d.labels.to(torch::kCPU, torch::kInt32).contiguous(), d.count.to(torch::kCPU)};

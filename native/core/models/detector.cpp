@@ -1,16 +1,152 @@
 #include "core/models/detector.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <iterator>
 
 #include "core/errors.h"
 #include "core/losses/nanodet_loss.h"
 #include "core/tensor_types.h"
 
+#ifdef ONESTAGE_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace onestage {
 
+/// detectGraphed's captures: per key (input shape and options) the graph, its static inputs and
+/// outputs; least recently used first.
+struct Detector::DetectGraphs {
+#ifdef ONESTAGE_WITH_CUDA
+  struct Captured {
+    std::vector<double> key;
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    torch::Tensor images, scales, sizes;
+    Detections out;
+  };
+  explicit DetectGraphs(const torch::Device& device) : stream(c10::cuda::getStreamFromPool(false, device.index())) {}
+  c10::cuda::CUDAStream stream;  // captures need a side stream; replays run there too
+  std::vector<Captured> captured;
+  std::map<std::vector<double>, int64_t> seen;  // eager calls per key
+  size_t storage = 0;                           // fingerprint of the weights' storage the graphs read
+  decltype(std::declval<at::cuda::CUDAGraph>().pool()) pool{0, 0};
+  void clear() {
+    captured.clear();
+    seen.clear();
+    pool = {0, 0};
+  }
+#endif
+};
+
 Detector::Detector(const torch::Device& device) : device_(device) { requireDeviceAvailable(device); }
+
+Detector::~Detector() = default;
+
+Detections Detector::detectGraphed(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes, const DetectOptions& opts) {
+  if (!device_.is_cuda()) throw RangeError("cudaGraph needs a model on CUDA; this one is on " + device_.str());
+  if (opts.topkCandidates <= 0)
+    throw RangeError("cudaGraph needs topkCandidates > 0 (every candidate above the threshold is a count known only after the forward)");
+#ifdef ONESTAGE_WITH_CUDA
+  checkDetectorInput(images, device_);
+  const int64_t B = images.size(0);
+  if (scales.dim() != 1 || scales.size(0) != B)
+    throw RangeError("scales: expected one per image (" + std::to_string(B) + ") but received " + describeShape(scales.sizes()));
+  if (sizes.dim() != 2 || sizes.size(0) != B || sizes.size(1) != 2)
+    throw RangeError("sizes: expected [" + std::to_string(B) + ", 2] (height, width) but received " + describeShape(sizes.sizes()));
+  const c10::DeviceGuard guard(device_);
+  torch::NoGradGuard noGrad;
+  if (!detectGraphs_) detectGraphs_ = std::make_unique<DetectGraphs>(device_);
+  auto& g = *detectGraphs_;
+  // the graphs read the parameters and buffers where they were at the capture
+  size_t storage = 0;
+  const auto mix = [&storage](size_t v) { storage ^= v + 0x9e3779b97f4a7c15ULL + (storage << 6) + (storage >> 2); };
+  for (const auto& t : module().parameters()) mix(reinterpret_cast<size_t>(t.data_ptr()));
+  for (const auto& t : module().buffers()) mix(reinterpret_cast<size_t>(t.data_ptr()));
+  if (storage != g.storage) {
+    g.clear();
+    g.storage = storage;
+  }
+  std::vector<double> key;
+  for (const auto d : images.sizes()) key.push_back(static_cast<double>(d));
+  key.insert(key.end(), {opts.scoreThreshold, static_cast<double>(opts.topkCandidates), opts.nmsThreshold, static_cast<double>(opts.maxDetections),
+                         opts.amp ? 1.0 : 0.0});
+  auto found = std::find_if(g.captured.begin(), g.captured.end(), [&key](const DetectGraphs::Captured& c) { return c.key == key; });
+  if (found == g.captured.end() && ++g.seen[key] <= kDetectWarmupCalls) return detect(images, scales, sizes, opts);
+  const auto outer = c10::cuda::getCurrentCUDAStream(device_.index());
+  at::cuda::CUDAEvent ready, done;
+  ready.record(outer);
+  ready.block(g.stream);
+  Detections result;
+  {
+    const c10::cuda::CUDAStreamGuard onSide(g.stream);
+    const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
+    if (found == g.captured.end()) {
+      if (g.captured.size() >= kMaxDetectGraphs) g.captured.erase(g.captured.begin());
+      DetectGraphs::Captured c;
+      c.key = key;
+      c.images = torch::empty(images.sizes(), f32);
+      c.scales = scales.to(f32).clone();
+      c.sizes = sizes.to(f32).clone();
+      c.images.copy_(images);
+      {
+        const CaptureScope capturing;  // no other CUDA work of the library meanwhile (core/capture_lock.h)
+        g.stream.synchronize();
+        const bool castCache = at::autocast::is_autocast_cache_enabled();
+        at::autocast::set_autocast_cache_enabled(false);  // no bf16 weight copies kept past the capture
+        if (g.captured.empty()) g.pool = {0, 0};
+        auto graph = std::make_unique<at::cuda::CUDAGraph>();
+        try {
+          graph->capture_begin(g.pool, cudaStreamCaptureModeThreadLocal);
+          c.out = detect(c.images, c.scales, c.sizes, opts);
+          graph->capture_end();
+        } catch (const std::exception& e) {
+          at::autocast::set_autocast_cache_enabled(castCache);
+          try {
+            graph->capture_end();
+          } catch (...) {
+          }
+          g.seen.erase(key);
+          const std::string what = e.what();
+          throw std::runtime_error("cudaGraph: detect could not be captured as a CUDA graph (" + what.substr(0, what.find('\n')) +
+                                   "); detect with cudaGraph false");
+        }
+        at::autocast::set_autocast_cache_enabled(castCache);
+        if (g.captured.empty()) g.pool = graph->pool();
+        c.graph = std::move(graph);
+      }
+      g.seen.erase(key);
+      g.captured.push_back(std::move(c));
+      found = std::prev(g.captured.end());
+    } else {
+      // most recently used last
+      std::rotate(found, std::next(found), g.captured.end());
+      found = std::prev(g.captured.end());
+    }
+    auto& c = *found;
+    c.images.copy_(images);
+    c.scales.copy_(scales.to(f32));
+    c.sizes.copy_(sizes.to(f32));
+    c.graph->replay();
+    // the graph's outputs are rewritten by its next replay: the caller gets copies
+    result = Detections{c.out.boxes.clone(), c.out.scores.clone(), c.out.labels.clone(), c.out.count.clone()};
+  }
+  done.record(g.stream);
+  done.block(outer);
+  return result;
+#else
+  (void)images;
+  (void)scales;
+  (void)sizes;
+  (void)opts;
+  throw std::logic_error("cudaGraph without CUDA");
+#endif
+}
 
 void Detector::to(const torch::Device& device) {
   requireDeviceAvailable(device);

@@ -25,7 +25,7 @@ using NamedOutputs = std::vector<std::pair<std::string, torch::Tensor>>;
 class Detector {
  public:
   explicit Detector(const torch::Device& device);
-  virtual ~Detector() = default;
+  virtual ~Detector();
   Detector(const Detector&) = delete;
   Detector& operator=(const Detector&) = delete;
 
@@ -39,6 +39,14 @@ class Detector {
   virtual NamedOutputs forwardNamed(const torch::Tensor& images) = 0;
   virtual Detections detect(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes,
                             const DetectOptions& opts) = 0;
+  /// detect() as a CUDA graph (DetectOptions::cudaGraph; a model on CUDA, topkCandidates > 0): after
+  /// kDetectWarmupCalls eager calls with one input shape and set of options, forward and
+  /// post-processing are captured and every later call of that shape copies its inputs into the graph's
+  /// static ones and replays it (the same kernels: the same detections). Up to kMaxDetectGraphs shapes
+  /// are kept (least recently used dropped; their activations share one memory pool); a change of any
+  /// parameter's or buffer's storage (loading replaced, moved, channels-last) drops them all. A capture
+  /// that fails is an error naming the cause. Returns tensors of its own (copies of the graph's outputs).
+  Detections detectGraphed(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes, const DetectOptions& opts);
   /// Parameter names of the backbone (for backbone-only weight loading).
   virtual bool isBackboneKey(const std::string& key) const = 0;
   /// State-dict names as files carry them (torchvision variants: torchvision's), and back (also
@@ -85,7 +93,14 @@ class Detector {
   torch::Device device_;
   std::mutex mutex_;
   std::unique_ptr<DeviceThread> deviceThread_;  // created at the first CUDA job
+  struct DetectGraphs;  // detectGraphed's captures (CUDA builds)
+  std::unique_ptr<DetectGraphs> detectGraphs_;
 };
+
+/// Eager detect() calls of one shape before detectGraphed captures it (cuDNN's benchmark, anchors).
+constexpr int64_t kDetectWarmupCalls = 2;
+/// Shapes detectGraphed keeps captured at once.
+constexpr size_t kMaxDetectGraphs = 4;
 
 class RetinaNetDetector : public Detector {
  public:

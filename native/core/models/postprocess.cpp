@@ -72,8 +72,11 @@ DetectionFrame detectionFrame(const torch::Tensor& images, const torch::Tensor& 
     throw RangeError("scales: expected one per image (" + std::to_string(B) + ") but received " + describeShape(f.scales.sizes()));
   if (f.sizes.dim() != 2 || f.sizes.size(0) != B || f.sizes.size(1) != 2)
     throw RangeError("sizes: expected [" + std::to_string(B) + ", 2] (height, width) but received " + describeShape(f.sizes.sizes()));
-  const auto inputSize = torch::tensor({static_cast<float>(images.size(2)), static_cast<float>(images.size(3))}, f32);
-  f.limits = torch::min(f.sizes * f.scales.unsqueeze(1), inputSize.unsqueeze(0));
+  // the resized region, never past the padded input (scalar clamps: no host-to-device copy, so that a
+  // CUDA graph can record it)
+  f.limits = f.sizes * f.scales.unsqueeze(1);
+  f.limits.select(1, 0).clamp_max_(static_cast<double>(images.size(2)));
+  f.limits.select(1, 1).clamp_max_(static_cast<double>(images.size(3)));
   return f;
 }
 

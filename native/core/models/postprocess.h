@@ -14,6 +14,8 @@ struct DetectOptions {
   double nmsThreshold = 0.5;
   int64_t maxDetections = 100;    // per image; ≤ 0: all kept
   bool amp = false;               // bf16 autocast of the forward pass (CUDA); post-processing in float32
+  /// Detector::detectGraphed: forward and post-processing replayed as a CUDA graph per input shape.
+  bool cudaGraph = false;
 };
 
 /// Detections of a batch, padded: rows [0, count[b]) of image b are real, by decreasing score.
