@@ -135,6 +135,8 @@ Detections Detector::detectGraphed(const torch::Tensor& images, const torch::Ten
     c.graph->replay();
     // the graph's outputs are rewritten by its next replay: the caller gets copies
     result = Detections{c.out.boxes.clone(), c.out.scores.clone(), c.out.labels.clone(), c.out.count.clone()};
+    // made on the side stream, read on the caller's
+    for (auto* t : {&result.boxes, &result.scores, &result.labels, &result.count}) t->record_stream(outer);
   }
   done.record(g.stream);
   done.block(outer);
