@@ -249,8 +249,10 @@ ncclTest('dist: with CUDA graphs, a hung worker makes the other exit with an err
     children[1].kill('SIGSTOP');
     setTimeout(() => children[1].kill('SIGKILL'), 2_000 * timeoutSeconds).unref();
   }, 6);
-  t.is(survivor.code, 1);
-  t.regex(survivor.stderr, /worker failed: .*(timed out|Timed out|timeout)/i);
+  // our error (exit 1) or c10d's NCCL watchdog, which may take the process down itself on a timeout
+  // (TORCH_NCCL_ASYNC_ERROR_HANDLING's default): either way it stops, saying why
+  t.not(survivor.code, 0);
+  t.regex(survivor.stderr, /(timed out|timeout)/i);
   const waited = (survivor.endedAt - stoppedAt) / 1000;
   t.true(waited >= timeoutSeconds * 0.5 && waited < timeoutSeconds + 30, `the survivor stopped ${waited} s after the other hung`);
   t.not(hung.code, 0);
