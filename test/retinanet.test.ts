@@ -140,7 +140,7 @@ for (const device of devices) {
     const input = (shape: number[]) => Tensor.from(rng.normal(shape.reduce((a, b) => a * b)), shape, { device: 'cuda' });
     // calls 1–2 of a shape eager, 3 captured, then replayed with other inputs; a second shape in between
     for (let k = 0; k < 6; k++) {
-      const x = input([2, 3, 96, 128]);
+      const x = input([2, 3, 128, 128]);
       await same(x, opts, `${model.architecture} call ${k}`);
       x.dispose();
       if (k % 2 === 1) {
@@ -149,7 +149,7 @@ for (const device of devices) {
         y.dispose();
       }
     }
-    const z = input([2, 3, 96, 128]);
+    const z = input([2, 3, 128, 128]);
     for (let k = 0; k < 3; k++) await same(z, { ...opts, amp: true }, `${model.architecture} bf16 call ${k}`);
     // other weights: the replays read them
     await model.loadWeights(other);
