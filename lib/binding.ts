@@ -140,6 +140,8 @@ export interface NativeBinding {
   distInitAsync(options: { backend: string; masterAddr: string; masterPort: number; rank: number; worldSize: number; timeoutMs?: number; agentStore?: boolean; interface?: string; deviceIndex?: number }): Promise<NativeProcessGroup>;
   distInfo(group: NativeProcessGroup): { rank: number; worldSize: number; backend: string; device: string; timeoutMs: number };
   distMeanAsync(group: NativeProcessGroup, tensor: NativeTensor): Promise<NativeTensor>;
+  /** Every rank's values (one length on every rank), concatenated in rank order. */
+  distAllGatherAsync(group: NativeProcessGroup, values: number[]): Promise<number[]>;
   distBarrierAsync(group: NativeProcessGroup, what: string): Promise<void>;
   distStoreSetAsync(group: NativeProcessGroup, key: string, value: Uint8Array): Promise<void>;
   distStoreGetAsync(group: NativeProcessGroup, key: string): Promise<Buffer>;

@@ -144,6 +144,22 @@ export class ProcessGroup {
     return new Tensor(await native().distMeanAsync(this.nativeHandle, tensor.handle));
   }
 
+  /**
+   * Every rank's integers, in rank order, on every rank: `result[r]` is rank r's `values`. Every rank
+   * must call it, in the same order as the other collectives; ranks may pass arrays of different lengths
+   * (the lengths are gathered first). Safe integers only (|v| < 2^53).
+   * @example const [mine, theirs] = await group.allGather([imagesSeen]); // with 2 ranks
+   */
+  async allGather(values: number[]): Promise<number[][]> {
+    if (!Array.isArray(values) || values.some((v) => !Number.isSafeInteger(v))) throw invalid('values', 'an array of safe integers', values);
+    const h = this.nativeHandle;
+    const lengths = await native().distAllGatherAsync(h, [values.length]);
+    const longest = Math.max(...lengths);
+    if (longest === 0) return lengths.map(() => []);
+    const all = await native().distAllGatherAsync(h, [...values, ...new Array<number>(longest - values.length).fill(0)]);
+    return lengths.map((n, r) => all.slice(r * longest, r * longest + n));
+  }
+
   /** Resolves when every rank has called it with the same label. */
   async barrier(what = 'barrier'): Promise<void> {
     await native().distBarrierAsync(this.nativeHandle, what);

@@ -136,6 +136,23 @@ test('dist: sharded loaders split each global batch evenly, with the single-proc
   t.throws(() => new DataLoader(ds, { shard: { rank: 2, count: 2 } }), { message: /options\.shard\.rank/ });
 });
 
+glooTest('dist: allGather gives every rank each rank\'s integers (other lengths, beyond 32 bits, negative, none)', async (t) => {
+  const lines: string[] = [];
+  let stderr = '';
+  const r = await launchWorkers(2, {
+    args: [],
+    command: { execPath: process.execPath, execArgv: ['-r', 'ts-node/register/transpile-only'], script: path.join(__dirname, 'helpers', 'dist_collectives.ts') },
+    out: (line, stream) => (stream === 'stdout' ? lines.push(line) : (stderr += line + '\n')),
+  });
+  t.is(r.exitCode, 0, stderr);
+  const results = lines.filter((l) => l.includes('RESULT ')).map((l) => JSON.parse(l.slice(l.indexOf('RESULT ') + 7)) as { rank: number; gathered: number[][]; empty: number[][] });
+  t.is(results.length, 2);
+  for (const res of results) {
+    t.deepEqual(res.gathered, [[2 ** 40], [2 ** 40 + 1, -11]], `rank ${res.rank}`);
+    t.deepEqual(res.empty, [[], []]);
+  }
+});
+
 glooTest('dist: 2 Gloo processes end with the weights of one process trained on the same global batches, and evaluate as one', async (t) => {
   const dir = await data();
   const out = tempDir('onestage-dist-run-');

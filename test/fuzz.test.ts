@@ -135,6 +135,7 @@ function validArgs(group: NativeProcessGroup | null = null, port = 1): Record<ke
     distInfo: [group],
     distMeanAsync: [group, t],
     distBarrierAsync: [group, 'fuzz'],
+    distAllGatherAsync: [group, [1, -2, 3]],
     distStoreSetAsync: [group, 'fuzz-key', new Uint8Array([1, 2])],
     distStoreGetAsync: [group, 'fuzz-key'],
     distStoreDeleteAsync: [group, 'fuzz-key'],

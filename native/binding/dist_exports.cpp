@@ -1,5 +1,5 @@
 // Data-parallel exports: joining a c10d process group, the collectives the TypeScript side needs
-// (the mean of a tensor, a barrier) and the rendezvous store for small payloads. Everything that
+// (the mean of a tensor, an all-gather of integers, a barrier) and the rendezvous store for small payloads. Everything that
 // waits on other processes runs on the thread pool.
 #include <napi.h>
 
@@ -76,6 +76,19 @@ Napi::Value DistMeanAsync(const Napi::CallbackInfo& info) {
   return tensorPromise(info.Env(), [g, t] { return g->mean(t, "all-reduce (mean) of a tensor"); });
 }
 
+Napi::Value DistAllGatherAsync(const Napi::CallbackInfo& info) {
+  const auto g = groupArg(info, 0);
+  constexpr int64_t kSafe = (int64_t{1} << 53) - 1;  // integers a JavaScript number holds exactly
+  const auto values = intArrayArg(info, 1, "values", -kSafe, kSafe);
+  return PromiseWorker<std::vector<int64_t>>::start(
+      info.Env(), [g, values] { return g->allGather(values, "all-gather of " + std::to_string(values.size()) + " integers"); },
+      [](Napi::Env env, std::vector<int64_t>& all) -> Napi::Value {
+        Napi::Array out = Napi::Array::New(env, all.size());
+        for (size_t i = 0; i < all.size(); ++i) out.Set(static_cast<uint32_t>(i), static_cast<double>(all[i]));
+        return out;
+      });
+}
+
 Napi::Value DistBarrierAsync(const Napi::CallbackInfo& info) {
   const auto g = groupArg(info, 0);
   auto what = stringArg(info, 1, "what");
@@ -138,6 +151,7 @@ void registerDistExports(Napi::Env env, Napi::Object exports) {
   exportFunction<DistInfo>(env, exports, "distInfo");
   exportFunction<DistMeanAsync>(env, exports, "distMeanAsync");
   exportFunction<DistBarrierAsync>(env, exports, "distBarrierAsync");
+  exportFunction<DistAllGatherAsync>(env, exports, "distAllGatherAsync");
   exportFunction<DistStoreSetAsync>(env, exports, "distStoreSetAsync");
   exportFunction<DistStoreGetAsync>(env, exports, "distStoreGetAsync");
   exportFunction<DistStoreDeleteAsync>(env, exports, "distStoreDeleteAsync");
