@@ -14,6 +14,8 @@
 #ifdef ONESTAGE_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
+
+#include "core/graph_capture.h"
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -35,7 +37,7 @@ struct Detector::DetectGraphs {
   std::vector<Captured> captured;
   std::map<std::vector<double>, int64_t> seen;  // eager calls per key
   size_t storage = 0;                           // fingerprint of the weights' storage the graphs read
-  decltype(std::declval<at::cuda::CUDAGraph>().pool()) pool{0, 0};
+  GraphPool pool{0, 0};
   void clear() {
     captured.clear();
     seen.clear();
@@ -97,26 +99,14 @@ Detections Detector::detectGraphed(const torch::Tensor& images, const torch::Ten
       {
         const CaptureScope capturing;  // no other CUDA work of the library meanwhile (core/capture_lock.h)
         g.stream.synchronize();
-        const bool castCache = at::autocast::is_autocast_cache_enabled();
-        at::autocast::set_autocast_cache_enabled(false);  // no bf16 weight copies kept past the capture
         if (g.captured.empty()) g.pool = {0, 0};
-        auto graph = std::make_unique<at::cuda::CUDAGraph>();
+        std::unique_ptr<at::cuda::CUDAGraph> graph;
         try {
-          graph->capture_begin(g.pool, cudaStreamCaptureModeThreadLocal);
-          c.out = detect(c.images, c.scales, c.sizes, opts);
-          graph->capture_end();
+          graph = captureGraph(g.pool, [&] { c.out = detect(c.images, c.scales, c.sizes, opts); }, "cudaGraph: detect could not be captured as a CUDA graph");
         } catch (const std::exception& e) {
-          at::autocast::set_autocast_cache_enabled(castCache);
-          try {
-            graph->capture_end();
-          } catch (...) {
-          }
           g.seen.erase(key);
-          const std::string what = e.what();
-          throw std::runtime_error("cudaGraph: detect could not be captured as a CUDA graph (" + what.substr(0, what.find('\n')) +
-                                   "); detect with cudaGraph false");
+          throw std::runtime_error(std::string(e.what()) + "; detect with cudaGraph false");
         }
-        at::autocast::set_autocast_cache_enabled(castCache);
         if (g.captured.empty()) g.pool = graph->pool();
         c.graph = std::move(graph);
       }

@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "core/capture_lock.h"
+#include "core/graph_capture.h"
 #include "core/errors.h"
 
 #ifdef ONESTAGE_WITH_CUDA
@@ -60,7 +61,7 @@ struct TrainingSession::Graphs {
   std::vector<Captured> captured;
   /// The memory pool the graphs share (the first capture's; later ones capture into it): only one
   /// graph runs at a time and each rewrites its outputs completely, so activations can overlap.
-  decltype(std::declval<at::cuda::CUDAGraph>().pool()) pool{0, 0};
+  GraphPool pool{0, 0};
   /// eager steps per (key, capacity) since that pair's last capture
   std::map<std::vector<int64_t>, int64_t> seen;
 
@@ -720,33 +721,24 @@ void TrainingSession::captureStep(const std::vector<int64_t>& key, int64_t capac
   const CaptureScope capturing;
   g.stream.synchronize();
   c10::cuda::CUDACachingAllocator::emptyCache();
-  const bool castCache = at::autocast::is_autocast_cache_enabled();
-  at::autocast::set_autocast_cache_enabled(false);  // no bf16 weight copies kept past the capture
-  if (g.captured.empty()) g.pool = {0, 0};          // a fresh pool when no graph holds the last one
-  auto graph = std::make_unique<at::cuda::CUDAGraph>();
+  if (g.captured.empty()) g.pool = {0, 0};  // a fresh pool when no graph holds the last one; later graphs share it
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
   try {
-    // thread-local: CUDA work outside the library on other threads (the library's own waits for
-    // CaptureScope) may go on with calls a global capture would refuse; this thread makes none. Later
-    // graphs share the first one's memory pool.
-    graph->capture_begin(g.pool, cudaStreamCaptureModeThreadLocal);
-    // a test of the failure path: a device synchronisation, which no capture allows ("rank:N": on that
-    // rank of a process group only)
-    if (testCaptureFailure()) torch::cuda::synchronize();
-    const auto named = forwardBackward(c.images, c.annotations, c.views, epoch);
-    c.values = stackLosses(named, clipGradients());
-    for (const auto& entry : named) c.names.push_back(entry.first);
-    graph->capture_end();
-  } catch (const std::exception& e) {
-    at::autocast::set_autocast_cache_enabled(castCache);
-    try {
-      graph->capture_end();
-    } catch (...) {
-    }
+    graph = captureGraph(
+        g.pool,
+        [&] {
+          // a test of the failure path: a device synchronisation, which no capture allows ("rank:N": on
+          // that rank of a process group only)
+          if (testCaptureFailure()) torch::cuda::synchronize();
+          const auto named = forwardBackward(c.images, c.annotations, c.views, epoch);
+          c.values = stackLosses(named, clipGradients());
+          for (const auto& entry : named) c.names.push_back(entry.first);
+        },
+        "cudaGraph: the training step could not be captured as a CUDA graph");
+  } catch (...) {
     for (auto& p : params_) p.mutable_grad() = torch::Tensor();
-    const std::string what = e.what();
-    throw std::runtime_error("cudaGraph: the training step could not be captured as a CUDA graph (" + what.substr(0, what.find('\n')) + ")");
+    throw;
   }
-  at::autocast::set_autocast_cache_enabled(castCache);
   if (g.captured.empty()) g.pool = graph->pool();
   c.graph = std::move(graph);
   for (const auto& p : params_) c.grads.push_back(p.grad());
