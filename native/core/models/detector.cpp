@@ -1,7 +1,5 @@
 #include "core/models/detector.h"
 
-#include <ATen/autocast_mode.h>
-
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -56,11 +54,7 @@ Detections Detector::detectGraphed(const torch::Tensor& images, const torch::Ten
     throw RangeError("cudaGraph needs topkCandidates > 0 (every candidate above the threshold is a count known only after the forward)");
 #ifdef ONESTAGE_WITH_CUDA
   checkDetectorInput(images, device_);
-  const int64_t B = images.size(0);
-  if (scales.dim() != 1 || scales.size(0) != B)
-    throw RangeError("scales: expected one per image (" + std::to_string(B) + ") but received " + describeShape(scales.sizes()));
-  if (sizes.dim() != 2 || sizes.size(0) != B || sizes.size(1) != 2)
-    throw RangeError("sizes: expected [" + std::to_string(B) + ", 2] (height, width) but received " + describeShape(sizes.sizes()));
+  checkFrameShapes(images.size(0), scales, sizes);
   const c10::DeviceGuard guard(device_);
   torch::NoGradGuard noGrad;
   if (!detectGraphs_) detectGraphs_ = std::make_unique<DetectGraphs>(device_);
@@ -93,9 +87,9 @@ Detections Detector::detectGraphed(const torch::Tensor& images, const torch::Ten
       DetectGraphs::Captured c;
       c.key = key;
       c.images = torch::empty(images.sizes(), f32);
-      c.scales = scales.to(f32).clone();
-      c.sizes = sizes.to(f32).clone();
-      c.images.copy_(images);
+      // the static inputs; their values are copied in before every replay (a capture runs nothing)
+      c.scales = torch::empty(scales.sizes(), f32);
+      c.sizes = torch::empty(sizes.sizes(), f32);
       {
         const CaptureScope capturing;  // no other CUDA work of the library meanwhile (core/capture_lock.h)
         g.stream.synchronize();
@@ -120,8 +114,8 @@ Detections Detector::detectGraphed(const torch::Tensor& images, const torch::Ten
     }
     auto& c = *found;
     c.images.copy_(images);
-    c.scales.copy_(scales.to(f32));
-    c.sizes.copy_(sizes.to(f32));
+    c.scales.copy_(scales);
+    c.sizes.copy_(sizes);
     c.graph->replay();
     // the graph's outputs are rewritten by its next replay: the caller gets copies
     result = Detections{c.out.boxes.clone(), c.out.scores.clone(), c.out.labels.clone(), c.out.count.clone()};

@@ -62,16 +62,20 @@ Detections selectAndSuppress(const torch::Tensor& scores, const std::vector<int6
   return det;
 }
 
+void checkFrameShapes(int64_t B, const torch::Tensor& scales, const torch::Tensor& sizes) {
+  if (scales.dim() != 1 || scales.size(0) != B)
+    throw RangeError("scales: expected one per image (" + std::to_string(B) + ") but received " + describeShape(scales.sizes()));
+  if (sizes.dim() != 2 || sizes.size(0) != B || sizes.size(1) != 2)
+    throw RangeError("sizes: expected [" + std::to_string(B) + ", 2] (height, width) but received " + describeShape(sizes.sizes()));
+}
+
 DetectionFrame detectionFrame(const torch::Tensor& images, const torch::Tensor& scalesIn, const torch::Tensor& sizesIn) {
   const int64_t B = images.size(0);
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(images.device());
   DetectionFrame f;
+  checkFrameShapes(B, scalesIn, sizesIn);
   f.scales = scalesIn.to(f32);
   f.sizes = sizesIn.to(f32);
-  if (f.scales.dim() != 1 || f.scales.size(0) != B)
-    throw RangeError("scales: expected one per image (" + std::to_string(B) + ") but received " + describeShape(f.scales.sizes()));
-  if (f.sizes.dim() != 2 || f.sizes.size(0) != B || f.sizes.size(1) != 2)
-    throw RangeError("sizes: expected [" + std::to_string(B) + ", 2] (height, width) but received " + describeShape(f.sizes.sizes()));
   // the resized region, never past the padded input (scalar clamps: no host-to-device copy, so that a
   // CUDA graph can record it)
   f.limits = f.sizes * f.scales.unsqueeze(1);

@@ -44,6 +44,8 @@ Detections selectAndSuppress(const torch::Tensor& scores, const std::vector<int6
 struct DetectionFrame {
   torch::Tensor scales, sizes, limits;
 };
+/// The shape checks of detectionFrame alone: scales [B], sizes [B, 2] (RangeError naming the argument).
+void checkFrameShapes(int64_t batch, const torch::Tensor& scales, const torch::Tensor& sizes);
 DetectionFrame detectionFrame(const torch::Tensor& images, const torch::Tensor& scales, const torch::Tensor& sizes);
 
 /// Boxes mapped from input pixels to original pixels (÷ scale, clipped to the original size).
