@@ -58,6 +58,7 @@ export interface NativeBinding {
   tensorShape(t: NativeTensor): number[];
   tensorDtype(t: NativeTensor): string;
   tensorDevice(t: NativeTensor): string;
+  tensorMemoryFormat(t: NativeTensor): string;
   tensorToArray(t: NativeTensor): NativeTypedArray;
   tensorTo(t: NativeTensor, device: string): NativeTensor;
   tensorDispose(t: NativeTensor): boolean;

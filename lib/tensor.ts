@@ -159,6 +159,15 @@ export class Tensor {
     return native().tensorDevice(this.handle) as Device;
   }
 
+  /**
+   * How a 4-d tensor's elements lie in memory, as a convolution reads it: `'channels-last'` (NHWC strides:
+   * `channelsLast()`, and what a channels-last model's layers produce) or `'contiguous'` (NCHW — and
+   * every tensor of another rank).
+   */
+  get memoryFormat(): 'contiguous' | 'channels-last' {
+    return native().tensorMemoryFormat(this.handle) as 'contiguous' | 'channels-last';
+  }
+
   /** Number of elements. */
   get size(): number {
     return this.shape.reduce((a, b) => a * b, 1);

@@ -120,11 +120,14 @@ test('to(): copies to a device; CUDA without a GPU is a clear error', (t) => {
   y.dispose();
 });
 
-test('channelsLast(): same shape and values in NHWC order; only for 4-d tensors', (t) => {
+test('channelsLast(): same shape and values in NHWC order (memoryFormat says so); only for 4-d tensors', (t) => {
   const data = Float32Array.from({ length: 2 * 3 * 4 * 5 }, (_, i) => i * 0.5);
   const x = Tensor.from(data, [2, 3, 4, 5]);
   const y = x.channelsLast();
   t.deepEqual(y.shape, [2, 3, 4, 5]);
+  t.is(x.memoryFormat, 'contiguous');
+  t.is(y.memoryFormat, 'channels-last');
+  t.is(Tensor.from(data, [120]).memoryFormat, 'contiguous');
   t.deepEqual(Array.from(y.toArray() as Float32Array), Array.from(data));
   // gradients reach a channels-last leaf
   const leaf = y.setRequiresGrad(true);

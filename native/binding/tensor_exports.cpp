@@ -63,6 +63,14 @@ Napi::Value TensorDtype(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), dtypeName(tensorArg(info, 0, "tensor").scalar_type()));
 }
 
+/// "channels-last" when the strides are NHWC (what a convolution reads as channels-last), else "contiguous"
+/// (NCHW, or any other order).
+Napi::Value TensorMemoryFormat(const Napi::CallbackInfo& info) {
+  const auto t = tensorArg(info, 0, "tensor");
+  const bool nhwc = t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return Napi::String::New(info.Env(), nhwc ? "channels-last" : "contiguous");
+}
+
 Napi::Value TensorDevice(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), deviceName(tensorArg(info, 0, "tensor").device()));
 }
@@ -196,6 +204,7 @@ void registerTensorExports(Napi::Env env, Napi::Object exports) {
   exportFunction<TensorShape>(env, exports, "tensorShape");
   exportFunction<TensorDtype>(env, exports, "tensorDtype");
   exportFunction<TensorDevice>(env, exports, "tensorDevice");
+  exportFunction<TensorMemoryFormat>(env, exports, "tensorMemoryFormat");
   exportFunction<TensorToArray>(env, exports, "tensorToArray");
   exportFunction<TensorTo>(env, exports, "tensorTo");
   exportFunction<TensorDispose>(env, exports, "tensorDispose");

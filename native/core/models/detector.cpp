@@ -143,9 +143,15 @@ void Detector::to(const torch::Device& device) {
 void Detector::setChannelsLast(bool on) {
   torch::NoGradGuard noGrad;
   const auto format = on ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  // set_data keeps each parameter's identity (optimizers and sessions hold the same tensors)
-  for (auto& p : module().parameters())
-    if (p.dim() == 4) p.set_data(p.data().contiguous(format));
+  // set_data keeps each parameter's identity (optimizers and sessions hold the same tensors). The
+  // strides are set explicitly: `contiguous(format)` leaves a 1×1 kernel [O, I, 1, 1] or a depthwise
+  // one [C, 1, k, k] as it is (its memory is in both orders at once), and with NCHW strides such a
+  // weight does not ask for channels-last, so its convolution follows the input's layout — after one
+  // NCHW tensor, a whole network would fall back to NCHW (and on CUDA, to ATen's own depthwise kernels).
+  for (auto& p : module().parameters()) {
+    if (p.dim() != 4 || p.suggest_memory_format() == format) continue;
+    p.set_data(torch::empty(p.sizes(), p.options().memory_format(format)).copy_(p.data()));
+  }
 }
 
 bool Detector::channelsLast() {

@@ -16,11 +16,12 @@ void normalInit(nn::Conv2dImpl& conv, double stddev, double bias) {
   if (conv.bias.defined()) conv.bias.fill_(bias);
 }
 
-/// [B, K, H, W] per level → [B, Σ H·W, K].
+/// [B, K, H, W] per level → [B, Σ H·W, K], contiguous, in one copy (each level's [B, H·W, K] is a
+/// view: of channels-last maps a contiguous one).
 torch::Tensor flattenLevels(const std::vector<torch::Tensor>& outs) {
   std::vector<torch::Tensor> flat;
-  for (const auto& o : outs) flat.push_back(o.flatten(2));
-  return torch::cat(flat, 2).permute({0, 2, 1});
+  for (const auto& o : outs) flat.push_back(o.flatten(2).transpose(1, 2));
+  return torch::cat(flat, 1);
 }
 }  // namespace
 

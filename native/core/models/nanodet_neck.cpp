@@ -15,9 +15,16 @@ nn::Conv2d convNoBias(int64_t in, int64_t out, int64_t k, int64_t stride = 1, in
 }
 nn::LeakyReLU leaky() { return nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(kNanodetLeakySlope)); }
 
-torch::Tensor channelShuffle(const torch::Tensor& x, int64_t groups) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  return x.view({B, groups, C / groups, H, W}).transpose(1, 2).contiguous().view({B, C, H, W});
+/// ShuffleNetV2's channel_shuffle(cat(a, b), groups 2) in one copy: a [B, C, H, W], b [B, C, H, W] →
+/// [B, 2C, H, W] with channel 2i from a's channel i and 2i + 1 from b's. The result is in a's memory
+/// order (channels-last stays channels-last; the reference's `.contiguous()` would make it NCHW).
+torch::Tensor interleaveChannels(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
+    // [B, H, W, C] views of both (no copy), stacked on a new last dimension: [B, H, W, C, 2]
+    const auto nhwc = torch::stack({a.permute({0, 2, 3, 1}), b.permute({0, 2, 3, 1})}, 4);
+    return nhwc.flatten(3, 4).permute({0, 3, 1, 2});
+  }
+  return torch::stack({a, b}, 2).flatten(1, 2);  // [B, C, 2, H, W] → [B, 2C, H, W]
 }
 }  // namespace
 
@@ -34,14 +41,12 @@ ShuffleV2BlockImpl::ShuffleV2BlockImpl(int64_t inp, int64_t oup, int64_t s) : st
 }
 
 torch::Tensor ShuffleV2BlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor out;
+  // channel_shuffle(cat(left, right), 2) as one interleaving copy
   if (stride == 1) {
     const auto halves = x.chunk(2, 1);
-    out = torch::cat({halves[0], branch2->forward(halves[1])}, 1);
-  } else {
-    out = torch::cat({branch1->forward(x), branch2->forward(x)}, 1);
+    return interleaveChannels(halves[0], branch2->forward(halves[1]));
   }
-  return channelShuffle(out, 2);
+  return interleaveChannels(branch1->forward(x), branch2->forward(x));
 }
 
 ShuffleNetV2Impl::ShuffleNetV2Impl(const std::string& width) {
@@ -156,7 +161,9 @@ std::vector<torch::Tensor> GhostPANImpl::forward(const torch::Tensor& c3, const 
   const auto up = F::InterpolateFuncOptions().scale_factor(std::vector<double>{2.0, 2.0}).mode(torch::kBilinear).align_corners(false);
   std::vector<torch::Tensor> inner{inputs[L - 1]};
   for (int64_t idx = L - 1; idx > 0; --idx) {
-    const auto upsampled = F::interpolate(inner.front(), up);
+    // autocast upsamples in float32; back to the lateral's type here, or the concatenation would promote
+    // both halves to float32 and the next convolution cast them back (same values, forward and backward)
+    const auto upsampled = F::interpolate(inner.front(), up).to(inputs[idx - 1].scalar_type());
     inner.insert(inner.begin(), runGhostBlocks(top_down_blocks, static_cast<size_t>(L - 1 - idx), torch::cat({upsampled, inputs[idx - 1]}, 1)));
   }
   std::vector<torch::Tensor> outs{inner[0]};
