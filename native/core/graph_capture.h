@@ -1,10 +1,11 @@
 // Recording work as a CUDA graph, shared by the training step's graphs (core/train/training_session)
-// and detect's (core/models/detector): the capture itself, with autocast's weight-cast cache off (a
-// cached bf16 copy must not outlive the capture) and the cleanup of a capture that fails. CUDA builds.
+// and detect's (core/models/detector): the capture itself, autocast's weight-cast cache kept only where
+// no cached bf16 copy can outlive the capture, and the cleanup of a capture that fails. CUDA builds.
 #pragma once
 #ifdef ONESTAGE_WITH_CUDA
 #include <ATen/autocast_mode.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <torch/version.h>
 
 #include <functional>
 #include <memory>
@@ -24,8 +25,18 @@ using GraphPool = decltype(std::declval<at::cuda::CUDAGraph>().pool());
 /// CaptureScope. On failure the capture is ended and a std::runtime_error `what + " (" + cause + ")"`
 /// thrown (the cause's first line).
 inline std::unique_ptr<at::cuda::CUDAGraph> captureGraph(GraphPool pool, const std::function<void()>& work, const std::string& what) {
+  // Autocast caches the bf16 copy of a weight for the rest of the outermost autocast region (a weight
+  // used several times — RetinaNet's head on five levels — is cast once, its gradients summed in bf16,
+  // as in eager steps). Kept on when no region is open here: then every cached copy is made inside the
+  // captured work and dropped where its region closes, inside it too. Off under an enclosing region: a
+  // copy cached before the capture and dropped after it would leave the graph reading freed memory.
   const bool castCache = at::autocast::is_autocast_cache_enabled();
-  at::autocast::set_autocast_cache_enabled(false);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  const bool enclosed = at::autocast::is_autocast_enabled(at::kCUDA);
+#else
+  const bool enclosed = at::autocast::is_enabled();
+#endif
+  if (enclosed) at::autocast::set_autocast_cache_enabled(false);
   auto graph = std::make_unique<at::cuda::CUDAGraph>();
   try {
     graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
