@@ -16,7 +16,7 @@ import { buildInfo, ContrastiveLoss, setTf32, Tensor } from '../lib';
 import { syntheticArrays, timeTrainingSteps } from './synthetic';
 import { profileCalls, timeMs } from './timing';
 import { Bundle, writeBundle } from '../test/helpers/bundle';
-import { pythonWithTorch, tempDir } from '../test/helpers/python';
+import { pythonWithTorch, tempDir, referenceEnv } from '../test/helpers/python';
 import { Rng } from '../test/helpers/random';
 
 async function main(): Promise<void> {
@@ -79,7 +79,7 @@ async function main(): Promise<void> {
   if (py) {
     const dir = tempDir();
     writeBundle(dir, bundle, { temperature: 0.5, levels: 'all', negatives: 'other-class', pooling: 'average', output_size: 7, sampling_ratio: 2, first_level: 3, grid: 4, height: S, width: S });
-    const res = spawnSync(py, [path.join(__dirname, 'reference_contrastive.py'), dir, device, String(gpu ? 1 : 0), String(gpu ? 3 : 1)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    const res = spawnSync(py, [path.join(__dirname, 'reference_contrastive.py'), dir, device, String(gpu ? 1 : 0), String(gpu ? 3 : 1)], { encoding: 'utf8', env: referenceEnv(), maxBuffer: 1 << 24 });
     if (res.status === 0) rows.push(JSON.parse(res.stdout.trim().split('\n').pop()!));
     else console.error(`reference failed: ${res.stderr}`);
   }

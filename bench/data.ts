@@ -17,7 +17,7 @@ import sharp from 'sharp';
 import { CocoDataset, DataLoader, Device, disposeBatch, IMAGENET_MEAN, IMAGENET_STD, imageSize, loadImage, makeShapes, paddedSize, resizeScale, scaledSize, Tensor } from '../lib';
 import { native } from '../lib/binding';
 import { writeJsonAtomic } from '../lib/io';
-import { pythonWithTorch, tempDir } from '../test/helpers/python';
+import { pythonWithTorch, tempDir, referenceEnv } from '../test/helpers/python';
 
 /** Runs `work` over 0..n-1 with at most `k` in flight; seconds taken. */
 async function pool(n: number, k: number, work: (i: number) => Promise<void>): Promise<number> {
@@ -98,8 +98,8 @@ async function main(): Promise<void> {
   const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}${o.sharpCache ? '' : ', no libvips cache'}`, imagesPerSecond: n / ours }];
   const py = side ? undefined : pythonWithTorch(); // the reference script resizes as pytorch-retinanet (608 / 1024)
   if (py) {
-    spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8' }); // warm-up
-    const res = spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8' });
+    spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8', env: referenceEnv() }); // warm-up
+    const res = spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8', env: referenceEnv() });
     if (res.status === 0) {
       const r = JSON.parse(res.stdout) as { images: number; seconds: number };
       rows.push({ system: 'pytorch-retinanet pipeline (skimage, one process)', imagesPerSecond: r.images / r.seconds });

@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
 import { buildInfo, Model, setCudnnBenchmark, setTf32, Tensor } from '../lib';
-import { pythonWithTorch } from '../test/helpers/python';
+import { pythonWithTorch, referenceEnv } from '../test/helpers/python';
 import { timeMs } from './timing';
 
 interface Row {
@@ -61,7 +61,7 @@ async function main(): Promise<void> {
   model.dispose();
   const py = pythonWithTorch();
   if (opts.reference && py) {
-    const res = spawnSync(py, [path.join(__dirname, 'reference_inference.py'), device, String(depth), String(size), batches.join(','), String(warmup), String(iters)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    const res = spawnSync(py, [path.join(__dirname, 'reference_inference.py'), device, String(depth), String(size), batches.join(','), String(warmup), String(iters)], { encoding: 'utf8', env: referenceEnv(), maxBuffer: 1 << 24 });
     if (res.status !== 0) console.error(`reference failed: ${res.stderr}`);
     for (const line of res.stdout.split('\n').filter(Boolean)) rows.push(JSON.parse(line) as Row);
   }

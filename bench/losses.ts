@@ -16,7 +16,7 @@ import { Command } from 'commander';
 import { buildInfo, encodeBoxes, FocalLoss, generateAnchors, GHMC, GHMR, MaxIoUAssigner, Tensor } from '../lib';
 import { profileCalls, timeMs as time } from './timing';
 import { Bundle, fromTensor, writeBundle } from '../test/helpers/bundle';
-import { pythonWithTorch, tempDir } from '../test/helpers/python';
+import { pythonWithTorch, tempDir, referenceEnv } from '../test/helpers/python';
 import { Rng } from '../test/helpers/random';
 
 interface Row {
@@ -110,7 +110,7 @@ async function main(): Promise<void> {
   if (py) {
     const dir = tempDir();
     writeBundle(dir, input);
-    const res = spawnSync(py, [path.join(__dirname, 'reference_losses.py'), dir, device, String(warmup), String(iters)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    const res = spawnSync(py, [path.join(__dirname, 'reference_losses.py'), dir, device, String(warmup), String(iters)], { encoding: 'utf8', env: referenceEnv(), maxBuffer: 1 << 24 });
     if (res.status !== 0) console.error(`reference failed: ${res.stderr}`);
     for (const line of res.stdout.split('\n').filter(Boolean)) rows.push(JSON.parse(line) as Row);
   }

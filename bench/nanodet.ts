@@ -14,7 +14,7 @@ import { Command } from 'commander';
 import { buildInfo, centrePriors, NanoDetPlusLoss, Tensor } from '../lib';
 import { timeMs as time } from './timing';
 import { Bundle, fromTensor, writeBundle } from '../test/helpers/bundle';
-import { pythonWithTorch, tempDir } from '../test/helpers/python';
+import { pythonWithTorch, tempDir, referenceEnv } from '../test/helpers/python';
 import { Rng } from '../test/helpers/random';
 
 interface Row {
@@ -68,7 +68,7 @@ async function main(): Promise<void> {
   if (py) {
     const dir = tempDir();
     writeBundle(dir, input, { num_classes: C });
-    const res = spawnSync(py, [path.join(__dirname, 'reference_nanodet.py'), dir, device, String(warmup), String(iters)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    const res = spawnSync(py, [path.join(__dirname, 'reference_nanodet.py'), dir, device, String(warmup), String(iters)], { encoding: 'utf8', env: referenceEnv(), maxBuffer: 1 << 24 });
     if (res.status !== 0) console.error(`reference failed: ${res.stderr}`);
     for (const line of res.stdout.split('\n').filter(Boolean)) rows.push(JSON.parse(line) as Row);
   }

@@ -15,7 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildInfo, Device, Model, setTf32, synchronize, Tensor } from '../lib';
 import { writeJsonAtomic } from '../lib/io';
-import { pythonWithTorch } from '../test/helpers/python';
+import { pythonWithTorch, referenceEnv } from '../test/helpers/python';
 import { syntheticArrays, timeTrainingSteps } from './synthetic';
 
 async function main(): Promise<void> {
@@ -106,7 +106,7 @@ async function trainingThroughput(models: Array<[string, () => Model]>, device: 
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestage-nanodet-bench-'));
     fs.writeFileSync(path.join(dir, 'images.f32'), Buffer.from(data.images.buffer));
     fs.writeFileSync(path.join(dir, 'annotations.f32'), Buffer.from(data.annotations.buffer));
-    const res = spawnSync(py, [path.join(__dirname, 'reference_nanodet_train.py'), dir, device, '1.0x', '96', '96', '192', String(batch), String(size), String(warmup), String(steps), precisions.join(',')], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    const res = spawnSync(py, [path.join(__dirname, 'reference_nanodet_train.py'), dir, device, '1.0x', '96', '96', '192', String(batch), String(size), String(warmup), String(steps), precisions.join(',')], { encoding: 'utf8', env: referenceEnv(), maxBuffer: 1 << 24 });
     fs.rmSync(dir, { recursive: true, force: true });
     if (res.status !== 0) console.error(`reference failed: ${res.stderr.slice(-2000)}`);
     for (const line of res.stdout.split('\n').filter(Boolean)) rows.push(JSON.parse(line) as TrainingRow);

@@ -18,7 +18,7 @@ import { Command } from 'commander';
 import { buildInfo, CocoDataset, cudaMemory, DataLoader, disposeBatch, makeShapes, Model, setTf32, synchronize, Trainer } from '../lib';
 import { writeJsonAtomic } from '../lib/io';
 import { syntheticArrays, timeTrainingSteps } from './synthetic';
-import { pythonWithTorch } from '../test/helpers/python';
+import { pythonWithTorch, referenceEnv } from '../test/helpers/python';
 
 interface Options {
   device: 'cpu' | 'cuda';
@@ -159,7 +159,7 @@ async function main(): Promise<void> {
   let reference: Record<string, unknown> = {};
   const py = pythonWithTorch();
   if (o.reference && py) {
-    const res = spawnSync(py, [path.join(__dirname, 'reference_train.py'), dir, o.device, String(o.depth), String(o.batch), String(o.size), String(o.warmup), String(o.steps), precisions.join(','), o.optimizer], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    const res = spawnSync(py, [path.join(__dirname, 'reference_train.py'), dir, o.device, String(o.depth), String(o.batch), String(o.size), String(o.warmup), String(o.steps), precisions.join(','), o.optimizer], { encoding: 'utf8', env: referenceEnv(), maxBuffer: 1 << 24 });
     if (res.status !== 0) console.error(`reference failed: ${res.stderr}`);
     for (const line of res.stdout.split('\n').filter(Boolean)) {
       const v = JSON.parse(line) as Row & { flopsPerStep?: number; matmulTflops?: number };

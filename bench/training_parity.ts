@@ -21,6 +21,7 @@ import {
   buildInfo, CocoDataset, DataLoader, Device, disposeBatch, evaluateDetector, lossRecipe, LOSS_RECIPES, LossRecipeName, makeShapes, Model, NanoDetPlusLossOptions, RetinaNetLossOptions, setTf32, Trainer, writeFileAtomic, writeJsonAtomic, writeLineChart,
 } from '../lib';
 import { readFloat32Tensors } from '../lib/safetensors';
+import { referenceEnv } from '../test/helpers/python';
 
 /** A training recipe of the parity runs: a built-in RetinaNet recipe, the old compare-losses GHM, or NanoDet-Plus. */
 export type ParityRecipe = LossRecipeName | 'ghm-all-levels' | 'nanodet-plus';
@@ -191,7 +192,7 @@ export async function runParity(train: DataLoader, o: ParityRunOptions): Promise
 export function runReferenceLoop(dir: string, device: 'cpu' | 'cuda', python?: string, extra: string[] = []): void {
   const py = python ?? process.env.ONESTAGE_PYTHON ?? 'python3';
   const script = path.join(__dirname, '..', 'test', 'reference', 'train_ref.py');
-  const res = spawnSync(py, [script, dir, '--device', device, ...extra], { encoding: 'utf8', env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' }, maxBuffer: 64 * 1024 * 1024 });
+  const res = spawnSync(py, [script, dir, '--device', device, ...extra], { encoding: 'utf8', env: referenceEnv(), maxBuffer: 64 * 1024 * 1024 });
   if (res.status !== 0) throw new Error(`train_ref.py failed (exit ${res.status}${res.signal ? `, ${res.signal}` : ''}):\n${res.stderr}`);
 }
 

@@ -42,6 +42,7 @@ export type NativeTypedArray = Float32Array | Float64Array | BigInt64Array | Int
 export interface NativeBinding {
   buildInfo(): NativeBuildInfo;
   setNumThreads(threads: number): void;
+  getNumThreads(): number;
   manualSeed(seed: number): void;
   setTf32(enabled: boolean): void;
   synchronize(): void;

@@ -4,7 +4,7 @@
  */
 // first: sizes libuv's thread pool before anything starts it (lib/threadpool.ts)
 import './threadpool';
-export { buildInfo, setNumThreads, manualSeed, setTf32, setCudnnBenchmark, synchronize, profilerAvailable, startProfiler, stopProfiler, cudaMemory, cpuMemory, emptyCpuCache } from './runtime';
+export { buildInfo, setNumThreads, getNumThreads, manualSeed, setTf32, setCudnnBenchmark, synchronize, profilerAvailable, startProfiler, stopProfiler, cudaMemory, cpuMemory, emptyCpuCache } from './runtime';
 export type { CpuMemory } from './binding';
 export type { BuildInfo } from './runtime';
 export { Tensor, liveTensors, DTYPES } from './tensor';

@@ -20,9 +20,18 @@ export function buildInfo(): BuildInfo {
   return native().buildInfo();
 }
 
-/** LibTorch's intra-op thread count (default: the number of cores). */
+/**
+ * Sets LibTorch's intra-op thread count: the threads one CPU operation (a convolution, a matrix product)
+ * is split over. Default: one per physical core this process may use (counted from /proc/cpuinfo, the
+ * affinity mask and the cgroup quota) — or what OMP_NUM_THREADS / MKL_NUM_THREADS say when set.
+ */
 export function setNumThreads(threads: number): void {
   native().setNumThreads(checkInteger('threads', threads, 1, 1024));
+}
+
+/** LibTorch's intra-op thread count now (see setNumThreads). */
+export function getNumThreads(): number {
+  return native().getNumThreads();
 }
 
 /** Seeds LibTorch's generators (CPU and CUDA): weight initialisation and random ops become reproducible. */

@@ -36,6 +36,9 @@ torch_found || missing+=(libtorch-dev)
 if [[ ! -e /usr/include/gloo/algorithm.h ]] && { [[ " ${missing[*]} " == *" libtorch-dev "* ]] || [[ -e /usr/include/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp ]]; }; then
   missing+=(libgloo-dev)
 fi
+# Debian's LibTorch takes its BLAS from the libblas.so.3 alternative: the reference BLAS (libblas3) unless
+# OpenBLAS is there (libtorch1.13 only recommends it) — matrix products 15× slower on the 2-core VM
+ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0' || missing+=(libopenblas0-pthread)
 ((runtime)) || python_torch_found || missing+=(python3-torch python3-torchvision)
 # the ONNX tests: onnx's checker (python3-onnx) and a real browser for the web page (chromium)
 if ((!runtime)); then

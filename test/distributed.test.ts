@@ -8,7 +8,7 @@ import test from 'ava';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildInfo, CocoDataset, DataLoader, disposeBatch, distBackends, distEnvironment, launchWorkers, makeShapes, Model } from '../lib';
+import { buildInfo, CocoDataset, DataLoader, disposeBatch, distBackends, distEnvironment, getNumThreads, launchWorkers, makeShapes, Model, setNumThreads } from '../lib';
 import { freePort, withoutNproc } from '../lib/jobs/launch';
 import { readFloat32Tensors } from '../lib/safetensors';
 import { tempDir } from './helpers/python';
@@ -134,6 +134,31 @@ test('dist: sharded loaders split each global batch evenly, with the single-proc
   const shardFlips = await Promise.all(shards.map(flipsOf));
   wholeFlips.forEach((f, k) => t.deepEqual([...shardFlips[0][k], ...shardFlips[1][k]], f));
   t.throws(() => new DataLoader(ds, { shard: { rank: 2, count: 2 } }), { message: /options\.shard\.rank/ });
+});
+
+test.serial('launchWorkers: each worker gets OMP_NUM_THREADS = this process\'s threads ÷ workers, unless the environment sets it', async (t) => {
+  const script = path.join(tempDir('onestage-launch-threads-'), 'threads.js');
+  fs.writeFileSync(script, "console.log('THREADS ' + process.env.OMP_NUM_THREADS)\n");
+  const run = async (env?: NodeJS.ProcessEnv) => {
+    const lines: string[] = [];
+    const r = await launchWorkers(2, { args: [], env, command: { execPath: process.execPath, execArgv: [], script }, out: (line) => lines.push(line) });
+    t.is(r.exitCode, 0);
+    return lines.filter((l) => l.includes('THREADS ')).map((l) => l.slice(l.indexOf('THREADS ') + 8));
+  };
+  const before = getNumThreads();
+  const saved = { OMP_NUM_THREADS: process.env.OMP_NUM_THREADS, MKL_NUM_THREADS: process.env.MKL_NUM_THREADS };
+  delete process.env.OMP_NUM_THREADS;
+  delete process.env.MKL_NUM_THREADS;
+  try {
+    setNumThreads(5);
+    t.deepEqual(await run(), ['2', '2']);
+    setNumThreads(1);
+    t.deepEqual(await run(), ['1', '1']);
+    t.deepEqual(await run({ OMP_NUM_THREADS: '4' }), ['4', '4']);
+  } finally {
+    setNumThreads(before);
+    for (const [k, v] of Object.entries(saved)) if (v !== undefined) process.env[k] = v;
+  }
 });
 
 glooTest('dist: allGather gives every rank each rank\'s integers (other lengths, beyond 32 bits, negative, none)', async (t) => {

@@ -1,5 +1,9 @@
 import test from 'ava';
-import { buildInfo, DTYPES, liveTensors, Tensor } from '../lib';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { buildInfo, DTYPES, getNumThreads, liveTensors, setNumThreads, Tensor } from '../lib';
 
 const gc = (globalThis as { gc?: () => void }).gc;
 
@@ -12,6 +16,40 @@ test('buildInfo: reports the package version, LibTorch version and CUDA state', 
   t.is(typeof info.cudaAvailable, 'boolean');
   t.true(Number.isInteger(info.deviceCount) && info.deviceCount >= 0);
   if (!info.cudaCompiled) t.false(info.cudaAvailable);
+});
+
+/** Physical cores as the kernel reports them (distinct physical id / core id of /proc/cpuinfo), within this process's CPUs and its cgroup quota. */
+function expectedCores(): number {
+  let cores = 0;
+  if (fs.existsSync('/proc/cpuinfo')) {
+    const pairs = new Set<string>();
+    for (const block of fs.readFileSync('/proc/cpuinfo', 'utf8').split(/\n\s*\n/)) {
+      const field = (k: string) => new RegExp(`^${k}\\s*:\\s*(.*)$`, 'm').exec(block)?.[1];
+      if (field('core id') !== undefined) pairs.add(`${field('physical id') ?? '0'}/${field('core id')}`);
+    }
+    cores = pairs.size;
+  }
+  cores = Math.min(cores || os.availableParallelism(), os.availableParallelism());
+  const max = fs.existsSync('/sys/fs/cgroup/cpu.max') ? fs.readFileSync('/sys/fs/cgroup/cpu.max', 'utf8').trim().split(/\s+/) : ['max'];
+  if (max[0] !== 'max') cores = Math.min(cores, Math.ceil(Number(max[0]) / Number(max[1])));
+  return Math.max(1, cores);
+}
+
+test.serial('CPU threads: one per physical core by default (LibTorch may count fewer), OMP_NUM_THREADS wins; setNumThreads / getNumThreads', (t) => {
+  const threadsOf = (env: NodeJS.ProcessEnv) => {
+    const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', `console.log(require(${JSON.stringify(path.resolve(__dirname, '..', 'lib'))}).getNumThreads())`], { encoding: 'utf8', env });
+    t.is(r.status, 0, r.stderr);
+    return Number(r.stdout.trim());
+  };
+  const { OMP_NUM_THREADS: _o, MKL_NUM_THREADS: _m, ...plain } = process.env;
+  t.is(threadsOf(plain), expectedCores());
+  t.is(threadsOf({ ...plain, OMP_NUM_THREADS: '1' }), 1);
+  t.is(threadsOf({ ...plain, MKL_NUM_THREADS: '3' }), 3);
+  const before = getNumThreads();
+  setNumThreads(3);
+  t.is(getNumThreads(), 3);
+  setNumThreads(before);
+  t.throws(() => setNumThreads(0), { instanceOf: RangeError, message: /threads/ });
 });
 
 test('Tensor.from: every dtype round-trips through native memory unchanged', (t) => {

@@ -2,11 +2,14 @@
  * `onestage train --nproc N`: starts N local worker processes of the same command (one per GPU on
  * CUDA), each with the launcher variables of torchrun (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE,
  * LOCAL_RANK, LOCAL_WORLD_SIZE), forwards their output line by line with a `[rank i]` prefix, and
- * when one fails stops the others (as torchrun does) and exits with its code.
+ * when one fails stops the others (as torchrun does) and exits with its code. Unless OMP_NUM_THREADS or
+ * MKL_NUM_THREADS is set, each worker gets OMP_NUM_THREADS = this process's LibTorch threads ÷ N (at
+ * least 1), so N workers on one machine share its cores instead of each taking all of them.
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import * as net from 'node:net';
 import * as readline from 'node:readline';
+import { getNumThreads } from '../runtime';
 
 export interface LaunchOptions {
   /** The worker command line after the script (the `--nproc` flag removed). */
@@ -58,6 +61,8 @@ export async function launchWorkers(nproc: number, options: LaunchOptions): Prom
   const execPath = options.command?.execPath ?? process.execPath;
   const out = options.out ?? ((line, stream) => (stream === 'stdout' ? process.stdout : process.stderr).write(line + '\n'));
   const port = await freePort();
+  const given = { ...process.env, ...options.env };
+  const threads = given.OMP_NUM_THREADS || given.MKL_NUM_THREADS ? {} : { OMP_NUM_THREADS: String(Math.max(1, Math.floor(getNumThreads() / nproc))) };
   const children: ChildProcess[] = [];
   let failed: LaunchResult['failed'];
   let killer: NodeJS.Timeout | undefined;
@@ -79,6 +84,7 @@ export async function launchWorkers(nproc: number, options: LaunchOptions): Prom
         stdio: ['ignore', 'pipe', 'pipe'],
         env: {
           ...process.env,
+          ...threads,
           ...options.env,
           MASTER_ADDR: '127.0.0.1',
           MASTER_PORT: String(port),

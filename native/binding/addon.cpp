@@ -6,6 +6,7 @@
 #include "core/capture_lock.h"
 #include "core/build_info.h"
 #include "core/cpu_allocator.h"
+#include "core/cpu_threads.h"
 #include "core/profiler.h"
 
 namespace onestage::binding {
@@ -35,6 +36,8 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   torch::set_num_threads(static_cast<int>(intArg(info, 0, "threads", 1, 1024)));
   return info.Env().Undefined();
 }
+
+Napi::Value GetNumThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), at::get_num_threads()); }
 
 Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
   torch::manual_seed(static_cast<uint64_t>(intArg(info, 0, "seed", 0, 9007199254740991LL)));
@@ -114,8 +117,10 @@ Napi::Value Synchronize(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   initAddonData(env);
+  onestage::applyDefaultThreads();  // LibTorch's CPU threads: one per physical core (core/cpu_threads.h)
   exportFunction<BuildInfo>(env, exports, "buildInfo");
   exportFunction<SetNumThreads>(env, exports, "setNumThreads");
+  exportFunction<GetNumThreads>(env, exports, "getNumThreads");
   exportFunction<ManualSeed>(env, exports, "manualSeed");
   exportFunction<SetTf32>(env, exports, "setTf32");
   exportFunction<Synchronize>(env, exports, "synchronize");

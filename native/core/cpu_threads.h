@@ -1,0 +1,19 @@
+// How many threads LibTorch's CPU operations use by default. PyTorch's rule is one per physical core,
+// but LibTorch counts cores with cpuinfo (CPUID), which reads a single core on some virtual machines
+// whose kernel reports more (the 2-core development VM: 1) — and then every CPU operation runs on one
+// thread. onestage counts the cores the kernel reports instead.
+#pragma once
+
+namespace onestage {
+
+/// Physical cores this process may run on: distinct (physical id, core id) pairs of /proc/cpuinfo among
+/// the CPUs of its affinity mask (the mask's size where /proc/cpuinfo has no core ids), at most the
+/// cgroup's CPU quota rounded up; at least 1.
+int physicalCoreCount();
+
+/// Called once at load: raises LibTorch's intra-op threads to physicalCoreCount() unless
+/// OMP_NUM_THREADS or MKL_NUM_THREADS is set (LibTorch reads those itself) or it already uses as
+/// many. Returns the count in use.
+int applyDefaultThreads();
+
+}  // namespace onestage
