@@ -73,8 +73,9 @@ export interface ParityRunOptions {
   /**
    * Also run the reference a second time with every initial weight moved by one float32 rounding step
    * (this seed): how far rounding-level differences alone carry through these steps (result.control).
+   * Several seeds: one such run each (result.controls; result.control is the first).
    */
-  control?: number;
+  control?: number | number[];
   /** Also run the reference a second time from the same weights (result.rerun): its own run-to-run noise (non-deterministic GPU kernels). */
   rerun?: boolean;
   /** Delete the batches after the reference has run (they are large). */
@@ -97,8 +98,10 @@ export interface ParityRunResult {
   steps: number;
   onestage: StepValues[];
   reference: StepValues[];
-  /** The reference from initial weights one rounding step away (with options.control). */
+  /** The reference from initial weights one rounding step away (with options.control): the first seed's run. */
   control?: StepValues[];
+  /** Every control seed's run, in the order of options.control. */
+  controls?: StepValues[][];
   /** The reference run again from the same weights (with options.rerun). */
   rerun?: StepValues[];
   /** COCO stats of the final weights (with a valLoader). */
@@ -168,14 +171,18 @@ export async function runParity(train: DataLoader, o: ParityRunOptions): Promise
   const refStarted = process.hrtime.bigint();
   runReferenceLoop(o.dir, o.device.startsWith('cuda') ? 'cuda' : 'cpu', o.python);
   const referenceSeconds = Number(process.hrtime.bigint() - refStarted) / 1e9;
-  if (o.control !== undefined) runReferenceLoop(o.dir, o.device.startsWith('cuda') ? 'cuda' : 'cpu', o.python, ['--perturb', String(o.control), '--out', 'control']);
+  const controlSeeds = o.control === undefined ? [] : Array.isArray(o.control) ? o.control : [o.control];
+  controlSeeds.forEach((seed, i) => runReferenceLoop(o.dir, o.device.startsWith('cuda') ? 'cuda' : 'cpu', o.python, ['--perturb', String(seed), '--out', i === 0 ? 'control' : `control${i + 1}`]));
   if (o.rerun) runReferenceLoop(o.dir, o.device.startsWith('cuda') ? 'cuda' : 'cpu', o.python, ['--out', 'rerun']);
   if (o.dropBatches) fs.rmSync(path.join(o.dir, 'batches.bin'), { force: true });
   const read = (side: string) => fs.readFileSync(path.join(o.dir, side, 'steps.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as StepValues);
   const reference = read('reference');
 
   const result: ParityRunResult = { recipe: o.recipe, seed: o.seed, steps: step, onestage, reference, seconds: { onestage: onestageSeconds, reference: referenceSeconds } };
-  if (o.control !== undefined) result.control = read('control');
+  if (controlSeeds.length > 0) {
+    result.controls = controlSeeds.map((_, i) => read(i === 0 ? 'control' : `control${i + 1}`));
+    result.control = result.controls[0];
+  }
   if (o.rerun) result.rerun = read('rerun');
   if (o.valLoader) {
     result.onestageStats = (await evaluateDetector(model, o.valLoader)).stats;

@@ -81,7 +81,7 @@ test.serial('training parity: NanoDet-Plus (AGM, DSL, QFL + GIoU + DFL; detached
   // 2 epochs of 10 steps: the AGM gets detached inputs from epoch 1 on
   const r = await runParity(loader, {
     recipe: 'nanodet-plus', seed: 5, epochs: 2, maxSteps: STEPS, batchSize: 2, device: 'cpu', dir: path.join(dir, 'run'), python, warmupSteps: 5, detachEpoch: 1,
-    optimizer: 'sgd', lr: 1e-4, control: 1, model: { depth: 18, featureSize: 64, numClasses: 3, anchorSizes: [] },
+    optimizer: 'sgd', lr: 1e-4, control: [1, 2, 3], model: { depth: 18, featureSize: 64, numClasses: 3, anchorSizes: [] },
   });
   t.is(r.steps, STEPS);
   const first = stepDifferences(r.onestage, r.reference, 2);
@@ -90,10 +90,13 @@ test.serial('training parity: NanoDet-Plus (AGM, DSL, QFL + GIoU + DFL; detached
   // DSL's dynamic k (an integer part of an IoU sum) and its top-k make the steps discontinuous in the
   // weights: the reference itself, started one rounding step away, separates from step 2 on. onestage
   // must stay within that sensitivity (medians over the 20 steps, robust to single assignment flips).
+  // One perturbed start is a noisy measure of it (seen: 9.6e-5 and 5.4e-4 for the same onestage
+  // deviation, with 2 threads and with 1): the largest of three perturbed starts is taken.
   for (const key of ['total', 'gradNorm'] as const) {
     const ours = median(relativeDeviations(r.onestage, r.reference, key));
-    const control = median(relativeDeviations(r.control!, r.reference, key));
-    t.log(`NanoDet-Plus ${key}: median deviation onestage ${ours.toExponential(1)}, reference one rounding step away ${control.toExponential(1)}`);
+    const controls = r.controls!.map((c) => median(relativeDeviations(c, r.reference, key)));
+    const control = Math.max(...controls);
+    t.log(`NanoDet-Plus ${key}: median deviation onestage ${ours.toExponential(1)}, reference one rounding step away ${controls.map((c) => c.toExponential(1)).join(', ')}`);
     t.true(ours <= 5 * control + STEP_RTOL, `${key}: onestage ${ours} vs the reference's own ${control}`);
   }
 });
