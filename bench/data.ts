@@ -7,11 +7,14 @@
  * --side: resized to side × side (the reference is then not run: it resizes as pytorch-retinanet);
  * --stages: each stage also timed alone (header, decode + resize, collate + upload), as many in flight
  * as the libuv pool has threads (UV_THREADPOOL_SIZE, default 4).
+ * The DataLoader row also reports the JavaScript thread's busy time per picture (event-loop utilisation,
+ * garbage collection included): where it reaches the wall time per picture, the event loop is the ceiling.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { Command } from 'commander';
 import sharp from 'sharp';
 import { CocoDataset, DataLoader, Device, disposeBatch, IMAGENET_MEAN, IMAGENET_STD, imageSize, loadImage, makeShapes, paddedSize, resizeScale, scaledSize, Tensor } from '../lib';
@@ -89,13 +92,31 @@ async function main(): Promise<void> {
   const loader = new DataLoader(ds, { batchSize: Number(o.batch), seed: 0, prefetch: Number(o.prefetch), device: o.device, transform });
   for await (const b of loader.epoch(0)) disposeBatch(b); // warm-up (file cache, thread pools)
   const t0 = process.hrtime.bigint();
+  let gcMs = 0;
+  const gc = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcMs += e.duration;
+  });
+  gc.observe({ entryTypes: ['gc'] });
+  const elu0 = performance.eventLoopUtilization();
+  const cpu0 = process.cpuUsage();
   let n = 0;
   for await (const b of loader.epoch(1)) {
     n += b.ids.length;
     disposeBatch(b);
   }
   const ours = Number(process.hrtime.bigint() - t0) / 1e9;
-  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}${o.sharpCache ? '' : ', no libvips cache'}`, imagesPerSecond: n / ours }];
+  // the JavaScript thread's share: if its busy time per picture reaches the wall time per picture, the
+  // event loop (not decoding) is the ceiling
+  const elu = performance.eventLoopUtilization(elu0);
+  const cpu = process.cpuUsage(cpu0);
+  await new Promise((resolve) => setImmediate(resolve)); // the last gc entries
+  gc.disconnect();
+  const mainMs = elu.active / n;
+  console.error(
+    `DataLoader epoch: ${n} pictures in ${ours.toFixed(2)} s; event loop busy ${(100 * elu.utilization).toFixed(1)} % (${mainMs.toFixed(2)} ms a picture, ` +
+      `garbage collection ${(gcMs / n).toFixed(2)} of it: a ceiling of ${(1000 / mainMs).toFixed(0)} img/s); process CPU ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms a picture`,
+  );
+  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}${o.sharpCache ? '' : ', no libvips cache'}; event loop ${mainMs.toFixed(2)} ms a picture`, imagesPerSecond: n / ours }];
   const py = side ? undefined : pythonWithTorch(); // the reference script resizes as pytorch-retinanet (608 / 1024)
   if (py) {
     spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8', env: referenceEnv() }); // warm-up

@@ -14,6 +14,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { Command } from 'commander';
 import { buildInfo, CocoDataset, cudaMemory, DataLoader, disposeBatch, makeShapes, Model, setTf32, synchronize, Trainer } from '../lib';
 import { writeJsonAtomic } from '../lib/io';
@@ -97,6 +98,7 @@ async function timeLoaderFed(o: Options, dir: string, amp: boolean): Promise<Row
   cudaMemory(0, { resetPeak: true });
   let images = 0, replayed = 0, steps = 0;
   const t0 = process.hrtime.bigint();
+  const elu0 = performance.eventLoopUtilization();
   for await (const b of loader.epoch(1)) {
     const r = await trainer.step(b, lr);
     images += b.ids.length;
@@ -106,6 +108,8 @@ async function timeLoaderFed(o: Options, dir: string, amp: boolean): Promise<Row
   }
   synchronize();
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  // the JavaScript thread's busy share (loader and trainer): near 100 % it is the ceiling, not decoding
+  const elu = performance.eventLoopUtilization(elu0);
   trainer.dispose();
   model.dispose();
   return {
@@ -114,7 +118,7 @@ async function timeLoaderFed(o: Options, dir: string, amp: boolean): Promise<Row
     imagesPerSecond: images / seconds,
     msPerStep: (1000 * seconds) / steps,
     peakMiB: null, // timed after the capture: the graph's pool is not in a peak taken here
-    note: `${o.loaderImages} JPEGs ${source}²${source === o.size ? '' : ` resized to ${o.size}²`}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4}, ${replayed}/${steps} steps replayed`,
+    note: `${o.loaderImages} JPEGs ${source}²${source === o.size ? '' : ` resized to ${o.size}²`}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4}, ${replayed}/${steps} steps replayed, event loop busy ${(100 * elu.utilization).toFixed(0)} % (${(elu.active / images).toFixed(2)} ms a picture)`,
   };
 }
 

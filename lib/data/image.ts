@@ -39,16 +39,21 @@ export interface LoadImageOptions {
 
 /** Width and height from the file header (no full decode). */
 export async function imageSize(file: string, options: LoadImageOptions = {}): Promise<{ width: number; height: number }> {
-  await checkReadable(file);
   try {
     const m = await sharp(file, { limitInputPixels: options.limitInputPixels ?? 0x3fff * 0x3fff }).metadata();
     if (!m.width || !m.height) throw new Error('no image size in the header');
     return { width: m.width, height: m.height };
   } catch (err) {
+    await checkReadable(file);
     throw new BadSampleError(file, `cannot read image: ${(err as Error).message}`);
   }
 }
 
+/**
+ * After a failed read: a missing or unreadable file is reported as such (not as libvips' message).
+ * Checked only on failure — a check before every picture costs the DataLoader's JavaScript thread a
+ * thread-pool round trip per picture.
+ */
 async function checkReadable(file: string): Promise<void> {
   try {
     await fs.promises.access(file, fs.constants.R_OK);
@@ -59,7 +64,6 @@ async function checkReadable(file: string): Promise<void> {
 
 /** Decodes (and optionally resizes, flips, jitters) an image to RGB uint8. */
 export async function loadImage(file: string, options: LoadImageOptions = {}): Promise<DecodedImage> {
-  await checkReadable(file);
   try {
     let p = sharp(file, { limitInputPixels: options.limitInputPixels ?? 0x3fff * 0x3fff, failOn: 'warning' });
     p = p.removeAlpha().toColourspace('srgb');
@@ -75,6 +79,7 @@ export async function loadImage(file: string, options: LoadImageOptions = {}): P
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels`);
     return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height };
   } catch (err) {
+    await checkReadable(file);
     const msg = (err as Error).message;
     throw new BadSampleError(file, /pixel limit/i.test(msg) ? `image exceeds the pixel limit (${msg})` : `cannot decode image: ${msg}`);
   }
