@@ -50,6 +50,8 @@ export async function timeTrainingSteps(o: {
   makeModel?: () => Model;
   /** Learning rate, weight decay and clipping instead of the RetinaNet benchmark's. */
   optimizerOptions?: { lr: number; weightDecay: number; clipGradNorm?: number };
+  /** CPU data parallelism (TrainerOptions.replicas). */
+  replicas?: number;
 }): Promise<StepTiming> {
   const { device, amp, fast } = o;
   const batch = syntheticBatch(o.data, o.batch, o.size, device);
@@ -61,6 +63,7 @@ export async function timeTrainingSteps(o: {
     // fast: the Trainer's defaults (channels-last and cuDNN benchmark on CUDA); plain: all off
     ...(fast ? (o.channelsLast === undefined ? {} : { channelsLast: o.channelsLast }) : { channelsLast: false, cudnnBenchmark: false }),
     cudaGraph: Boolean(fast && o.cudaGraph),
+    ...(o.replicas ? { replicas: o.replicas } : {}),
   };
   if (!fast && device === 'cuda') setCudnnBenchmark(false);
   const trainer = new Trainer(model, options);

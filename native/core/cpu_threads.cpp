@@ -13,6 +13,17 @@
 #include <thread>
 #include <utility>
 
+// OpenMP's per-thread setting, from the runtime LibTorch loaded: declared weak here (absent without one;
+// this file is not compiled with -fopenmp); with -fopenmp, <omp.h>'s declarations
+#ifdef _OPENMP
+#include <omp.h>
+#else
+extern "C" {
+__attribute__((weak)) void omp_set_num_threads(int) noexcept;
+__attribute__((weak)) int omp_get_max_threads(void) noexcept;
+}
+#endif
+
 namespace onestage {
 
 namespace {
@@ -90,6 +101,19 @@ int applyDefaultThreads() {
     if (at::get_num_threads() < cores) at::set_num_threads(cores);
   }
   return at::get_num_threads();
+}
+
+ThreadShare::ThreadShare(int threads) {
+  (void)at::get_num_threads();  // ATen's one-time set-up of this thread first (it would reset the setting later)
+#ifndef _OPENMP
+  if (omp_set_num_threads == nullptr || omp_get_max_threads == nullptr) return;
+#endif
+  previous_ = omp_get_max_threads();
+  omp_set_num_threads(std::max(1, threads));
+}
+
+ThreadShare::~ThreadShare() {
+  if (previous_ > 0) omp_set_num_threads(previous_);
 }
 
 }  // namespace onestage

@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "core/capture_lock.h"
+#include "core/cpu_threads.h"
 #include "core/graph_capture.h"
 #include "core/errors.h"
 
@@ -227,7 +228,10 @@ LossParts TrainingSession::forwardBackwardParallel(const torch::Tensor& images, 
   }
   std::vector<LossParts> parts(used);
   std::vector<std::exception_ptr> errors(used);
+  // the cores split between the replicas (each would otherwise run as many threads as there are cores)
+  const int share = std::max(1, at::get_num_threads() / static_cast<int>(used));
   auto work = [&](size_t r) {
+    const ThreadShare threads(share);
     try {
       RetinaNet& model = r == 0 ? net : replicas_[r - 1];
       RetinaLoss& loss = r == 0 ? *loss_ : *replicaLosses_[r - 1];
