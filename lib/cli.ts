@@ -18,7 +18,7 @@ import { evalJob } from './jobs/evaluate';
 import { launchWorkers, withoutNproc } from './jobs/launch';
 import { trainJob } from './jobs/train';
 import { Model } from './model';
-import { buildInfo, cpuMemory, synchronize } from './runtime';
+import { buildInfo, cpuMemory, getNumThreads, synchronize } from './runtime';
 import { Tensor } from './tensor';
 
 function intOption(name: string, min = 0): (value: string) => number {
@@ -85,10 +85,10 @@ export function makeProgram(): Command {
 
   program
     .command('info')
-    .description('print the build (onestage and LibTorch versions, CUDA) and the CPU caching allocator\'s state as JSON')
+    .description('print the build (onestage and LibTorch versions, CUDA), LibTorch\'s CPU threads and the CPU caching allocator\'s state as JSON')
     .action(() => {
       const { enabled, cacheLimit } = cpuMemory();
-      console.log(JSON.stringify({ ...buildInfo(), cpuCache: { enabled, limitBytes: cacheLimit } }, null, 2));
+      console.log(JSON.stringify({ ...buildInfo(), cpuThreads: getNumThreads(), cpuCache: { enabled, limitBytes: cacheLimit } }, null, 2));
     });
 
   program

@@ -13,13 +13,17 @@ import { tempDir } from './helpers/python';
 const cli = path.resolve(__dirname, '..', 'bin', 'onestage.js');
 const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
 
-test('cli: `onestage info` prints buildInfo and the CPU caching allocator (on, or off with ONESTAGE_CPU_CACHE_MB=0) as JSON', (t) => {
+test('cli: `onestage info` prints buildInfo, the CPU threads and the CPU caching allocator (on, or off with ONESTAGE_CPU_CACHE_MB=0) as JSON', (t) => {
   const r = run('info');
   t.is(r.status, 0, r.stderr);
   const { enabled, cacheLimit } = cpuMemory();
-  t.deepEqual(JSON.parse(r.stdout), { ...buildInfo(), cpuCache: { enabled, limitBytes: cacheLimit } });
-  const off = spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8', env: { ...process.env, ONESTAGE_CPU_CACHE_MB: '0' } });
+  // the child's thread count is its own default (this process may have changed its own)
+  const threads = (JSON.parse(r.stdout) as { cpuThreads: number }).cpuThreads;
+  t.true(Number.isInteger(threads) && threads >= 1);
+  t.deepEqual(JSON.parse(r.stdout), { ...buildInfo(), cpuThreads: threads, cpuCache: { enabled, limitBytes: cacheLimit } });
+  const off = spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8', env: { ...process.env, ONESTAGE_CPU_CACHE_MB: '0', OMP_NUM_THREADS: '1' } });
   t.deepEqual((JSON.parse(off.stdout) as { cpuCache: unknown }).cpuCache, { enabled: false, limitBytes: 0 });
+  t.is((JSON.parse(off.stdout) as { cpuThreads: number }).cpuThreads, 1);
 });
 
 test('cli: make-shapes, train --config, train --resume, eval and detect run end to end', (t) => {
