@@ -3,7 +3,7 @@
  * process on 1 GPU and with N processes on N GPUs (c10d NCCL), in one invocation; prints img/s of
  * each, the scaling efficiency img/s(N) ÷ (N × img/s(1)), and writes bench/results/dist-scaling.json.
  *
- *   ts-node bench/dist_scaling.ts --gpus 2,4,8 --batch 8 --size 640 --depth 50 --amp [--cuda-graph]
+ *   ts-node bench/dist_scaling.ts --gpus 2,4,8 --batch 8,16 --size 640 --depth 50 --amp [--cuda-graph]
  *   (on the CPU: --device cpu uses Gloo processes instead of GPUs)
  * --cuda-graph: every run (the 1-process one too) replays its steps as CUDA graphs (cudaGraph true:
  * the data-parallel graphs with the all-reduces captured); without it every run is eager.
@@ -84,7 +84,7 @@ async function run(n: number, argv: string[]): Promise<WorkerResult> {
 async function main(): Promise<void> {
   const o = new Command()
     .option('--gpus <list>', 'processes (GPUs) of the parallel runs, comma-separated', '2')
-    .option('--batch <n>', 'images per GPU and step', (v) => Number(v), 8)
+    .option('--batch <list>', 'images per GPU and step; several (comma-separated): a table each, in one invocation', '8')
     .option('--size <px>', 'square input side', (v) => Number(v), 640)
     .option('--depth <n>', 'ResNet depth', (v) => Number(v), 50)
     .option('--steps <n>', 'timed steps', (v) => Number(v), 30)
@@ -94,25 +94,43 @@ async function main(): Promise<void> {
     .option('--device <d>', "'cuda' (NCCL, a GPU per process) or 'cpu' (Gloo)", 'cuda')
     .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'dist-scaling.json'))
     .parse(process.argv)
-    .opts<Omit<Options, 'gpus'> & { gpus: string }>();
+    .opts<Omit<Options, 'gpus' | 'batch'> & { gpus: string; batch: string }>();
   const counts = o.gpus.split(',').map(Number);
   if (counts.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--gpus expects comma-separated process counts, received ${o.gpus}`);
-  if (process.env.WORLD_SIZE) return worker({ ...o, gpus: Number(process.env.WORLD_SIZE) });
+  const batches = o.batch.split(',').map(Number);
+  if (batches.some((b) => !Number.isInteger(b) || b < 1)) throw new Error(`--batch expects comma-separated image counts, received ${o.batch}`);
+  // a worker gets one batch size (the launcher passes --batch B)
+  if (process.env.WORLD_SIZE) return worker({ ...o, batch: batches[0], gpus: Number(process.env.WORLD_SIZE) });
   const info = buildInfo();
   const most = Math.max(...counts);
   if (o.device === 'cuda' && info.deviceCount < most) throw new Error(`--gpus ${o.gpus} needs ${most} GPUs; this machine has ${info.deviceCount}`);
-  const argv = process.argv.slice(2);
-  const one = await run(1, argv);
-  const many: Array<WorkerResult & { efficiency: number }> = [];
-  for (const n of counts) {
-    const r = await run(n, argv);
-    many.push({ ...r, efficiency: r.imagesPerSecond / (n * one.imagesPerSecond) });
+  const tables: Array<{ batch: number; one: WorkerResult; many: Array<WorkerResult & { efficiency: number }> }> = [];
+  for (const batch of batches) {
+    const argv = [...withoutOption(process.argv.slice(2), '--batch'), '--batch', String(batch)];
+    const one = await run(1, argv);
+    const many: Array<WorkerResult & { efficiency: number }> = [];
+    for (const n of counts) {
+      const r = await run(n, argv);
+      many.push({ ...r, efficiency: r.imagesPerSecond / (n * one.imagesPerSecond) });
+    }
+    console.log(`\nRetinaNet ResNet-${o.depth}, ${o.size}×${o.size}, ${batch} images per ${o.device === 'cuda' ? 'GPU' : 'process'} and step, ${o.amp ? 'bf16 autocast' : 'fp32'} (${o.device === 'cuda' ? 'NCCL' : 'Gloo'}), ${o.cudaGraph ? 'CUDA graphs' : 'eager steps'}, onestage ${info.version}, LibTorch ${info.torchVersion}`);
+    console.log('| processes | img/s | ms/step | scaling efficiency | replayed steps | skipped steps |\n| --- | --- | --- | --- | --- | --- |');
+    for (const r of [{ ...one, efficiency: 1 }, ...many])
+      console.log(`| ${r.worldSize} | ${r.imagesPerSecond.toFixed(1)} | ${r.msPerStep.toFixed(1)} | ${(100 * r.efficiency).toFixed(1)} % | ${r.replayed} of ${o.steps} | ${r.skipped} |`);
+    tables.push({ batch, one, many });
+    // written after each batch size: a run cut short keeps what it measured
+    writeJsonAtomic(o.out, { date: new Date().toISOString(), options: o, tables, torch: info.torchVersion }, 2);
   }
-  console.log(`RetinaNet ResNet-${o.depth}, ${o.size}×${o.size}, ${o.batch} images per ${o.device === 'cuda' ? 'GPU' : 'process'} and step, ${o.amp ? 'bf16 autocast' : 'fp32'} (${o.device === 'cuda' ? 'NCCL' : 'Gloo'}), ${o.cudaGraph ? 'CUDA graphs' : 'eager steps'}, onestage ${info.version}, LibTorch ${info.torchVersion}`);
-  console.log('| processes | img/s | ms/step | scaling efficiency | replayed steps | skipped steps |\n| --- | --- | --- | --- | --- | --- |');
-  for (const r of [{ ...one, efficiency: 1 }, ...many])
-    console.log(`| ${r.worldSize} | ${r.imagesPerSecond.toFixed(1)} | ${r.msPerStep.toFixed(1)} | ${(100 * r.efficiency).toFixed(1)} % | ${r.replayed} of ${o.steps} | ${r.skipped} |`);
-  writeJsonAtomic(o.out, { date: new Date().toISOString(), options: o, one, many, torch: info.torchVersion }, 2);
+}
+
+/** argv without `name value` / `name=value`. */
+function withoutOption(argv: string[], name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === name) i++;
+    else if (!argv[i].startsWith(`${name}=`)) out.push(argv[i]);
+  }
+  return out;
 }
 
 main().catch((err: Error) => {
