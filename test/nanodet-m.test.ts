@@ -6,7 +6,7 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { CocoDataset, DataLoader, disposeBatch, makeShapes, Model, Tensor, Trainer } from '../lib';
+import { buildInfo, CocoDataset, DataLoader, disposeBatch, makeShapes, Model, setTf32, Tensor, Trainer } from '../lib';
 import { Rng } from '../lib/data/random';
 import { fromTensor, readBundle, writeBundle } from './helpers/bundle';
 import { assertClose } from './helpers/close';
@@ -122,47 +122,49 @@ test.serial('NanoDet-Plus-m trains (its AGM learns the batch), and `train --pres
   t.regex(bad.stderr, /--preset and --neck are NanoDet-Plus options/);
 });
 
-test.serial('NanoDet-Plus-m channels-last: every feature map stays channels-last (channel shuffles, 1×1 and depthwise weights keep the layout) and gives the NCHW forward, losses and weights', async (t) => {
-  const dir = tempDir('onestage-nanodet-m-nhwc-');
-  await makeShapes({ out: path.join(dir, 'data'), train: 2, val: 1, size: 128, classes: 2, seed: 4 });
-  const loader = new DataLoader(await CocoDataset.open(path.join(dir, 'data', 'instances_train.json')), { batchSize: 2, shuffle: false, augment: false, transform: { minSide: 128, maxSide: 128 } });
-  const batch = (await loader.epoch(0)[Symbol.asyncIterator]().next()).value!;
-  const run = async (channelsLast: boolean) => {
-    const model = Model.nanodetPlus({ preset: 'm-320', numClasses: 2, seed: 1 }).channelsLast(channelsLast).eval();
-    const out = (await model.forward(batch.images)) as unknown as Record<string, Tensor>;
-    model.train();
-    const trainer = new Trainer(model, { optimizer: { type: 'sgd', lr: 0.01 }, channelsLast, cudnnBenchmark: false });
-    const losses: number[] = [];
-    for (let i = 0; i < 2; i++) losses.push((await trainer.step(batch, 0.01)).total);
-    trainer.dispose();
-    return { model, losses, out };
-  };
-  const nchw = await run(false);
-  const nhwc = await run(true);
-  t.false(nchw.model.info.channelsLast);
-  t.true(nhwc.model.info.channelsLast);
-  for (const k of ['c3', 'c4', 'c5', 'p3', 'p4', 'p5', 'p6']) {
-    t.is(nchw.out[k].memoryFormat, 'contiguous', `NCHW ${k}`);
-    t.is(nhwc.out[k].memoryFormat, 'channels-last', `channels-last ${k}`);
-    assertClose(t, nhwc.out[k], nchw.out[k], { name: k, ...NET });
-  }
-  assertClose(t, nhwc.out.preds, nchw.out.preds, { name: 'preds', ...NET });
-  // the first step's losses to 1e-4; the second's to 1e-3 (training-mode BatchNorm sums in another order
-  // in each layout, and after one update the DSL assignment's discontinuities amplify that: 1.1e-4 seen)
-  for (let i = 0; i < 2; i++) t.true(Math.abs(nchw.losses[i] - nhwc.losses[i]) <= (i === 0 ? 1e-4 : 1e-3) * Math.abs(nchw.losses[i]), `step ${i}: ${nchw.losses[i]} vs ${nhwc.losses[i]}`);
-  const a = nchw.model.stateDict();
-  const b = nhwc.model.stateDict();
-  // a 1×1 and a depthwise weight of a shuffle block, of Ghost-PAN and of the head; the stem; the AGM's head
-  for (const k of ['backbone.conv1.0.weight', 'backbone.stage3.6.branch2.0.weight', 'backbone.stage2.1.branch2.3.weight', 'fpn.reduce_layers.1.conv.weight', 'fpn.bottom_up_blocks.1.blocks.0.shortcut.0.weight',
-    'head.cls_convs.2.0.depthwise.weight', 'head.cls_convs.3.1.pointwise.weight', 'aux_head.reg_convs.0.conv.weight'])
-    assertClose(t, b[k], a[k], { atol: 1e-5, rtol: 1e-4, name: k });
-  // back to NCHW: every weight has NCHW strides again (a 1×1 or depthwise weight too), the outputs NCHW
-  nhwc.model.channelsLast(false);
-  t.false(nhwc.model.info.channelsLast);
-  const back = (await nhwc.model.eval().forward(batch.images)) as unknown as Record<string, Tensor>;
-  for (const k of ['c3', 'c5', 'p3']) t.is(back[k].memoryFormat, 'contiguous', `after channelsLast(false): ${k}`);
-  for (const o of [nchw.out, nhwc.out, back]) for (const v of Object.values(o)) v.dispose();
-  disposeBatch(batch);
-  nchw.model.dispose();
-  nhwc.model.dispose();
-});
+for (const device of ['cpu', ...(buildInfo().cudaAvailable ? ['cuda' as const] : [])] as const)
+  test.serial(`NanoDet-Plus-m channels-last: every feature map stays channels-last (channel shuffles, 1×1 and depthwise weights keep the layout) and gives the NCHW forward, losses and weights (${device})`, async (t) => {
+    if (device === 'cuda') setTf32(false); // float32 both ways: the layouts, not TF32, are compared
+    const dir = tempDir('onestage-nanodet-m-nhwc-');
+    await makeShapes({ out: path.join(dir, 'data'), train: 2, val: 1, size: 128, classes: 2, seed: 4 });
+    const loader = new DataLoader(await CocoDataset.open(path.join(dir, 'data', 'instances_train.json')), { batchSize: 2, shuffle: false, augment: false, device, transform: { minSide: 128, maxSide: 128 } });
+    const batch = (await loader.epoch(0)[Symbol.asyncIterator]().next()).value!;
+    const run = async (channelsLast: boolean) => {
+      const model = Model.nanodetPlus({ preset: 'm-320', numClasses: 2, seed: 1, device }).channelsLast(channelsLast).eval();
+      const out = (await model.forward(batch.images)) as unknown as Record<string, Tensor>;
+      model.train();
+      const trainer = new Trainer(model, { optimizer: { type: 'sgd', lr: 0.01 }, channelsLast, cudnnBenchmark: false });
+      const losses: number[] = [];
+      for (let i = 0; i < 2; i++) losses.push((await trainer.step(batch, 0.01)).total);
+      trainer.dispose();
+      return { model, losses, out };
+    };
+    const nchw = await run(false);
+    const nhwc = await run(true);
+    t.false(nchw.model.info.channelsLast);
+    t.true(nhwc.model.info.channelsLast);
+    for (const k of ['c3', 'c4', 'c5', 'p3', 'p4', 'p5', 'p6']) {
+      t.is(nchw.out[k].memoryFormat, 'contiguous', `NCHW ${k}`);
+      t.is(nhwc.out[k].memoryFormat, 'channels-last', `channels-last ${k}`);
+      assertClose(t, nhwc.out[k], nchw.out[k], { name: k, ...NET });
+    }
+    assertClose(t, nhwc.out.preds, nchw.out.preds, { name: 'preds', ...NET });
+    // the first step's losses to 1e-4; the second's to 1e-3 (training-mode BatchNorm sums in another order
+    // in each layout, and after one update the DSL assignment's discontinuities amplify that: 1.1e-4 seen)
+    for (let i = 0; i < 2; i++) t.true(Math.abs(nchw.losses[i] - nhwc.losses[i]) <= (i === 0 ? 1e-4 : 1e-3) * Math.abs(nchw.losses[i]), `step ${i}: ${nchw.losses[i]} vs ${nhwc.losses[i]}`);
+    const a = nchw.model.stateDict();
+    const b = nhwc.model.stateDict();
+    // a 1×1 and a depthwise weight of a shuffle block, of Ghost-PAN and of the head; the stem; the AGM's head
+    for (const k of ['backbone.conv1.0.weight', 'backbone.stage3.6.branch2.0.weight', 'backbone.stage2.1.branch2.3.weight', 'fpn.reduce_layers.1.conv.weight', 'fpn.bottom_up_blocks.1.blocks.0.shortcut.0.weight',
+      'head.cls_convs.2.0.depthwise.weight', 'head.cls_convs.3.1.pointwise.weight', 'aux_head.reg_convs.0.conv.weight'])
+      assertClose(t, b[k], a[k], { atol: 1e-5, rtol: 1e-4, name: k });
+    // back to NCHW: every weight has NCHW strides again (a 1×1 or depthwise weight too), the outputs NCHW
+    nhwc.model.channelsLast(false);
+    t.false(nhwc.model.info.channelsLast);
+    const back = (await nhwc.model.eval().forward(batch.images)) as unknown as Record<string, Tensor>;
+    for (const k of ['c3', 'c5', 'p3']) t.is(back[k].memoryFormat, 'contiguous', `after channelsLast(false): ${k}`);
+    for (const o of [nchw.out, nhwc.out, back]) for (const v of Object.values(o)) v.dispose();
+    disposeBatch(batch);
+    nchw.model.dispose();
+    nhwc.model.dispose();
+  });
