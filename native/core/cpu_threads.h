@@ -19,7 +19,7 @@ int applyDefaultThreads();
 /// For its lifetime, the calling thread's CPU operations use `threads` threads (its own OpenMP setting,
 /// restored at the end; with a LibTorch without OpenMP nothing changes): the CPU replicas of a training
 /// step split the cores between them instead of each taking all of them (2 replicas × 2 threads on
-/// 2 cores: 4 % slower than × 1).
+/// 2 cores oversubscribe them; measured on the 2-core VM the difference was within its noise).
 class ThreadShare {
  public:
   explicit ThreadShare(int threads);
