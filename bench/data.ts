@@ -22,6 +22,20 @@ import { native } from '../lib/binding';
 import { writeJsonAtomic } from '../lib/io';
 import { pythonWithTorch, tempDir, referenceEnv } from '../test/helpers/python';
 
+/**
+ * CPU time of the JavaScript thread so far (Linux: /proc/self/task/<pid>/stat, 10 ms ticks), ms; NaN
+ * elsewhere. Unlike event-loop utilisation it does not count time the thread waited for a core.
+ */
+function mainThreadCpuMs(): number {
+  try {
+    const stat = fs.readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, USER_HZ 100
+  } catch {
+    return NaN;
+  }
+}
+
 /** Runs `work` over 0..n-1 with at most `k` in flight; seconds taken. */
 async function pool(n: number, k: number, work: (i: number) => Promise<void>): Promise<number> {
   let next = 0;
@@ -78,9 +92,10 @@ async function main(): Promise<void> {
     .option('--device <d>', "where batches are put: 'cpu' or 'cuda'", 'cpu')
     .option('--prefetch <n>', 'batches prepared ahead', '2')
     .option('--stages', 'also time each stage of the pipeline alone')
+    .option('--decode-workers <n>', "the DataLoader's decodeWorkers (worker threads running sharp; 0: the main thread); default 'auto'")
     .option('--no-sharp-cache', "turn libvips' operation cache off (sharp.cache(false))")
     .parse()
-    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean; sharpCache: boolean }>();
+    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean; sharpCache: boolean; decodeWorkers?: string }>();
   if (!o.sharpCache) sharp.cache(false);
   const side = o.side ? Number(o.side) : undefined;
   const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
@@ -89,7 +104,7 @@ async function main(): Promise<void> {
   const json = path.join(dir, 'instances_train.json');
   const ds = await CocoDataset.open(json);
   const transform = side ? { minSide: side, maxSide: side } : undefined;
-  const loader = new DataLoader(ds, { batchSize: Number(o.batch), seed: 0, prefetch: Number(o.prefetch), device: o.device, transform });
+  const loader = new DataLoader(ds, { batchSize: Number(o.batch), seed: 0, prefetch: Number(o.prefetch), device: o.device, transform, decodeWorkers: o.decodeWorkers === undefined ? 'auto' : Number(o.decodeWorkers) });
   for await (const b of loader.epoch(0)) disposeBatch(b); // warm-up (file cache, thread pools)
   const t0 = process.hrtime.bigint();
   let gcMs = 0;
@@ -98,6 +113,7 @@ async function main(): Promise<void> {
   });
   gc.observe({ entryTypes: ['gc'] });
   const elu0 = performance.eventLoopUtilization();
+  const main0 = mainThreadCpuMs();
   const cpu0 = process.cpuUsage();
   let n = 0;
   for await (const b of loader.epoch(1)) {
@@ -108,15 +124,16 @@ async function main(): Promise<void> {
   // the JavaScript thread's share: if its busy time per picture reaches the wall time per picture, the
   // event loop (not decoding) is the ceiling
   const elu = performance.eventLoopUtilization(elu0);
+  const mainCpu = mainThreadCpuMs() - main0;
   const cpu = process.cpuUsage(cpu0);
   await new Promise((resolve) => setImmediate(resolve)); // the last gc entries
   gc.disconnect();
   const mainMs = elu.active / n;
   console.error(
     `DataLoader epoch: ${n} pictures in ${ours.toFixed(2)} s; event loop busy ${(100 * elu.utilization).toFixed(1)} % (${mainMs.toFixed(2)} ms a picture, ` +
-      `garbage collection ${(gcMs / n).toFixed(2)} of it: a ceiling of ${(1000 / mainMs).toFixed(0)} img/s); process CPU ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms a picture`,
+      `garbage collection ${(gcMs / n).toFixed(2)} of it: a ceiling of ${(1000 / mainMs).toFixed(0)} img/s); JavaScript thread CPU ${Number.isNaN(mainCpu) ? '?' : (mainCpu / n).toFixed(2)} ms a picture; process CPU ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms a picture`,
   );
-  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}${o.sharpCache ? '' : ', no libvips cache'}; event loop ${mainMs.toFixed(2)} ms a picture`, imagesPerSecond: n / ours }];
+  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}, ${loader.decodeWorkerCount} decode workers${o.sharpCache ? '' : ', no libvips cache'}; event loop ${mainMs.toFixed(2)} ms a picture`, imagesPerSecond: n / ours }];
   const py = side ? undefined : pythonWithTorch(); // the reference script resizes as pytorch-retinanet (608 / 1024)
   if (py) {
     spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8', env: referenceEnv() }); // warm-up

@@ -388,3 +388,46 @@ test.serial('loader: an image\'s size is read from its file once; later epochs r
   t.is(perEpoch[1], 0);
   t.deepEqual(sums[1], sums[0]);
 });
+
+test('loader: decoding in worker threads (decodeWorkers) gives the same batches as on the JavaScript thread, and the same errors', async (t) => {
+  const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
+  const transform = { minSide: 64, maxSide: 96, scaleJitter: [0.8, 1.2] as [number, number], photometric: { brightness: 0.2, saturation: 0.2, hue: 10 }, crop: { p: 0.5, minSize: 0.6 } };
+  const make = (decodeWorkers: number) => new DataLoader(ds, { batchSize: 3, seed: 4, views: 2, transform, decodeWorkers });
+  t.is(new DataLoader(ds).decodeWorkerCount, 0); // 'auto' on the CPU
+  const plain = await collect(make(0), 1);
+  const loader = make(2);
+  t.is(loader.decodeWorkerCount, 2);
+  for (const epoch of [1, 1]) {
+    // the second pass reuses the shared buffers the first one gave back
+    const pooled = await collect(loader, epoch);
+    t.is(pooled.length, plain.length);
+    for (let k = 0; k < plain.length; k++) {
+      const [a, b] = [plain[k], pooled[k]];
+      t.deepEqual(b.ids, a.ids);
+      t.deepEqual([b.flipped, b.crops, b.inputSizes, b.scales], [a.flipped, a.crops, a.inputSizes, a.scales]);
+      t.deepEqual(b.images.toArray(), a.images.toArray());
+      t.deepEqual(b.views!.toArray(), a.views!.toArray());
+      t.deepEqual(b.annotations.toArray(), a.annotations.toArray());
+    }
+    for (const b of pooled) disposeBatch(b);
+  }
+  t.true(plain.some((b) => b.crops.some((c) => c !== null)));
+  for (const b of plain) disposeBatch(b);
+  await loader.close();
+
+  const dir = tempDir();
+  const good = path.join(await shapes(), 'train', 'train_00002.jpg');
+  fs.writeFileSync(path.join(dir, 'truncated.jpg'), fs.readFileSync(good).subarray(0, 500));
+  fs.copyFileSync(good, path.join(dir, 'good.jpg'));
+  const coco = { images: ['good.jpg', 'truncated.jpg', 'missing.jpg'].map((f, i) => ({ id: i + 1, file_name: f, width: 96, height: 96 })), annotations: [], categories: [{ id: 1, name: 'a' }] };
+  fs.writeFileSync(path.join(dir, 'c.json'), JSON.stringify(coco));
+  const bad = await CocoDataset.open(path.join(dir, 'c.json'));
+  const strict = new DataLoader(bad, { batchSize: 3, shuffle: false, groupByAspectRatio: false, transform: { minSide: 64 }, decodeWorkers: 1 });
+  await t.throwsAsync(collect(strict, 0), { message: /(truncated|missing)\.jpg: (cannot (decode|read) image|image file not found)/ });
+  const skipping = new DataLoader(bad, { batchSize: 3, shuffle: false, groupByAspectRatio: false, transform: { minSide: 64 }, decodeWorkers: 1, onBadSample: 'skip' });
+  const kept = await collect(skipping, 0);
+  t.deepEqual(kept.flatMap((b) => b.files.map((f) => path.basename(f))), ['good.jpg']);
+  t.deepEqual(skipping.skipped.map((s) => path.basename(s.file)).sort(), ['missing.jpg', 'truncated.jpg']);
+  for (const b of kept) disposeBatch(b);
+  t.throws(() => new DataLoader(bad, { decodeWorkers: -1 }), { instanceOf: RangeError, message: /options\.decodeWorkers/ });
+});

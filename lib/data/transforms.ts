@@ -19,7 +19,7 @@ export interface TransformOptions {
    * `minVisible` (default 0.25) of its area, or less than 1 px a side, is dropped. Default none.
    */
   crop?: { p: number; minSize: number; minVisible?: number };
-  /** Photometric jitter: brightness and saturation ± fraction, hue ± degrees; default none. */
+  /** Photometric jitter: brightness and saturation ± fraction, hue ± degrees (rounded to whole degrees, as sharp takes them); default none. */
   photometric?: { brightness?: number; saturation?: number; hue?: number };
   /** ImageNet normalisation by default. */
   mean?: [number, number, number];
