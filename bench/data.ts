@@ -3,7 +3,7 @@
  * ≤ 1024) + normalised + batched, onestage's DataLoader vs pytorch-retinanet's pipeline (skimage,
  * single process) on the same JPEGs, side by side.
  *   npx ts-node --transpile-only bench/data.ts [--images 64] [--size 512] [--batch 2]
- *       [--side 640] [--device cuda] [--prefetch 2] [--stages]
+ *       [--side 640] [--device cuda] [--prefetch 2] [--stages] [--decode-workers n] [--data dir]
  * --side: resized to side × side (the reference is then not run: it resizes as pytorch-retinanet);
  * --stages: each stage also timed alone (header, decode + resize, collate + upload), as many in flight
  * as the libuv pool has threads (UV_THREADPOOL_SIZE, default 4).
@@ -27,12 +27,23 @@ import { pythonWithTorch, tempDir, referenceEnv } from '../test/helpers/python';
  * elsewhere. Unlike event-loop utilisation it does not count time the thread waited for a core.
  */
 function mainThreadCpuMs(): number {
+  const f = procStat(`/proc/self/task/${process.pid}/stat`);
+  return f ? ((Number(f[11]) + Number(f[12])) * 1000) / 100 : NaN; // utime + stime, USER_HZ 100
+}
+
+/** Minor page faults of the whole process so far (Linux; NaN elsewhere): fresh memory touched by decoding. */
+function minorFaults(): number {
+  const f = procStat('/proc/self/stat');
+  return f ? Number(f[7]) : NaN;
+}
+
+/** The fields of a /proc stat file after the command name (field 3 onwards), or undefined. */
+function procStat(file: string): string[] | undefined {
   try {
-    const stat = fs.readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, USER_HZ 100
+    const stat = fs.readFileSync(file, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
-    return NaN;
+    return undefined;
   }
 }
 
@@ -92,15 +103,17 @@ async function main(): Promise<void> {
     .option('--device <d>', "where batches are put: 'cpu' or 'cuda'", 'cpu')
     .option('--prefetch <n>', 'batches prepared ahead', '2')
     .option('--stages', 'also time each stage of the pipeline alone')
+    .option('--data <dir>', 'make the pictures in this folder once and reuse them (default: a new temporary folder)')
     .option('--decode-workers <n>', "the DataLoader's decodeWorkers (worker threads running sharp; 0: the main thread); default 'auto'")
     .option('--no-sharp-cache', "turn libvips' operation cache off (sharp.cache(false))")
     .parse()
-    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean; sharpCache: boolean; decodeWorkers?: string }>();
+    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean; sharpCache: boolean; decodeWorkers?: string; data?: string }>();
   if (!o.sharpCache) sharp.cache(false);
   const side = o.side ? Number(o.side) : undefined;
   const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
-  const dir = tempDir();
-  await makeShapes({ out: dir, train: Number(o.images), val: 0, size: Number(o.size), seed: 1 });
+  // --data: a folder the pictures are made in once and reused by later runs
+  const dir = o.data ?? tempDir();
+  if (!fs.existsSync(path.join(dir, 'instances_train.json'))) await makeShapes({ out: dir, train: Number(o.images), val: 0, size: Number(o.size), seed: 1 });
   const json = path.join(dir, 'instances_train.json');
   const ds = await CocoDataset.open(json);
   const transform = side ? { minSide: side, maxSide: side } : undefined;
@@ -114,6 +127,7 @@ async function main(): Promise<void> {
   gc.observe({ entryTypes: ['gc'] });
   const elu0 = performance.eventLoopUtilization();
   const main0 = mainThreadCpuMs();
+  const faults0 = minorFaults();
   const cpu0 = process.cpuUsage();
   let n = 0;
   for await (const b of loader.epoch(1)) {
@@ -125,13 +139,14 @@ async function main(): Promise<void> {
   // event loop (not decoding) is the ceiling
   const elu = performance.eventLoopUtilization(elu0);
   const mainCpu = mainThreadCpuMs() - main0;
+  const faults = minorFaults() - faults0;
   const cpu = process.cpuUsage(cpu0);
   await new Promise((resolve) => setImmediate(resolve)); // the last gc entries
   gc.disconnect();
   const mainMs = elu.active / n;
   console.error(
     `DataLoader epoch: ${n} pictures in ${ours.toFixed(2)} s; event loop busy ${(100 * elu.utilization).toFixed(1)} % (${mainMs.toFixed(2)} ms a picture, ` +
-      `garbage collection ${(gcMs / n).toFixed(2)} of it: a ceiling of ${(1000 / mainMs).toFixed(0)} img/s); JavaScript thread CPU ${Number.isNaN(mainCpu) ? '?' : (mainCpu / n).toFixed(2)} ms a picture; process CPU ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms a picture`,
+      `garbage collection ${(gcMs / n).toFixed(2)} of it: a ceiling of ${(1000 / mainMs).toFixed(0)} img/s); JavaScript thread CPU ${Number.isNaN(mainCpu) ? '?' : (mainCpu / n).toFixed(2)} ms a picture; process CPU ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms a picture (system ${(cpu.system / 1e3 / n).toFixed(2)}), ${(faults / n).toFixed(0)} page faults a picture`,
   );
   const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}, ${loader.decodeWorkerCount} decode workers${o.sharpCache ? '' : ', no libvips cache'}; event loop ${mainMs.toFixed(2)} ms a picture`, imagesPerSecond: n / ours }];
   const py = side ? undefined : pythonWithTorch(); // the reference script resizes as pytorch-retinanet (608 / 1024)

@@ -269,6 +269,7 @@ async function graphVersusEager(
   sequence: SequenceStep[],
   expected: StepRecord['graph'][],
   tol: { loss: number; weightAbs: number; weightRel: number },
+  noise?: { cap: number },
 ): Promise<void> {
   const lr = options.optimizer?.lr ?? 0.01;
   const run = async (cudaGraph: boolean) => {
@@ -285,21 +286,47 @@ async function graphVersusEager(
   const graphed = await run(true);
   t.deepEqual(eager.records.map((r) => r.graph), sequence.map(() => 'off'), name);
   t.deepEqual(graphed.records.map((r) => r.graph), expected, name);
-  graphed.records.forEach((r, i) => {
-    const terms: Array<[string, number, number]> = (['cls', 'reg', 'contrastive', 'gradNorm'] as const).map((k) => [k, r[k], eager.records[i][k]]);
-    for (const [k, v] of Object.entries(r.components)) terms.push([k, v, eager.records[i].components[k]]);
-    for (const [k, g, e] of terms) t.true(Math.abs(g - e) <= tol.loss * Math.abs(e) + 1e-6, `${name} step ${i} ${k}: graph ${g} vs eager ${e}`);
-  });
-  let worst = { excess: 0, where: '' };
-  for (const k of Object.keys(eager.weights)) {
-    const x = eager.weights[k].toArray() as Float32Array;
-    const y = graphed.weights[k].toArray() as Float32Array;
-    for (let i = 0; i < x.length; i++) {
-      const excess = Math.abs(Number(y[i]) - Number(x[i])) / (tol.weightAbs + tol.weightRel * Math.abs(Number(x[i])));
-      if (excess > worst.excess) worst = { excess, where: `${k}[${i}]: ${y[i]} vs ${x[i]}` };
+  const terms = (a: StepRecord, b: StepRecord): Array<[string, number, number]> => [
+    ...(['cls', 'reg', 'contrastive', 'gradNorm'] as const).map((k): [string, number, number] => [k, a[k], b[k]]),
+    ...Object.entries(a.components).map(([k, v]): [string, number, number] => [k, v, b.components[k]]),
+  ];
+  // how far the graph run is from the eager one, in units of the tolerance (≤ 1 passes)
+  const lossExcess = (a: StepRecord[], b: StepRecord[]) => {
+    let worst = { excess: 0, where: '' };
+    a.forEach((r, i) => {
+      for (const [k, g, e] of terms(r, b[i])) {
+        const excess = Math.abs(g - e) / (tol.loss * Math.abs(e) + 1e-6);
+        if (excess > worst.excess) worst = { excess, where: `step ${i} ${k}: ${g} vs ${e}` };
+      }
+    });
+    return worst;
+  };
+  const weightExcess = (a: Record<string, Tensor>, b: Record<string, Tensor>) => {
+    let worst = { excess: 0, where: '' };
+    for (const k of Object.keys(b)) {
+      const x = b[k].toArray() as Float32Array;
+      const y = a[k].toArray() as Float32Array;
+      for (let i = 0; i < x.length; i++) {
+        const excess = Math.abs(Number(y[i]) - Number(x[i])) / (tol.weightAbs + tol.weightRel * Math.abs(Number(x[i])));
+        if (excess > worst.excess) worst = { excess, where: `${k}[${i}]: ${y[i]} vs ${x[i]}` };
+      }
     }
+    return worst;
+  };
+  // Where the eager step itself is not reproducible (atomics in the backward, feeding a discontinuous
+  // assignment), a second eager run measures that noise: the graph may then differ by up to twice the
+  // eager–eager difference, never by more than `cap` tolerances.
+  let allowed = { loss: 1, weights: 1 };
+  if (noise) {
+    const again = await run(false);
+    const floor = { loss: lossExcess(again.records, eager.records), weights: weightExcess(again.weights, eager.weights) };
+    t.log(`${name}: eager vs eager ${floor.loss.excess.toFixed(2)} loss tolerances (${floor.loss.where}), ${floor.weights.excess.toFixed(2)} weight tolerances`);
+    allowed = { loss: Math.min(noise.cap, Math.max(1, 2 * floor.loss.excess)), weights: Math.min(noise.cap, Math.max(1, 2 * floor.weights.excess)) };
   }
-  t.true(worst.excess <= 1, `${name}: weights differ beyond ${tol.weightAbs} + ${tol.weightRel}·|w| at ${worst.where}`);
+  const loss = lossExcess(graphed.records, eager.records);
+  t.true(loss.excess <= allowed.loss, `${name} ${loss.where}: ${loss.excess.toFixed(2)} × the loss tolerance ${tol.loss} (allowed ${allowed.loss.toFixed(2)})`);
+  const weights = weightExcess(graphed.weights, eager.weights);
+  t.true(weights.excess <= allowed.weights, `${name}: weights differ by ${weights.excess.toFixed(2)} × (${tol.weightAbs} + ${tol.weightRel}·|w|) at ${weights.where} (allowed ${allowed.weights.toFixed(2)})`);
 }
 
 /** The batch with its annotations padded by −1 rows to `rows` rows (the same boxes). */
@@ -371,8 +398,12 @@ cuda('cuda graph: the NanoDet-Plus step (DSL assignment, both heads, the AGM) re
     sequence,
     [...expected, ...expected],
     // to 1e-3: the NanoDet-Plus backward has kernels that accumulate with atomics (the interpolation's
-    // backward, the depthwise convolutions' weight gradients): its first replay differed by 1.5e-4
+    // backward, the depthwise convolutions' weight gradients): its first replay differed by 1.5e-4.
+    // Channels-last since the sixth session: two eager runs differed by 1.8e-3 in step 1's gradient norm
+    // on the H200 (the DSL assignment turns last-bit noise into other positives), so the eager runs'
+    // own difference is measured and the graph held to it, at most 5 tolerances
     { loss: 1e-3, weightAbs: 1e-5, weightRel: 1e-3 },
+    { cap: 5 },
   );
 });
 
