@@ -16,8 +16,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { Command } from 'commander';
-import sharp from 'sharp';
+// onestage before sharp: loading sharp starts libuv's pool, which onestage sizes to the cores first
 import { CocoDataset, DataLoader, Device, disposeBatch, IMAGENET_MEAN, IMAGENET_STD, imageSize, loadImage, makeShapes, paddedSize, resizeScale, scaledSize, Tensor } from '../lib';
+import sharp from 'sharp';
 import { native } from '../lib/binding';
 import { writeJsonAtomic } from '../lib/io';
 import { pythonWithTorch, tempDir, referenceEnv } from '../test/helpers/python';

@@ -5,8 +5,8 @@
  * caps decoding at 4 pictures at once however many cores there are (on a 16-core GPU host: a loader
  * at 55 % of the GPU's step rate). Unless `UV_THREADPOOL_SIZE` is set, importing onestage sets it to
  * the number of cores (at least 4, at most 64). libuv reads it when the pool starts, at the first
- * asynchronous call of the process: where something ran before onestage was imported, set it in the
- * environment instead.
+ * asynchronous call of the process — and loading sharp is one: import onestage before sharp (a warning
+ * says when sharp came first), or set it in the environment.
  */
 import * as os from 'node:os';
 
@@ -16,4 +16,16 @@ export function defaultThreadpoolSize(): number {
   return Math.min(64, Math.max(4, cores));
 }
 
-if (process.env.UV_THREADPOOL_SIZE === undefined || process.env.UV_THREADPOOL_SIZE === '') process.env.UV_THREADPOOL_SIZE = String(defaultThreadpoolSize());
+if (process.env.UV_THREADPOOL_SIZE === undefined || process.env.UV_THREADPOOL_SIZE === '') {
+  const size = defaultThreadpoolSize();
+  process.env.UV_THREADPOOL_SIZE = String(size);
+  // Loading sharp starts the pool (a process's thread count grows by the pool's size at require('sharp')): where a script imported
+  // sharp first, the pool already runs with libuv's default of 4 threads and the setting above comes too
+  // late — say so rather than decode at a quarter of the machine's rate without a word.
+  if (size > 4 && Object.keys(require.cache).some((k) => /[\\/]node_modules[\\/]sharp[\\/]/.test(k)))
+    process.emitWarning(
+      `sharp was loaded before onestage, so libuv's thread pool started with its default of 4 threads (4 pictures decoded at once) ` +
+        `instead of ${size}: import onestage before sharp, or set UV_THREADPOOL_SIZE=${size} in the environment`,
+      { code: 'ONESTAGE_THREADPOOL' },
+    );
+}

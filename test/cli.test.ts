@@ -6,8 +6,8 @@ import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import sharp from 'sharp';
 import { buildInfo, cpuMemory } from '../lib';
+import sharp from 'sharp';
 import { tempDir } from './helpers/python';
 
 const cli = path.resolve(__dirname, '..', 'bin', 'onestage.js');

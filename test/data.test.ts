@@ -7,8 +7,8 @@ import test from 'ava';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import sharp from 'sharp';
 import { Batch, buildInfo, CocoDataset, contrastiveViews, cropBoxes, CsvDataset, DataLoader, disposeBatch, loadImage, makeShapes, resizeScale, Tensor, transformBoxes } from '../lib';
+import sharp from 'sharp';
 import { fromTensor, readBundle, writeBundle } from './helpers/bundle';
 import { native } from '../lib/binding';
 import { assertClose } from './helpers/close';
@@ -342,19 +342,38 @@ test('collate: images normalised after a uint8 upload (the CUDA loader\'s path) 
   t.true(batches >= 4);
 });
 
-test('thread pool: importing onestage sizes libuv\'s pool to the cores (4 to 64) unless UV_THREADPOOL_SIZE is set, which it keeps', (t) => {
+test('thread pool: importing onestage sizes libuv\'s pool to the cores (4 to 64) unless UV_THREADPOOL_SIZE is set, which it keeps; sharp loaded first is reported', (t) => {
   const { spawnSync } = require('node:child_process') as typeof import('node:child_process');
-  const probe = (env: NodeJS.ProcessEnv) => {
-    const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', "require('./lib'); console.log(process.env.UV_THREADPOOL_SIZE)"], { cwd: path.join(__dirname, '..'), env, encoding: 'utf8' });
+  const root = path.join(__dirname, '..');
+  // a 16-core machine for the child (os.availableParallelism and os.cpus answer 16), so the pool's real
+  // size shows in the process's thread count: after an asynchronous file read, the pool is running
+  const dir = tempDir();
+  const cores16 = path.join(dir, 'cores16.js');
+  fs.writeFileSync(cores16, "const os = require('os'); const c = os.cpus; os.availableParallelism = () => 16; os.cpus = () => Array.from({ length: 16 }, () => c()[0]);\n");
+  const probe = (env: NodeJS.ProcessEnv, first = '', fake = false) => {
+    const script = `${first} require('./lib'); require('fs').readFile('package.json', () => console.log(JSON.stringify({ size: process.env.UV_THREADPOOL_SIZE, threads: require('fs').readdirSync('/proc/self/task').length })));`;
+    const r = spawnSync(process.execPath, [...(fake ? ['-r', cores16] : []), '-r', 'ts-node/register/transpile-only', '-e', script], { cwd: root, env, encoding: 'utf8' });
     t.is(r.status, 0, r.stderr);
-    return r.stdout.trim();
+    return { ...(JSON.parse(r.stdout.trim()) as { size: string; threads: number }), stderr: r.stderr };
   };
   const { UV_THREADPOOL_SIZE: _drop, ...without } = process.env;
   void _drop;
   const os = require('node:os') as typeof import('node:os');
   const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
-  t.is(probe(without), String(Math.min(64, Math.max(4, cores))));
-  t.is(probe({ ...without, UV_THREADPOOL_SIZE: '7' }), '7');
+  t.is(probe(without).size, String(Math.min(64, Math.max(4, cores))));
+  t.is(probe({ ...without, UV_THREADPOOL_SIZE: '7' }).size, '7');
+  // the pool really has 16 threads: as many threads as a process told 16 in its environment, 12 more than one told 4
+  const ours = probe(without, '', true);
+  const told16 = probe({ ...without, UV_THREADPOOL_SIZE: '16' }, '', true);
+  const told4 = probe({ ...without, UV_THREADPOOL_SIZE: '4' }, '', true);
+  t.is(ours.size, '16');
+  t.is(ours.threads, told16.threads);
+  t.is(told16.threads - told4.threads, 12);
+  t.notRegex(ours.stderr, /ONESTAGE_THREADPOOL/);
+  // sharp first: the pool started at 4 before onestage could size it, and a warning says so
+  const late = probe(without, "require('sharp');", true);
+  t.is(late.threads, told4.threads);
+  t.regex(late.stderr, /sharp was loaded before onestage.*UV_THREADPOOL_SIZE=16/);
 });
 
 test.serial('loader: an image\'s size is read from its file once; later epochs reuse it and give the same batches', async (t) => {

@@ -6,9 +6,9 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, resolveReplicas, StepRecord, Tensor, Trainer } from '../lib';
 import sharp from 'sharp';
 import * as os from 'node:os';
-import { buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, resolveReplicas, StepRecord, Tensor, Trainer } from '../lib';
 import { assertClose } from './helpers/close';
 import { tempDir } from './helpers/python';
 
