@@ -75,6 +75,8 @@ async function stages(ds: CocoDataset, side: number | undefined, batch: number, 
     const same = out.width === sizes[i].width && out.height === sizes[i].height;
     decoded[i] = await loadImage(files[i], { resize: same ? undefined : out, flip: i % 2 === 0 });
   });
+  // decoding alone, without the resize and flip: what a resize on the GPU could save at most
+  const decodeOnly = await pool(n, threads, async (i) => void (await loadImage(files[i])));
   const batches = Math.floor(n / batch);
   // on CUDA both ways of making the floats: on the host (float32 upload) and on the device (uint8 upload,
   // the loader's default there)
@@ -82,6 +84,7 @@ async function stages(ds: CocoDataset, side: number | undefined, batch: number, 
   const rows = [
     { system: `stage: header (imageSize), ${threads} in flight`, imagesPerSecond: n / head },
     { system: `stage: decode + resize + flip (sharp), ${threads} in flight`, imagesPerSecond: n / decode },
+    { system: `stage: decode only (sharp), ${threads} in flight`, imagesPerSecond: n / decodeOnly },
   ];
   for (const way of ways) {
     const collate = await pool(batches, threads, async (k) => {
