@@ -450,3 +450,34 @@ test('loader: decoding in worker threads (decodeWorkers) gives the same batches 
   for (const b of kept) disposeBatch(b);
   t.throws(() => new DataLoader(bad, { decodeWorkers: -1 }), { instanceOf: RangeError, message: /options\.decodeWorkers/ });
 });
+
+test.serial('loader: prepare(epoch) starts an epoch\'s first batches ahead — the epoch then gives the same batches; batches prepared and not taken are freed', async (t) => {
+  const { liveTensors } = await import('../lib');
+  const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
+  const make = () => new DataLoader(ds, { batchSize: 4, seed: 3, prefetch: 2, transform: { minSide: 64, maxSide: 64, scaleJitter: [0.9, 1.1] } });
+  const summary = (bs: Batch[]) => bs.map((b) => [b.ids, b.flipped, b.scales, Array.from(b.images.toArray() as Float32Array).reduce((a, v) => a + v, 0)]);
+  const fresh = await collect(make(), 1);
+  const expected = summary(fresh);
+  for (const b of fresh) disposeBatch(b);
+  const base = liveTensors();
+  const loader = make();
+  loader.prepare(1);
+  await new Promise((r) => setTimeout(r, 200)); // let the prepared batches load
+  t.true(liveTensors() > base, 'prepared batches are loaded ahead');
+  const got = await collect(loader, 1);
+  t.deepEqual(summary(got), expected);
+  for (const b of got) disposeBatch(b);
+  t.is(liveTensors(), base);
+  // prepared, then another epoch iterated: the prepared batches are freed, the epoch is right
+  loader.prepare(2);
+  const other = await collect(loader, 1);
+  t.deepEqual(summary(other), expected);
+  for (const b of other) disposeBatch(b);
+  t.is(liveTensors(), base);
+  // prepared and discarded
+  loader.prepare(3);
+  await new Promise((r) => setTimeout(r, 100));
+  await loader.discardPrepared();
+  t.is(liveTensors(), base);
+  t.throws(() => loader.prepare(-1), { instanceOf: RangeError, message: /epoch/ });
+});

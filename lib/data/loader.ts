@@ -122,6 +122,8 @@ export class DataLoader implements AsyncIterable<Batch> {
   private nextEpoch = 0;
   private readonly decodeWorkers: number;
   private decoder: DecodePool | undefined;
+  /** Batches of an epoch started ahead by `prepare`. */
+  private prepared: { epoch: number; state: Promise<EpochState> } | undefined;
   /** Samples skipped with `onBadSample: 'skip'`, with the reason. */
   readonly skipped: SkippedSample[] = [];
 
@@ -221,31 +223,67 @@ export class DataLoader implements AsyncIterable<Batch> {
     return this.o.dropLast ? batches.filter((b) => b.length === B) : batches;
   }
 
-  /** The batches of one epoch. Breaking out of the loop frees what was prefetched. */
+  /**
+   * The batches of one epoch. Breaking out of the loop frees what was prefetched. Where `prepare(epoch)`
+   * ran first, the batches it started are the first ones (the same batches: every choice is seeded by
+   * epoch and batch index).
+   */
   async *epoch(epoch: number): AsyncGenerator<Batch> {
     checkInteger('epoch', epoch, 0, Number.MAX_SAFE_INTEGER);
-    const plan = await this.plan(epoch);
-    const pending: Array<Promise<Batch | null>> = [];
-    let next = 0;
-    const launch = () => {
-      const k = next++;
-      const p = this.loadBatch(plan[k], epoch, k);
-      p.catch(() => undefined); // handled when awaited below
-      pending.push(p);
-    };
+    const prepared = this.prepared;
+    this.prepared = undefined;
+    let state: EpochState;
+    if (prepared && prepared.epoch === epoch) state = await prepared.state;
+    else {
+      if (prepared) await discard(prepared.state).catch(() => undefined);
+      state = await this.startEpoch(epoch);
+    }
+    const { plan, pending } = state;
     try {
-      while (next < plan.length && pending.length < this.o.prefetch + 1) launch();
       while (pending.length > 0) {
         const batch = await pending.shift()!;
-        if (next < plan.length) launch();
+        if (state.next < plan.length) this.launch(state, epoch);
         if (batch !== null) yield batch;
       }
     } finally {
-      for (const p of pending) {
-        const b = await p.catch(() => null);
-        if (b) disposeBatch(b);
-      }
+      await discard(state);
     }
+  }
+
+  /**
+   * Starts loading the first `prefetch + 1` batches of `epoch` now — while the last steps of the
+   * previous epoch run, say — so that the next `epoch(epoch)` does not begin by waiting for a batch to
+   * be decoded (`Trainer.fit` does this at each epoch's last batch). Replaces what an earlier `prepare`
+   * started; `discardPrepared()` frees it unused.
+   */
+  prepare(epoch: number): void {
+    checkInteger('epoch', epoch, 0, Number.MAX_SAFE_INTEGER);
+    const old = this.prepared;
+    if (old?.epoch === epoch) return;
+    const state = this.startEpoch(epoch);
+    state.catch(() => undefined); // reported by epoch()
+    this.prepared = { epoch, state };
+    if (old) void discard(old.state).catch(() => undefined);
+  }
+
+  /** Frees the batches `prepare` started and no epoch took. */
+  async discardPrepared(): Promise<void> {
+    const old = this.prepared;
+    this.prepared = undefined;
+    if (old) await discard(old.state).catch(() => undefined);
+  }
+
+  private async startEpoch(epoch: number): Promise<EpochState> {
+    const state: EpochState = { plan: await this.plan(epoch), pending: [], next: 0 };
+    while (state.next < state.plan.length && state.pending.length < this.o.prefetch + 1) this.launch(state, epoch);
+    return state;
+  }
+
+  private launch(state: EpochState, epoch: number): void {
+    const k = state.next++;
+    const p = this.loadBatch(state.plan[k], epoch, k);
+    p.catch(() => undefined); // handled when awaited
+    state.pending.push(p);
   }
 
   /** Number of worker threads decoding images (0: decoded on the JavaScript thread). */
@@ -393,6 +431,24 @@ export class DataLoader implements AsyncIterable<Batch> {
       flipped: samples.map((s) => s.flipped),
       crops: samples.map((s) => s.crop),
     };
+  }
+}
+
+/** An epoch being loaded: its plan, the batches under way (in order) and the next batch to start. */
+interface EpochState {
+  plan: PlannedBatch[];
+  pending: Array<Promise<Batch | null>>;
+  next: number;
+}
+
+/** Waits for the batches under way and frees them. */
+async function discard(state: EpochState | Promise<EpochState>): Promise<void> {
+  const s = await state;
+  const pending = s.pending.splice(0);
+  s.next = s.plan.length; // nothing more starts
+  for (const p of pending) {
+    const b = await p.catch(() => null);
+    if (b) disposeBatch(b);
   }
 }
 

@@ -503,6 +503,9 @@ export class Trainer extends EventEmitter {
         for await (const batch of loader.epoch(epoch)) {
           try {
             if (k < firstBatch) continue;
+            // the next epoch's first batches decode while this epoch's last step (and the evaluation,
+            // checkpoint and plots after it) run
+            if (k === loader.length - 1 && epoch + 1 < o.epochs && typeof loader.prepare === 'function') loader.prepare(epoch + 1);
             const rec = await this.step(batch, this.lrAt(step), { epoch, batch: k, step });
             if (files) fs.appendFileSync(files.metrics, JSON.stringify(rec) + '\n');
             sums.lr = rec.lr;
@@ -567,6 +570,7 @@ export class Trainer extends EventEmitter {
       if (group) await group.barrier('end of training');
     } finally {
       progress.stopBar();
+      if (typeof loader.discardPrepared === 'function') await loader.discardPrepared();
     }
     return result;
   }
