@@ -16,7 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Command } from 'commander';
-import { buildInfo, CocoDataset, cudaMemory, DataLoader, disposeBatch, makeShapes, Model, setTf32, synchronize, Trainer } from '../lib';
+import { Batch, buildInfo, CocoDataset, cudaMemory, DataLoader, disposeBatch, makeShapes, Model, setTf32, StepRecord, synchronize, Trainer } from '../lib';
 import { writeJsonAtomic } from '../lib/io';
 import { syntheticArrays, timeTrainingSteps } from './synthetic';
 import { pythonWithTorch, referenceEnv } from '../test/helpers/python';
@@ -34,6 +34,7 @@ interface Options {
   reference: boolean;
   resident: boolean;
   loaderImages: number;
+  loaderEpochs: number;
   loaderSource: number;
   decodeWorkers: string;
   out: string;
@@ -79,7 +80,8 @@ async function timeOnestage(o: Options, data: { images: Float32Array; annotation
  * The fastest configuration fed by the DataLoader instead of a resident batch: shapes JPEGs of
  * `--loader-source`² (default S², up to 8 objects), decoded, resized to S×S, normalised and collated on
  * the CPU, uploaded through page-locked memory off the training stream, `prefetch` batches ahead.
- * Epoch 0 warms up (and captures the graph); epoch 1 is timed.
+ * Epoch 0 warms up (and captures the graph); epochs 1…`--loader-epochs` are timed, each started ahead at
+ * the previous one's last batch (`loader.prepare`, as Trainer.fit does).
  */
 async function timeLoaderFed(o: Options, dir: string, amp: boolean, decodeWorkers: number | 'auto'): Promise<Row> {
   const source = o.loaderSource ?? o.size;
@@ -91,22 +93,28 @@ async function timeLoaderFed(o: Options, dir: string, amp: boolean, decodeWorker
   const lr = o.optimizer === 'sgd' ? 0.01 : 1e-4;
   // the Trainer's defaults (cudaGraph 'auto')
   const trainer = new Trainer(model, { optimizer: { type: o.optimizer, lr, momentum: 0.9, weightDecay: 1e-4 }, amp });
-  for await (const b of loader.epoch(0)) {
-    await trainer.step(b, lr);
-    disposeBatch(b);
-  }
+  // as Trainer.fit runs epochs: the next epoch's first batches start at this epoch's last batch
+  const epochs = 1 + o.loaderEpochs;
+  const run = async (epoch: number, each: (b: Batch, r: StepRecord) => void) => {
+    let k = 0;
+    for await (const b of loader.epoch(epoch)) {
+      if (++k === loader.length && epoch + 1 < epochs) loader.prepare(epoch + 1);
+      each(b, await trainer.step(b, lr));
+      disposeBatch(b);
+    }
+  };
+  await run(0, () => undefined);
   synchronize();
   cudaMemory(0, { resetPeak: true });
   let images = 0, replayed = 0, steps = 0;
   const t0 = process.hrtime.bigint();
   const elu0 = performance.eventLoopUtilization();
-  for await (const b of loader.epoch(1)) {
-    const r = await trainer.step(b, lr);
-    images += b.ids.length;
-    steps++;
-    if (r.graph === 'replayed') replayed++;
-    disposeBatch(b);
-  }
+  for (let epoch = 1; epoch < epochs; epoch++)
+    await run(epoch, (b, r) => {
+      images += b.ids.length;
+      steps++;
+      if (r.graph === 'replayed') replayed++;
+    });
   synchronize();
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   await loader.close();
@@ -120,7 +128,7 @@ async function timeLoaderFed(o: Options, dir: string, amp: boolean, decodeWorker
     imagesPerSecond: images / seconds,
     msPerStep: (1000 * seconds) / steps,
     peakMiB: null, // timed after the capture: the graph's pool is not in a peak taken here
-    note: `${o.loaderImages} JPEGs ${source}²${source === o.size ? '' : ` resized to ${o.size}²`}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4}, ${loader.decodeWorkerCount} decode workers, ${replayed}/${steps} steps replayed, event loop busy ${(100 * elu.utilization).toFixed(0)} % (${(elu.active / images).toFixed(2)} ms a picture)`,
+    note: `${o.loaderImages} JPEGs ${source}², ${o.loaderEpochs} timed epochs${source === o.size ? '' : ` resized to ${o.size}²`}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4}, ${loader.decodeWorkerCount} decode workers, ${replayed}/${steps} steps replayed, event loop busy ${(100 * elu.utilization).toFixed(0)} % (${(elu.active / images).toFixed(2)} ms a picture)`,
   };
 }
 
@@ -137,6 +145,7 @@ async function main(): Promise<void> {
     .option('--profile <file.json>', 'write a Kineto trace of 5 steps of the default configuration per precision')
     .option('--no-reference', 'skip the PyTorch references')
     .option('--loader-images <n>', 'CUDA: also train from a DataLoader over this many generated images (0: not)', (v) => Number(v), 160)
+    .option('--loader-epochs <n>', 'timed epochs of the DataLoader-fed rows (after one untimed)', (v) => Number(v), 2)
     .option('--loader-source <px>', 'side of those JPEGs, resized to --size by the loader (default: --size, no resize)', (v) => Number(v))
     .option('--decode-workers <list>', "the loader-fed rows' decodeWorkers, e.g. 0,auto (a row each)", 'auto')
     .option('--no-resident', 'skip the resident-batch rows (only the DataLoader-fed ones)')
