@@ -108,10 +108,11 @@ async function main(): Promise<void> {
     .option('--prefetch <n>', 'batches prepared ahead', '2')
     .option('--stages', 'also time each stage of the pipeline alone')
     .option('--data <dir>', 'make the pictures in this folder once and reuse them (default: a new temporary folder)')
+    .option('--decode-concurrency <n>', "the DataLoader's decodeConcurrency (pictures decoded at once); default: pool size − 2")
     .option('--decode-workers <n>', "the DataLoader's decodeWorkers (worker threads running sharp; 0: the main thread); default 'auto'")
     .option('--no-sharp-cache', "turn libvips' operation cache off (sharp.cache(false))")
     .parse()
-    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean; sharpCache: boolean; decodeWorkers?: string; data?: string }>();
+    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean; sharpCache: boolean; decodeWorkers?: string; data?: string; decodeConcurrency?: string }>();
   if (!o.sharpCache) sharp.cache(false);
   const side = o.side ? Number(o.side) : undefined;
   const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
@@ -121,7 +122,7 @@ async function main(): Promise<void> {
   const json = path.join(dir, 'instances_train.json');
   const ds = await CocoDataset.open(json);
   const transform = side ? { minSide: side, maxSide: side } : undefined;
-  const loader = new DataLoader(ds, { batchSize: Number(o.batch), seed: 0, prefetch: Number(o.prefetch), device: o.device, transform, decodeWorkers: o.decodeWorkers === undefined ? 'auto' : Number(o.decodeWorkers) });
+  const loader = new DataLoader(ds, { batchSize: Number(o.batch), seed: 0, prefetch: Number(o.prefetch), device: o.device, transform, decodeWorkers: o.decodeWorkers === undefined ? 'auto' : Number(o.decodeWorkers), ...(o.decodeConcurrency ? { decodeConcurrency: Number(o.decodeConcurrency) } : {}) });
   for await (const b of loader.epoch(0)) disposeBatch(b); // warm-up (file cache, thread pools)
   const t0 = process.hrtime.bigint();
   let gcMs = 0;
@@ -133,11 +134,27 @@ async function main(): Promise<void> {
   const main0 = mainThreadCpuMs();
   const faults0 = minorFaults();
   const cpu0 = process.cpuUsage();
+  // what a training step queued on libuv's pool would wait: a tiny native call (a 1×1 collate) issued
+  // back to back while the epoch decodes, its latency recorded
+  const probe = { busy: true, ms: [] as number[] };
+  const prober = (async () => {
+    const pixel = new Uint8Array(3);
+    while (probe.busy) {
+      const s0 = performance.now();
+      new Tensor(await native().collateImagesAsync([pixel], [1, 1], 1, 1, [0, 0, 0], [1, 1, 1], 'cpu')).dispose();
+      probe.ms.push(performance.now() - s0);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  })();
   let n = 0;
   for await (const b of loader.epoch(1)) {
     n += b.ids.length;
     disposeBatch(b);
   }
+  probe.busy = false;
+  await prober;
+  const sorted = [...probe.ms].sort((a, b) => a - b);
+  const pct = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
   const ours = Number(process.hrtime.bigint() - t0) / 1e9;
   // the JavaScript thread's share: if its busy time per picture reaches the wall time per picture, the
   // event loop (not decoding) is the ceiling
@@ -150,9 +167,10 @@ async function main(): Promise<void> {
   const mainMs = elu.active / n;
   console.error(
     `DataLoader epoch: ${n} pictures in ${ours.toFixed(2)} s; event loop busy ${(100 * elu.utilization).toFixed(1)} % (${mainMs.toFixed(2)} ms a picture, ` +
-      `garbage collection ${(gcMs / n).toFixed(2)} of it: a ceiling of ${(1000 / mainMs).toFixed(0)} img/s); JavaScript thread CPU ${Number.isNaN(mainCpu) ? '?' : (mainCpu / n).toFixed(2)} ms a picture; process CPU ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms a picture (system ${(cpu.system / 1e3 / n).toFixed(2)}), ${(faults / n).toFixed(0)} page faults a picture`,
+      `garbage collection ${(gcMs / n).toFixed(2)} of it: a ceiling of ${(1000 / mainMs).toFixed(0)} img/s); JavaScript thread CPU ${Number.isNaN(mainCpu) ? '?' : (mainCpu / n).toFixed(2)} ms a picture; process CPU ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms a picture (system ${(cpu.system / 1e3 / n).toFixed(2)}), ${(faults / n).toFixed(0)} page faults a picture; ` +
+      `a native call on the pool meanwhile took ${pct(0.5).toFixed(2)} ms (median), ${pct(0.9).toFixed(2)} ms (90th percentile) over ${sorted.length} calls`,
   );
-  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}, ${loader.decodeWorkerCount} decode workers${o.sharpCache ? '' : ', no libvips cache'}; event loop ${mainMs.toFixed(2)} ms a picture`, imagesPerSecond: n / ours }];
+  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}, ${loader.decodeConcurrency} decoded at once, ${loader.decodeWorkerCount} decode workers${o.sharpCache ? '' : ', no libvips cache'}; event loop ${mainMs.toFixed(2)} ms a picture`, imagesPerSecond: n / ours }];
   const py = side ? undefined : pythonWithTorch(); // the reference script resizes as pytorch-retinanet (608 / 1024)
   if (py) {
     spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8', env: referenceEnv() }); // warm-up

@@ -481,3 +481,45 @@ test.serial('loader: prepare(epoch) starts an epoch\'s first batches ahead — t
   t.is(liveTensors(), base);
   t.throws(() => loader.prepare(-1), { instanceOf: RangeError, message: /epoch/ });
 });
+
+test.serial('loader: decodeConcurrency bounds the pictures decoded at once (default: the pool less 2), with the same batches', async (t) => {
+  const ds = await CocoDataset.open(path.join(await shapes(), 'instances_train.json'));
+  const make = (decodeConcurrency?: number) => new DataLoader(ds, { batchSize: 4, seed: 6, prefetch: 3, transform: { minSide: 64, maxSide: 96 }, ...(decodeConcurrency ? { decodeConcurrency } : {}) });
+  const pool = Number(process.env.UV_THREADPOOL_SIZE);
+  t.is(make().decodeConcurrency, Math.max(2, pool - 2));
+  // decodes go through sharp's toBuffer(): count those under way (the loader and this test share one sharp module)
+  const proto = Object.getPrototypeOf(sharp({ create: { width: 1, height: 1, channels: 3, background: '#000' } })) as { toBuffer: (...a: unknown[]) => Promise<unknown> };
+  const toBuffer = proto.toBuffer;
+  let now = 0;
+  let most = 0;
+  proto.toBuffer = async function (this: unknown, ...a: unknown[]) {
+    most = Math.max(most, ++now);
+    try {
+      return await toBuffer.apply(this, a);
+    } finally {
+      now--;
+    }
+  };
+  const sums: number[][] = [];
+  const mosts: number[] = [];
+  try {
+    for (const c of [1, 2, 8]) {
+      most = 0;
+      const s: number[] = [];
+      for await (const b of make(c).epoch(0)) {
+        s.push((b.images.toArray() as Float32Array).reduce((a, v) => a + v, 0));
+        disposeBatch(b);
+      }
+      sums.push(s);
+      mosts.push(most);
+    }
+  } finally {
+    proto.toBuffer = toBuffer;
+  }
+  t.is(mosts[0], 1);
+  t.is(mosts[1], 2);
+  t.true(mosts[2] > 2 && mosts[2] <= 8, `${mosts[2]} at once with decodeConcurrency 8`);
+  t.deepEqual(sums[1], sums[0]);
+  t.deepEqual(sums[2], sums[0]);
+  t.throws(() => new DataLoader(ds, { decodeConcurrency: 0 }), { instanceOf: RangeError, message: /options\.decodeConcurrency/ });
+});
