@@ -40,7 +40,8 @@ interface WorkerSlot {
 // and answers each request with the size and bytes of the decoded image, copied into the buffer sent.
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
-if (workerData.typescript && !require.extensions['.ts']) require('ts-node').register({ transpileOnly: true });
+if (workerData.typescript && !require.extensions['.ts'])
+  require('ts-node').register({ transpileOnly: true, projectSearchDir: require('node:path').dirname(workerData.module) });
 const { loadImage } = require(workerData.module);
 parentPort.on('message', async ({ id, file, options, buffer }) => {
   try {
