@@ -19,9 +19,9 @@ export function defaultThreadpoolSize(): number {
 if (process.env.UV_THREADPOOL_SIZE === undefined || process.env.UV_THREADPOOL_SIZE === '') {
   const size = defaultThreadpoolSize();
   process.env.UV_THREADPOOL_SIZE = String(size);
-  // Loading sharp starts the pool (a process's thread count grows by the pool's size at require('sharp')): where a script imported
-  // sharp first, the pool already runs with libuv's default of 4 threads and the setting above comes too
-  // late — say so rather than decode at a quarter of the machine's rate without a word.
+  // Loading sharp starts the pool (a process's thread count grows by the pool's size at require('sharp')):
+  // where a script imported sharp first, the pool already runs with libuv's default of 4 threads and the
+  // setting above comes too late — say so rather than decode at a quarter of the machine's rate silently.
   if (size > 4 && Object.keys(require.cache).some((k) => /[\\/]node_modules[\\/]sharp[\\/]/.test(k)))
     process.emitWarning(
       `sharp was loaded before onestage, so libuv's thread pool started with its default of 4 threads (4 pictures decoded at once) ` +

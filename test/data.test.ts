@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Batch, buildInfo, CocoDataset, contrastiveViews, cropBoxes, CsvDataset, DataLoader, disposeBatch, loadImage, makeShapes, resizeScale, Tensor, transformBoxes } from '../lib';
 import sharp from 'sharp';
+import { DecodePool } from '../lib/data/decode_pool';
 import { fromTensor, readBundle, writeBundle } from './helpers/bundle';
 import { native } from '../lib/binding';
 import { assertClose } from './helpers/close';
@@ -449,6 +450,18 @@ test('loader: decoding in worker threads (decodeWorkers) gives the same batches 
   t.deepEqual(skipping.skipped.map((s) => path.basename(s.file)).sort(), ['missing.jpg', 'truncated.jpg']);
   for (const b of kept) disposeBatch(b);
   t.throws(() => new DataLoader(bad, { decodeWorkers: -1 }), { instanceOf: RangeError, message: /options\.decodeWorkers/ });
+
+  // a picture larger than the buffer offered (1 MiB at least) comes back in a buffer of its own, the same
+  // bytes; a closed pool refuses further work with a message
+  const pool = new DecodePool(1);
+  const big = { resize: { width: 700, height: 700 }, flip: true };
+  const [direct, pooled] = await Promise.all([loadImage(good, big), pool.load(good, big, 3)]);
+  t.is(pooled.data.byteLength, 700 * 700 * 3);
+  t.deepEqual([pooled.width, pooled.height], [700, 700]);
+  t.true(Buffer.from(pooled.data).equals(Buffer.from(direct.data)));
+  pooled.release();
+  await pool.close();
+  await t.throwsAsync(pool.load(good, {}, 3), { message: /image decoding workers were closed/ });
 });
 
 test.serial('loader: prepare(epoch) starts an epoch\'s first batches ahead — the epoch then gives the same batches; batches prepared and not taken are freed', async (t) => {
