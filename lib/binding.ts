@@ -18,6 +18,18 @@ export interface NativeBuildInfo {
   cudaCompiled: boolean;
   cudaAvailable: boolean;
   deviceCount: number;
+  /** libjpeg-turbo version of the JPEG decoder ('' when built without it). */
+  jpegDecoder: string;
+}
+
+/** What decodeJpegAsync did: decoded into the buffer, or declined (with the reason) for sharp to decode. */
+export interface NativeJpegOutcome {
+  decoded: boolean;
+  reason: string;
+  width: number;
+  height: number;
+  /** The DCT scaling libjpeg decoded at (1, 2, 4, 8). */
+  shrink: number;
 }
 
 /** Counters of onestage's CPU caching allocator (bytes, and request counts). */
@@ -129,6 +141,7 @@ export interface NativeBinding {
   /** A CPU tensor copied to `device` off the JavaScript thread (CUDA: through page-locked memory on a copy stream of its own). */
   uploadAsync(tensor: NativeTensor, device: string): Promise<NativeTensor>;
   contrastiveViewsAsync(images: NativeTensor, annotations: NativeTensor, factors: NativeTensor): Promise<NativeTensor>;
+  decodeJpegAsync(file: string, out: Uint8Array, width: number, height: number, flip: boolean, extract: number[] | null, maxPixels: number): Promise<NativeJpegOutcome>;
 
   trainerCreate(model: NativeModel, optimizer: object, loss: object, training: object, group?: NativeProcessGroup | null): NativeSession;
   trainerStepAsync(session: NativeSession, images: NativeTensor, annotations: NativeTensor, lr: number, views?: NativeTensor | null, epoch?: number): Promise<NativeStepResult>;

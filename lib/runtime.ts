@@ -13,6 +13,11 @@ export interface BuildInfo {
   cudaAvailable: boolean;
   /** Number of visible CUDA devices (0 without CUDA). */
   deviceCount: number;
+  /**
+   * libjpeg-turbo version of the JPEG decoder the DataLoader uses (`'2.1.5'`), `''` when the addon was
+   * built without libjpeg (JPEGs are then decoded by sharp).
+   */
+  jpegDecoder: string;
 }
 
 /** @example buildInfo() // { version: '0.1.0', torchVersion: '1.13.0', cudaCompiled: false, ... } */

@@ -12,6 +12,14 @@ const jobs = String(process.env.ONESTAGE_BUILD_JOBS || os.availableParallelism()
 const args = [cmakeJs, 'build', '--parallel', jobs, '--log-level', 'warn'];
 if (process.env.ONESTAGE_DEBUG_BUILD) args.push('--debug');
 
+// A configure that failed (LibTorch missing at the first `npm install`) leaves a CMakeCache.txt without
+// build files; cmake-js then skips the configure step and the build stops with "loading 'build.ninja'".
+const build = path.join(root, 'build');
+const fs = require('node:fs');
+if (fs.existsSync(path.join(build, 'CMakeCache.txt')) && !['build.ninja', 'Makefile'].some((f) => fs.existsSync(path.join(build, f)))) {
+  fs.rmSync(path.join(build, 'CMakeCache.txt'));
+}
+
 const result = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit' });
 if (result.status !== 0) {
   console.error(

@@ -7,6 +7,7 @@
  */
 import * as os from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { BufferPool } from './buffer_pool';
 import { BadSampleError, DecodedImage, LoadImageOptions } from './image';
 
 /** A decoded image whose pixels live in a pooled buffer: `release()` once they are no longer read. */
@@ -60,15 +61,11 @@ parentPort.on('message', async ({ id, file, options, buffer }) => {
 });
 `;
 
-/** Buffer sizes are rounded up to this, so that images of similar sizes share buffers. */
-const GRANULE = 1 << 20;
-
 /** Worker threads decoding images into reused shared buffers. */
 export class DecodePool {
   private readonly workers: WorkerSlot[];
   private readonly pending = new Map<number, Pending>();
-  /** Free buffers, smallest first. */
-  private free: SharedArrayBuffer[] = [];
+  private readonly buffers = new BufferPool((bytes) => new SharedArrayBuffer(bytes));
   private nextId = 0;
   private failure: Error | undefined;
 
@@ -95,12 +92,13 @@ export class DecodePool {
   load(file: string, options: LoadImageOptions, bytes: number): Promise<PooledImage> {
     if (this.failure) return Promise.reject(this.failure);
     const slot = this.workers.reduce((a, b) => (b.inFlight < a.inFlight ? b : a));
-    const buffer = this.acquire(bytes);
+    const buffer = this.buffers.acquire(bytes);
     const id = this.nextId++;
     return new Promise<PooledImage>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, buffer, worker: slot });
       if (slot.inFlight++ === 0) slot.worker.ref();
-      slot.worker.postMessage({ id, file, options, buffer });
+      // sharp only: the addon is not loaded in worker threads
+      slot.worker.postMessage({ id, file, options: { ...options, decoder: 'sharp' }, buffer });
     });
   }
 
@@ -116,7 +114,7 @@ export class DecodePool {
     this.pending.delete(reply.id);
     if (--p.worker.inFlight === 0) p.worker.worker.unref();
     if (reply.error) {
-      this.release(p.buffer);
+      this.buffers.release(p.buffer);
       const e = reply.error;
       p.reject(e.file !== undefined && e.reason !== undefined ? new BadSampleError(e.file, e.reason) : new Error(e.message));
       return;
@@ -124,7 +122,7 @@ export class DecodePool {
     const width = reply.width!;
     const height = reply.height!;
     if (reply.data) {
-      this.release(p.buffer);
+      this.buffers.release(p.buffer);
       p.resolve({ data: new Uint8Array(reply.data), width, height, release: () => undefined });
       return;
     }
@@ -134,7 +132,7 @@ export class DecodePool {
       width,
       height,
       release: () => {
-        if (!released) this.release(p.buffer);
+        if (!released) this.buffers.release(p.buffer);
         released = true;
       },
     });
@@ -146,17 +144,6 @@ export class DecodePool {
       this.pending.delete(id);
       p.reject(err);
     }
-  }
-
-  private acquire(bytes: number): SharedArrayBuffer {
-    const i = this.free.findIndex((b) => b.byteLength >= bytes);
-    if (i >= 0) return this.free.splice(i, 1)[0];
-    return new SharedArrayBuffer(Math.max(GRANULE, Math.ceil(bytes / GRANULE) * GRANULE));
-  }
-
-  private release(buffer: SharedArrayBuffer): void {
-    const i = this.free.findIndex((b) => b.byteLength >= buffer.byteLength);
-    this.free.splice(i < 0 ? this.free.length : i, 0, buffer);
   }
 }
 

@@ -1,11 +1,15 @@
 /**
- * Image decoding and geometric augmentation with sharp (libvips): one pipeline per sample decodes,
- * resizes (kernel 'linear': a triangle filter widened by the shrink factor when downscaling, as PIL's
- * BILINEAR) and flips. Output: RGB uint8, height × width × 3, row-major. No EXIF rotation (as
- * pytorch-retinanet's skimage loader).
+ * Image decoding and geometric augmentation. JPEGs go to onestage's libjpeg-turbo decoder (native, into
+ * the caller's buffer), which resizes exactly as Pillow's `Image.resize(size, Image.BILINEAR)`; every
+ * other format, and JPEGs it declines (CMYK, an embedded ICC profile, corrupt data), go to sharp
+ * (libvips), whose pipeline decodes, resizes (kernel 'linear': the same triangle filter widened by the
+ * shrink factor, libvips' own rounding) and flips. Output: RGB uint8, height × width × 3, row-major.
+ * No EXIF rotation (as pytorch-retinanet's skimage loader).
  */
 import * as fs from 'node:fs';
+import { isMainThread } from 'node:worker_threads';
 import sharp from 'sharp';
+import { native } from '../binding';
 
 export interface DecodedImage {
   data: Uint8Array;
@@ -35,12 +39,59 @@ export interface LoadImageOptions {
   extract?: { left: number; top: number; width: number; height: number };
   /** Photometric jitter: brightness and saturation multipliers, hue rotation in degrees. */
   modulate?: { brightness: number; saturation: number; hue: number };
+  /**
+   * Which decoder reads JPEGs: `'auto'` (default) onestage's libjpeg-turbo decoder where the addon has
+   * it (`buildInfo().jpegDecoder`) and this is the main thread, else sharp; `'sharp'` sharp always.
+   */
+  decoder?: 'auto' | 'sharp';
+}
+
+const DEFAULT_PIXEL_LIMIT = 0x3fff * 0x3fff;
+
+let jpegDecoder: boolean | undefined;
+
+/**
+ * Whether JPEGs can go to the native decoder here: the addon was built with libjpeg-turbo, and this is
+ * the main thread (the addon is not loaded in worker threads).
+ */
+export function nativeJpegAvailable(): boolean {
+  jpegDecoder ??= isMainThread && native().buildInfo().jpegDecoder !== '';
+  return jpegDecoder;
+}
+
+/**
+ * Decodes `file` with the native JPEG decoder into `out` (resized, mirrored, cropped as `options` say;
+ * `modulate` is applied with sharp after). The output's size, or undefined where the decoder declined
+ * the file (not a JPEG, CMYK, an ICC profile, corrupt, over the pixel limit, larger than `out`): then
+ * decode it with `loadImage(file, { ...options, decoder: 'sharp' })`, which also reports what is wrong.
+ */
+export async function decodeJpegInto(file: string, options: LoadImageOptions, out: Uint8Array): Promise<{ width: number; height: number } | undefined> {
+  const e = options.extract;
+  const r = await native().decodeJpegAsync(
+    file,
+    out,
+    options.resize?.width ?? 0,
+    options.resize?.height ?? 0,
+    options.flip ?? false,
+    e ? [e.left, e.top, e.width, e.height] : null,
+    options.limitInputPixels ?? DEFAULT_PIXEL_LIMIT,
+  );
+  if (!r.decoded) return undefined;
+  if (options.modulate) {
+    const bytes = r.width * r.height * 3;
+    try {
+      out.set(await sharp(out.subarray(0, bytes), { raw: { width: r.width, height: r.height, channels: 3 } }).modulate(options.modulate).raw().toBuffer());
+    } catch (err) {
+      throw new BadSampleError(file, `cannot apply the photometric jitter: ${(err as Error).message}`);
+    }
+  }
+  return { width: r.width, height: r.height };
 }
 
 /** Width and height from the file header (no full decode). */
 export async function imageSize(file: string, options: LoadImageOptions = {}): Promise<{ width: number; height: number }> {
   try {
-    const m = await sharp(file, { limitInputPixels: options.limitInputPixels ?? 0x3fff * 0x3fff }).metadata();
+    const m = await sharp(file, { limitInputPixels: options.limitInputPixels ?? DEFAULT_PIXEL_LIMIT }).metadata();
     if (!m.width || !m.height) throw new Error('no image size in the header');
     return { width: m.width, height: m.height };
   } catch (err) {
@@ -62,10 +113,16 @@ async function checkReadable(file: string): Promise<void> {
   }
 }
 
-/** Decodes (and optionally resizes, flips, jitters) an image to RGB uint8. */
+/** Decodes (and optionally resizes, flips, crops, jitters) an image to RGB uint8. */
 export async function loadImage(file: string, options: LoadImageOptions = {}): Promise<DecodedImage> {
+  if ((options.decoder ?? 'auto') === 'auto' && nativeJpegAvailable()) {
+    const size = options.extract ?? options.resize ?? (await imageSize(file, options));
+    const out = new Uint8Array(size.width * size.height * 3);
+    const got = await decodeJpegInto(file, options, out);
+    if (got) return { data: out.subarray(0, got.width * got.height * 3), width: got.width, height: got.height };
+  }
   try {
-    let p = sharp(file, { limitInputPixels: options.limitInputPixels ?? 0x3fff * 0x3fff, failOn: 'warning' });
+    let p = sharp(file, { limitInputPixels: options.limitInputPixels ?? DEFAULT_PIXEL_LIMIT, failOn: 'warning' });
     p = p.removeAlpha().toColourspace('srgb');
     if (options.resize) p = p.resize(options.resize.width, options.resize.height, { fit: 'fill', kernel: 'linear' });
     if (options.flip) p = p.flop();

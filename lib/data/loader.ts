@@ -1,6 +1,7 @@
 /**
  * DataLoader: an async iterator of padded, normalised batches. Decoding and resizing run
- * concurrently on sharp's thread pool, batching on onestage's; a bounded queue of `prefetch` batches
+ * concurrently on libuv's thread pool (JPEGs in onestage's decoder, other formats in sharp), batching on
+ * onestage's; a bounded queue of `prefetch` batches
  * is prepared ahead, so memory stays bounded however long the dataset. Shuffling, aspect-ratio
  * grouping (as pytorch-retinanet's sampler, without its wrap-around repeats) and every augmentation
  * choice come from seeded generators: the same seed gives the same batches.
@@ -9,8 +10,9 @@ import { native } from '../binding';
 import { checkDevice, Device, Tensor } from '../tensor';
 import { checkInteger, checkOneOf, checkOptions, invalid } from '../validate';
 import { DetectionDataset, SampleRecord } from './dataset';
+import { BufferPool } from './buffer_pool';
 import { DecodePool, defaultDecodeWorkers } from './decode_pool';
-import { BadSampleError, DecodedImage, imageSize, loadImage } from './image';
+import { BadSampleError, DecodedImage, decodeJpegInto, imageSize, loadImage, LoadImageOptions, nativeJpegAvailable } from './image';
 import { Rng } from './random';
 import { cropBoxes, IMAGENET_MEAN, IMAGENET_STD, paddedSize, resizeScale, scaledSize, TransformOptions, transformBoxes } from './transforms';
 
@@ -61,14 +63,24 @@ export interface LoaderOptions {
   zoomPer?: 'batch' | 'image';
   /** 'error' (default): a bad sample stops iteration with an error naming the file; 'skip': it is left out and reported. */
   onBadSample?: 'error' | 'skip';
-  /** sharp's limitInputPixels; default 0x3FFF². */
+  /** Pictures with more pixels are bad samples (sharp's limitInputPixels); default 0x3FFF². */
   limitInputPixels?: number;
   /**
-   * Worker threads that decode (sharp) off the JavaScript thread, handing the pixels over in reused
-   * shared memory: the main thread, which also drives the training step, then spends about 0.1 ms a
-   * picture on the loader instead of 0.7–2 ms (sharp's bookkeeping and the garbage collections its
-   * output buffers cause). Same pixels either way. 0: decode from the main thread. Default 'auto': 2 on
-   * CUDA with at least 8 cores, else 0.
+   * Which decoder reads JPEGs. 'auto' (default): onestage's libjpeg-turbo decoder where the addon was
+   * built with it (`buildInfo().jpegDecoder`) — on the thread pool, straight into reused buffers,
+   * resized exactly as Pillow's `Image.resize(size, Image.BILINEAR)` (a 960² JPEG to 640²: about 4× less
+   * CPU than sharp on the development VM) — and sharp for every other format and for the JPEGs it
+   * declines (CMYK, an embedded ICC profile, corrupt data). 'sharp': sharp for all (libvips' resize:
+   * the same triangle filter, its own rounding — pixel values differ by a few levels).
+   */
+  decoder?: 'auto' | 'sharp';
+  /**
+   * Worker threads that decode with sharp off the JavaScript thread (what the native JPEG decoder does
+   * not take: other formats, or every picture with `decoder: 'sharp'`), handing the pixels over in
+   * reused shared memory: the main thread, which also drives the training step, then spends about
+   * 0.1 ms a picture on the loader instead of 0.7–2 ms (sharp's bookkeeping and the garbage collections
+   * its output buffers cause). Same pixels either way. 0: sharp runs from the main thread. Default
+   * 'auto': 2 on CUDA with at least 8 cores, else 0; started at the first picture that needs them.
    */
   decodeWorkers?: number | 'auto';
   /**
@@ -114,7 +126,7 @@ interface LoadedSample {
   labels: Int32Array;
   flipped: boolean;
   crop: { x: number; y: number; width: number; height: number } | null;
-  /** Gives the pixel buffer back to the decode pool (no-op when decoded on the main thread). */
+  /** Gives the pixel buffer back to its pool (no-op for sharp's own buffers). */
   release(): void;
 }
 
@@ -132,6 +144,8 @@ export class DataLoader implements AsyncIterable<Batch> {
   /** Decodes under way are limited to its size (options.decodeConcurrency). */
   private readonly decodeGate: Gate;
   private decoder: DecodePool | undefined;
+  /** Buffers the native JPEG decoder writes into, reused batch after batch. */
+  private readonly buffers = new BufferPool((bytes) => new ArrayBuffer(bytes));
   /** Batches of an epoch started ahead by `prepare`. */
   private prepared: { epoch: number; state: Promise<EpochState> } | undefined;
   /** Samples skipped with `onBadSample: 'skip'`, with the reason. */
@@ -156,6 +170,7 @@ export class DataLoader implements AsyncIterable<Batch> {
       zoomPer: checkOneOf('options.zoomPer', o.zoomPer ?? 'batch', ['batch', 'image'] as const),
       onBadSample: checkOneOf('options.onBadSample', o.onBadSample ?? 'error', ['error', 'skip'] as const),
       limitInputPixels: o.limitInputPixels ?? 0x3fff * 0x3fff,
+      decoder: checkOneOf('options.decoder', o.decoder ?? 'auto', ['auto', 'sharp'] as const),
       transform: {
         ...t,
         minSide: t.minSide ?? 608,
@@ -371,15 +386,40 @@ export class DataLoader implements AsyncIterable<Batch> {
       modulate,
       extract: crop ? { left: crop.x, top: crop.y, width: crop.width, height: crop.height } : undefined,
     };
-    if (this.decodeWorkers > 0) this.decoder ??= new DecodePool(this.decodeWorkers);
-    const decoder = this.decoder;
-    const img: DecodedImage & { release?: () => void } = await this.decodeGate.run(() =>
-      decoder ? decoder.load(record.file, options, 3 * (crop ? crop.width * crop.height : out.width * out.height)) : loadImage(record.file, options),
-    );
+    const img = await this.decodeGate.run(() => this.decode(record.file, options, 3 * (crop ? crop.width * crop.height : out.width * out.height)));
     let boxes = transformBoxes(record.boxes, size.width, size.height, out.width, out.height, flip);
     let labels = record.labels;
     if (crop) ({ boxes, labels } = cropBoxes(boxes, labels, crop, t.crop?.minVisible ?? 0.25));
     return { record, data: img.data, width: img.width, height: img.height, originalWidth: size.width, originalHeight: size.height, scale, boxes, labels, flipped: flip, crop, release: img.release ?? (() => undefined) };
+  }
+
+  /**
+   * One picture's pixels (`bytes` of them expected): the native JPEG decoder into a pooled buffer;
+   * what it declines, sharp — in the decode workers where there are any.
+   */
+  private async decode(file: string, options: LoadImageOptions, bytes: number): Promise<DecodedImage & { release?: () => void }> {
+    if (this.o.decoder === 'auto' && nativeJpegAvailable()) {
+      const buffer = this.buffers.acquire(bytes);
+      let got: { width: number; height: number } | undefined;
+      try {
+        got = await decodeJpegInto(file, options, new Uint8Array(buffer, 0, bytes));
+      } catch (err) {
+        this.buffers.release(buffer);
+        throw err;
+      }
+      if (got) {
+        let released = false;
+        const release = () => {
+          if (!released) this.buffers.release(buffer);
+          released = true;
+        };
+        return { data: new Uint8Array(buffer, 0, got.width * got.height * 3), width: got.width, height: got.height, release };
+      }
+      this.buffers.release(buffer);
+    }
+    const sharpOptions = { ...options, decoder: 'sharp' as const };
+    if (this.decodeWorkers > 0) this.decoder ??= new DecodePool(this.decodeWorkers);
+    return this.decoder ? this.decoder.load(file, sharpOptions, bytes) : loadImage(file, sharpOptions);
   }
 
   private async loadBatch({ indices, offset, span }: PlannedBatch, epoch: number, k: number): Promise<Batch | null> {

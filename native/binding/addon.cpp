@@ -29,6 +29,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   out.Set("cudaCompiled", b.cudaCompiled);
   out.Set("cudaAvailable", b.cudaAvailable);
   out.Set("deviceCount", b.deviceCount);
+  out.Set("jpegDecoder", b.jpegDecoder);
   return out;
 }
 

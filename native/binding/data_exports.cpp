@@ -1,9 +1,10 @@
-// Data exports: batching decoded images into a normalised tensor, and the contrastive second view.
+// Data exports: decoding JPEGs, batching decoded images into a normalised tensor, the contrastive second view.
 #include <napi.h>
 
 #include "binding/napi_util.h"
 #include "core/data/collate.h"
 #include "core/data/contrastive_views.h"
+#include "core/data/jpeg_decode.h"
 #include "core/data/upload.h"
 #include "core/tensor_types.h"
 
@@ -89,12 +90,53 @@ Napi::Value ContrastiveViewsAsync(const Napi::CallbackInfo& info) {
   });
 }
 
+// decodeJpegAsync(file, out, width, height, flip, extract, maxPixels) → Promise<{ decoded, reason,
+// width, height, shrink }>: the JPEG decoded into `out` (resized to width × height unless both are 0,
+// mirrored, the window extract = [left, top, width, height] or null kept); decoded false: declined.
+Napi::Value DecodeJpegAsync(const Napi::CallbackInfo& info) {
+  JpegRequest r;
+  r.file = stringArg(info, 0, "file");
+  Napi::Value out = arg(info, 1);
+  if (!out.IsTypedArray() || out.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(info.Env(), "Expected a Uint8Array for out but received " + describeValue(out));
+  auto u8 = out.As<Napi::Uint8Array>();
+  r.width = static_cast<int>(intArg(info, 2, "width", 0, 1 << 20));
+  r.height = static_cast<int>(intArg(info, 3, "height", 0, 1 << 20));
+  if ((r.width == 0) != (r.height == 0)) throw Napi::RangeError::New(info.Env(), "width and height must both be 0 (no resize) or both positive");
+  r.flip = boolArg(info, 4, "flip");
+  if (!arg(info, 5).IsNull() && !arg(info, 5).IsUndefined()) {
+    const auto e = intArrayArg(info, 5, "extract", 0, 1 << 20);
+    if (e.size() != 4 || e[2] < 1 || e[3] < 1)
+      throw Napi::RangeError::New(info.Env(), "Expected [left, top, width, height] with a positive width and height for extract");
+    r.extractLeft = static_cast<int>(e[0]);
+    r.extractTop = static_cast<int>(e[1]);
+    r.extractWidth = static_cast<int>(e[2]);
+    r.extractHeight = static_cast<int>(e[3]);
+  }
+  r.maxPixels = static_cast<uint64_t>(numberArg(info, 6, "maxPixels", 1, 9007199254740991.0));
+  uint8_t* data = u8.Data();
+  const size_t capacity = u8.ElementLength();
+  return PromiseWorker<JpegOutcome>::start(
+      info.Env(), [r, data, capacity] { return decodeJpegFile(r, data, capacity); },
+      [](Napi::Env env, JpegOutcome& o) -> Napi::Value {
+        Napi::Object res = Napi::Object::New(env);
+        res.Set("decoded", o.decoded);
+        res.Set("reason", o.reason);
+        res.Set("width", o.width);
+        res.Set("height", o.height);
+        res.Set("shrink", o.shrink);
+        return res;
+      },
+      {out});
+}
+
 }  // namespace
 
 void registerDataExports(Napi::Env env, Napi::Object exports) {
   exportFunction<CollateImagesAsync>(env, exports, "collateImagesAsync");
   exportFunction<UploadAsync>(env, exports, "uploadAsync");
   exportFunction<ContrastiveViewsAsync>(env, exports, "contrastiveViewsAsync");
+  exportFunction<DecodeJpegAsync>(env, exports, "decodeJpegAsync");
 }
 
 }  // namespace onestage::binding

@@ -2,12 +2,15 @@
 
 #include <torch/torch.h>
 
+#include "core/data/jpeg_decode.h"
+
 namespace onestage {
 
 BuildInfo buildInfo() {
   BuildInfo info;
   info.version = ONESTAGE_VERSION;
   info.torchVersion = TORCH_VERSION;
+  info.jpegDecoder = jpegDecoderVersion();
 #ifdef ONESTAGE_WITH_CUDA
   info.cudaCompiled = true;
   info.deviceCount = static_cast<int>(torch::cuda::device_count());

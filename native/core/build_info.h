@@ -1,4 +1,4 @@
-// What this build of onestage is: its version, the LibTorch it was compiled against, and CUDA.
+// What this build of onestage is: its version, the LibTorch it was compiled against, CUDA, libjpeg-turbo.
 #pragma once
 #include <string>
 
@@ -10,6 +10,7 @@ struct BuildInfo {
   bool cudaCompiled;         // LibTorch with CUDA support
   bool cudaAvailable;        // and at least one CUDA device usable now
   int deviceCount;           // CUDA devices visible (0 without CUDA)
+  std::string jpegDecoder;   // libjpeg-turbo version of the DataLoader's JPEG decoder, empty when built without it
 };
 
 BuildInfo buildInfo();
