@@ -131,6 +131,7 @@ function validArgs(group: NativeProcessGroup | null = null, port = 1): Record<ke
     trainerLoadStateAsync: [session, 'no-such-state.pt'],
     trainerSwapEma: [session],
     trainerDispose: [b.trainerCreate(b.modelCreateRetinaNet({ depth: 18, numClasses: 1, featureSize: 4 }), {}, {}, {})],
+    decodeJpegAsync: ['missing.jpg', new Uint8Array(48), 4, 4, false, null, 1e6],
     contrastiveViewsAsync: [b.tensorFromArray(new Float32Array(3 * 8 * 8), [1, 3, 8, 8], 'float32', 'cpu'), annotations, b.tensorFromArray(new Float32Array([2]), [1], 'float32', 'cpu')],
     distBackends: [],
     distInitAsync: [{ backend: 'gloo', masterAddr: '127.0.0.1', masterPort: port, rank: 0, worldSize: 1, timeoutMs: 1000 }],
@@ -149,6 +150,7 @@ function validArgs(group: NativeProcessGroup | null = null, port = 1): Record<ke
 const NULLABLE_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
   nanodetLossAsync: [1],
   trainerCreate: [4],
+  decodeJpegAsync: [5],
 };
 
 /** Positions where any non-empty string is valid (store keys, labels). */
@@ -157,6 +159,7 @@ const TEXT_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
   distStoreSetAsync: [1],
   distStoreGetAsync: [1],
   distStoreDeleteAsync: [1],
+  decodeJpegAsync: [0], // a file that is not there is declined, not an error
 };
 
 /** A world-size-1 Gloo group (a real one: its exports must accept it), when this build has Gloo. */

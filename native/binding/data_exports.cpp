@@ -96,6 +96,7 @@ Napi::Value ContrastiveViewsAsync(const Napi::CallbackInfo& info) {
 Napi::Value DecodeJpegAsync(const Napi::CallbackInfo& info) {
   JpegRequest r;
   r.file = stringArg(info, 0, "file");
+  if (r.file.empty()) throw Napi::TypeError::New(info.Env(), "Expected a file path for file but received an empty string");
   Napi::Value out = arg(info, 1);
   if (!out.IsTypedArray() || out.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
     throw Napi::TypeError::New(info.Env(), "Expected a Uint8Array for out but received " + describeValue(out));

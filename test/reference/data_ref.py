@@ -1,9 +1,13 @@
 """Data references:
   decode OUT_DIR FILE...            PIL decode to RGB, /255, ImageNet-normalised (float64 → float32), each [3, H, W]
   resize FILE W H OUT_DIR           PIL BILINEAR resize to W×H, uint8 [H, W, 3]
+  jpeg CASES_JSON OUT_DIR           per case {file, width, height, flip, extract}: Pillow's draft for twice
+                                    the size (DCT scaling), convert('RGB'), resize(BILINEAR, box), mirror,
+                                    crop — uint8 [H, W, 3] each (width 0: no resize)
   views IN_DIR OUT_DIR              the zoom-and-paste second view by its definition, pixel by pixel:
                                     IN holds images [B,C,H,W], annotations [B,M,5], factors [B]
 """
+import json
 import math
 import sys
 
@@ -41,6 +45,25 @@ def main():
         f, w, h = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
         a = np.asarray(Image.open(f).convert("RGB").resize((w, h), Image.BILINEAR))
         write_bundle(sys.argv[5], {"image": torch.from_numpy(a.copy())})
+    elif cmd == "jpeg":
+        with open(sys.argv[2]) as f:
+            cases = json.load(f)
+        out = {}
+        for k, c in enumerate(cases):
+            im = Image.open(c["file"])
+            if c["width"]:
+                w, h = c["width"], c["height"]
+                _, box = im.draft("RGB", (2 * w, 2 * h))
+                im = im.convert("RGB").resize((w, h), Image.BILINEAR, box=box)
+            else:
+                im = im.convert("RGB")
+            if c["flip"]:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+            if c["extract"]:
+                l, t, ew, eh = c["extract"]
+                im = im.crop((l, t, l + ew, t + eh))
+            out["image%d" % k] = torch.from_numpy(np.asarray(im).copy())
+        write_bundle(sys.argv[3], out)
     elif cmd == "views":
         t, _ = read_bundle(sys.argv[2])
         images = t["images"].double().numpy()

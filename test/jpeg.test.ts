@@ -1,0 +1,215 @@
+/**
+ * The native JPEG decoder (libjpeg-turbo) against Pillow: decoding, resizing (BILINEAR, with the DCT
+ * scaling of Pillow's `draft` for large reductions), mirroring and cropping, byte for byte; the files it
+ * declines go to sharp, with sharp's pixels and errors; the DataLoader's JPEG batches are its pixels.
+ */
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { buildInfo, CocoDataset, DataLoader, disposeBatch, IMAGENET_MEAN, IMAGENET_STD, LoadImageOptions, loadImage, scaledSize } from '../lib';
+import sharp from 'sharp';
+import { native } from '../lib/binding';
+import { BadSampleError } from '../lib/data/image';
+import { readBundle } from './helpers/bundle';
+import { runReference, tempDir } from './helpers/python';
+import { Rng } from './helpers/random';
+
+/** Photo-like RGB pixels: smooth waves plus noise (JPEG's entropy coder gets real work). */
+function photo(width: number, height: number, seed: number): Buffer {
+  const rng = new Rng(seed);
+  const waves = Array.from({ length: 4 }, () => [rng.between(0.01, 0.2), rng.between(0.01, 0.2), rng.between(0, 6)]);
+  const px = Buffer.alloc(width * height * 3);
+  for (let y = 0; y < height; y++)
+    for (let x = 0; x < width; x++)
+      for (let c = 0; c < 3; c++) {
+        let v = 128 + rng.between(-25, 25);
+        for (const [a, b, p] of waves) v += 30 * Math.sin(a * x * (c + 1) + b * y + p);
+        px[(y * width + x) * 3 + c] = Math.max(0, Math.min(255, Math.round(v)));
+      }
+  return px;
+}
+
+let filesMade: Promise<Record<string, string>> | undefined;
+/** The test JPEGs (4:2:0, 4:4:4, progressive, greyscale, a larger one) and the files the decoder declines. */
+function files(): Promise<Record<string, string>> {
+  filesMade ??= (async () => {
+    const dir = tempDir();
+    const raw = (w: number, h: number, seed: number) => sharp(photo(w, h, seed), { raw: { width: w, height: h, channels: 3 } });
+    const out: Record<string, string> = {};
+    const write = async (name: string, p: ReturnType<typeof sharp>) => {
+      out[name] = path.join(dir, name);
+      await p.toFile(out[name]);
+    };
+    await write('c420.jpg', raw(203, 157, 1).jpeg({ quality: 90 }));
+    await write('c444.jpg', raw(160, 120, 2).jpeg({ quality: 95, chromaSubsampling: '4:4:4' }));
+    await write('progressive.jpg', raw(150, 210, 3).jpeg({ quality: 85, progressive: true }));
+    await write('grey.jpg', raw(131, 97, 4).toColourspace('b-w').jpeg({ quality: 90 }));
+    await write('large.jpg', raw(480, 360, 5).jpeg({ quality: 90 }));
+    await write('cmyk.jpg', raw(64, 48, 6).toColourspace('cmyk').jpeg());
+    await write('icc.jpg', raw(64, 48, 7).withIccProfile('p3').jpeg());
+    await write('png.png', raw(64, 48, 8).png());
+    out['truncated.jpg'] = path.join(dir, 'truncated.jpg');
+    fs.writeFileSync(out['truncated.jpg'], fs.readFileSync(out['c420.jpg']).subarray(0, 2000));
+    return out;
+  })();
+  return filesMade;
+}
+
+interface Case {
+  file: string;
+  width: number;
+  height: number;
+  flip: boolean;
+  extract: [number, number, number, number] | null;
+  /** The DCT scaling expected (Pillow's draft for twice the size). */
+  shrink: number;
+}
+
+function options(c: Case): LoadImageOptions {
+  return {
+    resize: c.width ? { width: c.width, height: c.height } : undefined,
+    flip: c.flip,
+    extract: c.extract ? { left: c.extract[0], top: c.extract[1], width: c.extract[2], height: c.extract[3] } : undefined,
+  };
+}
+
+test('jpeg: the addon has the decoder wherever libjpeg\'s headers were there to build it', (t) => {
+  const headers = fs.existsSync('/usr/include/jpeglib.h') || fs.readdirSync('/usr/include').some((d) => fs.existsSync(path.join('/usr/include', d, 'jpeglib.h')));
+  if (!headers) return t.pass('no jpeglib.h on this machine: JPEGs go through sharp');
+  t.regex(buildInfo().jpegDecoder, /^\d+\.\d+\.\d+$|^libjpeg/);
+});
+
+test('jpeg: decode + resize + mirror + crop equal Pillow (draft, convert, resize BILINEAR, transpose, crop) byte for byte', async (t) => {
+  if (!buildInfo().jpegDecoder) return t.pass('built without libjpeg');
+  const f = await files();
+  const c = (file: string, width: number, height: number, flip: boolean, shrink = 1, extract: Case['extract'] = null): Case => ({ file: f[file], width, height, flip, extract, shrink });
+  const cases: Case[] = [
+    // the picture as it is (straight into the buffer), and mirrored
+    ...['c420.jpg', 'c444.jpg', 'progressive.jpg', 'grey.jpg'].flatMap((n) => [c(n, 0, 0, false), c(n, 0, 0, true)]),
+    c('c420.jpg', 142, 110, true), // down 0.7×
+    c('c444.jpg', 250, 190, false), // up
+    c('progressive.jpg', 100, 210, false), // the horizontal pass alone
+    c('grey.jpg', 131, 60, true), // the vertical pass alone, mirrored after
+    c('c420.jpg', 3, 2, false, 8),
+    c('large.jpg', 7, 300, true), // long filters across, enlarged down the rows
+    c('large.jpg', 100, 80, false, 2), // DCT scaling 1/2, then the window (0, 0, 240, 180)
+    c('large.jpg', 50, 40, true, 4),
+    c('large.jpg', 20, 15, false, 8),
+    c('large.jpg', 1, 1, false, 8),
+    c('large.jpg', 61, 59, true, 2), // 480 / 61 and 360 / 59: a window with fractional ends
+    c('c420.jpg', 180, 140, true, 1, [10, 20, 100, 60]),
+  ];
+  const dir = tempDir();
+  fs.writeFileSync(path.join(dir, 'cases.json'), JSON.stringify(cases));
+  runReference('data_ref.py', ['jpeg', path.join(dir, 'cases.json'), path.join(dir, 'ref')]);
+  const { tensors: ref } = readBundle(path.join(dir, 'ref'));
+  for (const [k, cs] of cases.entries()) {
+    const name = `${path.basename(cs.file)} → ${cs.width}×${cs.height}${cs.flip ? ' mirrored' : ''}${cs.extract ? ' cropped' : ''}`;
+    const expected = ref[`image${k}`];
+    const [h, w] = expected.shape;
+    // the decoder took it (not sharp), at the DCT scaling Pillow's draft picks
+    const out = new Uint8Array(w * h * 3);
+    const o = options(cs);
+    const e = o.extract;
+    const got = await native().decodeJpegAsync(cs.file, out, cs.width, cs.height, cs.flip, e ? [e.left, e.top, e.width, e.height] : null, 1e9);
+    t.like(got, { decoded: true, width: w, height: h, shrink: cs.shrink }, name);
+    const img = await loadImage(cs.file, o);
+    t.deepEqual([img.width, img.height], [w, h], name);
+    const ours = Buffer.from(img.data);
+    const theirs = Buffer.from(expected.data as Uint8Array);
+    const differing = ours.reduce((n, v, i) => n + (v !== theirs[i] ? 1 : 0), 0);
+    t.is(differing, 0, `${name}: ${differing} of ${theirs.length} bytes differ from Pillow`);
+    t.true(Buffer.from(out).equals(theirs), name);
+  }
+});
+
+test('jpeg: what the decoder declines (PNG, CMYK, an ICC profile, truncated data, over the pixel limit, missing) goes to sharp: its pixels, its errors', async (t) => {
+  if (!buildInfo().jpegDecoder) return t.pass('built without libjpeg');
+  const f = await files();
+  const buffer = new Uint8Array(1 << 20);
+  const declined = async (file: string, reason: RegExp, maxPixels = 1e9) => {
+    const o = await native().decodeJpegAsync(file, buffer, 0, 0, false, null, maxPixels);
+    t.false(o.decoded, file);
+    t.regex(o.reason, reason, file);
+  };
+  await declined(f['png.png'], /not a JPEG/);
+  await declined(f['cmyk.jpg'], /colour space/);
+  await declined(f['icc.jpg'], /ICC profile/);
+  await declined(f['truncated.jpg'], /libjpeg: .*(premature|Corrupt)/i);
+  await declined(f['c420.jpg'], /pixel limit|more pixels/, 100);
+  await declined(path.join(tempDir(), 'missing.jpg'), /cannot open/);
+  // too small a buffer: declined, nothing written past it
+  const small = new Uint8Array(10);
+  t.like(await native().decodeJpegAsync(f['c420.jpg'], small, 0, 0, false, null, 1e9), { decoded: false, reason: 'the output does not fit the buffer' });
+  for (const name of ['png.png', 'cmyk.jpg', 'icc.jpg']) {
+    for (const o of [{}, { resize: { width: 40, height: 30 }, flip: true }]) {
+      const [auto, viaSharp] = await Promise.all([loadImage(f[name], o), loadImage(f[name], { ...o, decoder: 'sharp' })]);
+      t.deepEqual([auto.width, auto.height], [viaSharp.width, viaSharp.height]);
+      t.true(Buffer.from(auto.data).equals(Buffer.from(viaSharp.data)), name);
+    }
+  }
+  await t.throwsAsync(loadImage(f['truncated.jpg']), { instanceOf: BadSampleError, message: /truncated\.jpg: cannot decode image/ });
+  await t.throwsAsync(loadImage(f['c420.jpg'], { limitInputPixels: 100 }), { instanceOf: BadSampleError, message: /(pixel limit|cannot read image)/ });
+  await t.throwsAsync(loadImage(path.join(tempDir(), 'missing.jpg'), { resize: { width: 4, height: 4 } }), { instanceOf: BadSampleError, message: /not found/ });
+  // bad arguments are errors, not declines
+  t.throws(() => native().decodeJpegAsync(f['c420.jpg'], buffer, 10, 0, false, null, 1e9), { instanceOf: RangeError, message: /width and height/ });
+  t.throws(() => native().decodeJpegAsync(f['c420.jpg'], new Float32Array(4) as unknown as Uint8Array, 0, 0, false, null, 1e9), { instanceOf: TypeError, message: /Uint8Array for out/ });
+  t.throws(() => native().decodeJpegAsync(f['c420.jpg'], buffer, 0, 0, false, [0, 0, 0, 5], 1e9), { instanceOf: RangeError, message: /extract/ });
+});
+
+test('jpeg: DataLoader batches of JPEGs are the decoder\'s pixels, normalised — epoch after epoch in reused buffers; decoder \'sharp\' switches it off', async (t) => {
+  if (!buildInfo().jpegDecoder) return t.pass('built without libjpeg');
+  const f = await files();
+  const dir = path.dirname(f['c420.jpg']);
+  const names = ['c420.jpg', 'c444.jpg', 'progressive.jpg', 'grey.jpg', 'large.jpg'];
+  const coco = { images: names.map((n, i) => ({ id: i + 1, file_name: n })), annotations: [], categories: [{ id: 1, name: 'a' }] };
+  fs.writeFileSync(path.join(dir, 'coco.json'), JSON.stringify(coco));
+  const ds = await CocoDataset.open(path.join(dir, 'coco.json'));
+  const transform = { minSide: 90, maxSide: 140, padMultiple: 8, crop: { p: 0.5, minSize: 0.7 } };
+  const loader = new DataLoader(ds, { batchSize: 2, seed: 3, transform });
+  let checked = 0;
+  let cropped = 0;
+  for (const epoch of [0, 1, 2]) {
+    for await (const b of loader.epoch(epoch)) {
+      const [, , H, W] = b.images.shape;
+      const data = b.images.toArray() as Float32Array;
+      for (const [i, file] of b.files.entries()) {
+        const [h, w] = b.inputSizes[i];
+        const crop = b.crops[i];
+        cropped += crop ? 1 : 0;
+        const [oh, ow] = b.sizes[i];
+        const resized = scaledSize(ow, oh, b.scales[i]);
+        const same = resized.width === ow && resized.height === oh;
+        const img = await loadImage(file, { resize: same ? undefined : resized, flip: b.flipped[i], extract: crop ? { left: crop.x, top: crop.y, width: crop.width, height: crop.height } : undefined });
+        let worst = 0;
+        for (let c = 0; c < 3; c++)
+          for (let y = 0; y < h; y++)
+            for (let x = 0; x < w; x++) {
+              const expected = Math.fround((img.data[(y * w + x) * 3 + c] / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]);
+              worst = Math.max(worst, Math.abs(data[((i * 3 + c) * H + y) * W + x] - expected));
+            }
+        t.is(worst, 0, `${path.basename(file)} epoch ${epoch}`);
+        checked++;
+      }
+      disposeBatch(b);
+    }
+  }
+  t.is(checked, 3 * names.length);
+  t.true(cropped > 0 && cropped < checked, `${cropped} of ${checked} pictures cropped`);
+  // the same plan with sharp decoding: same sizes and flips, other pixels where a picture was resized
+  const [a] = await (async () => {
+    const out = [];
+    for await (const b of new DataLoader(ds, { batchSize: 5, seed: 3, shuffle: false, augment: false, transform: { minSide: 90, maxSide: 140 } }).epoch(0)) out.push(b);
+    return out;
+  })();
+  const [s] = await (async () => {
+    const out = [];
+    for await (const b of new DataLoader(ds, { batchSize: 5, seed: 3, shuffle: false, augment: false, transform: { minSide: 90, maxSide: 140 }, decoder: 'sharp' }).epoch(0)) out.push(b);
+    return out;
+  })();
+  t.deepEqual(s.inputSizes, a.inputSizes);
+  t.notDeepEqual(s.images.toArray(), a.images.toArray());
+  disposeBatch(a);
+  disposeBatch(s);
+  t.throws(() => new DataLoader(ds, { decoder: 'pil' as 'sharp' }), { instanceOf: RangeError, message: /options\.decoder/ });
+});
