@@ -4,8 +4,11 @@
  * single process) on the same JPEGs, side by side.
  *   npx ts-node --transpile-only bench/data.ts [--images 64] [--size 512] [--batch 2]
  *       [--side 640] [--device cuda] [--prefetch 2] [--stages] [--decode-workers n] [--data dir]
+ *       [--decoder auto,sharp]
+ * --decoder: one DataLoader row per decoder ('auto': onestage's libjpeg-turbo decoder for JPEGs; 'sharp');
  * --side: resized to side × side (the reference is then not run: it resizes as pytorch-retinanet);
- * --stages: each stage also timed alone (header, decode + resize, collate + upload), as many in flight
+ * --stages: each stage also timed alone (header, decode + resize with sharp and with onestage's JPEG
+ * decoder, collate + upload), as many in flight
  * as the libuv pool has threads (UV_THREADPOOL_SIZE, default 4).
  * The DataLoader row also reports the JavaScript thread's busy time per picture (event-loop utilisation,
  * garbage collection included): where it reaches the wall time per picture, the event loop is the ceiling.
@@ -17,7 +20,7 @@ import * as path from 'node:path';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { Command } from 'commander';
 // onestage before sharp: loading sharp starts libuv's pool, which onestage sizes to the cores first
-import { CocoDataset, DataLoader, Device, disposeBatch, IMAGENET_MEAN, IMAGENET_STD, imageSize, loadImage, makeShapes, paddedSize, resizeScale, scaledSize, Tensor } from '../lib';
+import { buildInfo, CocoDataset, DataLoader, Device, disposeBatch, IMAGENET_MEAN, IMAGENET_STD, imageSize, loadImage, makeShapes, paddedSize, resizeScale, scaledSize, Tensor } from '../lib';
 import sharp from 'sharp';
 import { native } from '../lib/binding';
 import { writeJsonAtomic } from '../lib/io';
@@ -69,14 +72,36 @@ async function stages(ds: CocoDataset, side: number | undefined, batch: number, 
   const sizes: Array<{ width: number; height: number }> = new Array(n);
   const head = await pool(n, threads, async (i) => void (sizes[i] = await imageSize(files[i])));
   const decoded: Array<{ data: Uint8Array; width: number; height: number }> = new Array(n);
-  const decode = await pool(n, threads, async (i) => {
-    // the loader's resize rule (lib/data/transforms)
+  // the loader's resize rule (lib/data/transforms)
+  const target = (i: number) => {
     const out = scaledSize(sizes[i].width, sizes[i].height, resizeScale(sizes[i].width, sizes[i].height, side ?? 608, side ?? 1024));
-    const same = out.width === sizes[i].width && out.height === sizes[i].height;
-    decoded[i] = await loadImage(files[i], { resize: same ? undefined : out, flip: i % 2 === 0 });
+    return out.width === sizes[i].width && out.height === sizes[i].height ? undefined : out;
+  };
+  const decode = await pool(n, threads, async (i) => {
+    decoded[i] = await loadImage(files[i], { resize: target(i), flip: i % 2 === 0, decoder: 'sharp' });
   });
   // decoding alone, without the resize and flip: what a resize on the GPU could save at most
-  const decodeOnly = await pool(n, threads, async (i) => void (await loadImage(files[i])));
+  const decodeOnly = await pool(n, threads, async (i) => void (await loadImage(files[i], { decoder: 'sharp' })));
+  // onestage's JPEG decoder, into buffers reused as the DataLoader does (one per picture in flight)
+  const jpeg = buildInfo().jpegDecoder !== '';
+  const buffers = Array.from({ length: threads }, () => new Uint8Array(3 * Math.max(...sizes.map((z) => z.width * z.height))));
+  const native1 = async (i: number, slot: number, resize: boolean) => {
+    const r = resize ? target(i) : undefined;
+    const o = await native().decodeJpegAsync(files[i], buffers[slot], r?.width ?? 0, r?.height ?? 0, resize && i % 2 === 0, null, 2 ** 40);
+    if (!o.decoded) throw new Error(`${files[i]}: declined (${o.reason})`);
+  };
+  const byThread = async (resize: boolean) => {
+    let next = 0;
+    const t0 = process.hrtime.bigint();
+    await Promise.all(Array.from({ length: Math.min(threads, n) }, async (_, slot) => {
+      while (next < n) await native1(next++, slot, resize);
+    }));
+    return Number(process.hrtime.bigint() - t0) / 1e9;
+  };
+  const cpu0 = process.cpuUsage();
+  const nativeDecode = jpeg ? await byThread(true) : NaN;
+  const cpu = process.cpuUsage(cpu0);
+  const nativeDecodeOnly = jpeg ? await byThread(false) : NaN;
   const batches = Math.floor(n / batch);
   // on CUDA both ways of making the floats: on the host (float32 upload) and on the device (uint8 upload,
   // the loader's default there)
@@ -86,6 +111,11 @@ async function stages(ds: CocoDataset, side: number | undefined, batch: number, 
     { system: `stage: decode + resize + flip (sharp), ${threads} in flight`, imagesPerSecond: n / decode },
     { system: `stage: decode only (sharp), ${threads} in flight`, imagesPerSecond: n / decodeOnly },
   ];
+  if (jpeg)
+    rows.push(
+      { system: `stage: decode + resize + flip (onestage JPEG decoder), ${threads} in flight; ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms CPU a picture`, imagesPerSecond: n / nativeDecode },
+      { system: `stage: decode only (onestage JPEG decoder), ${threads} in flight`, imagesPerSecond: n / nativeDecodeOnly },
+    );
   for (const way of ways) {
     const collate = await pool(batches, threads, async (k) => {
       const samples = decoded.slice(k * batch, (k + 1) * batch);
@@ -109,10 +139,11 @@ async function main(): Promise<void> {
     .option('--stages', 'also time each stage of the pipeline alone')
     .option('--data <dir>', 'make the pictures in this folder once and reuse them (default: a new temporary folder)')
     .option('--decode-concurrency <n>', "the DataLoader's decodeConcurrency (pictures decoded at once); default: pool size − 2")
+    .option('--decoder <list>', "the DataLoader's decoder: 'auto' (onestage's JPEG decoder), 'sharp', or both, comma-separated", 'auto,sharp')
     .option('--decode-workers <n>', "the DataLoader's decodeWorkers (worker threads running sharp; 0: the main thread); default 'auto'")
     .option('--no-sharp-cache', "turn libvips' operation cache off (sharp.cache(false))")
     .parse()
-    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean; sharpCache: boolean; decodeWorkers?: string; data?: string; decodeConcurrency?: string }>();
+    .opts<{ images: string; size: string; batch: string; side?: string; device: Device; prefetch: string; stages?: boolean; sharpCache: boolean; decodeWorkers?: string; data?: string; decodeConcurrency?: string; decoder: string }>();
   if (!o.sharpCache) sharp.cache(false);
   const side = o.side ? Number(o.side) : undefined;
   const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
@@ -122,55 +153,60 @@ async function main(): Promise<void> {
   const json = path.join(dir, 'instances_train.json');
   const ds = await CocoDataset.open(json);
   const transform = side ? { minSide: side, maxSide: side } : undefined;
-  const loader = new DataLoader(ds, { batchSize: Number(o.batch), seed: 0, prefetch: Number(o.prefetch), device: o.device, transform, decodeWorkers: o.decodeWorkers === undefined ? 'auto' : Number(o.decodeWorkers), ...(o.decodeConcurrency ? { decodeConcurrency: Number(o.decodeConcurrency) } : {}) });
-  for await (const b of loader.epoch(0)) disposeBatch(b); // warm-up (file cache, thread pools)
-  const t0 = process.hrtime.bigint();
-  let gcMs = 0;
-  const gc = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) gcMs += e.duration;
-  });
-  gc.observe({ entryTypes: ['gc'] });
-  const elu0 = performance.eventLoopUtilization();
-  const main0 = mainThreadCpuMs();
-  const faults0 = minorFaults();
-  const cpu0 = process.cpuUsage();
-  // what a training step queued on libuv's pool would wait: a tiny native call (a 1×1 collate) issued
-  // back to back while the epoch decodes, its latency recorded
-  const probe = { busy: true, ms: [] as number[] };
-  const prober = (async () => {
-    const pixel = new Uint8Array(3);
-    while (probe.busy) {
-      const s0 = performance.now();
-      new Tensor(await native().collateImagesAsync([pixel], [1, 1], 1, 1, [0, 0, 0], [1, 1, 1], 'cpu')).dispose();
-      probe.ms.push(performance.now() - s0);
-      await new Promise((r) => setTimeout(r, 2));
-    }
-  })();
+  const rows: Array<{ system: string; imagesPerSecond: number }> = [];
   let n = 0;
-  for await (const b of loader.epoch(1)) {
-    n += b.ids.length;
-    disposeBatch(b);
+  for (const decoder of o.decoder.split(',').map((d) => d.trim()) as Array<'auto' | 'sharp'>) {
+    const loader = new DataLoader(ds, { batchSize: Number(o.batch), seed: 0, prefetch: Number(o.prefetch), device: o.device, transform, decoder, decodeWorkers: o.decodeWorkers === undefined ? 'auto' : Number(o.decodeWorkers), ...(o.decodeConcurrency ? { decodeConcurrency: Number(o.decodeConcurrency) } : {}) });
+    for await (const b of loader.epoch(0)) disposeBatch(b); // warm-up (file cache, thread pools)
+    const t0 = process.hrtime.bigint();
+    let gcMs = 0;
+    const gc = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) gcMs += e.duration;
+    });
+    gc.observe({ entryTypes: ['gc'] });
+    const elu0 = performance.eventLoopUtilization();
+    const main0 = mainThreadCpuMs();
+    const faults0 = minorFaults();
+    const cpu0 = process.cpuUsage();
+    // what a training step queued on libuv's pool would wait: a tiny native call (a 1×1 collate) issued
+    // back to back while the epoch decodes, its latency recorded
+    const probe = { busy: true, ms: [] as number[] };
+    const prober = (async () => {
+      const pixel = new Uint8Array(3);
+      while (probe.busy) {
+        const s0 = performance.now();
+        new Tensor(await native().collateImagesAsync([pixel], [1, 1], 1, 1, [0, 0, 0], [1, 1, 1], 'cpu')).dispose();
+        probe.ms.push(performance.now() - s0);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    })();
+    n = 0;
+    for await (const b of loader.epoch(1)) {
+      n += b.ids.length;
+      disposeBatch(b);
+    }
+    probe.busy = false;
+    await prober;
+    const sorted = [...probe.ms].sort((a, b) => a - b);
+    const pct = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
+    const ours = Number(process.hrtime.bigint() - t0) / 1e9;
+    // the JavaScript thread's share: if its busy time per picture reaches the wall time per picture, the
+    // event loop (not decoding) is the ceiling
+    const elu = performance.eventLoopUtilization(elu0);
+    const mainCpu = mainThreadCpuMs() - main0;
+    const faults = minorFaults() - faults0;
+    const cpu = process.cpuUsage(cpu0);
+    await new Promise((resolve) => setImmediate(resolve)); // the last gc entries
+    gc.disconnect();
+    const mainMs = elu.active / n;
+    console.error(
+      `DataLoader (decoder '${decoder}') epoch: ${n} pictures in ${ours.toFixed(2)} s; event loop busy ${(100 * elu.utilization).toFixed(1)} % (${mainMs.toFixed(2)} ms a picture, ` +
+        `garbage collection ${(gcMs / n).toFixed(2)} of it: a ceiling of ${(1000 / mainMs).toFixed(0)} img/s); JavaScript thread CPU ${Number.isNaN(mainCpu) ? '?' : (mainCpu / n).toFixed(2)} ms a picture; process CPU ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms a picture (system ${(cpu.system / 1e3 / n).toFixed(2)}), ${(faults / n).toFixed(0)} page faults a picture; ` +
+        `a native call on the pool meanwhile took ${pct(0.5).toFixed(2)} ms (median), ${pct(0.9).toFixed(2)} ms (90th percentile) over ${sorted.length} calls`,
+    );
+    rows.push({ system: `onestage DataLoader (decoder '${decoder}' + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}, ${loader.decodeConcurrency} decoded at once, ${loader.decodeWorkerCount} decode workers${o.sharpCache ? '' : ', no libvips cache'}; event loop ${mainMs.toFixed(2)} ms a picture, process CPU ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms a picture`, imagesPerSecond: n / ours });
+    await loader.close();
   }
-  probe.busy = false;
-  await prober;
-  const sorted = [...probe.ms].sort((a, b) => a - b);
-  const pct = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
-  const ours = Number(process.hrtime.bigint() - t0) / 1e9;
-  // the JavaScript thread's share: if its busy time per picture reaches the wall time per picture, the
-  // event loop (not decoding) is the ceiling
-  const elu = performance.eventLoopUtilization(elu0);
-  const mainCpu = mainThreadCpuMs() - main0;
-  const faults = minorFaults() - faults0;
-  const cpu = process.cpuUsage(cpu0);
-  await new Promise((resolve) => setImmediate(resolve)); // the last gc entries
-  gc.disconnect();
-  const mainMs = elu.active / n;
-  console.error(
-    `DataLoader epoch: ${n} pictures in ${ours.toFixed(2)} s; event loop busy ${(100 * elu.utilization).toFixed(1)} % (${mainMs.toFixed(2)} ms a picture, ` +
-      `garbage collection ${(gcMs / n).toFixed(2)} of it: a ceiling of ${(1000 / mainMs).toFixed(0)} img/s); JavaScript thread CPU ${Number.isNaN(mainCpu) ? '?' : (mainCpu / n).toFixed(2)} ms a picture; process CPU ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms a picture (system ${(cpu.system / 1e3 / n).toFixed(2)}), ${(faults / n).toFixed(0)} page faults a picture; ` +
-      `a native call on the pool meanwhile took ${pct(0.5).toFixed(2)} ms (median), ${pct(0.9).toFixed(2)} ms (90th percentile) over ${sorted.length} calls`,
-  );
-  const rows: Array<{ system: string; imagesPerSecond: number }> = [{ system: `onestage DataLoader (sharp + native collate), libuv pool ${threads}, sharp concurrency ${sharp.concurrency()}, ${loader.decodeConcurrency} decoded at once, ${loader.decodeWorkerCount} decode workers${o.sharpCache ? '' : ', no libvips cache'}; event loop ${mainMs.toFixed(2)} ms a picture`, imagesPerSecond: n / ours }];
   const py = side ? undefined : pythonWithTorch(); // the reference script resizes as pytorch-retinanet (608 / 1024)
   if (py) {
     spawnSync(py, [path.join(__dirname, 'reference_data.py'), json, o.batch], { encoding: 'utf8', env: referenceEnv() }); // warm-up
