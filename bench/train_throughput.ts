@@ -38,6 +38,7 @@ interface Options {
   loaderSource: number;
   decodeWorkers: string;
   decodeConcurrency: string;
+  decoder: string;
   out: string;
 }
 
@@ -84,12 +85,12 @@ async function timeOnestage(o: Options, data: { images: Float32Array; annotation
  * Epoch 0 warms up (and captures the graph); epochs 1…`--loader-epochs` are timed, each started ahead at
  * the previous one's last batch (`loader.prepare`, as Trainer.fit does).
  */
-async function timeLoaderFed(o: Options, dir: string, amp: boolean, decodeWorkers: number | 'auto', decodeConcurrency: number | undefined): Promise<Row> {
+async function timeLoaderFed(o: Options, dir: string, amp: boolean, decoder: 'auto' | 'sharp', decodeWorkers: number | 'auto', decodeConcurrency: number | undefined): Promise<Row> {
   const source = o.loaderSource ?? o.size;
   const data = path.join(dir, `shapes-${source}`);
   if (!fs.existsSync(data)) await makeShapes({ out: data, train: o.loaderImages, val: 0, size: source, classes: 10, seed: 3, maxObjects: 8 });
   const ds = await CocoDataset.open(path.join(data, 'instances_train.json'));
-  const loader = new DataLoader(ds, { batchSize: o.batch, seed: 1, shuffle: true, prefetch: 4, device: 'cuda', transform: { minSide: o.size, maxSide: o.size }, decodeWorkers, ...(decodeConcurrency ? { decodeConcurrency } : {}) });
+  const loader = new DataLoader(ds, { batchSize: o.batch, seed: 1, shuffle: true, prefetch: 4, device: 'cuda', transform: { minSide: o.size, maxSide: o.size }, decoder, decodeWorkers, ...(decodeConcurrency ? { decodeConcurrency } : {}) });
   const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device: 'cuda', seed: 0 });
   const lr = o.optimizer === 'sgd' ? 0.01 : 1e-4;
   // the Trainer's defaults (cudaGraph 'auto')
@@ -129,7 +130,7 @@ async function timeLoaderFed(o: Options, dir: string, amp: boolean, decodeWorker
     imagesPerSecond: images / seconds,
     msPerStep: (1000 * seconds) / steps,
     peakMiB: null, // timed after the capture: the graph's pool is not in a peak taken here
-    note: `${o.loaderImages} JPEGs ${source}², ${o.loaderEpochs} timed epochs${source === o.size ? '' : ` resized to ${o.size}²`}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4}, ${loader.decodeWorkerCount} decode workers, ${loader.decodeConcurrency} decoded at once, ${replayed}/${steps} steps replayed, event loop busy ${(100 * elu.utilization).toFixed(0)} % (${(elu.active / images).toFixed(2)} ms a picture)`,
+    note: `${o.loaderImages} JPEGs ${source}², ${o.loaderEpochs} timed epochs${source === o.size ? '' : ` resized to ${o.size}²`}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4}, decoder '${decoder}', ${loader.decodeWorkerCount} decode workers, ${loader.decodeConcurrency} decoded at once, ${replayed}/${steps} steps replayed, event loop busy ${(100 * elu.utilization).toFixed(0)} % (${(elu.active / images).toFixed(2)} ms a picture)`,
   };
 }
 
@@ -150,6 +151,7 @@ async function main(): Promise<void> {
     .option('--loader-source <px>', 'side of those JPEGs, resized to --size by the loader (default: --size, no resize)', (v) => Number(v))
     .option('--decode-concurrency <list>', "the loader-fed rows' decodeConcurrency, e.g. 16,auto (a row each)", 'auto')
     .option('--decode-workers <list>', "the loader-fed rows' decodeWorkers, e.g. 0,auto (a row each)", 'auto')
+    .option('--decoder <list>', "the loader-fed rows' decoder: auto (onestage's JPEG decoder), sharp, or auto,sharp (a row each)", 'auto')
     .option('--no-resident', 'skip the resident-batch rows (only the DataLoader-fed ones)')
     .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'train-throughput.json'))
     .parse(process.argv)
@@ -170,12 +172,13 @@ async function main(): Promise<void> {
     }
   if (o.device === 'cuda' && o.loaderImages > 0)
     for (const p of precisions)
-      for (const w of o.decodeWorkers.split(','))
-        for (const c of o.decodeConcurrency.split(',')) {
-          const r = await timeLoaderFed(o, dir, p === 'bf16', w === 'auto' ? 'auto' : Number(w), c === 'auto' ? undefined : Number(c));
-          console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step (${r.note})`);
-          rows.push(r);
-        }
+      for (const d of o.decoder.split(',') as Array<'auto' | 'sharp'>)
+        for (const w of o.decodeWorkers.split(','))
+          for (const c of o.decodeConcurrency.split(',')) {
+            const r = await timeLoaderFed(o, dir, p === 'bf16', d, w === 'auto' ? 'auto' : Number(w), c === 'auto' ? undefined : Number(c));
+            console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step (${r.note})`);
+            rows.push(r);
+          }
   let reference: Record<string, unknown> = {};
   const py = pythonWithTorch();
   if (o.reference && py) {

@@ -18,7 +18,21 @@ arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | he
 [[ -n "$arch" ]] || { echo "gpu-check: no NVIDIA GPU found (nvidia-smi)" >&2; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
-npx cmake-js build --parallel "$(nproc)" --log-level warn "--CDONESTAGE_CUDA_ARCHITECTURES=$arch" >"$out/build.log" 2>&1
+# libjpeg-turbo for the JPEG decoder: the system's, or Debian's packages carried in $ONESTAGE_JPEG_DEBS
+# (default .device/jpeg: `apt-get download libjpeg62-turbo-dev libjpeg62-turbo` there), unpacked beside
+# them and linked as a shared library (the addon's build rpath finds it; Debian's libjpeg.a is not
+# position-independent); without either, sharp decodes JPEGs
+jpeg=()
+debs=${ONESTAGE_JPEG_DEBS:-.device/jpeg}
+if ! compgen -G "/usr/include/jpeglib.h" >/dev/null && compgen -G "$debs/libjpeg*-dev*.deb" >/dev/null; then
+  root=$(cd "$debs" && pwd)/root
+  for d in "$debs"/*.deb; do dpkg -x "$d" "$root"; done
+  multi=$(dirname "$(find "$root/usr/include" -name jconfig.h | head -1)")
+  export CPATH="$root/usr/include:$multi${CPATH:+:$CPATH}"
+  jpeg=("--CDJPEG_INCLUDE_DIR=$root/usr/include" "--CDJPEG_LIBRARY=$(find "$root" -name 'libjpeg.so.62' | head -1)")
+  stamp "libjpeg from $debs"
+fi
+npx cmake-js build --parallel "$(nproc)" --log-level warn "--CDONESTAGE_CUDA_ARCHITECTURES=$arch" "${jpeg[@]}" >"$out/build.log" 2>&1
 rc=$?
 stamp "build rc=$rc (sm_$arch)"
 if [[ $rc -ne 0 ]]; then tail -40 "$out/build.log"; exit $rc; fi
