@@ -158,8 +158,21 @@ std::string jpegDecoderVersion() {
 #endif
 }
 
+/// Gives back a thread's scratch memory that one very large picture grew far beyond the usual (the
+/// vectors otherwise keep their size, so that decoding touches no fresh memory).
+static void trim(std::vector<uint8_t>& v) {
+  if (v.capacity() > (size_t{64} << 20) && v.capacity() > 4 * v.size()) v.shrink_to_fit();
+}
+
 JpegOutcome decodeJpegFile(const JpegRequest& r, uint8_t* out, size_t capacity) {
   thread_local std::vector<uint8_t> bytes, pixels, resized;
+  struct Trim {
+    ~Trim() {
+      trim(bytes);
+      trim(pixels);
+      trim(resized);
+    }
+  } trimmed;
   JpegOutcome o;
   if (!readFile(r.file, bytes, o.reason)) return o;
   if (bytes.size() < 3 || bytes[0] != 0xFF || bytes[1] != 0xD8 || bytes[2] != 0xFF) {

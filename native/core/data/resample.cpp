@@ -134,7 +134,8 @@ __attribute__((target("avx2"))) int horizontalRowAvx2(const uint8_t* row, int in
     }
   };
   int xx = 0;
-  for (; xx + 1 < outWidth && t.first[xx + 1] + count < inWidth; xx += 2) {
+  // xx + 2 < outWidth: the spare byte of either store lands on a pixel written later
+  for (; xx + 2 < outWidth && t.first[xx + 1] + count < inWidth; xx += 2) {
     const int32_t* ka = &t.taps[static_cast<size_t>(xx) * t.size];
     const int32_t* kb = ka + t.size;
     const uint8_t* pa = row + static_cast<size_t>(t.first[xx]) * 3;
