@@ -4,6 +4,8 @@
  * declines go to sharp, with sharp's pixels and errors; the DataLoader's JPEG batches are its pixels.
  */
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildInfo, CocoDataset, DataLoader, disposeBatch, IMAGENET_MEAN, IMAGENET_STD, LoadImageOptions, loadImage, scaledSize } from '../lib';
@@ -121,6 +123,26 @@ test('jpeg: decode + resize + mirror + crop equal Pillow (draft, convert, resize
     t.is(differing, 0, `${name}: ${differing} of ${theirs.length} bytes differ from Pillow`);
     t.true(Buffer.from(out).equals(theirs), name);
   }
+  // the scalar loops (CPUs without AVX2; ONESTAGE_NO_AVX2=1 here) give the same bytes: a child process
+  // decodes every case with them and returns SHA-256 digests
+  const addon = path.resolve(__dirname, '..', 'build', 'Release', 'onestage.node');
+  const script = `
+    const b = require(${JSON.stringify(addon)});
+    const cases = JSON.parse(require('fs').readFileSync(${JSON.stringify(path.join(dir, 'cases.json'))}, 'utf8'));
+    (async () => {
+      const out = [];
+      for (const c of cases) {
+        const buf = new Uint8Array(4 << 20);
+        const r = await b.decodeJpegAsync(c.file, buf, c.width, c.height, c.flip, c.extract, 1e9);
+        out.push(require('crypto').createHash('sha256').update(buf.subarray(0, r.width * r.height * 3)).digest('hex'));
+      }
+      console.log(JSON.stringify(out));
+    })();`;
+  const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, ONESTAGE_NO_AVX2: '1' } });
+  t.is(child.status, 0, child.stderr);
+  const scalar = JSON.parse(child.stdout) as string[];
+  const digests = cases.map((_, k) => createHash('sha256').update(ref[`image${k}`].data as Uint8Array).digest('hex'));
+  t.deepEqual(scalar, digests, 'the scalar loops equal Pillow too');
 });
 
 test('jpeg: what the decoder declines (PNG, CMYK, an ICC profile, truncated data, over the pixel limit, missing) goes to sharp: its pixels, its errors', async (t) => {

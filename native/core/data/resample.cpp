@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -107,8 +109,13 @@ void horizontalRow(const uint8_t* row, const Taps& t, uint8_t* out, int outWidth
 // Vector kernels (x86-64, chosen at run time by the CPU's features). Same integer arithmetic as the
 // scalar loops: 32-bit products and sums, an arithmetic shift, then saturation to 0…255 (clip8).
 
+/// Whether the vector kernels run: the CPU has AVX2, and ONESTAGE_NO_AVX2 is not set to 1 (the scalar
+/// loops, which other CPUs run, are then what a test can compare).
 bool haveAvx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("sse4.1");
+  static const bool yes = [] {
+    const char* off = std::getenv("ONESTAGE_NO_AVX2");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("sse4.1") && !(off && std::string(off) == "1");
+  }();
   return yes;
 }
 
