@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The GPU host calls still to make for issue 24 (bench/NOTES.md says why each), one per argument:
-#   bash bench/gpu_plan.sh G    cold machine, ≤ 590 s: build (with the carried libjpeg), the CUDA tests of
-#                               sessions 5–8, the decode-scaling probes, inference with the detect graphs
-#   bash bench/gpu_plan.sh H    warm machine right after G: RetinaNet-50 training rows (batch 8 with the
-#                               loader rows, 16, 32), a NanoDet-Plus-m profile
+# The GPU host calls still to make for issue 24 (bench/NOTES.md says why each), one per argument, each
+# under 590 s; after G the machine is warm — make the next call at once (it is given back after 30 s idle):
+#   G  cold: build (with the carried libjpeg), the CUDA tests of sessions 5–8 (fastpath's NanoDet-Plus
+#      graph-vs-eager re-run first among them), the machine's CPU
+#   H  the host pipeline on 16 cores: bench/data.ts stages, sharp vs onestage's JPEG decoder, pool 4 and 16;
+#      inference with the detect graphs
+#   I  RetinaNet-50 bf16 batch 8: resident rows + loader rows (240 JPEGs 960² → 640²) for decoder auto/sharp
+#      × decodeConcurrency 16/auto
+#   J  batch 16 and 32 rows, a NanoDet-Plus-m profile
 # Prepare here first (Debian VM, after npm install):
 #   ../shared/device/pack.sh && mkdir -p .device/jpeg && (cd .device/jpeg && apt-get download libjpeg62-turbo-dev libjpeg62-turbo)
 # then call the device with carry [".device"] and `source .device/env.sh && bash bench/gpu_plan.sh G`.
@@ -19,31 +23,35 @@ ts() { timeout "$1" npx ts-node --transpile-only "${@:2}"; }
 case "${1:-}" in
   G)
     (nproc; cat /sys/fs/cgroup/cpu.max 2>/dev/null; lscpu | grep -E 'Model name|^CPU\(s\)|Thread|Flags' | cut -c1-300) >"$out/machine.txt" 2>&1
-    bash scripts/gpu-check.sh tests test/fastpath.test.ts test/nanodet.test.ts test/cuda.test.ts test/data.test.ts test/jpeg.test.ts
+    timeout 560 bash scripts/gpu-check.sh tests test/fastpath.test.ts test/jpeg.test.ts test/nanodet.test.ts test/cuda.test.ts test/data.test.ts
     stamp "tests done"
     node -e "console.log(require('./build/Release/onestage.node').buildInfo())" | tee "$out/build_info.txt"
-    # where the loader's host time goes on 16 cores: each decoder alone, pool 4 and 16
-    for pool in 4 16; do
-      UV_THREADPOOL_SIZE=$pool ts 120 bench/data.ts --images 192 --size 960 --side 640 --batch 8 --device cuda --stages --data /tmp/data960 >"$out/data-pool$pool.txt" 2>&1
-      stamp "data.ts pool $pool"
-    done
-    ts 150 bench/inference.ts --device cuda --no-reference --batches 1,8 >"$out/inference.txt" 2>&1
-    stamp "inference"
     ;;
   H)
-    ts 330 bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 \
+    # where the loader's host time goes on 16 cores: each decoder alone, pool 4 and 16
+    for pool in 16 4; do
+      UV_THREADPOOL_SIZE=$pool ts 170 bench/data.ts --images 192 --size 960 --side 640 --batch 8 --device cuda --stages --data /tmp/data960 >"$out/data-pool$pool.txt" 2>&1
+      stamp "data.ts pool $pool"
+    done
+    ts 200 bench/inference.ts --device cuda --no-reference --batches 1,8 >"$out/inference.txt" 2>&1
+    stamp "inference"
+    ;;
+  I)
+    ts 560 bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 \
       --loader-images 240 --loader-source 960 --loader-epochs 2 --decoder auto,sharp --decode-concurrency 16,auto >"$out/train-b8.txt" 2>&1
     stamp "train b8"
+    ;;
+  J)
     for b in 16 32; do
-      ts 90 bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --loader-images 0 >"$out/train-b$b.txt" 2>&1
+      ts 150 bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --loader-images 0 >"$out/train-b$b.txt" 2>&1
       stamp "train b$b"
     done
-    ts 120 bench/nanodet_latency.ts --train-batch 32 --steps 10 --warmup 4 --no-reference --models 0 --profile "$out/nanodet-m.json" >"$out/nanodet.txt" 2>&1
+    ts 200 bench/nanodet_latency.ts --train-batch 32 --steps 10 --warmup 4 --no-reference --models 0 --profile "$out/nanodet-m.json" >"$out/nanodet.txt" 2>&1
     python3 bench/profile_summary.py "$out"/nanodet-m*.json >"$out/nanodet-profile.txt" 2>&1
     stamp "nanodet profile"
     ;;
   *)
-    echo "usage: bash bench/gpu_plan.sh G|H" >&2
+    echo "usage: bash bench/gpu_plan.sh G|H|I|J" >&2
     exit 2
     ;;
 esac
