@@ -26,6 +26,8 @@ export interface NativeBuildInfo {
 export interface NativeJpegOutcome {
   decoded: boolean;
   reason: string;
+  /** Declined for what the file is (not a JPEG, CMYK, an ICC profile): any request for it would be. */
+  lasting: boolean;
   width: number;
   height: number;
   /** The DCT scaling libjpeg decoded at (1, 2, 4, 8). */

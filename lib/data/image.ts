@@ -61,11 +61,12 @@ export function nativeJpegAvailable(): boolean {
 
 /**
  * Decodes `file` with the native JPEG decoder into `out` (resized, mirrored, cropped as `options` say;
- * `modulate` is applied with sharp after). The output's size, or undefined where the decoder declined
- * the file (not a JPEG, CMYK, an ICC profile, corrupt, over the pixel limit, larger than `out`): then
- * decode it with `loadImage(file, { ...options, decoder: 'sharp' })`, which also reports what is wrong.
+ * `modulate` is applied with sharp after). The output's size, or why the decoder declined the file (not
+ * a JPEG, CMYK, an ICC profile, corrupt, over the pixel limit, larger than `out`; `lasting` where that is
+ * what the file is): then decode it with `loadImage(file, { ...options, decoder: 'sharp' })`, which also
+ * reports what is wrong.
  */
-export async function decodeJpegInto(file: string, options: LoadImageOptions, out: Uint8Array): Promise<{ width: number; height: number } | undefined> {
+export async function decodeJpegInto(file: string, options: LoadImageOptions, out: Uint8Array): Promise<{ width: number; height: number } | { declined: string; lasting: boolean }> {
   const e = options.extract;
   const r = await native().decodeJpegAsync(
     file,
@@ -76,7 +77,7 @@ export async function decodeJpegInto(file: string, options: LoadImageOptions, ou
     e ? [e.left, e.top, e.width, e.height] : null,
     options.limitInputPixels ?? DEFAULT_PIXEL_LIMIT,
   );
-  if (!r.decoded) return undefined;
+  if (!r.decoded) return { declined: r.reason, lasting: r.lasting };
   if (options.modulate) {
     const bytes = r.width * r.height * 3;
     try {
@@ -119,7 +120,7 @@ export async function loadImage(file: string, options: LoadImageOptions = {}): P
     const size = options.extract ?? options.resize ?? (await imageSize(file, options));
     const out = new Uint8Array(size.width * size.height * 3);
     const got = await decodeJpegInto(file, options, out);
-    if (got) return { data: out.subarray(0, got.width * got.height * 3), width: got.width, height: got.height };
+    if ('width' in got) return { data: out.subarray(0, got.width * got.height * 3), width: got.width, height: got.height };
   }
   try {
     let p = sharp(file, { limitInputPixels: options.limitInputPixels ?? DEFAULT_PIXEL_LIMIT, failOn: 'warning' });

@@ -144,6 +144,8 @@ export class DataLoader implements AsyncIterable<Batch> {
   /** Decodes under way are limited to its size (options.decodeConcurrency). */
   private readonly decodeGate: Gate;
   private decoder: DecodePool | undefined;
+  /** Pictures the native JPEG decoder declined for what they are (other formats, CMYK, ICC): sharp's from then on. */
+  private readonly sharpOnly = new Set<number>();
   /** Buffers the native JPEG decoder writes into, reused batch after batch. */
   private readonly buffers = new BufferPool((bytes) => new ArrayBuffer(bytes));
   /** Batches of an epoch started ahead by `prepare`. */
@@ -386,7 +388,7 @@ export class DataLoader implements AsyncIterable<Batch> {
       modulate,
       extract: crop ? { left: crop.x, top: crop.y, width: crop.width, height: crop.height } : undefined,
     };
-    const img = await this.decodeGate.run(() => this.decode(record.file, options, 3 * (crop ? crop.width * crop.height : out.width * out.height)));
+    const img = await this.decodeGate.run(() => this.decode(index, record.file, options, 3 * (crop ? crop.width * crop.height : out.width * out.height)));
     let boxes = transformBoxes(record.boxes, size.width, size.height, out.width, out.height, flip);
     let labels = record.labels;
     if (crop) ({ boxes, labels } = cropBoxes(boxes, labels, crop, t.crop?.minVisible ?? 0.25));
@@ -395,19 +397,20 @@ export class DataLoader implements AsyncIterable<Batch> {
 
   /**
    * One picture's pixels (`bytes` of them expected): the native JPEG decoder into a pooled buffer;
-   * what it declines, sharp — in the decode workers where there are any.
+   * what it declines, sharp — in the decode workers where there are any (and for good, for a picture
+   * declined for what it is).
    */
-  private async decode(file: string, options: LoadImageOptions, bytes: number): Promise<DecodedImage & { release?: () => void }> {
-    if (this.o.decoder === 'auto' && nativeJpegAvailable()) {
+  private async decode(index: number, file: string, options: LoadImageOptions, bytes: number): Promise<DecodedImage & { release?: () => void }> {
+    if (this.o.decoder === 'auto' && nativeJpegAvailable() && !this.sharpOnly.has(index)) {
       const buffer = this.buffers.acquire(bytes);
-      let got: { width: number; height: number } | undefined;
+      let got: Awaited<ReturnType<typeof decodeJpegInto>>;
       try {
         got = await decodeJpegInto(file, options, new Uint8Array(buffer, 0, bytes));
       } catch (err) {
         this.buffers.release(buffer);
         throw err;
       }
-      if (got) {
+      if ('width' in got) {
         let released = false;
         const release = () => {
           if (!released) this.buffers.release(buffer);
@@ -416,6 +419,7 @@ export class DataLoader implements AsyncIterable<Batch> {
         return { data: new Uint8Array(buffer, 0, got.width * got.height * 3), width: got.width, height: got.height, release };
       }
       this.buffers.release(buffer);
+      if (got.lasting) this.sharpOnly.add(index);
     }
     const sharpOptions = { ...options, decoder: 'sharp' as const };
     if (this.decodeWorkers > 0) this.decoder ??= new DecodePool(this.decodeWorkers);

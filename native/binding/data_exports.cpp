@@ -91,7 +91,7 @@ Napi::Value ContrastiveViewsAsync(const Napi::CallbackInfo& info) {
 }
 
 // decodeJpegAsync(file, out, width, height, flip, extract, maxPixels) → Promise<{ decoded, reason,
-// width, height, shrink }>: the JPEG decoded into `out` (resized to width × height unless both are 0,
+// lasting, width, height, shrink }>: the JPEG decoded into `out` (resized to width × height unless both are 0,
 // mirrored, the window extract = [left, top, width, height] or null kept); decoded false: declined.
 Napi::Value DecodeJpegAsync(const Napi::CallbackInfo& info) {
   JpegRequest r;
@@ -123,6 +123,7 @@ Napi::Value DecodeJpegAsync(const Napi::CallbackInfo& info) {
         Napi::Object res = Napi::Object::New(env);
         res.Set("decoded", o.decoded);
         res.Set("reason", o.reason);
+        res.Set("lasting", o.lasting);
         res.Set("width", o.width);
         res.Set("height", o.height);
         res.Set("shrink", o.shrink);

@@ -73,6 +73,7 @@ struct Stage {
   // out: decoded size, DCT shrink, the source size, whether `direct` holds the result, or a reason to decline
   int width, height, shrink, sourceWidth, sourceHeight;
   bool decodedDirect;
+  bool lasting;  // declined for what the file is (JpegOutcome::lasting)
   char reason[JMSG_LENGTH_MAX + 64];
 };
 
@@ -94,17 +95,18 @@ int decodeStage(Stage& s, std::vector<uint8_t>& pixels) {
   jpeg_mem_src(&cinfo, s.data, static_cast<unsigned long>(s.size));
   jpeg_save_markers(&cinfo, JPEG_APP0 + 2, 0xFFFF);
   jpeg_read_header(&cinfo, TRUE);
-  const auto decline = [&](const char* why) {
+  const auto decline = [&](const char* why, bool lasting) {
     std::snprintf(s.reason, sizeof s.reason, "%s", why);
+    s.lasting = lasting;
     jpeg_destroy_decompress(&cinfo);
     return 1;
   };
   if (cinfo.jpeg_color_space != JCS_GRAYSCALE && cinfo.jpeg_color_space != JCS_YCbCr && cinfo.jpeg_color_space != JCS_RGB)
-    return decline("colour space other than greyscale, YCbCr or RGB (CMYK, YCCK)");
-  if (hasIccProfile(cinfo)) return decline("embedded ICC profile (sharp converts it to sRGB)");
+    return decline("colour space other than greyscale, YCbCr or RGB (CMYK, YCCK)", true);
+  if (hasIccProfile(cinfo)) return decline("embedded ICC profile (sharp converts it to sRGB)", true);
   const JpegRequest& r = *s.request;
   const uint64_t W = cinfo.image_width, H = cinfo.image_height;
-  if (W * H > r.maxPixels) return decline("more pixels than the limit");
+  if (W * H > r.maxPixels) return decline("more pixels than the limit", false);
   s.sourceWidth = static_cast<int>(W);
   s.sourceHeight = static_cast<int>(H);
   // Pillow's draft rule for twice the target size
@@ -121,7 +123,7 @@ int decodeStage(Stage& s, std::vector<uint8_t>& pixels) {
   cinfo.scale_num = 1;
   cinfo.scale_denom = static_cast<unsigned>(shrink);
   jpeg_start_decompress(&cinfo);
-  if (cinfo.output_components != 3) return decline("libjpeg did not decode to 3 components");
+  if (cinfo.output_components != 3) return decline("libjpeg did not decode to 3 components", true);
   s.width = static_cast<int>(cinfo.output_width);
   s.height = static_cast<int>(cinfo.output_height);
   s.shrink = shrink;
@@ -177,6 +179,7 @@ JpegOutcome decodeJpegFile(const JpegRequest& r, uint8_t* out, size_t capacity) 
   if (!readFile(r.file, bytes, o.reason)) return o;
   if (bytes.size() < 3 || bytes[0] != 0xFF || bytes[1] != 0xD8 || bytes[2] != 0xFF) {
     o.reason = "not a JPEG";
+    o.lasting = true;
     return o;
   }
   Stage s{};
@@ -187,6 +190,7 @@ JpegOutcome decodeJpegFile(const JpegRequest& r, uint8_t* out, size_t capacity) 
   s.directCapacity = capacity;
   if (decodeStage(s, pixels) != 0) {
     o.reason = s.reason;
+    o.lasting = s.lasting;
     return o;
   }
   const int tw = r.width > 0 ? r.width : s.sourceWidth, th = r.width > 0 ? r.height : s.sourceHeight;

@@ -27,6 +27,8 @@ struct JpegOutcome {
   /// false: declined (see `reason`); `out` may have been written.
   bool decoded = false;
   std::string reason;
+  /// Declined for what the file is (not a JPEG, CMYK, an ICC profile): any request for it would be.
+  bool lasting = false;
   /// The output's size (the window's, with `extract`).
   int width = 0, height = 0;
   /// The DCT scaling libjpeg decoded at (1, 2, 4 or 8: a shrink by that factor before the resize).
