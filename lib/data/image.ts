@@ -114,7 +114,12 @@ async function checkReadable(file: string): Promise<void> {
   }
 }
 
-/** Decodes (and optionally resizes, flips, crops, jitters) an image to RGB uint8. */
+/**
+ * Decodes (and optionally resizes, flips, crops, jitters) an image to RGB uint8: a JPEG with onestage's
+ * decoder (resized byte for byte as Pillow's `Image.resize(size, BILINEAR)`) unless `decoder: 'sharp'`,
+ * anything else — and a JPEG that decoder declines — with sharp.
+ * @example const { data, width, height } = await loadImage('a.jpg', { resize: { width: 640, height: 480 }, flip: true });
+ */
 export async function loadImage(file: string, options: LoadImageOptions = {}): Promise<DecodedImage> {
   if ((options.decoder ?? 'auto') === 'auto' && nativeJpegAvailable()) {
     const size = options.extract ?? options.resize ?? (await imageSize(file, options));
