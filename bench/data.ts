@@ -111,6 +111,17 @@ async function stages(ds: CocoDataset, side: number | undefined, batch: number, 
     { system: `stage: decode + resize + flip (sharp), ${threads} in flight`, imagesPerSecond: n / decode },
     { system: `stage: decode only (sharp), ${threads} in flight`, imagesPerSecond: n / decodeOnly },
   ];
+  // Pillow (one process), the decode + resize + flip the JPEG decoder reproduces
+  const py = pythonWithTorch();
+  if (py) {
+    const cases = path.join(tempDir(), 'cases.json');
+    fs.writeFileSync(cases, JSON.stringify(files.map((f, i) => [f, target(i)?.width ?? 0, target(i)?.height ?? 0, i % 2 === 0])));
+    const res = spawnSync(py, [path.join(__dirname, 'reference_pil.py'), cases], { encoding: 'utf8', env: referenceEnv() });
+    if (res.status === 0) {
+      const r = JSON.parse(res.stdout) as { images: number; seconds: number };
+      rows.push({ system: 'stage: decode + resize + flip (Pillow, one process)', imagesPerSecond: r.images / r.seconds });
+    } else console.error(`Pillow stage failed: ${res.stderr.slice(-300)}`);
+  }
   if (jpeg)
     rows.push(
       { system: `stage: decode + resize + flip (onestage JPEG decoder), ${threads} in flight; ${((cpu.user + cpu.system) / 1e3 / n).toFixed(2)} ms CPU a picture`, imagesPerSecond: n / nativeDecode },
