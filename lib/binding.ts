@@ -144,6 +144,7 @@ export interface NativeBinding {
   uploadAsync(tensor: NativeTensor, device: string): Promise<NativeTensor>;
   contrastiveViewsAsync(images: NativeTensor, annotations: NativeTensor, factors: NativeTensor): Promise<NativeTensor>;
   decodeJpegAsync(file: string, out: Uint8Array, width: number, height: number, flip: boolean, extract: number[] | null, maxPixels: number): Promise<NativeJpegOutcome>;
+  jpegHeaderAsync(file: string): Promise<{ read: boolean; reason: string; lasting: boolean; width: number; height: number }>;
 
   trainerCreate(model: NativeModel, optimizer: object, loss: object, training: object, group?: NativeProcessGroup | null): NativeSession;
   trainerStepAsync(session: NativeSession, images: NativeTensor, annotations: NativeTensor, lr: number, views?: NativeTensor | null, epoch?: number): Promise<NativeStepResult>;

@@ -132,6 +132,7 @@ function validArgs(group: NativeProcessGroup | null = null, port = 1): Record<ke
     trainerSwapEma: [session],
     trainerDispose: [b.trainerCreate(b.modelCreateRetinaNet({ depth: 18, numClasses: 1, featureSize: 4 }), {}, {}, {})],
     decodeJpegAsync: ['missing.jpg', new Uint8Array(48), 4, 4, false, null, 1e6],
+    jpegHeaderAsync: ['missing.jpg'],
     contrastiveViewsAsync: [b.tensorFromArray(new Float32Array(3 * 8 * 8), [1, 3, 8, 8], 'float32', 'cpu'), annotations, b.tensorFromArray(new Float32Array([2]), [1], 'float32', 'cpu')],
     distBackends: [],
     distInitAsync: [{ backend: 'gloo', masterAddr: '127.0.0.1', masterPort: port, rank: 0, worldSize: 1, timeoutMs: 1000 }],
@@ -160,6 +161,7 @@ const TEXT_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
   distStoreGetAsync: [1],
   distStoreDeleteAsync: [1],
   decodeJpegAsync: [0], // a file that is not there is declined, not an error
+  jpegHeaderAsync: [0],
 };
 
 /** A world-size-1 Gloo group (a real one: its exports must accept it), when this build has Gloo. */

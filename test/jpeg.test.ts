@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { Batch, buildInfo, CocoDataset, DataLoader, disposeBatch, IMAGENET_MEAN, IMAGENET_STD, LoadImageOptions, loadImage, scaledSize } from '../lib';
 import sharp from 'sharp';
 import { native } from '../lib/binding';
-import { BadSampleError } from '../lib/data/image';
+import { BadSampleError, imageSize } from '../lib/data/image';
 import { readBundle } from './helpers/bundle';
 import { runReference, tempDir } from './helpers/python';
 import { Rng } from './helpers/random';
@@ -52,6 +52,11 @@ function files(): Promise<Record<string, string>> {
     await write('png.png', raw(64, 48, 8).png());
     out['truncated.jpg'] = path.join(dir, 'truncated.jpg');
     fs.writeFileSync(out['truncated.jpg'], fs.readFileSync(out['c420.jpg']).subarray(0, 2000));
+    // 128 KiB of comment segments before the frame header: past the header reader's first 64 KiB
+    const comment = Buffer.concat([Buffer.from([0xff, 0xfe, 0xff, 0xff]), Buffer.alloc(65533, 0x61)]);
+    const c420 = fs.readFileSync(out['c420.jpg']);
+    out['late-header.jpg'] = path.join(dir, 'late-header.jpg');
+    fs.writeFileSync(out['late-header.jpg'], Buffer.concat([c420.subarray(0, 2), comment, comment, c420.subarray(2)]));
     return out;
   })();
   return filesMade;
@@ -79,6 +84,28 @@ test('jpeg: the addon has the decoder wherever libjpeg\'s headers were there to 
   const headers = fs.existsSync('/usr/include/jpeglib.h') || fs.readdirSync('/usr/include').some((d) => fs.existsSync(path.join('/usr/include', d, 'jpeglib.h')));
   if (!headers) return t.pass('no jpeglib.h on this machine: JPEGs go through sharp');
   t.regex(buildInfo().jpegDecoder, /^\d+\.\d+\.\d+$|^libjpeg/);
+});
+
+test('jpeg: sizes from the header equal sharp\'s metadata (a frame header past the first 64 KiB too); other formats go to sharp', async (t) => {
+  if (!buildInfo().jpegDecoder) return t.pass('built without libjpeg');
+  const f = await files();
+  for (const name of ['c420.jpg', 'c444.jpg', 'progressive.jpg', 'grey.jpg', 'large.jpg', 'cmyk.jpg', 'icc.jpg', 'truncated.jpg', 'late-header.jpg']) {
+    const h = await native().jpegHeaderAsync(f[name]);
+    const m = await sharp(f[name]).metadata();
+    t.like(h, { read: true, width: m.width, height: m.height }, name);
+    t.deepEqual(await imageSize(f[name]), { width: m.width!, height: m.height! }, name);
+  }
+  t.like(await native().jpegHeaderAsync(f['png.png']), { read: false, reason: 'not a JPEG', lasting: true });
+  t.deepEqual(await imageSize(f['png.png']), { width: 64, height: 48 });
+  t.like(await native().jpegHeaderAsync(path.join(tempDir(), 'missing.jpg')), { read: false, lasting: false });
+  await t.throwsAsync(imageSize(path.join(tempDir(), 'missing.jpg')), { instanceOf: BadSampleError, message: /not found/ });
+  // over the pixel limit: sharp's answer, as before
+  const [viaSharp, limited] = await Promise.allSettled([imageSize(f['c420.jpg'], { limitInputPixels: 100, decoder: 'sharp' }), imageSize(f['c420.jpg'], { limitInputPixels: 100 })]);
+  t.is(limited.status, viaSharp.status);
+  // the late frame header decodes too, to the original's pixels
+  const [late, plain] = await Promise.all([loadImage(f['late-header.jpg'], { resize: { width: 90, height: 70 } }), loadImage(f['c420.jpg'], { resize: { width: 90, height: 70 } })]);
+  t.true(Buffer.from(late.data).equals(Buffer.from(plain.data)));
+  t.throws(() => native().jpegHeaderAsync(''), { instanceOf: TypeError, message: /file path/ });
 });
 
 test('jpeg: decode + resize + mirror + crop equal Pillow (draft, convert, resize BILINEAR, transpose, crop) byte for byte', async (t) => {

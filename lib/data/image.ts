@@ -89,8 +89,16 @@ export async function decodeJpegInto(file: string, options: LoadImageOptions, ou
   return { width: r.width, height: r.height };
 }
 
-/** Width and height from the file header (no full decode). */
+/**
+ * Width and height from the file header (no full decode): a JPEG's from onestage's decoder (its frame
+ * header, as sharp reads it) unless `decoder: 'sharp'`, anything else — or a JPEG over the pixel limit —
+ * from sharp's metadata.
+ */
 export async function imageSize(file: string, options: LoadImageOptions = {}): Promise<{ width: number; height: number }> {
+  if ((options.decoder ?? 'auto') === 'auto' && nativeJpegAvailable()) {
+    const h = await native().jpegHeaderAsync(file);
+    if (h.read && h.width * h.height <= (options.limitInputPixels ?? DEFAULT_PIXEL_LIMIT)) return { width: h.width, height: h.height };
+  }
   try {
     const m = await sharp(file, { limitInputPixels: options.limitInputPixels ?? DEFAULT_PIXEL_LIMIT }).metadata();
     if (!m.width || !m.height) throw new Error('no image size in the header');

@@ -345,7 +345,7 @@ export class DataLoader implements AsyncIterable<Batch> {
       await Promise.all(
         missing.slice(k, k + 16).map(async (i) => {
           try {
-            this.sizes[i] = await imageSize(this.dataset.record(i).file, { limitInputPixels: this.o.limitInputPixels });
+            this.sizes[i] = await imageSize(this.dataset.record(i).file, { limitInputPixels: this.o.limitInputPixels, decoder: this.o.decoder });
           } catch (err) {
             if (this.o.onBadSample === 'error') throw err;
             this.sizes[i] = { width: 1, height: 1 }; // reported when the sample is loaded
@@ -366,7 +366,7 @@ export class DataLoader implements AsyncIterable<Batch> {
       : undefined;
     let size = this.verified[index] ? this.sizes[index] : undefined;
     if (!size) {
-      size = await imageSize(record.file, { limitInputPixels: this.o.limitInputPixels });
+      size = await imageSize(record.file, { limitInputPixels: this.o.limitInputPixels, decoder: this.o.decoder });
       if (record.width && record.height && (record.width !== size.width || record.height !== size.height))
         throw new BadSampleError(record.file, `the annotations say ${record.width}×${record.height} but the image is ${size.width}×${size.height}`);
       this.sizes[index] = size;

@@ -132,6 +132,23 @@ Napi::Value DecodeJpegAsync(const Napi::CallbackInfo& info) {
       {out});
 }
 
+// jpegHeaderAsync(file) → Promise<{ read, reason, lasting, width, height }>: a JPEG's size from its header.
+Napi::Value JpegHeaderAsync(const Napi::CallbackInfo& info) {
+  const std::string file = stringArg(info, 0, "file");
+  if (file.empty()) throw Napi::TypeError::New(info.Env(), "Expected a file path for file but received an empty string");
+  return PromiseWorker<JpegHeader>::start(
+      info.Env(), [file] { return readJpegHeader(file); },
+      [](Napi::Env env, JpegHeader& h) -> Napi::Value {
+        Napi::Object res = Napi::Object::New(env);
+        res.Set("read", h.read);
+        res.Set("reason", h.reason);
+        res.Set("lasting", h.lasting);
+        res.Set("width", h.width);
+        res.Set("height", h.height);
+        return res;
+      });
+}
+
 }  // namespace
 
 void registerDataExports(Napi::Env env, Napi::Object exports) {
@@ -139,6 +156,7 @@ void registerDataExports(Napi::Env env, Napi::Object exports) {
   exportFunction<UploadAsync>(env, exports, "uploadAsync");
   exportFunction<ContrastiveViewsAsync>(env, exports, "contrastiveViewsAsync");
   exportFunction<DecodeJpegAsync>(env, exports, "decodeJpegAsync");
+  exportFunction<JpegHeaderAsync>(env, exports, "jpegHeaderAsync");
 }
 
 }  // namespace onestage::binding

@@ -1,6 +1,7 @@
 #include "core/data/jpeg_decode.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -19,8 +20,9 @@ namespace onestage {
 
 namespace {
 
-/// The whole file into `bytes` (reused); false with the reason when it cannot be read.
-bool readFile(const std::string& file, std::vector<uint8_t>& bytes, std::string& reason) {
+/// The file into `bytes` (reused), its first `most` bytes at the most; false with the reason when it
+/// cannot be read.
+bool readFile(const std::string& file, std::vector<uint8_t>& bytes, std::string& reason, size_t most = SIZE_MAX) {
   std::FILE* f = std::fopen(file.c_str(), "rb");
   if (!f) {
     reason = "cannot open the file";
@@ -30,7 +32,7 @@ bool readFile(const std::string& file, std::vector<uint8_t>& bytes, std::string&
   const long size = ok ? std::ftell(f) : -1;
   ok = size > 0 && std::fseek(f, 0, SEEK_SET) == 0;
   if (ok) {
-    bytes.resize(static_cast<size_t>(size));
+    bytes.resize(std::min(static_cast<size_t>(size), most));
     ok = std::fread(bytes.data(), 1, bytes.size(), f) == bytes.size();
   }
   std::fclose(f);
@@ -67,6 +69,7 @@ struct Stage {
   const uint8_t* data;
   size_t size;
   const JpegRequest* request;
+  bool headerOnly;  // stop after the header (the source size)
   // where a picture that needs no resize, flip or window goes straight (the caller's buffer)
   uint8_t* direct;
   size_t directCapacity;
@@ -95,6 +98,12 @@ int decodeStage(Stage& s, std::vector<uint8_t>& pixels) {
   jpeg_mem_src(&cinfo, s.data, static_cast<unsigned long>(s.size));
   jpeg_save_markers(&cinfo, JPEG_APP0 + 2, 0xFFFF);
   jpeg_read_header(&cinfo, TRUE);
+  s.sourceWidth = static_cast<int>(cinfo.image_width);
+  s.sourceHeight = static_cast<int>(cinfo.image_height);
+  if (s.headerOnly) {
+    jpeg_destroy_decompress(&cinfo);
+    return 0;
+  }
   const auto decline = [&](const char* why, bool lasting) {
     std::snprintf(s.reason, sizeof s.reason, "%s", why);
     s.lasting = lasting;
@@ -107,8 +116,6 @@ int decodeStage(Stage& s, std::vector<uint8_t>& pixels) {
   const JpegRequest& r = *s.request;
   const uint64_t W = cinfo.image_width, H = cinfo.image_height;
   if (W * H > r.maxPixels) return decline("more pixels than the limit", false);
-  s.sourceWidth = static_cast<int>(W);
-  s.sourceHeight = static_cast<int>(H);
   // Pillow's draft rule for twice the target size
   int shrink = 1;
   if (r.width > 0) {
@@ -226,7 +233,45 @@ JpegOutcome decodeJpegFile(const JpegRequest& r, uint8_t* out, size_t capacity) 
   return o;
 }
 
+JpegHeader readJpegHeader(const std::string& file) {
+  thread_local std::vector<uint8_t> bytes;
+  JpegHeader h;
+  // the frame header is near the start unless large metadata (an EXIF thumbnail, an ICC profile) comes first
+  constexpr size_t kPrefix = 64 << 10;
+  for (const size_t most : {kPrefix, SIZE_MAX}) {
+    if (!readFile(file, bytes, h.reason, most)) return h;
+    if (bytes.size() < 3 || bytes[0] != 0xFF || bytes[1] != 0xD8 || bytes[2] != 0xFF) {
+      h.reason = "not a JPEG";
+      h.lasting = true;
+      return h;
+    }
+    const JpegRequest none;
+    std::vector<uint8_t> unused;  // no pixels: the stage stops after the header
+    Stage s{};
+    s.data = bytes.data();
+    s.size = bytes.size();
+    s.request = &none;
+    s.headerOnly = true;
+    if (decodeStage(s, unused) == 0) {
+      h.read = true;
+      h.width = s.sourceWidth;
+      h.height = s.sourceHeight;
+      return h;
+    }
+    h.reason = s.reason;
+    if (bytes.size() < most) break;  // the whole file was read: a real error
+  }
+  trim(bytes);
+  return h;
+}
+
 #else  // built without libjpeg
+
+JpegHeader readJpegHeader(const std::string&) {
+  JpegHeader h;
+  h.reason = "onestage was built without libjpeg-turbo";
+  return h;
+}
 
 bool jpegDecoderAvailable() { return false; }
 

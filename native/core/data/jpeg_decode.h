@@ -35,6 +35,19 @@ struct JpegOutcome {
   int shrink = 1;
 };
 
+struct JpegHeader {
+  /// false: not read (see `reason`; `lasting`: the file is not a JPEG).
+  bool read = false;
+  std::string reason;
+  bool lasting = false;
+  /// The picture's size in its frame header (no EXIF rotation).
+  int width = 0, height = 0;
+};
+
+/// The size of a JPEG from its header: the first 64 KiB of the file, all of it where the frame header
+/// comes later.
+JpegHeader readJpegHeader(const std::string& file);
+
 /// Whether this build has the JPEG decoder (libjpeg-turbo found at build time).
 bool jpegDecoderAvailable();
 
