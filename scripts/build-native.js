@@ -3,6 +3,7 @@
 // Run by `npm install`; LibTorch is found as CMakeLists.txt describes.
 'use strict';
 const { spawnSync } = require('node:child_process');
+const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 
@@ -15,7 +16,6 @@ if (process.env.ONESTAGE_DEBUG_BUILD) args.push('--debug');
 // A configure that failed (LibTorch missing at the first `npm install`) leaves a CMakeCache.txt without
 // build files; cmake-js then skips the configure step and the build stops with "loading 'build.ninja'".
 const build = path.join(root, 'build');
-const fs = require('node:fs');
 if (fs.existsSync(path.join(build, 'CMakeCache.txt')) && !['build.ninja', 'Makefile'].some((f) => fs.existsSync(path.join(build, f)))) {
   fs.rmSync(path.join(build, 'CMakeCache.txt'));
 }

@@ -45,14 +45,12 @@ if ((!runtime)); then
   for py in ${ONESTAGE_PYTHON:-} python3 /usr/bin/python3; do "$py" -c 'import onnx' 2>/dev/null && break; py=; done
   [[ -n "${py:-}" ]] || missing+=(python3-onnx)
   command -v chromium >/dev/null || [[ -n "${ONESTAGE_CHROMIUM:-}" ]] || missing+=(chromium)
-fi
-# libjpeg-turbo's headers: the DataLoader's JPEG decoder (without them JPEGs go through sharp)
-[[ -e /usr/include/jpeglib.h ]] || compgen -G "/usr/include/*/jpeglib.h" >/dev/null || missing+=(libjpeg-dev)
-# Pillow: the JPEG decoder's parity tests (Debian's python3-torchvision brings it)
-if ((!runtime)); then
+  # Pillow: the JPEG decoder's parity tests (Debian's python3-torchvision brings it)
   for py in ${ONESTAGE_PYTHON:-} python3 /usr/bin/python3; do "$py" -c 'import PIL' 2>/dev/null && break; py=; done
   [[ -n "${py:-}" ]] || missing+=(python3-pil)
 fi
+# libjpeg-turbo's headers: the DataLoader's JPEG decoder (without them JPEGs go through sharp)
+[[ -e /usr/include/jpeglib.h ]] || compgen -G "/usr/include/*/jpeglib.h" >/dev/null || missing+=(libjpeg-dev)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v ninja >/dev/null || missing+=(ninja-build)
 command -v c++ >/dev/null || missing+=(g++)

@@ -27,6 +27,15 @@ export class BufferPool<B extends ArrayBuffer | SharedArrayBuffer> {
     this.free.splice(i < 0 ? this.free.length : i, 0, buffer);
   }
 
+  /** A function that gives `buffer` back once, however often it is called. */
+  releaser(buffer: B): () => void {
+    let released = false;
+    return () => {
+      if (!released) this.release(buffer);
+      released = true;
+    };
+  }
+
   /** Bytes held by free buffers. */
   get freeBytes(): number {
     return this.free.reduce((n, b) => n + b.byteLength, 0);

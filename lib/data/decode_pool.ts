@@ -126,16 +126,7 @@ export class DecodePool {
       p.resolve({ data: new Uint8Array(reply.data), width, height, release: () => undefined });
       return;
     }
-    let released = false;
-    p.resolve({
-      data: new Uint8Array(p.buffer, 0, reply.bytes!),
-      width,
-      height,
-      release: () => {
-        if (!released) this.buffers.release(p.buffer);
-        released = true;
-      },
-    });
+    p.resolve({ data: new Uint8Array(p.buffer, 0, reply.bytes!), width, height, release: this.buffers.releaser(p.buffer) });
   }
 
   private fail(err: Error): void {

@@ -130,10 +130,17 @@ async function checkReadable(file: string): Promise<void> {
  */
 export async function loadImage(file: string, options: LoadImageOptions = {}): Promise<DecodedImage> {
   if ((options.decoder ?? 'auto') === 'auto' && nativeJpegAvailable()) {
-    const size = options.extract ?? options.resize ?? (await imageSize(file, options));
-    const out = new Uint8Array(size.width * size.height * 3);
-    const got = await decodeJpegInto(file, options, out);
-    if ('width' in got) return { data: out.subarray(0, got.width * got.height * 3), width: got.width, height: got.height };
+    // the output's size; without a resize or window, the JPEG header's (a file that has none goes to sharp)
+    let size: { width: number; height: number } | undefined = options.extract ?? options.resize;
+    if (!size) {
+      const h = await native().jpegHeaderAsync(file);
+      if (h.read) size = h;
+    }
+    if (size) {
+      const out = new Uint8Array(size.width * size.height * 3);
+      const got = await decodeJpegInto(file, options, out);
+      if ('width' in got) return { data: out.subarray(0, got.width * got.height * 3), width: got.width, height: got.height };
+    }
   }
   try {
     let p = sharp(file, { limitInputPixels: options.limitInputPixels ?? DEFAULT_PIXEL_LIMIT, failOn: 'warning' });

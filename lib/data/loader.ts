@@ -410,14 +410,7 @@ export class DataLoader implements AsyncIterable<Batch> {
         this.buffers.release(buffer);
         throw err;
       }
-      if ('width' in got) {
-        let released = false;
-        const release = () => {
-          if (!released) this.buffers.release(buffer);
-          released = true;
-        };
-        return { data: new Uint8Array(buffer, 0, got.width * got.height * 3), width: got.width, height: got.height, release };
-      }
+      if ('width' in got) return { data: new Uint8Array(buffer, 0, got.width * got.height * 3), width: got.width, height: got.height, release: this.buffers.releaser(buffer) };
       this.buffers.release(buffer);
       if (got.lasting) this.sharpOnly.add(index);
     }

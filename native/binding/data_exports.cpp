@@ -90,13 +90,19 @@ Napi::Value ContrastiveViewsAsync(const Napi::CallbackInfo& info) {
   });
 }
 
+/// A non-empty file path at argument i.
+std::string filePathArg(const Napi::CallbackInfo& info, size_t i) {
+  std::string file = stringArg(info, i, "file");
+  if (file.empty()) throw Napi::TypeError::New(info.Env(), "Expected a file path for file but received an empty string");
+  return file;
+}
+
 // decodeJpegAsync(file, out, width, height, flip, extract, maxPixels) → Promise<{ decoded, reason,
 // lasting, width, height, shrink }>: the JPEG decoded into `out` (resized to width × height unless both are 0,
 // mirrored, the window extract = [left, top, width, height] or null kept); decoded false: declined.
 Napi::Value DecodeJpegAsync(const Napi::CallbackInfo& info) {
   JpegRequest r;
-  r.file = stringArg(info, 0, "file");
-  if (r.file.empty()) throw Napi::TypeError::New(info.Env(), "Expected a file path for file but received an empty string");
+  r.file = filePathArg(info, 0);
   Napi::Value out = arg(info, 1);
   if (!out.IsTypedArray() || out.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
     throw Napi::TypeError::New(info.Env(), "Expected a Uint8Array for out but received " + describeValue(out));
@@ -134,8 +140,7 @@ Napi::Value DecodeJpegAsync(const Napi::CallbackInfo& info) {
 
 // jpegHeaderAsync(file) → Promise<{ read, reason, lasting, width, height }>: a JPEG's size from its header.
 Napi::Value JpegHeaderAsync(const Napi::CallbackInfo& info) {
-  const std::string file = stringArg(info, 0, "file");
-  if (file.empty()) throw Napi::TypeError::New(info.Env(), "Expected a file path for file but received an empty string");
+  const std::string file = filePathArg(info, 0);
   return PromiseWorker<JpegHeader>::start(
       info.Env(), [file] { return readJpegHeader(file); },
       [](Napi::Env env, JpegHeader& h) -> Napi::Value {
