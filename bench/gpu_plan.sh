@@ -8,6 +8,7 @@
 #   I  RetinaNet-50 bf16 batch 8: resident rows + loader rows (240 JPEGs 960² → 640²) for decoder auto/sharp
 #      × decodeConcurrency 16/auto
 #   J  batch 16 and 32 rows, a NanoDet-Plus-m profile
+#   K  I, then H at pool 16, then J's batch 16/32 rows, in one call (for a lease with room for two calls)
 # Prepare here first (Debian VM, after npm install):
 #   ../shared/device/pack.sh && mkdir -p .device/jpeg && (cd .device/jpeg && apt-get download libjpeg62-turbo-dev libjpeg62-turbo)
 # then call the device with carry [".device"] and `source .device/env.sh && bash bench/gpu_plan.sh G`.
@@ -50,8 +51,21 @@ case "${1:-}" in
     python3 bench/profile_summary.py "$out"/nanodet-m*.json >"$out/nanodet-profile.txt" 2>&1
     stamp "nanodet profile"
     ;;
+  K)
+    ts 250 bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 \
+      --loader-images 240 --loader-source 960 --loader-epochs 2 --decoder auto,sharp --decode-concurrency 16,auto >"$out/train-b8.txt" 2>&1
+    stamp "train b8"
+    ts 110 bench/inference.ts --device cuda --no-reference --batches 1,8 >"$out/inference.txt" 2>&1
+    stamp "inference"
+    UV_THREADPOOL_SIZE=16 ts 100 bench/data.ts --images 192 --size 960 --side 640 --batch 8 --device cuda --stages --data /tmp/data960 >"$out/data-pool16.txt" 2>&1
+    stamp "data.ts pool 16"
+    for b in 16 32; do
+      ts 70 bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --loader-images 0 >"$out/train-b$b.txt" 2>&1
+      stamp "train b$b"
+    done
+    ;;
   *)
-    echo "usage: bash bench/gpu_plan.sh G|H|I|J" >&2
+    echo "usage: bash bench/gpu_plan.sh G|H|I|J|K" >&2
     exit 2
     ;;
 esac
