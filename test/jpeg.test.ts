@@ -208,6 +208,57 @@ test('jpeg: what the decoder declines (PNG, CMYK, an ICC profile, truncated data
   t.throws(() => native().decodeJpegAsync(f['c420.jpg'], buffer, 0, 0, false, [0, 0, 0, 5], 1e9), { instanceOf: RangeError, message: /extract/ });
 });
 
+test('jpeg: corrupted files (seeded byte mutations and cuts of each kind of JPEG) are decoded or declined, never crash; loadImage gives pixels or a BadSampleError', async (t) => {
+  if (!buildInfo().jpegDecoder) return t.pass('built without libjpeg');
+  const f = await files();
+  const dir = tempDir();
+  const rng = new Rng(24);
+  const buffer = new Uint8Array(1 << 20);
+  let decoded = 0;
+  let declined = 0;
+  for (const name of ['c420.jpg', 'c444.jpg', 'progressive.jpg', 'grey.jpg']) {
+    const original = fs.readFileSync(f[name]);
+    for (let i = 0; i < 40; i++) {
+      let bytes = Buffer.from(original);
+      // a few bytes anywhere after the start-of-image marker (headers, tables, entropy-coded data), or a cut
+      if (i % 5 === 4) bytes = bytes.subarray(0, rng.integer(2, bytes.length));
+      else for (let k = rng.integer(1, 9); k > 0; k--) bytes[rng.integer(2, bytes.length)] = rng.integer(0, 256);
+      const file = path.join(dir, `mutant-${i}-${name}`);
+      fs.writeFileSync(file, bytes);
+      const header = await native().jpegHeaderAsync(file);
+      t.is(typeof header.read, 'boolean');
+      if (header.read) t.true(header.width > 0 && header.height > 0, file);
+      else t.true(header.reason.length > 0, file);
+      // full size, a resize, and a reduction large enough for the DCT scaling
+      for (const [w, h] of [
+        [0, 0],
+        [37, 29],
+        [20, 15],
+      ]) {
+        const o = await native().decodeJpegAsync(file, buffer, w, h, i % 2 === 0, null, 1e9);
+        if (o.decoded) {
+          decoded++;
+          if (w) t.deepEqual([o.width, o.height], [w, h], file);
+          else if (header.read) t.deepEqual([o.width, o.height], [header.width, header.height], file);
+        } else {
+          declined++;
+          t.true(o.reason.length > 0, file);
+        }
+      }
+      try {
+        const img = await loadImage(file, { resize: { width: 37, height: 29 } });
+        t.is(img.data.length, 37 * 29 * 3, file);
+      } catch (e) {
+        t.true(e instanceof BadSampleError, `${file}: ${String(e)}`);
+      }
+    }
+  }
+  // both outcomes occur: the mutations reach the entropy-coded data (decoded, perhaps with other pixels)
+  // and the markers (declined)
+  t.log(`${decoded} decoded, ${declined} declined`);
+  t.true(decoded > 0 && declined > 0, `${decoded} decoded, ${declined} declined`);
+});
+
 test.serial('jpeg: DataLoader batches of JPEGs are the decoder\'s pixels, normalised — epoch after epoch in reused buffers; decoder \'sharp\' switches it off', async (t) => {
   if (!buildInfo().jpegDecoder) return t.pass('built without libjpeg');
   const f = await files();
