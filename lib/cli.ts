@@ -67,7 +67,7 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
 
 /** `train` flags that set one configuration field each. */
 const TRAIN_FLAG_FIELDS: Array<[string, string]> = [
-  ['classes', 'data.classes'], ['batchSize', 'data.batchSize'], ['minSide', 'data.minSide'], ['maxSide', 'data.maxSide'],
+  ['classes', 'data.classes'], ['batchSize', 'data.batchSize'], ['minSide', 'data.minSide'], ['maxSide', 'data.maxSide'], ['decoder', 'data.decoder'],
   ['head', 'model.head'], ['depth', 'model.depth'], ['featureSize', 'model.featureSize'], ['weights', 'model.weights'], ['backbone', 'model.backbone'],
   ['preset', 'model.nanodet.preset'], ['neck', 'model.nanodet.neck'],
   ['variant', 'model.variant'], ['finetune', 'model.finetune'], ['trainableBackboneLayers', 'model.trainableBackboneLayers'], ['backboneLrMultiplier', 'optimizer.backboneLrMultiplier'],
@@ -134,6 +134,7 @@ export function makeProgram(): Command {
     .option('--batch-size <n>', 'images per batch', intOption('--batch-size', 1))
     .option('--min-side <px>', 'resize: shorter side', intOption('--min-side', 1))
     .option('--max-side <px>', 'resize: longest side at most', intOption('--max-side', 1))
+    .addOption(new Option('--decoder <name>', "JPEG decoder: 'auto' (onestage's libjpeg-turbo decoder, resizing as Pillow's BILINEAR; default) or 'sharp'").choices(['auto', 'sharp']))
     .addOption(new Option('--device <device>', 'where to train').choices(['auto', 'cpu', 'cuda']))
     .option('--amp', 'bf16 autocast (CUDA)')
     .addOption(new Option('--cuda-graph <mode>', "replay the training step as a CUDA graph: 'auto' (default: on CUDA in one process; a failed capture goes on eagerly), 'on' (also data-parallel steps under --nproc/NCCL; a failure is an error), 'off'")

@@ -31,6 +31,14 @@ export interface TrainConfig {
     batchSize: number;
     /** Random flips during training. */
     augment: boolean;
+    /** JPEG decoder of the loaders (LoaderOptions.decoder): 'auto' (onestage's, default) or 'sharp'. */
+    decoder: 'auto' | 'sharp';
+    /** Worker threads decoding what sharp decodes (LoaderOptions.decodeWorkers); default 'auto'. */
+    decodeWorkers: number | 'auto';
+    /** Pictures decoded at once (LoaderOptions.decodeConcurrency); default 'auto': the pool's size less 2. */
+    decodeConcurrency: number | 'auto';
+    /** Batches prepared ahead (LoaderOptions.prefetch); default 2. */
+    prefetch: number;
   };
   model: {
     /** 'retinanet' (default) or 'nanodet-plus'. */
@@ -111,6 +119,10 @@ export const TRAIN_CONFIG_SCHEMA = closed(
         maxSide: int({ minimum: 32, maximum: 8192, default: 1024 }),
         batchSize: int({ minimum: 1, maximum: 4096, default: 2 }),
         augment: { type: 'boolean', default: true },
+        decoder: { enum: ['auto', 'sharp'], default: 'auto' },
+        decodeWorkers: { anyOf: [{ const: 'auto' }, int({ minimum: 0, maximum: 64 })], default: 'auto' },
+        decodeConcurrency: { anyOf: [{ const: 'auto' }, int({ minimum: 1, maximum: 4096 })], default: 'auto' },
+        prefetch: int({ minimum: 0, maximum: 64, default: 2 }),
       },
       { required: ['train'] },
     ),

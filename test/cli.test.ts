@@ -26,7 +26,7 @@ test('cli: `onestage info` prints buildInfo, the CPU threads and the CPU caching
   t.is((JSON.parse(off.stdout) as { cpuThreads: number }).cpuThreads, 1);
 });
 
-test('cli: make-shapes, train --config, train --resume, eval and detect run end to end', (t) => {
+test('cli: make-shapes, train --config, train --resume, eval and detect run end to end', async (t) => {
   const dir = tempDir();
   const data = path.join(dir, 'data');
   const made = run('make-shapes', '--out', data, '--train', '8', '--val', '4', '--size', '64', '--classes', '2', '--seed', '3');
@@ -45,12 +45,14 @@ test('cli: make-shapes, train --config, train --resume, eval and detect run end 
   const trained = run('train', '--config', path.join(dir, 'cfg.json'));
   t.is(trained.status, 0, trained.stderr);
   t.regex(trained.stderr, /epoch 1\/1: loss/);
+  t.regex(trained.stderr, buildInfo().jpegDecoder ? /data: JPEGs decoded by onestage's decoder \(libjpeg-turbo [\d.]+\), other formats by sharp; \d+ pictures at once, \d+ decode workers, 2 batches ahead/ : /data: JPEGs decoded by sharp/);
   t.regex(trained.stdout, /AP50 /);
   for (const f of ['model.safetensors', 'best.safetensors', 'config.json', 'eval.json', 'detections.json', 'metrics.jsonl', 'epochs.jsonl', 'loss.svg', 'loss.png', 'val.svg', 'val.png', 'latest.json'])
     t.true(fs.existsSync(path.join(run1, f)), f);
   // flags override the file; --resume continues to the new epoch count
-  const resumed = run('train', '--config', path.join(dir, 'cfg.json'), '--epochs', '2', '--resume');
+  const resumed = run('train', '--config', path.join(dir, 'cfg.json'), '--epochs', '2', '--resume', '--decoder', 'sharp');
   t.is(resumed.status, 0, resumed.stderr);
+  t.regex(resumed.stderr, /data: JPEGs decoded by sharp, other formats by sharp; \d+ pictures at once/);
   t.regex(resumed.stderr, /epoch 2\/2: loss/);
   t.notRegex(resumed.stderr, /epoch 1\/2: loss/);
   t.is(fs.readFileSync(path.join(run1, 'epochs.jsonl'), 'utf8').trim().split('\n').length, 2);
@@ -65,17 +67,24 @@ test('cli: make-shapes, train --config, train --resume, eval and detect run end 
   t.true(Array.isArray(JSON.parse(fs.readFileSync(path.join(evalOut, 'detections.json'), 'utf8'))));
 
   const images = JSON.parse(fs.readFileSync(path.join(data, 'instances_val.json'), 'utf8')).images.slice(0, 2).map((im: { file_name: string }) => path.join(data, im.file_name));
+  // a 64×40 picture whose EXIF says "rotate 90° to view": detected and drawn in its stored pixels, as the
+  // loader reads it (the boxes are in those pixels' coordinates)
+  const oriented = path.join(dir, 'oriented.jpg');
+  await sharp(images[0]).resize(64, 40, { fit: 'fill' }).withMetadata({ orientation: 6 }).jpeg().toFile(oriented);
   const detOut = path.join(dir, 'drawn');
-  const det = run('detect', '--weights', path.join(run1, 'model.safetensors'), '--out', detOut, '--score-threshold', '0.01', '--device', 'cpu', ...images);
+  const det = run('detect', '--weights', path.join(run1, 'model.safetensors'), '--out', detOut, '--score-threshold', '0.01', '--device', 'cpu', ...images, oriented);
   t.is(det.status, 0, det.stderr);
   const listed = JSON.parse(fs.readFileSync(path.join(detOut, 'detections.json'), 'utf8'));
-  t.is(listed.length, 2);
+  t.is(listed.length, 3);
   for (const im of listed) {
     t.true(fs.existsSync(im.output));
     t.is(im.width, 64);
     for (const d of im.detections) t.true(['circle', 'square'].includes(d.class) && d.score >= 0.01);
   }
-  return sharp(listed[0].output).metadata().then((m) => t.is(m.width, 64));
+  t.is((await sharp(listed[0].output).metadata()).width, 64);
+  t.is(listed[2].height, 40);
+  const drawn = await sharp(listed[2].output).metadata();
+  t.deepEqual([drawn.width, drawn.height], [64, 40]);
 });
 
 test('cli: a bad configuration is rejected with every bad field named', (t) => {
@@ -100,6 +109,12 @@ test('cli: a bad configuration is rejected with every bad field named', (t) => {
   t.is(resolved.model.depth, 18);
   t.is(resolved.data.minSide, 608, 'defaults are filled in');
   t.is(resolved.cudaGraph, 'auto', 'CUDA graphs where they can run, by default');
+  t.like(resolved.data, { decoder: 'auto', decodeWorkers: 'auto', decodeConcurrency: 'auto', prefetch: 2 }, 'the loaders\' defaults');
+  t.is(JSON.parse(run('train', '--coco-train', 'a.json', '--decoder', 'sharp', '--print-config').stdout).data.decoder, 'sharp');
+  fs.writeFileSync(cfg, JSON.stringify({ data: { train: 'x.json', decoder: 'pillow', decodeWorkers: -1, decodeConcurrency: 0, prefetch: 65 } }));
+  const loaderFields = run('train', '--config', cfg).stderr;
+  t.regex(loaderFields, /config\.data\.decoder must be one of "auto", "sharp" \(received "pillow"\)/);
+  for (const field of ['decodeWorkers', 'decodeConcurrency', 'prefetch']) t.regex(loaderFields, new RegExp(`config\\.data\\.${field}`), field);
   for (const [mode, value] of [['on', true], ['off', false], ['auto', 'auto']] as const)
     t.is(JSON.parse(run('train', '--coco-train', 'a.json', '--cuda-graph', mode, '--print-config').stdout).cudaGraph, value, `--cuda-graph ${mode}`);
   t.regex(run('train', '--coco-train', 'a.json', '--cuda-graph', 'always', '--print-config').stderr, /--cuda-graph.*'always'/);

@@ -52,8 +52,9 @@ export function detectionsSvg(width: number, height: number, dets: ImageDetectio
 
 /** Writes `image` with `dets` drawn to `output` (format from its extension), atomically. */
 export async function drawDetections(image: string, output: string, dets: ImageDetections['detections']): Promise<void> {
-  // EXIF orientation applied, as the loader reads pictures
-  const { data, info } = await sharp(image).rotate().toBuffer({ resolveWithObject: true });
+  // the stored pixels, as the loader read them for the model (no EXIF rotation): the boxes are in their
+  // coordinates; the output carries no orientation tag, so viewers show it as drawn
+  const { data, info } = await sharp(image).toBuffer({ resolveWithObject: true });
   const { width, height } = info;
   const ext = path.extname(output).toLowerCase();
   const composed = sharp(data).composite([{ input: Buffer.from(detectionsSvg(width, height, dets)), top: 0, left: 0 }]);

@@ -5,6 +5,7 @@
  */
 import * as path from 'node:path';
 import { TrainConfig } from '../config';
+import { nativeJpegAvailable } from '../data/image';
 import { DataLoader } from '../data/loader';
 import { distEnvironment, ProcessGroup } from '../distributed';
 import { DetectorEvaluation } from '../eval/evaluate';
@@ -15,6 +16,7 @@ import type { Device } from '../tensor';
 import { INPUT_METADATA_KEY, openDataset, resolveDevice } from './common';
 import { torchvisionLayout, weightEntries } from '../torchvision';
 import { readSafetensorsHeader } from '../safetensors';
+import { buildInfo } from '../runtime';
 
 export interface TrainJobOptions {
   /** Continue the run in `config.out` from its latest checkpoint. */
@@ -71,8 +73,10 @@ async function trainInGroup(config: TrainConfig, options: TrainJobOptions, ctx: 
   // the contrastive term trains on the batch and its second view
   const views = (config.loss.contrastive?.weight ?? 0) > 0 ? 2 : 1;
   const shard = group?.shard;
-  const loader = new DataLoader(train, { batchSize: d.batchSize, seed: config.seed, device, augment: d.augment, transform, views, shard });
-  const valLoader = val ? new DataLoader(val, { batchSize: d.batchSize, shuffle: false, augment: false, device, transform, shard }) : undefined;
+  // how pictures are decoded: the same for both loaders
+  const decoding = { decoder: d.decoder, decodeWorkers: d.decodeWorkers, decodeConcurrency: d.decodeConcurrency === 'auto' ? undefined : d.decodeConcurrency, prefetch: d.prefetch };
+  const loader = new DataLoader(train, { batchSize: d.batchSize, seed: config.seed, device, augment: d.augment, transform, views, shard, ...decoding });
+  const valLoader = val ? new DataLoader(val, { batchSize: d.batchSize, shuffle: false, augment: false, device, transform, shard, ...decoding }) : undefined;
   const m = config.model;
   const nanodet = m.head === 'nanodet-plus';
   const common = { numClasses: train.classes.length, classes: train.classes, depth: m.depth, featureSize: m.featureSize, freezeBn: m.freezeBn, device, seed: config.seed };
@@ -103,6 +107,8 @@ async function trainInGroup(config: TrainConfig, options: TrainJobOptions, ctx: 
     log(`training ${nanodet ? 'NanoDet-Plus' : 'RetinaNet'} ResNet-${m.depth} (${(model.parameters() / 1e6).toFixed(1)} M parameters) on ${device}${replicas > 1 ? ` (${replicas} replicas)` : ''}` +
       (group ? ` × ${group.worldSize} processes (${group.backend}, ${d.batchSize} images per process and step)` : '') + `: ${train.length} images, ${train.classes.length} classes` +
       (val ? `, validating on ${val.length}` : '') + ` → ${config.out}`);
+    const jpeg = d.decoder === 'auto' && nativeJpegAvailable() ? `onestage's decoder (libjpeg-turbo ${buildInfo().jpegDecoder})` : 'sharp';
+    log(`data: JPEGs decoded by ${jpeg}, other formats by sharp; ${loader.decodeConcurrency} pictures at once, ${loader.decodeWorkerCount} decode workers, ${d.prefetch} batches ahead`);
     if (main) writeJsonAtomic(path.join(config.out, 'config.json'), config, 2);
     const fit = await trainer.fit(loader, {
       epochs: config.epochs,
