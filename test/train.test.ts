@@ -6,7 +6,7 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildInfo, CocoDataset, DataLoader, Device, disposeBatch, makeShapes, Model, resolveReplicas, StepRecord, Tensor, Trainer } from '../lib';
+import { Batch, buildInfo, CocoDataset, DataLoader, Device, disposeBatch, liveTensors, makeShapes, Model, resolveReplicas, StepRecord, Tensor, Trainer } from '../lib';
 import sharp from 'sharp';
 import * as os from 'node:os';
 import { assertClose } from './helpers/close';
@@ -142,6 +142,65 @@ test('train: a run killed mid-epoch and resumed ends with the weights, EMA weigh
   const weights = fs.readFileSync(path.join(latest, 'weights.safetensors'));
   fs.writeFileSync(path.join(latest, 'weights.safetensors'), weights.subarray(0, weights.length - 100));
   await t.throwsAsync(new Trainer(small(), opts).fit(loaderOf(ds), { epochs: 3, runDir: dir, resume: true }), { message: /weights\.safetensors/ });
+});
+
+test('train: pipelined steps (the next asked for before the last has finished) give the sequential run\'s records, weights and checkpoints; steps asked for at once run in order; a stop waits for the step in flight', async (t) => {
+  const ds = await dataset();
+  const opts = { optimizer: { lr: 0.01 }, schedule: { warmupSteps: 3, type: 'cosine' as const } };
+  const runs: Array<{ model: Model; dir: string }> = [];
+  for (const pipeline of [false, true]) {
+    const model = small();
+    const dir = tempDir();
+    await new Trainer(model, opts).fit(loaderOf(ds), { epochs: 2, runDir: dir, checkpointEvery: 2, keep: 10, pipeline, plots: false });
+    runs.push({ model, dir });
+  }
+  const records = (dir: string) => fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => {
+    const { seconds, imagesPerSecond, ...r } = JSON.parse(l);
+    void seconds, imagesPerSecond;
+    return r;
+  });
+  t.deepEqual(records(runs[1].dir), records(runs[0].dir), 'the same steps, losses, learning rates and images');
+  t.deepEqual(stateOf(runs[1].model), stateOf(runs[0].model), 'the same weights (bitwise)');
+  const checkpoints = (dir: string) => fs.readdirSync(dir).filter((d) => d.startsWith('ckpt-')).sort();
+  t.deepEqual(checkpoints(runs[1].dir), checkpoints(runs[0].dir));
+  for (const c of checkpoints(runs[0].dir))
+    t.true(fs.readFileSync(path.join(runs[1].dir, c, 'weights.safetensors')).equals(fs.readFileSync(path.join(runs[0].dir, c, 'weights.safetensors'))), `${c}: a checkpoint holds its own step's weights`);
+
+  // five steps asked for at once (other learning rates, other batches) run in the order asked
+  const loader = loaderOf(ds);
+  const batches: Batch[] = [];
+  for await (const b of loader.epoch(0)) batches.push(b);
+  const lrs = [0.01, 0.02, 0.005, 0.03, 0.01];
+  const one = small();
+  const oneByOne = new Trainer(one, { optimizer: { lr: 0.01 } });
+  const sequential: StepRecord[] = [];
+  for (const [i, lr] of lrs.entries()) sequential.push(await oneByOne.step(batches[i % batches.length], lr));
+  const all = small();
+  const together = new Trainer(all, { optimizer: { lr: 0.01 } });
+  const concurrent = await Promise.all(lrs.map((lr, i) => together.step(batches[i % batches.length], lr)));
+  t.deepEqual(concurrent.map((r) => [r.lr, r.total]), sequential.map((r) => [r.lr, r.total]));
+  t.deepEqual(stateOf(all), stateOf(one));
+  batches.forEach(disposeBatch);
+
+  // every batch poisoned, pipelined: the stop comes after the step in flight has ended; nothing is left
+  const base = liveTensors();
+  const it = loaderOf(ds).epoch(0)[Symbol.asyncIterator]();
+  const batch = (await it.next()).value as Batch;
+  const poisoned = new Float32Array(batch.images.toArray() as Float32Array);
+  poisoned[7] = NaN;
+  const nanLoader = { length: 4, epoch: async function* () {
+    for (let k = 0; k < 4; k++) yield { ...batch, images: Tensor.from(poisoned, batch.images.shape), annotations: Tensor.from(batch.annotations.toArray() as Float32Array, batch.annotations.shape) };
+  } } as unknown as DataLoader;
+  const stopped = new Trainer(small(), { maxConsecutiveSkips: 2 });
+  const seen: number[] = [];
+  stopped.on('step', (r: StepRecord) => seen.push(r.step));
+  await t.throwsAsync(stopped.fit(nanLoader, { epochs: 1, pipeline: true }), { message: /2 consecutive steps were skipped/ });
+  t.deepEqual(seen, [0, 1, 2], 'the step asked for before the stop ran');
+  await t.throwsAsync(stopped.fit(nanLoader, { epochs: 1, pipeline: 'yes' as unknown as boolean }), { instanceOf: TypeError, message: /options\.pipeline/ });
+  disposeBatch(batch);
+  await it.return?.(undefined);
+  stopped.dispose();
+  t.true(liveTensors() <= base + 2, `native tensors alive: ${liveTensors()} (${base} before)`);
 });
 
 test('train: validation every epoch writes epochs.jsonl, loss and AP plots (SVG and PNG), the best and final weights; AP rises above an untrained model', async (t) => {

@@ -217,6 +217,16 @@ export interface FitOptions {
   plots?: boolean;
   /** Extra safetensors metadata for model.safetensors and best.safetensors. */
   metadata?: Record<string, string>;
+  /**
+   * Ask for the next step before the last one has finished: its batch is taken from the loader and its
+   * step queued (behind the running one, in order: native/core/train/step_turns.h) while the device
+   * works, so the hand-off between steps — the promise's return to JavaScript, the libuv pool, which
+   * the loader's decodes keep busy — overlaps the step instead of following it. Same steps, same
+   * results; a step's record is handled (metrics, progress, the stop after `maxConsecutiveSkips`) while
+   * the next one runs, so a stop lets that one finish first. Checkpoints, validation and the epoch's
+   * end wait for every step asked for. Default 'auto': on for a model on CUDA in one process.
+   */
+  pipeline?: boolean | 'auto';
 }
 
 export interface FitResult {
@@ -460,6 +470,7 @@ export class Trainer extends EventEmitter {
     if (o.checkpointEvery !== undefined) checkInteger('options.checkpointEvery', o.checkpointEvery, 1, 1e9);
     if (o.keep !== undefined) checkInteger('options.keep', o.keep, 1, 1e6);
     if (o.progress !== undefined) checkOneOf('options.progress', o.progress, ['auto', 'bar', 'lines', 'none'] as const);
+    if (o.pipeline !== undefined && typeof o.pipeline !== 'boolean' && o.pipeline !== 'auto') throw new TypeError(`Expected a boolean or 'auto' for options.pipeline but received ${JSON.stringify(o.pipeline)}`);
     if (o.valLoader !== undefined && o.valLoader.augments) throw new RangeError('options.valLoader must not augment (create it with augment: false)');
     if (o.resume && !o.runDir) throw new TypeError('options.resume needs options.runDir');
     const group = this.group;
@@ -491,6 +502,7 @@ export class Trainer extends EventEmitter {
     const world = group?.worldSize ?? 1;
     const plots = files && o.plots !== false;
     const result: FitResult = { epochs: o.epochs, steps: 0, skipped: [], history: [] };
+    const pipeline = o.pipeline === undefined || o.pipeline === 'auto' ? this.model.device.startsWith('cuda') && !group : o.pipeline;
     let bestAp = files && fs.existsSync(files.best) ? (readJsonLines<EpochRecord>(files.epochs).reduce((b, r) => Math.max(b, r.val?.[monitor === 'AP' ? 'AP' : 'AP50'] ?? -1), -1)) : -1;
     this.model.train();
     try {
@@ -500,22 +512,20 @@ export class Trainer extends EventEmitter {
         const epochStart = process.hrtime.bigint();
         let k = 0;
         progress.startEpoch(loader.length, firstBatch, { epoch, epochs: o.epochs, loss: NaN, cls: NaN, reg: NaN, lr: this.lrAt(step), imagesPerSecond: 0 });
-        for await (const batch of loader.epoch(epoch)) {
+        // a step asked for and not yet handled (pipeline): its record, batch and place
+        let inFlight: { record: Promise<StepRecord>; batch: Batch; k: number; step: number } | undefined;
+        const handle = async (f: NonNullable<typeof inFlight>) => {
           try {
-            if (k < firstBatch) continue;
-            // the next epoch's first batches decode while this epoch's last step (and the evaluation,
-            // checkpoint and plots after it) run
-            if (k === loader.length - 1 && epoch + 1 < o.epochs && typeof loader.prepare === 'function') loader.prepare(epoch + 1);
-            const rec = await this.step(batch, this.lrAt(step), { epoch, batch: k, step });
+            const rec = await f.record;
             if (files) fs.appendFileSync(files.metrics, JSON.stringify(rec) + '\n');
             sums.lr = rec.lr;
-            if (rec.graphWarning) progress.log(`step ${step}: ${rec.graphWarning}`);
+            if (rec.graphWarning) progress.log(`step ${f.step}: ${rec.graphWarning}`);
             if (rec.skipped) {
               sums.skipped++;
-              result.skipped.push({ step, ids: rec.ids, reason: rec.reason ?? '' });
-              progress.log(`step ${step} skipped (images ${rec.ids.join(', ')}): ${rec.reason}`);
+              result.skipped.push({ step: f.step, ids: rec.ids, reason: rec.reason ?? '' });
+              progress.log(`step ${f.step} skipped (images ${rec.ids.join(', ')}): ${rec.reason}`);
               if (this.consecutiveSkips >= (this.options.maxConsecutiveSkips ?? 10))
-                throw new Error(`training stopped: ${this.consecutiveSkips} consecutive steps were skipped; the last (epoch ${epoch}, batch ${k}, images ${rec.ids.join(', ')}): ${rec.reason}`);
+                throw new Error(`training stopped: ${this.consecutiveSkips} consecutive steps were skipped; the last (epoch ${epoch}, batch ${f.k}, images ${rec.ids.join(', ')}): ${rec.reason}`);
             } else {
               sums.cls += rec.cls;
               sums.reg += rec.reg;
@@ -525,14 +535,54 @@ export class Trainer extends EventEmitter {
               sums.n++;
             }
             sums.images += rec.ids.length;
-            step++;
             result.steps++;
             const elapsed = Number(process.hrtime.bigint() - epochStart) / 1e9;
-            progress.update(k + 1, loader.length, { epoch, epochs: o.epochs, loss: rec.total, cls: rec.cls, reg: rec.reg, lr: rec.lr, imagesPerSecond: (world * sums.images) / elapsed });
-            if (o.runDir && main && o.checkpointEvery && step % o.checkpointEvery === 0) await this.saveCheckpoint(o.runDir, { epoch, batch: k + 1, step }, o.keep);
+            progress.update(f.k + 1, loader.length, { epoch, epochs: o.epochs, loss: rec.total, cls: rec.cls, reg: rec.reg, lr: rec.lr, imagesPerSecond: (world * sums.images) / elapsed });
+            if (o.runDir && main && o.checkpointEvery && (f.step + 1) % o.checkpointEvery === 0) await this.saveCheckpoint(o.runDir, { epoch, batch: f.k + 1, step: f.step + 1 }, o.keep);
           } finally {
+            disposeBatch(f.batch);
+          }
+        };
+        try {
+          for await (const batch of loader.epoch(epoch)) {
+            if (k < firstBatch) {
+              k++;
+              disposeBatch(batch);
+              continue;
+            }
+            // the next epoch's first batches decode while this epoch's last step (and the evaluation,
+            // checkpoint and plots after it) run
+            if (k === loader.length - 1 && epoch + 1 < o.epochs && typeof loader.prepare === 'function') loader.prepare(epoch + 1);
+            let asked: NonNullable<typeof inFlight>;
+            try {
+              asked = { record: this.step(batch, this.lrAt(step), { epoch, batch: k, step }), batch, k, step };
+              // its failure is handled where it is awaited (not an unhandled rejection meanwhile)
+              asked.record.catch(() => undefined);
+            } catch (e) {
+              disposeBatch(batch);
+              throw e;
+            }
             k++;
-            disposeBatch(batch);
+            step++;
+            const previous = inFlight;
+            inFlight = asked;
+            if (previous) await handle(previous);
+            // without the pipeline, or when a checkpoint follows this step, nothing more is asked for first
+            if (!pipeline || (o.runDir && main && o.checkpointEvery && step % o.checkpointEvery === 0)) {
+              inFlight = undefined;
+              await handle(asked);
+            }
+          }
+          if (inFlight) {
+            const last = inFlight;
+            inFlight = undefined;
+            await handle(last);
+          }
+        } finally {
+          // a failure with a step still running: it ends before the error goes on (its batch freed)
+          if (inFlight) {
+            await inFlight.record.catch(() => undefined);
+            disposeBatch(inFlight.batch);
           }
         }
         progress.stopBar();

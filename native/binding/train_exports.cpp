@@ -60,16 +60,11 @@ Napi::Value TrainerCreate(const Napi::CallbackInfo& info) {
   return wrapObject(info.Env(), std::make_shared<TrainingSession>(model, optimizer, loss, training, nanodetLoss), &kSessionTag);
 }
 
-Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
-  auto session = sessionArg(info);
-  auto images = tensorArg(info, 1, "images");
-  auto annotations = tensorArg(info, 2, "annotations");
-  const double lr = numberArg(info, 3, "lr", 1e-12, 1e6);
-  torch::Tensor views;
-  if (info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined()) views = tensorArg(info, 4, "views");
-  const int64_t epoch = info.Length() > 5 && !info[5].IsUndefined() ? intArg(info, 5, "epoch", 0, 1LL << 40) : 0;
+/// The step's promise: the step runs on libuv's pool when its ticket's turn comes.
+Napi::Value stepPromise(Napi::Env env, const std::shared_ptr<TrainingSession>& session, const torch::Tensor& images, const torch::Tensor& annotations,
+                        double lr, const torch::Tensor& views, int64_t epoch, uint64_t ticket) {
   return PromiseWorker<StepResult>::start(
-      info.Env(), [session, images, annotations, lr, views, epoch] { return session->step(images, annotations, lr, views, epoch); },
+      env, [session, images, annotations, lr, views, epoch, ticket] { return session->step(images, annotations, lr, views, epoch, ticket); },
       [](Napi::Env env, StepResult& r) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
         o.Set("cls", r.cls);
@@ -86,6 +81,25 @@ Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
         o.Set("components", parts);
         return o;
       });
+}
+
+Napi::Value TrainerStepAsync(const Napi::CallbackInfo& info) {
+  auto session = sessionArg(info);
+  auto images = tensorArg(info, 1, "images");
+  auto annotations = tensorArg(info, 2, "annotations");
+  const double lr = numberArg(info, 3, "lr", 1e-12, 1e6);
+  torch::Tensor views;
+  if (info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined()) views = tensorArg(info, 4, "views");
+  const int64_t epoch = info.Length() > 5 && !info[5].IsUndefined() ? intArg(info, 5, "epoch", 0, 1LL << 40) : 0;
+  // the step's place in the order is taken here, on the JavaScript thread: a step asked for before the
+  // last one has finished runs after it, whichever libuv thread picks it up first
+  const uint64_t ticket = session->turns().take();
+  try {
+    return stepPromise(info.Env(), session, images, annotations, lr, views, epoch, ticket);
+  } catch (...) {
+    session->turns().abandon(ticket);
+    throw;
+  }
 }
 
 std::string statePathArg(const Napi::CallbackInfo& info) {

@@ -378,7 +378,8 @@ void TrainingSession::applyUpdate() {
 }
 
 StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tensor& annotations, double lr, const torch::Tensor& views,
-                                 int64_t epoch) {
+                                 int64_t epoch, std::optional<uint64_t> ticket) {
+  const StepTurns::Turn turn(turns_, ticket ? *ticket : turns_.take());
   if (!(lr > 0) || !std::isfinite(lr)) throw RangeError("lr must be a positive finite number");
   std::lock_guard<std::mutex> lock(detector_->mutex());
   const c10::DeviceGuard guard(detector_->device());

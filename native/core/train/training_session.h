@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/dist/gradient_buckets.h"
@@ -15,6 +16,7 @@
 #include "core/losses/retina_loss.h"
 #include "core/models/detector.h"
 #include "core/train/multi_tensor.h"
+#include "core/train/step_turns.h"
 
 namespace onestage {
 
@@ -107,8 +109,11 @@ class TrainingSession {
   /// images [B, 3, H, W] float32, annotations [B, M, 5] (−1 padded), on the model's device; lr for this
   /// step; views [B, 3, H, W]: the contrastive second view (needed when the loss has a contrastive weight);
   /// epoch: the epoch this step belongs to (NanoDet-Plus detaches the AGM from detachEpoch on).
+  /// ticket: this step's place in the order (turns().take(), taken where the order is known); without
+  /// one the step takes the next when it arrives. Steps run one at a time, in ticket order.
   StepResult step(const torch::Tensor& images, const torch::Tensor& annotations, double lr, const torch::Tensor& views = {},
-                  int64_t epoch = 0);
+                  int64_t epoch = 0, std::optional<uint64_t> ticket = std::nullopt);
+  StepTurns& turns() { return turns_; }
 
   /// Everything of the session that is not the model's weights — optimizer state (momentum buffers,
   /// Adam moments, step counts), GHM momentum states, the EMA weights and their update count — to and
@@ -126,6 +131,7 @@ class TrainingSession {
 
  private:
   std::shared_ptr<Detector> detector_;
+  StepTurns turns_;
   std::shared_ptr<RetinaNetDetector> retina_;    // set for RetinaNet models
   std::shared_ptr<NanoDetPlusDetector> nanodet_;  // set for NanoDet-Plus models
   NanoDetLossOptions nanodetLoss_;
