@@ -1,5 +1,5 @@
 /** The synthetic RetinaNet training batch of the GPU benchmarks: B images of S×S in [−1, 1) and 8 boxes each (32 px to S/3, 80 classes), from a seeded generator. */
-import type { Batch, Device, TrainerOptions } from '../lib';
+import type { Batch, Device, StepRecord, TrainerOptions } from '../lib';
 import { cudaMemory, Model, profilerAvailable, setCudnnBenchmark, startProfiler, stopProfiler, synchronize, Tensor, Trainer } from '../lib';
 
 export const SYNTHETIC_BOXES = 8;
@@ -52,6 +52,8 @@ export async function timeTrainingSteps(o: {
   optimizerOptions?: { lr: number; weightDecay: number; clipGradNorm?: number };
   /** CPU data parallelism (TrainerOptions.replicas). */
   replicas?: number;
+  /** Timed steps asked for one ahead (each before the last has finished), as Trainer.fit's pipeline. */
+  pipeline?: boolean;
 }): Promise<StepTiming> {
   const { device, amp, fast } = o;
   const batch = syntheticBatch(o.data, o.batch, o.size, device);
@@ -77,7 +79,16 @@ export async function timeTrainingSteps(o: {
   if (device === 'cuda' && !o.cudaGraph) cudaMemory(0, { resetPeak: true });
   const t0 = process.hrtime.bigint();
   let skipped = 0;
-  for (let i = 0; i < o.steps; i++) skipped += (await trainer.step(batch, lr)).skipped ? 1 : 0;
+  let pending: Promise<StepRecord> | undefined;
+  for (let i = 0; i < o.steps; i++) {
+    const asked = trainer.step(batch, lr);
+    if (!o.pipeline) skipped += (await asked).skipped ? 1 : 0;
+    else {
+      if (pending) skipped += (await pending).skipped ? 1 : 0;
+      pending = asked;
+    }
+  }
+  if (pending) skipped += (await pending).skipped ? 1 : 0;
   synchronize();
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const peak = device === 'cuda' ? cudaMemory(0).peak / 2 ** 20 : null;

@@ -16,7 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Command } from 'commander';
-import { Batch, buildInfo, CocoDataset, cudaMemory, DataLoader, disposeBatch, makeShapes, Model, setTf32, StepRecord, synchronize, Trainer } from '../lib';
+import { buildInfo, CocoDataset, DataLoader, Device, makeShapes, Model, setTf32, StepRecord, synchronize, Trainer } from '../lib';
 import { writeJsonAtomic } from '../lib/io';
 import { syntheticArrays, timeTrainingSteps } from './synthetic';
 import { pythonWithTorch, referenceEnv } from '../test/helpers/python';
@@ -33,12 +33,13 @@ interface Options {
   profile?: string;
   reference: boolean;
   resident: boolean;
-  loaderImages: number;
+  loaderImages?: number;
   loaderEpochs: number;
   loaderSource: number;
   decodeWorkers: string;
   decodeConcurrency: string;
   decoder: string;
+  pipeline: string;
   out: string;
 }
 
@@ -59,12 +60,12 @@ function makeBatch(o: Options, dir: string): { images: Float32Array; annotations
   return data;
 }
 
-async function timeOnestage(o: Options, data: { images: Float32Array; annotations: Float32Array }, amp: boolean, fast: boolean, cudaGraph = false): Promise<Row> {
-  const r = await timeTrainingSteps({ ...o, data, amp, fast, cudaGraph });
+async function timeOnestage(o: Options, data: { images: Float32Array; annotations: Float32Array }, amp: boolean, fast: boolean, cudaGraph = false, pipeline = false): Promise<Row> {
+  const r = await timeTrainingSteps({ ...o, data, amp, fast, cudaGraph, pipeline });
   const name = !fast
     ? 'plain (NCHW, per-parameter optimizer)'
     : cudaGraph
-      ? 'default (cudaGraph auto: step replayed as a CUDA graph)'
+      ? `default (cudaGraph auto: step replayed as a CUDA graph${pipeline ? '; the next step asked for before the last ends, as Trainer.fit' : ''})`
       : o.device === 'cuda'
         ? 'eager (cudaGraph false; channels-last, cuDNN benchmark, multi-tensor update)'
         : 'default (multi-tensor update)';
@@ -81,42 +82,39 @@ async function timeOnestage(o: Options, data: { images: Float32Array; annotation
 /**
  * The fastest configuration fed by the DataLoader instead of a resident batch: shapes JPEGs of
  * `--loader-source`² (default S², up to 8 objects), decoded, resized to S×S, normalised and collated on
- * the CPU, uploaded through page-locked memory off the training stream, `prefetch` batches ahead.
+ * the CPU, uploaded through page-locked memory off the training stream, `prefetch` batches ahead —
+ * trained by Trainer.fit, with its pipeline (the next step asked for before the last ends) or without.
  * Epoch 0 warms up (and captures the graph); epochs 1…`--loader-epochs` are timed, each started ahead at
- * the previous one's last batch (`loader.prepare`, as Trainer.fit does).
+ * the previous one's last batch (`loader.prepare`).
  */
-async function timeLoaderFed(o: Options, dir: string, amp: boolean, decoder: 'auto' | 'sharp', decodeWorkers: number | 'auto', decodeConcurrency: number | undefined): Promise<Row> {
+async function timeLoaderFed(o: Options, dir: string, amp: boolean, decoder: 'auto' | 'sharp', decodeWorkers: number | 'auto', decodeConcurrency: number | undefined, pipeline: boolean): Promise<Row> {
   const source = o.loaderSource ?? o.size;
   const data = path.join(dir, `shapes-${source}`);
   if (!fs.existsSync(data)) await makeShapes({ out: data, train: o.loaderImages, val: 0, size: source, classes: 10, seed: 3, maxObjects: 8 });
   const ds = await CocoDataset.open(path.join(data, 'instances_train.json'));
-  const loader = new DataLoader(ds, { batchSize: o.batch, seed: 1, shuffle: true, prefetch: 4, device: 'cuda', transform: { minSide: o.size, maxSide: o.size }, decoder, decodeWorkers, ...(decodeConcurrency ? { decodeConcurrency } : {}) });
-  const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device: 'cuda', seed: 0 });
+  const device = o.device as Device;
+  const loader = new DataLoader(ds, { batchSize: o.batch, seed: 1, shuffle: true, prefetch: 4, device, transform: { minSide: o.size, maxSide: o.size }, decoder, decodeWorkers, ...(decodeConcurrency ? { decodeConcurrency } : {}) });
+  const model = Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
   const lr = o.optimizer === 'sgd' ? 0.01 : 1e-4;
-  // the Trainer's defaults (cudaGraph 'auto')
+  // the Trainer's defaults (cudaGraph 'auto'); Trainer.fit as a user runs it: epoch 0 warms up (and
+  // captures the graph), the later ones are timed — each started ahead at the last one's last batch
   const trainer = new Trainer(model, { optimizer: { type: o.optimizer, lr, momentum: 0.9, weightDecay: 1e-4 }, amp });
-  // as Trainer.fit runs epochs: the next epoch's first batches start at this epoch's last batch
-  const epochs = 1 + o.loaderEpochs;
-  const run = async (epoch: number, each: (b: Batch, r: StepRecord) => void) => {
-    let k = 0;
-    for await (const b of loader.epoch(epoch)) {
-      if (++k === loader.length && epoch + 1 < epochs) loader.prepare(epoch + 1);
-      each(b, await trainer.step(b, lr));
-      disposeBatch(b);
-    }
-  };
-  await run(0, () => undefined);
-  synchronize();
-  cudaMemory(0, { resetPeak: true });
   let images = 0, replayed = 0, steps = 0;
-  const t0 = process.hrtime.bigint();
-  const elu0 = performance.eventLoopUtilization();
-  for (let epoch = 1; epoch < epochs; epoch++)
-    await run(epoch, (b, r) => {
-      images += b.ids.length;
-      steps++;
-      if (r.graph === 'replayed') replayed++;
-    });
+  let t0 = 0n;
+  let elu0 = performance.eventLoopUtilization();
+  trainer.on('step', (r: StepRecord) => {
+    if (r.epoch === 0) return;
+    images += r.ids.length;
+    steps++;
+    if (r.graph === 'replayed') replayed++;
+  });
+  trainer.on('epoch', (e: { epoch: number }) => {
+    if (e.epoch !== 0) return;
+    synchronize();
+    t0 = process.hrtime.bigint();
+    elu0 = performance.eventLoopUtilization();
+  });
+  await trainer.fit(loader, { epochs: 1 + o.loaderEpochs, pipeline });
   synchronize();
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   await loader.close();
@@ -125,12 +123,12 @@ async function timeLoaderFed(o: Options, dir: string, amp: boolean, decoder: 'au
   trainer.dispose();
   model.dispose();
   return {
-    system: 'onestage default (CUDA graph), fed by the DataLoader (decode, resize, collate, upload)',
+    system: `onestage default${device === 'cuda' ? ' (CUDA graph)' : ''}, fed by the DataLoader (decode, resize, collate, upload), Trainer.fit${pipeline ? '' : ' without the pipeline'}`,
     precision: amp ? 'bf16' : 'fp32',
     imagesPerSecond: images / seconds,
     msPerStep: (1000 * seconds) / steps,
     peakMiB: null, // timed after the capture: the graph's pool is not in a peak taken here
-    note: `${o.loaderImages} JPEGs ${source}², ${o.loaderEpochs} timed epochs${source === o.size ? '' : ` resized to ${o.size}²`}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4}, decoder '${decoder}', ${loader.decodeWorkerCount} decode workers, ${loader.decodeConcurrency} decoded at once, ${replayed}/${steps} steps replayed, event loop busy ${(100 * elu.utilization).toFixed(0)} % (${(elu.active / images).toFixed(2)} ms a picture)`,
+    note: `${o.loaderImages} JPEGs ${source}², ${o.loaderEpochs} timed epochs${source === o.size ? '' : ` resized to ${o.size}²`}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4}, decoder '${decoder}', ${loader.decodeWorkerCount} decode workers, ${loader.decodeConcurrency} decoded at once, pipeline ${pipeline ? 'on' : 'off'}, ${replayed}/${steps} steps replayed, event loop busy ${(100 * elu.utilization).toFixed(0)} % (${(elu.active / images).toFixed(2)} ms a picture)`,
   };
 }
 
@@ -146,12 +144,13 @@ async function main(): Promise<void> {
     .option('--optimizer <type>', 'sgd or adamw (both sides)', 'sgd')
     .option('--profile <file.json>', 'write a Kineto trace of 5 steps of the default configuration per precision')
     .option('--no-reference', 'skip the PyTorch references')
-    .option('--loader-images <n>', 'CUDA: also train from a DataLoader over this many generated images (0: not)', (v) => Number(v), 160)
+    .option('--loader-images <n>', 'also train from a DataLoader over this many generated images (0: not; default 160 on CUDA, 0 on the CPU)', (v) => Number(v))
     .option('--loader-epochs <n>', 'timed epochs of the DataLoader-fed rows (after one untimed)', (v) => Number(v), 2)
     .option('--loader-source <px>', 'side of those JPEGs, resized to --size by the loader (default: --size, no resize)', (v) => Number(v))
     .option('--decode-concurrency <list>', "the loader-fed rows' decodeConcurrency, e.g. 16,auto (a row each)", 'auto')
     .option('--decode-workers <list>', "the loader-fed rows' decodeWorkers, e.g. 0,auto (a row each)", 'auto')
     .option('--decoder <list>', "the loader-fed rows' decoder: auto (onestage's JPEG decoder), sharp, or auto,sharp (a row each)", 'auto')
+    .option('--pipeline <list>', "the loader-fed rows' Trainer.fit pipeline: on (default), off, or on,off (a row each)", 'on')
     .option('--no-resident', 'skip the resident-batch rows (only the DataLoader-fed ones)')
     .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'train-throughput.json'))
     .parse(process.argv)
@@ -163,22 +162,25 @@ async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestage-train-bench-'));
   const data = makeBatch(o, dir);
   const rows: Row[] = [];
-  const configs: Array<[boolean, boolean]> = [[false, false], [true, false], ...(o.device === 'cuda' ? [[true, true] as [boolean, boolean]] : [])];
+  // [fast, graph, pipeline]
+  const configs: Array<[boolean, boolean, boolean]> = [[false, false, false], [true, false, false], ...(o.device === 'cuda' ? [[true, true, false], [true, true, true]] as Array<[boolean, boolean, boolean]> : [])];
   for (const p of o.resident ? precisions : [])
-    for (const [fast, graph] of configs) {
-      const r = await timeOnestage(o, data, p === 'bf16', fast, graph);
+    for (const [fast, graph, pipeline] of configs) {
+      const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline);
       console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
       rows.push(r);
     }
-  if (o.device === 'cuda' && o.loaderImages > 0)
+  o.loaderImages ??= o.device === 'cuda' ? 160 : 0;
+  if (o.loaderImages > 0)
     for (const p of precisions)
       for (const d of o.decoder.split(',') as Array<'auto' | 'sharp'>)
         for (const w of o.decodeWorkers.split(','))
-          for (const c of o.decodeConcurrency.split(',')) {
-            const r = await timeLoaderFed(o, dir, p === 'bf16', d, w === 'auto' ? 'auto' : Number(w), c === 'auto' ? undefined : Number(c));
-            console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step (${r.note})`);
-            rows.push(r);
-          }
+          for (const c of o.decodeConcurrency.split(','))
+            for (const pipe of o.pipeline.split(',')) {
+              const r = await timeLoaderFed(o, dir, p === 'bf16', d, w === 'auto' ? 'auto' : Number(w), c === 'auto' ? undefined : Number(c), pipe !== 'off');
+              console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step (${r.note})`);
+              rows.push(r);
+            }
   let reference: Record<string, unknown> = {};
   const py = pythonWithTorch();
   if (o.reference && py) {

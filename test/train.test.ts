@@ -144,6 +144,30 @@ test('train: a run killed mid-epoch and resumed ends with the weights, EMA weigh
   await t.throwsAsync(new Trainer(small(), opts).fit(loaderOf(ds), { epochs: 3, runDir: dir, resume: true }), { message: /weights\.safetensors/ });
 });
 
+if (buildInfo().cudaAvailable)
+  test('train: pipelined steps on CUDA (replayed graphs, the model\'s device thread) give the sequential run\'s records and weights', async (t) => {
+    const ds = await dataset();
+    const opts = { optimizer: { lr: 0.01 }, schedule: { warmupSteps: 3, type: 'cosine' as const } };
+    const runs: Array<{ model: Model; records: StepRecord[] }> = [];
+    for (const pipeline of [false, true]) {
+      const model = small('cuda');
+      const trainer = new Trainer(model, opts);
+      const records: StepRecord[] = [];
+      trainer.on('step', (r: StepRecord) => records.push(r));
+      await trainer.fit(loaderOf(ds, 'cuda'), { epochs: 3, pipeline });
+      trainer.dispose();
+      runs.push({ model, records });
+    }
+    t.deepEqual(runs[1].records.map((r) => [r.step, r.lr, r.ids]), runs[0].records.map((r) => [r.step, r.lr, r.ids]));
+    t.true(runs[1].records.some((r) => r.graph === 'replayed'), 'graphs replayed');
+    // cuDNN may choose other kernels in another run: equal within their rounding
+    const values = (v: ArrayLike<number | bigint>) => ({ shape: [v.length], data: v });
+    assertClose(t, values(runs[1].records.map((r) => r.total)), values(runs[0].records.map((r) => r.total)), { rtol: 1e-3, atol: 1e-4, name: 'losses' });
+    const [a, b] = [stateOf(runs[1].model), stateOf(runs[0].model)];
+    for (const k of Object.keys(b)) assertClose(t, values(a[k]), values(b[k]), { rtol: 1e-3, atol: 1e-4, name: k });
+    runs.forEach((r) => r.model.dispose());
+  });
+
 test('train: pipelined steps (the next asked for before the last has finished) give the sequential run\'s records, weights and checkpoints; steps asked for at once run in order; a stop waits for the step in flight', async (t) => {
   const ds = await dataset();
   const opts = { optimizer: { lr: 0.01 }, schedule: { warmupSteps: 3, type: 'cosine' as const } };
