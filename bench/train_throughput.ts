@@ -40,6 +40,7 @@ interface Options {
   decodeConcurrency: string;
   decoder: string;
   pipeline: string;
+  rows: string;
   out: string;
 }
 
@@ -152,6 +153,7 @@ async function main(): Promise<void> {
     .option('--decoder <list>', "the loader-fed rows' decoder: auto (onestage's JPEG decoder), sharp, or auto,sharp (a row each)", 'auto')
     .option('--pipeline <list>', "the loader-fed rows' Trainer.fit pipeline: on (default), off, or on,off (a row each)", 'on')
     .option('--no-resident', 'skip the resident-batch rows (only the DataLoader-fed ones)')
+    .option('--rows <list>', 'the resident-batch rows: plain, eager, graph, graph-pipelined (graph rows: CUDA only)', 'plain,eager,graph,graph-pipelined')
     .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'train-throughput.json'))
     .parse(process.argv)
     .opts<Options>();
@@ -162,9 +164,12 @@ async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestage-train-bench-'));
   const data = makeBatch(o, dir);
   const rows: Row[] = [];
-  // [fast, graph, pipeline]
-  const configs: Array<[boolean, boolean, boolean]> = [[false, false, false], [true, false, false], ...(o.device === 'cuda' ? [[true, true, false], [true, true, true]] as Array<[boolean, boolean, boolean]> : [])];
-  for (const p of o.resident ? precisions : [])
+  // [fast, graph, pipeline] of the resident rows asked for
+  const named: Record<string, [boolean, boolean, boolean]> = { plain: [false, false, false], eager: [true, false, false], graph: [true, true, false], 'graph-pipelined': [true, true, true] };
+  const asked = o.resident === false ? [] : o.rows.split(',');
+  for (const r of asked) if (!(r in named)) throw new Error(`--rows: unknown row '${r}' (plain, eager, graph, graph-pipelined)`);
+  const configs = asked.filter((r) => o.device === 'cuda' || !r.startsWith('graph')).map((r) => named[r]);
+  for (const p of precisions)
     for (const [fast, graph, pipeline] of configs) {
       const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline);
       console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
