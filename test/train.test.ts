@@ -201,8 +201,13 @@ test('train: pipelined steps (the next asked for before the last has finished) g
   for (const [i, lr] of lrs.entries()) sequential.push(await oneByOne.step(batches[i % batches.length], lr));
   const all = small();
   const together = new Trainer(all, { optimizer: { lr: 0.01 } });
+  const started = process.hrtime.bigint();
   const concurrent = await Promise.all(lrs.map((lr, i) => together.step(batches[i % batches.length], lr)));
+  const wall = Number(process.hrtime.bigint() - started) / 1e9;
   t.deepEqual(concurrent.map((r) => [r.lr, r.total]), sequential.map((r) => [r.lr, r.total]));
+  // a step's time counts from the end of the one before it when it was asked for meanwhile: the steps' times add up to the wall time, not more
+  const seconds = concurrent.reduce((sum, r) => sum + r.seconds, 0);
+  t.true(seconds > 0 && seconds <= wall, `steps ${seconds.toFixed(3)} s of ${wall.toFixed(3)} s`);
   t.deepEqual(stateOf(all), stateOf(one));
   batches.forEach(disposeBatch);
 

@@ -170,6 +170,7 @@ export interface StepRecord extends Omit<NativeStepResult, 'reason'> {
   /** Why the step was skipped (only when skipped). */
   reason?: string;
   ids: Array<number | string>;
+  /** The step's time: from its call, or — asked for while the last step ran (fit's pipeline) — from that one's end. */
   seconds: number;
   imagesPerSecond: number;
 }
@@ -349,6 +350,8 @@ export class Trainer extends EventEmitter {
   private readonly group?: ProcessGroup;
   private readonly session: NativeSession;
   private consecutiveSkips = 0;
+  /** When the last step's result came back (a step asked for before it counts its time from there). */
+  private lastStepEnd = 0n;
   private stepsPerEpoch = 0;
   private totalEpochs = 1;
   private plateau: PlateauState = { scale: 1, best: null, bad: 0 };
@@ -420,7 +423,10 @@ export class Trainer extends EventEmitter {
     const started = process.hrtime.bigint();
     if (this.usesViews && !batch.views) throw new Error('the contrastive loss needs the second view of every batch: create the DataLoader with views: 2');
     const r = await native().trainerStepAsync(this.session, batch.images.handle, batch.annotations.handle, lr, this.usesViews ? batch.views!.handle : null, where.epoch);
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    // a step asked for while the last one ran (Trainer.fit's pipeline) started when that one ended
+    const ended = process.hrtime.bigint();
+    const seconds = Number(ended - (this.lastStepEnd > started ? this.lastStepEnd : started)) / 1e9;
+    this.lastStepEnd = ended;
     const record: StepRecord = { ...where, lr, ...r, reason: r.skipped ? r.reason : undefined, ids: batch.ids, seconds, imagesPerSecond: batch.ids.length / seconds };
     this.consecutiveSkips = r.skipped ? this.consecutiveSkips + 1 : 0;
     if (r.graphWarning) this.emit('warning', r.graphWarning);
