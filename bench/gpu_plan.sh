@@ -13,8 +13,7 @@
 #      test/jpeg.test.ts, the b8 rows (resident graph with and without the step pipeline; loader-fed through
 #      Trainer.fit, decoder auto/sharp × pipeline on/off), inference with the detect graphs, fastpath's
 #      NanoDet-Plus graph test
-# Prepare here first (Debian VM, after npm install):
-#   ../shared/device/pack.sh && mkdir -p .device/jpeg && (cd .device/jpeg && apt-get download libjpeg62-turbo-dev libjpeg62-turbo)
+# Prepare here first (Debian VM, after npm install): bash scripts/device-pack.sh
 # then call the device with carry [".device"] and `source .device/env.sh && bash bench/gpu_plan.sh G`.
 # Results land under $OUT.
 set -uo pipefail
