@@ -559,15 +559,9 @@ export class Trainer extends EventEmitter {
             // the next epoch's first batches decode while this epoch's last step (and the evaluation,
             // checkpoint and plots after it) run
             if (k === loader.length - 1 && epoch + 1 < o.epochs && typeof loader.prepare === 'function') loader.prepare(epoch + 1);
-            let asked: NonNullable<typeof inFlight>;
-            try {
-              asked = { record: this.step(batch, this.lrAt(step), { epoch, batch: k, step }), batch, k, step };
-              // its failure is handled where it is awaited (not an unhandled rejection meanwhile)
-              asked.record.catch(() => undefined);
-            } catch (e) {
-              disposeBatch(batch);
-              throw e;
-            }
+            const asked = { record: this.step(batch, this.lrAt(step), { epoch, batch: k, step }), batch, k, step };
+            // its failure is handled where it is awaited (not an unhandled rejection meanwhile)
+            asked.record.catch(() => undefined);
             k++;
             step++;
             const previous = inFlight;
