@@ -79,16 +79,13 @@ export async function timeTrainingSteps(o: {
   if (device === 'cuda' && !o.cudaGraph) cudaMemory(0, { resetPeak: true });
   const t0 = process.hrtime.bigint();
   let skipped = 0;
-  let pending: Promise<StepRecord> | undefined;
+  // steps asked for and not yet awaited: at most one ahead with the pipeline, none without
+  const asked: Array<Promise<StepRecord>> = [];
   for (let i = 0; i < o.steps; i++) {
-    const asked = trainer.step(batch, lr);
-    if (!o.pipeline) skipped += (await asked).skipped ? 1 : 0;
-    else {
-      if (pending) skipped += (await pending).skipped ? 1 : 0;
-      pending = asked;
-    }
+    asked.push(trainer.step(batch, lr));
+    if (asked.length > (o.pipeline ? 1 : 0)) skipped += (await asked.shift()!).skipped ? 1 : 0;
   }
-  if (pending) skipped += (await pending).skipped ? 1 : 0;
+  for (const r of asked) skipped += (await r).skipped ? 1 : 0;
   synchronize();
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const peak = device === 'cuda' ? cudaMemory(0).peak / 2 ** 20 : null;
