@@ -71,7 +71,7 @@ case "${1:-}" in
     (nproc; lscpu | grep -E 'Model name' | cut -c1-200) >"$out/machine.txt" 2>&1
     timeout 200 bash scripts/gpu-check.sh build || exit 1
     stamp "built"
-    timeout 100 npx ava --tap test/train.test.ts test/jpeg.test.ts --match '*pipelined*' --match '*jpeg*' >"$out/tests.tap" 2>&1
+    timeout 130 npx ava --tap test/train.test.ts test/jpeg.test.ts test/fastpath.test.ts --match '*pipelined*' --match '*queued*' --match '*jpeg*' --match "*'fused' sgd*" >"$out/tests.tap" 2>&1
     stamp "tests rc=$?"
     grep -E '^(not ok|# (tests|pass|skip|fail))' "$out/tests.tap"
     ts 230 bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph,graph-pipelined \

@@ -245,6 +245,12 @@ export interface NativeStepResult {
   graph: 'off' | 'eager' | 'captured' | 'replayed';
   /** Only at the step where cudaGraph 'auto' gave up on graphs (a capture failed): why. */
   graphWarning?: string;
+  /**
+   * The update was queued on the device before the losses were read, and skipped there if they were not
+   * finite (SGD with the fused kernel: CUDA, LibTorch ≥ 2.4, one process, no EMA, one learning rate):
+   * the next step is queued while this one's losses travel to the host. false: read first, then updated.
+   */
+  updateQueued: boolean;
   /** The architecture's own terms by name (NanoDet-Plus: qfl, bbox, dfl, auxQfl, auxBbox, auxDfl; RetinaNet: none). */
   components: Record<string, number>;
 }

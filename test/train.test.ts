@@ -102,6 +102,88 @@ test('train: a batch with a NaN is skipped, reported, and leaves the weights unc
 
 const stateOf = (m: Model) => Object.fromEntries(Object.entries(m.stateDict()).map(([k, v]) => [k, v.toArray()]));
 
+/** A copy of `batch` with one pixel NaN (its step's losses are not finite). */
+function poison(batch: Batch): Batch {
+  const pixels = new Float32Array(batch.images.toArray() as Float32Array);
+  pixels[11] = NaN;
+  return { ...batch, images: Tensor.from(pixels, batch.images.shape, { device: batch.images.device }), annotations: Tensor.from(batch.annotations.toArray() as Float32Array, batch.annotations.shape, { device: batch.annotations.device }) };
+}
+
+/** Steps over a fixed sequence (a poisoned first step, a poisoned later one), each at its own rate. */
+async function stepSequence(trainer: Trainer, clean: Batch[], poisoned: Batch[]): Promise<StepRecord[]> {
+  const sequence = [poisoned[0], clean[0], clean[1], clean[2], poisoned[1], clean[1], clean[0], clean[2]];
+  const records: StepRecord[] = [];
+  for (const [i, b] of sequence.entries()) records.push(await trainer.step(b, 0.01 * (1 + (i % 3))));
+  return records;
+}
+
+// serial: ONESTAGE_TEST_QUEUED_UPDATE is read when a session is made, and the concurrent tests start after this one
+test.serial('train: the update queued on the device before the losses are read gives the read-first run\'s records and weights bitwise, skipped steps (the first one too) included (cpu)', async (t) => {
+  const loader = loaderOf(await dataset());
+  const clean: Batch[] = [];
+  for await (const b of loader.epoch(0)) clean.push(b);
+  const poisoned = clean.map(poison);
+  const optimizers = [{ momentum: 0.9, weightDecay: 1e-4 }, { momentum: 0.9, weightDecay: 1e-4, nesterov: true }, { momentum: 0, weightDecay: 0 }];
+  for (const optimizer of optimizers) {
+    const runs: Array<{ records: StepRecord[]; state: Record<string, ArrayLike<number | bigint>> }> = [];
+    for (const queued of [false, true]) {
+      if (queued) process.env.ONESTAGE_TEST_QUEUED_UPDATE = '1';
+      try {
+        const model = small();
+        const trainer = new Trainer(model, { optimizer: { ...optimizer, lr: 0.01 } });
+        const records = await stepSequence(trainer, clean, poisoned);
+        t.true(records.every((r) => r.updateQueued === queued), `updateQueued ${queued}`);
+        runs.push({ records, state: stateOf(model) });
+        trainer.dispose();
+        model.dispose();
+      } finally {
+        delete process.env.ONESTAGE_TEST_QUEUED_UPDATE;
+      }
+    }
+    const view = (rs: StepRecord[]) => rs.map((r) => [r.cls, r.reg, r.total, r.gradNorm, r.skipped, r.reason]);
+    t.deepEqual(view(runs[1].records), view(runs[0].records), JSON.stringify(optimizer));
+    t.deepEqual(runs[1].records.map((r) => r.skipped), [true, false, false, false, true, false, false, false]);
+    t.deepEqual(runs[1].state, runs[0].state, `weights bitwise (${JSON.stringify(optimizer)})`);
+  }
+  [...clean, ...poisoned].forEach(disposeBatch);
+});
+
+if (buildInfo().cudaAvailable)
+  test('train: the queued update on CUDA (fused SGD, graphs replayed) skips poisoned steps on the device and follows the read-first update', async (t) => {
+    const loader = loaderOf(await dataset(), 'cuda');
+    const clean: Batch[] = [];
+    for await (const b of loader.epoch(0)) clean.push(b);
+    const poisoned = clean.map(poison);
+    const queuedHere = !/^(1\.|2\.[0-3]\.)/.test(buildInfo().torchVersion);
+    const runs: Array<{ records: StepRecord[]; model: Model }> = [];
+    for (const implementation of ['foreach', 'auto'] as const) {
+      const model = small('cuda');
+      const trainer = new Trainer(model, { optimizer: { lr: 0.01, implementation } });
+      // twice through: the eager steps, the capture, then replays (a poisoned one among them)
+      const records = [...(await stepSequence(trainer, clean, poisoned)), ...(await stepSequence(trainer, clean, poisoned))];
+      t.true(records.every((r) => r.updateQueued === (implementation === 'auto' && queuedHere)), implementation);
+      runs.push({ records, model });
+      trainer.dispose();
+    }
+    const [readFirst, queued] = runs;
+    t.deepEqual(queued.records.map((r) => r.skipped), readFirst.records.map((r) => r.skipped));
+    t.true(queued.records.some((r) => r.graph === 'replayed' && r.skipped), 'a poisoned step replayed');
+    const values = (v: ArrayLike<number | bigint>) => ({ shape: [v.length], data: v });
+    const finite = (rs: StepRecord[]) => values(rs.filter((r) => !r.skipped).map((r) => r.total));
+    assertClose(t, finite(queued.records), finite(readFirst.records), { rtol: 1e-3, atol: 1e-4, name: 'losses' });
+    const [a, b] = [stateOf(queued.model), stateOf(readFirst.model)];
+    for (const k of Object.keys(b)) assertClose(t, values(a[k]), values(b[k]), { rtol: 1e-3, atol: 1e-4, name: k });
+    // a poisoned step alone leaves every weight as it was
+    const before = stateOf(queued.model);
+    const again = new Trainer(queued.model, { optimizer: { lr: 0.01 } });
+    const r = await again.step(poisoned[0], 0.01);
+    t.true(r.skipped && r.updateQueued === queuedHere);
+    t.deepEqual(stateOf(queued.model), before);
+    again.dispose();
+    runs.forEach((x) => x.model.dispose());
+    [...clean, ...poisoned].forEach(disposeBatch);
+  });
+
 test('train: a run killed mid-epoch and resumed ends with the weights, EMA weights and GHM state of an uninterrupted run (bitwise)', async (t) => {
   const ds = await dataset();
   const opts = {

@@ -76,6 +76,7 @@ Napi::Value stepPromise(Napi::Env env, const std::shared_ptr<TrainingSession>& s
         o.Set("reason", r.reason);
         o.Set("graph", r.graph);
         if (!r.graphWarning.empty()) o.Set("graphWarning", r.graphWarning);
+        o.Set("updateQueued", r.updateQueued);
         Napi::Object parts = Napi::Object::New(env);
         for (const auto& [name, value] : r.components) parts.Set(name, value);
         o.Set("components", parts);

@@ -15,13 +15,13 @@ constexpr bool kHasFusedAdamW = TORCH_VERSION_MAJOR >= 2;
 }  // namespace
 
 UpdateImpl resolveUpdateImpl(const std::string& name, const std::string& optimizerType, const torch::Device& device) {
-  const bool fusedHere = kHasFusedAdamW && device.is_cuda() && optimizerType == "adamw";
+  const bool fusedHere = device.is_cuda() && ((kHasFusedAdamW && optimizerType == "adamw") || (kHasFusedSgd && optimizerType == "sgd"));
   if (name == "loop") return UpdateImpl::Loop;
   if (name == "foreach") return UpdateImpl::Foreach;
   if (name == "auto") return fusedHere ? UpdateImpl::Fused : UpdateImpl::Foreach;
   if (name == "fused") {
     if (!fusedHere)
-      throw RangeError("optimizer.implementation 'fused' is AdamW on CUDA with LibTorch ≥ 2 (this is " + optimizerType + " on " + device.str() +
+      throw RangeError("optimizer.implementation 'fused' needs CUDA and LibTorch ≥ 2 for AdamW, ≥ 2.4 for SGD (this is " + optimizerType + " on " + device.str() +
                        ", LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "); use 'auto' or 'foreach'");
     return UpdateImpl::Fused;
   }
@@ -111,6 +111,35 @@ void sgdUpdate(const std::vector<torch::Tensor>& params, const std::vector<torch
     d = h.nesterov ? at::_foreach_add(d, buffers, h.momentum) : buffers;
   }
   at::_foreach_add_(params, d, -h.lr);
+}
+
+void sgdUpdateUnlessSkipped(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& grads,
+                            std::vector<torch::Tensor>& buffers, const SgdHyper& h, const torch::Tensor& lrTensor, const torch::Tensor& skip) {
+  torch::NoGradGuard noGrad;
+  if (params.empty()) return;
+  const bool momentum = h.momentum != 0;
+  if (momentum)
+    for (size_t i = 0; i < params.size(); ++i)
+      if (!buffers[i].defined()) buffers[i] = torch::zeros_like(params[i], at::MemoryFormat::Preserve);
+#if ONESTAGE_HAS_FUSED_SGD
+  if (params.front().is_cuda()) {
+    at::_fused_sgd_(params, grads, momentum ? buffers : std::vector<torch::Tensor>{}, h.weightDecay, h.momentum, lrTensor, /*dampening=*/0.0, h.nesterov,
+                    /*maximize=*/false, /*is_first_step=*/false, c10::nullopt, skip);
+    return;
+  }
+#else
+  (void)lrTensor;
+#endif
+  const auto skipped = skip.to(torch::kBool);
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto d = h.weightDecay != 0 ? grads[i].add(params[i], h.weightDecay) : grads[i];
+    if (momentum) {
+      const auto b = buffers[i].mul(h.momentum).add(d, 1.0);  // dampening 0
+      d = h.nesterov ? d.add(b, h.momentum) : b;
+      buffers[i].copy_(torch::where(skipped, buffers[i], b));
+    }
+    params[i].copy_(torch::where(skipped, params[i], params[i].add(d, -h.lr)));
+  }
 }
 
 void emaUpdate(const std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& targets, double d) {

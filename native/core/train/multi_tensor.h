@@ -10,8 +10,9 @@
 namespace onestage {
 
 /// How the optimizer update runs: "loop" (LibTorch's optimizer, per parameter), "foreach" (multi-tensor
-/// kernels, `torch._foreach_*`), "fused" (AdamW only: one fused kernel, `torch._fused_adamw_`; LibTorch ≥ 2
-/// on CUDA), "auto" (fused where available, else foreach — SGD always foreach).
+/// kernels, `torch._foreach_*`), "fused" (one fused kernel on CUDA: AdamW's `torch._fused_adamw_` with
+/// LibTorch ≥ 2, SGD's `torch._fused_sgd_` with LibTorch ≥ 2.4 — then queued before the losses are read,
+/// the skip decided on the device), "auto" (fused where available, else foreach).
 enum class UpdateImpl { Loop, Foreach, Fused };
 
 /// Resolves the option string for a model on `device` (throws a RangeError for an unknown value or
@@ -42,6 +43,20 @@ struct SgdHyper {
 /// buffers[i] undefined: this is the parameter's first step; it is set to the new buffer.
 void sgdUpdate(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& grads,
                std::vector<torch::Tensor>& buffers, const SgdHyper& h);
+
+/// LibTorch ≥ 2.4 has `_fused_sgd_` with the learning rate as a device tensor and a device-side skip
+/// (`found_inf`): what a step needs to queue its update before its losses are read.
+#define ONESTAGE_HAS_FUSED_SGD (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4))
+constexpr bool kHasFusedSgd = ONESTAGE_HAS_FUSED_SGD;
+
+/// sgdUpdate decided on the device: nothing changes (parameters, buffers) when `skip` — a float32 scalar
+/// on the parameters' device, 1 or 0 — is 1; no host synchronisation, so a CUDA graph can hold it. A
+/// parameter's first buffer is zeros (momentum·0 + d is LibTorch's copy of d), so a skipped first step
+/// leaves a zero buffer. On CUDA with kHasFusedSgd one fused kernel reading `lrTensor` (float32 scalar on
+/// the device, the step's rate; `h.lr` is not read there); elsewhere sgdUpdate's operations, tensor by
+/// tensor with h.lr (the same values bit for bit), each result kept or dropped by `skip`.
+void sgdUpdateUnlessSkipped(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& grads,
+                            std::vector<torch::Tensor>& buffers, const SgdHyper& h, const torch::Tensor& lrTensor, const torch::Tensor& skip);
 
 /// ema = d·ema + (1 − d)·target for floating tensors, a copy for the others (one kernel per group).
 void emaUpdate(const std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& targets, double d);

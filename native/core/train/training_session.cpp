@@ -202,6 +202,12 @@ TrainingSession::TrainingSession(std::shared_ptr<Detector> detector, const Optim
       replicaLosses_.push_back(std::make_unique<RetinaLoss>(lo));
     }
   }
+  // the update queued before the losses are read: the fused SGD on one device, one learning rate,
+  // nothing that must know of a skip on the host before the next step (EMA count, replicas, other ranks)
+  const bool queueable = o.type == "sgd" && !training.group && training.replicas == 1 && ema_.empty() && o.backboneLrMultiplier == 1.0;
+  const char* forced = std::getenv("ONESTAGE_TEST_QUEUED_UPDATE");
+  queuedUpdate_ = queueable && (update_ == UpdateImpl::Fused || (forced && *forced && update_ != UpdateImpl::Loop));
+  if (update_ == UpdateImpl::Fused && o.type == "sgd") lrTensor_ = torch::full({}, o.lr, torch::TensorOptions(detector_->device()).dtype(torch::kFloat32));
 }
 
 LossParts TrainingSession::forwardBackwardParallel(const torch::Tensor& images, const torch::Tensor& annotations) {
@@ -327,7 +333,7 @@ State& paramState(Map& states, const torch::Tensor& p, Make make) {
 
 }  // namespace
 
-void TrainingSession::applyUpdate() {
+void TrainingSession::applyUpdate(const torch::Tensor& skip) {
   if (update_ == UpdateImpl::Loop) {
     optimizer_->step();
     return;
@@ -371,7 +377,16 @@ void TrainingSession::applyUpdate() {
           held[i] = &s;
           buffers[i] = s.momentum_buffer();
         }
-      sgdUpdate(params, grads, buffers, {lr, options_.momentum, options_.weightDecay, options_.nesterov});
+      const SgdHyper h{lr, options_.momentum, options_.weightDecay, options_.nesterov};
+      if (skip.defined()) {
+        sgdUpdateUnlessSkipped(params, grads, buffers, h, lrTensor_, skip);  // queued: one group, lrTensor_ holds its rate
+      } else if (update_ == UpdateImpl::Fused) {
+        // read first and found finite: the fused kernel, never skipped, at this group's rate
+        const auto options = lrTensor_.options();
+        sgdUpdateUnlessSkipped(params, grads, buffers, h, torch::full({}, lr, options), torch::zeros({}, options));
+      } else {
+        sgdUpdate(params, grads, buffers, h);
+      }
       for (size_t i = 0; momentum && i < params.size(); ++i) held[i]->momentum_buffer(buffers[i]);
     }
   }
@@ -379,23 +394,35 @@ void TrainingSession::applyUpdate() {
 
 StepResult TrainingSession::step(const torch::Tensor& images, const torch::Tensor& annotations, double lr, const torch::Tensor& views,
                                  int64_t epoch, std::optional<uint64_t> ticket) {
-  const StepTurns::Turn turn(turns_, ticket ? *ticket : turns_.take());
-  if (!(lr > 0) || !std::isfinite(lr)) throw RangeError("lr must be a positive finite number");
-  std::lock_guard<std::mutex> lock(detector_->mutex());
-  const c10::DeviceGuard guard(detector_->device());
+  QueuedRead queued;
+  StepResult r;
   {
-    auto& groups = optimizer_->param_groups();
-    for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(g == 1 ? lr * options_.backboneLrMultiplier : lr);
+    const StepTurns::Turn turn(turns_, ticket ? *ticket : turns_.take());
+    if (!(lr > 0) || !std::isfinite(lr)) throw RangeError("lr must be a positive finite number");
+    std::lock_guard<std::mutex> lock(detector_->mutex());
+    const c10::DeviceGuard guard(detector_->device());
+    {
+      auto& groups = optimizer_->param_groups();
+      for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(g == 1 ? lr * options_.backboneLrMultiplier : lr);
+    }
+    detector_->setTraining(true);
+    // CUDA steps on the model's own thread (cuDNN's handles and benchmark results are per thread;
+    // core/device_thread.h), CPU steps where they are called
+    r = detector_->onDeviceThread([&] {
+      // the fused kernel (and a graph holding it) reads this step's rate on the device: written behind
+      // the last step's work on the stream, so a replay still reading the last rate is never overtaken
+      if (lrTensor_.defined()) lrTensor_.fill_(lr);
+      return graphs_ && !graphs_->disabled ? graphStep(images, annotations, views, epoch, queued) : eagerStep(images, annotations, views, epoch, queued);
+    });
   }
-  detector_->setTraining(true);
-  // CUDA steps on the model's own thread (cuDNN's handles and benchmark results are per thread;
-  // core/device_thread.h), CPU steps where they are called
-  return detector_->onDeviceThread([&] {
-    return graphs_ && !graphs_->disabled ? graphStep(images, annotations, views, epoch) : eagerStep(images, annotations, views, epoch);
-  });
+  // the turn is served and the model free: with the update queued on the device the next step is
+  // queued behind this one while its losses come to the host
+  if (queued.values.defined()) readQueued(queued, r);
+  return r;
 }
 
-StepResult TrainingSession::eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch) {
+StepResult TrainingSession::eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch,
+                                      QueuedRead& q) {
   const auto x = images.to(detector_->device());
   const auto ann = annotations.to(detector_->device());
   if (training_.group && !synchronised_) {
@@ -410,13 +437,69 @@ StepResult TrainingSession::eagerStep(const torch::Tensor& images, const torch::
   }
   optimizer_->zero_grad();
   const auto named = forwardBackward(x, ann, views, epoch);
-  StepResult r;
-  std::vector<double> v;
-  finishStep(named, v, r);
   std::vector<std::string> names;
   for (const auto& entry : named) names.push_back(entry.first);
+  StepResult r;
+  if (queuedUpdate_) {
+    queueUpdate(names, stackLosses(named, clipGradients()), q);
+    return r;
+  }
+  std::vector<double> v;
+  finishStep(named, v, r);
   fillLosses(names, v, r);
   return r;
+}
+
+namespace {
+
+/// 1 (float32 device scalar) when a loss or the gradient norm in `stacked` is not finite, else 0.
+torch::Tensor skipFlag(const torch::Tensor& stacked) { return torch::isfinite(stacked).all().logical_not().to(torch::kFloat32); }
+
+}  // namespace
+
+void TrainingSession::queueUpdate(const std::vector<std::string>& names, const torch::Tensor& stacked, QueuedRead& q) {
+  applyUpdate(skipFlag(stacked));
+  q.names = names;
+  copyToHost(stacked, q);
+}
+
+void TrainingSession::copyToHost(const torch::Tensor& stacked, QueuedRead& q) {
+#ifdef ONESTAGE_WITH_CUDA
+  if (stacked.is_cuda()) {
+    // page-locked: the copy runs behind the step on its stream while the host goes on
+    q.values = stacked.to(torch::TensorOptions().device(torch::kCPU), /*non_blocking=*/true);
+    auto landed = std::make_shared<at::cuda::CUDAEvent>();
+    landed->record(c10::cuda::getCurrentCUDAStream(stacked.device().index()));
+    q.wait = [landed] { landed->synchronize(); };
+    return;
+  }
+#endif
+  q.values = stacked;
+}
+
+void TrainingSession::readQueued(QueuedRead& q, StepResult& r) {
+  {
+    // the wait and the page-locked copy's release are CUDA calls: never during another thread's capture
+    const CudaWorkScope work(detector_->device().is_cuda());
+    if (q.wait) q.wait();
+    std::vector<double> v;
+    double norm = 0;
+    const bool finite = readLosses(q.names, q.values, v, norm, r.reason);
+    judgeStep(finite, norm, r);
+    fillLosses(q.names, v, r);
+    q = QueuedRead{};
+  }
+  r.updateQueued = true;
+}
+
+void TrainingSession::ensureMomentumBuffers() {
+  if (options_.type != "sgd" || options_.momentum == 0) return;
+  torch::NoGradGuard noGrad;
+  auto& states = optimizer_->state();
+  for (const auto& p : params_) {
+    auto& s = paramState<torch::optim::SGDParamState>(states, p, [] { return std::make_unique<torch::optim::SGDParamState>(); });
+    if (!s.momentum_buffer().defined()) s.momentum_buffer(torch::zeros_like(p, at::MemoryFormat::Preserve));
+  }
 }
 
 torch::Tensor TrainingSession::stackLosses(const std::vector<std::pair<std::string, torch::Tensor>>& named, const torch::Tensor& gradNorm) {
@@ -467,7 +550,7 @@ torch::Tensor TrainingSession::clipGradients() {
   return grads.empty() ? torch::zeros({}, torch::TensorOptions(detector_->device())) : clipGradNorm(grads, maxNorm);
 }
 
-void TrainingSession::concludeStep(bool finiteLoss, double hostNorm, StepResult& r) {
+void TrainingSession::judgeStep(bool finiteLoss, double hostNorm, StepResult& r) {
   r.skipped = !finiteLoss;
   if (finiteLoss) {
     r.gradNorm = hostNorm;
@@ -476,6 +559,10 @@ void TrainingSession::concludeStep(bool finiteLoss, double hostNorm, StepResult&
       r.reason = "non-finite gradient norm";
     }
   }
+}
+
+void TrainingSession::concludeStep(bool finiteLoss, double hostNorm, StepResult& r) {
+  judgeStep(finiteLoss, hostNorm, r);
   if (r.skipped) {
     optimizer_->zero_grad();
     for (auto& replica : replicas_) replica->zero_grad();
@@ -570,7 +657,8 @@ bool TrainingSession::testCaptureFailure() const {
   return training_.group && std::to_string(training_.group->rank()) == value.substr(5);
 }
 
-StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch) {
+StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch,
+                                      QueuedRead& q) {
 #ifdef ONESTAGE_WITH_CUDA
   auto& g = *graphs_;
   // the side stream follows the work queued so far on the caller's stream (the inputs), and the caller's
@@ -612,7 +700,7 @@ StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::
       bool room = g.captured.size() < kMaxGraphs;
       for (const auto& c : g.captured) room = room || c.key == key;
       if (!room || ++g.seen[seenKey] <= kGraphWarmupSteps) {
-        r = eagerStep(images, annotations, views, epoch);
+        r = eagerStep(images, annotations, views, epoch, q);
         r.graph = "eager";
       } else {
         std::string failure;
@@ -632,7 +720,7 @@ StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::
           if (!g.automatic) throw std::runtime_error(failure + "; train with cudaGraph false");
           // cudaGraph "auto": this step and every later one eagerly, and the caller is told once
           g.disabled = true;
-          r = eagerStep(images, annotations, views, epoch);
+          r = eagerStep(images, annotations, views, epoch, q);
           r.graph = "off";
           r.graphWarning = failure + "; training goes on without CUDA graphs";
         }
@@ -648,11 +736,17 @@ StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::
       // the gradients live in the graphs' pool: the parameters get this graph's back (an eager step or
       // another graph in between has replaced them)
       for (size_t i = 0; i < params_.size(); ++i) params_[i].mutable_grad() = step->grads[i];
-      std::vector<double> v;
-      double norm = 0;
-      const bool finite = readLosses(step->names, step->values, v, norm, r.reason);
-      concludeStep(finite, norm, r);
-      fillLosses(step->names, v, r);
+      if (queuedUpdate_) {
+        // the update, and its skip, ran in the graph
+        q.names = step->names;
+        copyToHost(step->values, q);
+      } else {
+        std::vector<double> v;
+        double norm = 0;
+        const bool finite = readLosses(step->names, step->values, v, norm, r.reason);
+        concludeStep(finite, norm, r);
+        fillLosses(step->names, v, r);
+      }
       if (r.graph == "off") r.graph = "replayed";
     }
   }
@@ -664,6 +758,7 @@ StepResult TrainingSession::graphStep(const torch::Tensor& images, const torch::
   (void)annotations;
   (void)views;
   (void)epoch;
+  (void)q;
   throw std::logic_error("cudaGraph without CUDA");
 #endif
 }
@@ -721,6 +816,9 @@ void TrainingSession::captureStep(const std::vector<int64_t>& key, int64_t capac
   // no gradients before the capture: the backward creates them inside the graph's memory pool, and every
   // replay writes them anew (an existing gradient would be accumulated into, replay after replay)
   for (auto& p : params_) p.mutable_grad() = torch::Tensor();
+  // a queued update in the graph updates the momentum buffers in place: they must exist before (a
+  // buffer created inside would be zeroed again at every replay)
+  if (queuedUpdate_) ensureMomentumBuffers();
   // no other CUDA job of the library (uploads, other models' steps, transfers) runs meanwhile: a wait
   // on the device or a page-locked allocation there would end the capture, or fail itself
   const CaptureScope capturing;
@@ -738,6 +836,7 @@ void TrainingSession::captureStep(const std::vector<int64_t>& key, int64_t capac
           const auto named = forwardBackward(c.images, c.annotations, c.views, epoch);
           c.values = stackLosses(named, clipGradients());
           for (const auto& entry : named) c.names.push_back(entry.first);
+          if (queuedUpdate_) applyUpdate(skipFlag(c.values));
         },
         "cudaGraph: the training step could not be captured as a CUDA graph");
   } catch (...) {

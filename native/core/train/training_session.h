@@ -6,6 +6,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -97,6 +98,9 @@ struct StepResult {
   std::string graph = "off";
   /// Set once, at the step where cudaGraph "auto" gave up on graphs: why (the step itself ran eagerly).
   std::string graphWarning;
+  /// The update was queued on the device before the losses were read, the skip decided there (see
+  /// TrainingSession::queuedUpdate_); false: read first, then updated or skipped on the host's word.
+  bool updateQueued = false;
 };
 
 class TrainingSession {
@@ -130,6 +134,12 @@ class TrainingSession {
   std::shared_ptr<Detector> detector() { return detector_; }
 
  private:
+  /// A step whose update is queued: its loss values, read after its turn is served.
+  struct QueuedRead {
+    std::vector<std::string> names;
+    torch::Tensor values;        // [names + 1] float64 on the host (page-locked, a copy in flight on CUDA)
+    std::function<void()> wait;  // until the copy has landed (CUDA); empty on the CPU
+  };
   std::shared_ptr<Detector> detector_;
   StepTurns turns_;
   std::shared_ptr<RetinaNetDetector> retina_;    // set for RetinaNet models
@@ -148,13 +158,15 @@ class TrainingSession {
   /// NanoDet-Plus: its six components).
   void fillLosses(const std::vector<std::string>& names, const std::vector<double>& values, StepResult& r) const;
   /// step() with TrainingOptions::cudaGraph: eager, capture or replay (training_session.cpp).
-  StepResult graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch);
+  /// With queuedUpdate_ the update is captured too, and q gets the values to read after the turn.
+  StepResult graphStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch, QueuedRead& q);
   /// Records forward, losses, backward, clipping and the loss values on static inputs of this shape
   /// (annotations padded to `capacity` rows) as a graph of the cache; nothing runs until the replay.
   void captureStep(const std::vector<int64_t>& key, int64_t capacity, const torch::Tensor& images, const torch::Tensor& annotations,
                    const torch::Tensor& views, int64_t epoch);
   /// step() after the learning rate is set: forward, losses, backward, update, without a graph.
-  StepResult eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch);
+  /// With queuedUpdate_ the update is queued and q gets the values to read after the turn.
+  StepResult eagerStep(const torch::Tensor& images, const torch::Tensor& annotations, const torch::Tensor& views, int64_t epoch, QueuedRead& q);
   /// Data-parallel graphs: every rank's capture outcome; this rank's failure, or one naming the ranks
   /// whose capture failed (empty: captured everywhere). Every rank calls it after every capture.
   std::string agreeOnCapture(const std::string& failure);
@@ -194,13 +206,34 @@ class TrainingSession {
   torch::Tensor clipGradients();
   /// After the host read: the skip (reason set) or the update and the EMA.
   void concludeStep(bool finiteLoss, double hostNorm, StepResult& r);
+  /// The record's verdict from the values read: skipped (and why) or not, the gradient norm. Touches
+  /// nothing of the model.
+  static void judgeStep(bool finiteLoss, double hostNorm, StepResult& r);
+  /// SGD's update (one process, one parameter group, no EMA, no replicas) queued on the device behind
+  /// the step, skipped there when a loss or the gradient norm is not finite: the step needs no host
+  /// read before it ends, so its turn is served and the next step queued while its losses travel to
+  /// the host. On with the fused SGD (CUDA, LibTorch ≥ 2.4; ONESTAGE_TEST_QUEUED_UPDATE forces the
+  /// same control flow on the CPU for the tests).
+  bool queuedUpdate_ = false;
+  /// The step's learning rate on the device (float32 scalar) for the fused SGD kernel and the graphs
+  /// that hold it; undefined without the fused SGD.
+  torch::Tensor lrTensor_;
+  /// Queues the update (skip decided on the device from `stacked`) and the host copy of `stacked`.
+  void queueUpdate(const std::vector<std::string>& names, const torch::Tensor& stacked, QueuedRead& q);
+  /// The copy of the values to the host (in flight on CUDA: q.wait waits for it).
+  static void copyToHost(const torch::Tensor& stacked, QueuedRead& q);
+  /// SGD momentum buffers (zeros) for every parameter that has none yet: before a capture that holds the update.
+  void ensureMomentumBuffers();
+  /// Waits for the values of a queued step and fills its record.
+  void readQueued(QueuedRead& q, StepResult& r);
+  /// The optimizer update of the parameters that have gradients (implementation update_); `skip` (float32
+  /// device scalar, 1 skip) defined: the queued SGD update, which the device skips or applies.
+  void applyUpdate(const torch::Tensor& skip = {});
   /// backward of `loss` with the data-parallel gradient averaging around it.
   void backward(const torch::Tensor& loss);
   /// The end of every step once the gradients exist: clipping, the single host read of the losses and
   /// the norm, then the update and the EMA — or the skip when anything is not finite.
   void finishStep(const std::vector<std::pair<std::string, torch::Tensor>>& named, std::vector<double>& values, StepResult& r);
-  /// The optimizer update of the parameters that have gradients (implementation update_).
-  void applyUpdate();
 };
 
 }  // namespace onestage
