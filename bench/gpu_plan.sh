@@ -74,7 +74,7 @@ case "${1:-}" in
     timeout 130 npx ava --tap test/train.test.ts test/jpeg.test.ts test/fastpath.test.ts --match '*pipelined*' --match '*queued*' --match '*jpeg*' --match "*'fused' sgd*" >"$out/tests.tap" 2>&1
     stamp "tests rc=$?"
     grep -E '^(not ok|# (tests|pass|skip|fail))' "$out/tests.tap"
-    ts 230 bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph,graph-pipelined \
+    ts 230 bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-readfirst,graph-pipelined-readfirst,graph,graph-pipelined \
       --loader-images 240 --loader-source 960 --loader-epochs 2 --decoder auto,sharp --pipeline on,off >"$out/train-b8.txt" 2>&1
     stamp "train b8"
     ts 80 bench/inference.ts --device cuda --no-reference --batches 1,8 >"$out/inference.txt" 2>&1

@@ -54,13 +54,15 @@ export async function timeTrainingSteps(o: {
   replicas?: number;
   /** Timed steps asked for one ahead (each before the last has finished), as Trainer.fit's pipeline. */
   pipeline?: boolean;
+  /** With `fast`: the update's implementation instead of 'auto' ('foreach': SGD read first, never queued). */
+  implementation?: 'auto' | 'foreach';
 }): Promise<StepTiming> {
   const { device, amp, fast } = o;
   const batch = syntheticBatch(o.data, o.batch, o.size, device);
   const model = o.makeModel ? o.makeModel() : Model.retinanet({ depth: o.depth as 50, numClasses: 80, device, seed: 0 });
   const lr = o.optimizerOptions?.lr ?? (o.optimizer === 'sgd' ? 0.01 : 1e-4);
   const options: TrainerOptions = {
-    optimizer: { type: o.optimizer, lr, momentum: 0.9, weightDecay: 1e-4, ...o.optimizerOptions, implementation: fast ? 'auto' : 'loop' },
+    optimizer: { type: o.optimizer, lr, momentum: 0.9, weightDecay: 1e-4, ...o.optimizerOptions, implementation: fast ? (o.implementation ?? 'auto') : 'loop' },
     amp,
     // fast: the Trainer's defaults (channels-last and cuDNN benchmark on CUDA); plain: all off
     ...(fast ? (o.channelsLast === undefined ? {} : { channelsLast: o.channelsLast }) : { channelsLast: false, cudnnBenchmark: false }),

@@ -61,12 +61,12 @@ function makeBatch(o: Options, dir: string): { images: Float32Array; annotations
   return data;
 }
 
-async function timeOnestage(o: Options, data: { images: Float32Array; annotations: Float32Array }, amp: boolean, fast: boolean, cudaGraph = false, pipeline = false): Promise<Row> {
-  const r = await timeTrainingSteps({ ...o, data, amp, fast, cudaGraph, pipeline });
+async function timeOnestage(o: Options, data: { images: Float32Array; annotations: Float32Array }, amp: boolean, fast: boolean, cudaGraph = false, pipeline = false, readFirst = false): Promise<Row> {
+  const r = await timeTrainingSteps({ ...o, data, amp, fast, cudaGraph, pipeline, implementation: readFirst ? 'foreach' : 'auto' });
   const name = !fast
     ? 'plain (NCHW, per-parameter optimizer)'
     : cudaGraph
-      ? `default (cudaGraph auto: step replayed as a CUDA graph${pipeline ? '; the next step asked for before the last ends, as Trainer.fit' : ''})`
+      ? `default (cudaGraph auto: step replayed as a CUDA graph${pipeline ? '; the next step asked for before the last ends, as Trainer.fit' : ''}${readFirst ? "; optimizer 'foreach': losses read before the update" : ''})`
       : o.device === 'cuda'
         ? 'eager (cudaGraph false; channels-last, cuDNN benchmark, multi-tensor update)'
         : 'default (multi-tensor update)';
@@ -153,7 +153,7 @@ async function main(): Promise<void> {
     .option('--decoder <list>', "the loader-fed rows' decoder: auto (onestage's JPEG decoder), sharp, or auto,sharp (a row each)", 'auto')
     .option('--pipeline <list>', "the loader-fed rows' Trainer.fit pipeline: on (default), off, or on,off (a row each)", 'on')
     .option('--no-resident', 'skip the resident-batch rows (only the DataLoader-fed ones)')
-    .option('--rows <list>', 'the resident-batch rows: plain, eager, graph, graph-pipelined (graph rows: CUDA only)', 'plain,eager,graph,graph-pipelined')
+    .option('--rows <list>', 'the resident-batch rows: plain, eager, graph, graph-pipelined, graph-readfirst, graph-pipelined-readfirst (graph rows: CUDA only; -readfirst: the SGD update after the losses are read)', 'plain,eager,graph,graph-pipelined')
     .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'train-throughput.json'))
     .parse(process.argv)
     .opts<Options>();
@@ -164,14 +164,17 @@ async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestage-train-bench-'));
   const data = makeBatch(o, dir);
   const rows: Row[] = [];
-  // [fast, graph, pipeline] of the resident rows asked for
-  const named: Record<string, [boolean, boolean, boolean]> = { plain: [false, false, false], eager: [true, false, false], graph: [true, true, false], 'graph-pipelined': [true, true, true] };
+  // [fast, graph, pipeline, read first] of the resident rows asked for ('-readfirst': SGD's update after the host read, not queued)
+  const named: Record<string, [boolean, boolean, boolean, boolean]> = {
+    plain: [false, false, false, false], eager: [true, false, false, false], graph: [true, true, false, false], 'graph-pipelined': [true, true, true, false],
+    'graph-readfirst': [true, true, false, true], 'graph-pipelined-readfirst': [true, true, true, true],
+  };
   const asked = o.resident === false ? [] : o.rows.split(',');
-  for (const r of asked) if (!(r in named)) throw new Error(`--rows: unknown row '${r}' (plain, eager, graph, graph-pipelined)`);
+  for (const r of asked) if (!(r in named)) throw new Error(`--rows: unknown row '${r}' (${Object.keys(named).join(', ')})`);
   const configs = asked.filter((r) => o.device === 'cuda' || !r.startsWith('graph')).map((r) => named[r]);
   for (const p of precisions)
-    for (const [fast, graph, pipeline] of configs) {
-      const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline);
+    for (const [fast, graph, pipeline, readFirst] of configs) {
+      const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline, readFirst);
       console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
       rows.push(r);
     }

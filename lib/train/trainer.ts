@@ -44,8 +44,10 @@ export interface OptimizerOptions {
   /**
    * How the update runs — the same arithmetic each way: 'loop' (LibTorch's optimizer, a few kernels per
    * parameter), 'foreach' (multi-tensor kernels over all parameters, as torch.optim's foreach=True),
-   * 'fused' (AdamW in one fused kernel, as torch.optim's fused=True; CUDA with LibTorch ≥ 2), 'auto'
-   * (default: 'fused' where it exists, else 'foreach'). A performance setting: not checkpointed.
+   * 'fused' (one fused kernel, as torch.optim's fused=True, on CUDA: AdamW with LibTorch ≥ 2, SGD with
+   * LibTorch ≥ 2.4 — then queued before the losses are read, the skip decided on the device, where the
+   * run has no EMA and one learning rate: `StepRecord.updateQueued`), 'auto' (default: 'fused' where it
+   * exists, else 'foreach'). A performance setting: not checkpointed.
    */
   implementation?: 'auto' | 'fused' | 'foreach' | 'loop';
 }
