@@ -23,6 +23,9 @@ mkdir -p "$out"
 t0=$(date +%s)
 stamp() { echo "gpu_plan: $* ($(($(date +%s) - t0)) s)"; }
 ts() { timeout "$1" npx ts-node --transpile-only "${@:2}"; }
+# seconds left of the call's BUDGET (default 585; a shorter one cuts the last runs, never the first)
+left() { local l=$((${BUDGET:-585} - $(date +%s) + t0)); echo $((l > 1 ? l : 1)); }
+least() { echo $(($1 < $2 ? $1 : $2)); }
 
 case "${1:-}" in
   G)
@@ -74,12 +77,12 @@ case "${1:-}" in
     timeout 130 npx ava --tap test/train.test.ts test/jpeg.test.ts test/fastpath.test.ts --match '*pipelined*' --match '*queued*' --match '*jpeg*' --match "*'fused' sgd*" >"$out/tests.tap" 2>&1
     stamp "tests rc=$?"
     grep -E '^(not ok|# (tests|pass|skip|fail))' "$out/tests.tap"
-    ts 230 bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-readfirst,graph-pipelined-readfirst,graph,graph-pipelined \
+    ts $(least 230 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-readfirst,graph-pipelined-readfirst,graph,graph-pipelined \
       --loader-images 240 --loader-source 960 --loader-epochs 2 --decoder auto,sharp --pipeline on,off >"$out/train-b8.txt" 2>&1
     stamp "train b8"
-    ts 80 bench/inference.ts --device cuda --no-reference --batches 1,8 >"$out/inference.txt" 2>&1
+    ts $(least 80 $(left)) bench/inference.ts --device cuda --no-reference --batches 1,8 >"$out/inference.txt" 2>&1
     stamp "inference"
-    timeout $((585 - $(date +%s) + t0)) npx ava --tap test/fastpath.test.ts --match '*NanoDet-Plus step*' >"$out/tests-fastpath.tap" 2>&1
+    timeout $(left) npx ava --tap test/fastpath.test.ts --match '*NanoDet-Plus step*' >"$out/tests-fastpath.tap" 2>&1
     stamp "fastpath rc=$?"
     ;;
   *)
