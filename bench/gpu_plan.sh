@@ -85,8 +85,21 @@ case "${1:-}" in
     timeout $(left) npx ava --tap test/fastpath.test.ts --match '*NanoDet-Plus step*' >"$out/tests-fastpath.tap" 2>&1
     stamp "fastpath rc=$?"
     ;;
+  N)
+    # after L (2026-12-05): the NanoDet-Plus graph test step by step, every fastpath graph test (their
+    # helpers changed), then the batch 16 and 32 rows in what is left (BUDGET)
+    timeout 200 bash scripts/gpu-check.sh build || exit 1
+    stamp "built"
+    timeout $(least 150 $(left)) npx ava --tap test/fastpath.test.ts --match 'cuda graph*' >"$out/tests-fastpath.tap" 2>&1
+    stamp "fastpath rc=$?"
+    grep -E '^(not ok|# )' "$out/tests-fastpath.tap" | cut -c1-400
+    for b in 16 32; do
+      ts $(least 80 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --rows graph,graph-pipelined --loader-images 0 >"$out/train-b$b.txt" 2>&1
+      stamp "train b$b"
+    done
+    ;;
   *)
-    echo "usage: bash bench/gpu_plan.sh G|H|I|J|K|L" >&2
+    echo "usage: bash bench/gpu_plan.sh G|H|I|J|K|L|N" >&2
     exit 2
     ;;
 esac
