@@ -90,6 +90,9 @@ case "${1:-}" in
     # helpers changed), then the batch 16 and 32 rows in what is left (BUDGET)
     timeout 200 bash scripts/gpu-check.sh build || exit 1
     stamp "built"
+    timeout $(least 90 $(left)) npx ava --tap --verbose test/fastpath.test.ts --match '*NanoDet-Plus step*' >"$out/tests-nanodet.tap" 2>&1
+    stamp "nanodet graph test rc=$?"
+    grep -E '^(ok|not ok|# )' "$out/tests-nanodet.tap" | cut -c1-400
     timeout $(least 150 $(left)) npx ava --tap test/fastpath.test.ts --match 'cuda graph*' >"$out/tests-fastpath.tap" 2>&1
     stamp "fastpath rc=$?"
     grep -E '^(not ok|# )' "$out/tests-fastpath.tap" | cut -c1-400
