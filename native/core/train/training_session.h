@@ -65,7 +65,8 @@ struct TrainingOptions {
   /// NanoDet-Plus's, assignment included), backward, gradient clipping and the loss values are
   /// captured as one CUDA graph and replayed for every later batch of that shape with at most as many
   /// boxes as the graph's padded capacity; the optimizer update, the EMA and the skip decision run
-  /// after the replay, as in the eager step. Up to kMaxGraphs shapes are kept (their
+  /// after the replay, as in the eager step — except a queued update (queuedUpdate_), which the graph
+  /// holds, skip decision included. Up to kMaxGraphs shapes are kept (their
   /// activations share one memory pool); further shapes run eagerly.
   /// Data-parallel (an NCCL group): the gradient buckets' all-reduces, the losses' and the normalisers'
   /// are captured with the step; each step first gathers every rank's batch shape and box count (one
