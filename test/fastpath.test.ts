@@ -298,15 +298,17 @@ const worse = (a: { excess: number; where: string }, b: { excess: number; where:
  * The same steps on two fresh models, eagerly (cudaGraph false) and with CUDA graphs (cudaGraph true):
  * how each graphed step ran, and its losses and the final weights against the eager run's.
  */
-async function graphVersusEager(
-  t: ExecutionContext,
-  name: string,
-  make: () => Model,
-  options: TrainerOptions,
-  sequence: SequenceStep[],
-  expected: StepRecord['graph'][],
-  tol: Tolerance,
-): Promise<void> {
+interface GraphCase {
+  name: string;
+  make: () => Model;
+  options: TrainerOptions;
+  sequence: SequenceStep[];
+  /** StepRecord.graph of each step of the graph run. */
+  expected: StepRecord['graph'][];
+  tol: Tolerance;
+}
+
+async function graphVersusEager(t: ExecutionContext, { name, make, options, sequence, expected, tol }: GraphCase): Promise<void> {
   const lr = options.optimizer?.lr ?? 0.01;
   const run = async (cudaGraph: boolean) => {
     const model = make();
@@ -336,16 +338,7 @@ async function graphVersusEager(
  * compared alone — differences cannot compound over the sequence — and the graph may differ from the
  * eager step by twice what the second eager run does, never by more than `cap` tolerances.
  */
-async function graphVersusEagerStepwise(
-  t: ExecutionContext,
-  name: string,
-  make: () => Model,
-  options: TrainerOptions,
-  sequence: SequenceStep[],
-  expected: StepRecord['graph'][],
-  tol: Tolerance,
-  cap: number,
-): Promise<void> {
+async function graphVersusEagerStepwise(t: ExecutionContext, { name, make, options, sequence, expected, tol }: GraphCase, cap: number): Promise<void> {
   t.is(options.optimizer?.momentum, 0, 'the weights are the whole state');
   const lr = options.optimizer?.lr ?? 0.01;
   const [eager, again, graphed] = [false, false, true].map((cudaGraph) => {
@@ -410,7 +403,7 @@ cuda('cuda graph: steps replayed from a captured graph give the eager steps\' lo
     ['focal', {}],
     ['ghmc + ghmr with momentum', { classification: 'ghmc', regression: 'ghmr', ghmc: { momentum: 0.75 }, ghmr: { momentum: 0.7 } }],
   ] as const)
-    await graphVersusEager(t, name, () => small('cuda'), { ...sgd, loss }, sequence, [...expected], exact);
+    await graphVersusEager(t, { name, make: () => small('cuda'), options: { ...sgd, loss }, sequence, expected: [...expected], tol: exact });
 });
 
 cuda('cuda graph: up to 4 batch shapes are captured and replayed side by side (one shared memory pool) with the eager losses and weights; a fifth shape runs eagerly', async (t) => {
@@ -425,7 +418,7 @@ cuda('cuda graph: up to 4 batch shapes are captured and replayed side by side (o
       sequence.push({ batch: perSide[k][0] });
       expected.push(k === 4 || round < 3 ? 'eager' : round === 3 ? 'captured' : 'replayed');
     });
-  await graphVersusEager(t, 'five shapes', () => small('cuda'), sgd, sequence, expected, { loss: 1e-3, weightAbs: 1e-5, weightRel: 1e-3 });
+  await graphVersusEager(t, { name: 'five shapes', make: () => small('cuda'), options: sgd, sequence, expected, tol: { loss: 1e-3, weightAbs: 1e-5, weightRel: 1e-3 } });
 });
 
 cuda('cuda graph: the NanoDet-Plus step (DSL assignment, both heads, the AGM) replays with the eager losses and weights, and the AGM\'s detach epoch is a graph of its own', async (t) => {
@@ -444,17 +437,19 @@ cuda('cuda graph: the NanoDet-Plus step (DSL assignment, both heads, the AGM) re
   // 0.567 vs 1.253), which leaves nothing to hold the graph to
   await graphVersusEagerStepwise(
     t,
-    'nanodet-plus',
-    () => Model.nanodetPlus({ numClasses: 3, seed: 1, device: 'cuda' }),
-    { optimizer: { type: 'sgd', lr: 0.01, momentum: 0, weightDecay: 1e-4, clipGradNorm: 35 }, loss: { detachEpoch: 1 } },
-    sequence,
-    [...expected, ...expected],
-    // to 1e-3: the NanoDet-Plus backward has kernels that accumulate with atomics (the interpolation's
-    // backward, the depthwise convolutions' weight gradients): its first replay differed by 1.5e-4.
-    // Channels-last since the sixth session: two eager runs differed by 1.8e-3 in step 1's gradient norm
-    // on the H200 (the DSL assignment turns last-bit noise into other positives), so the eager runs'
-    // own difference is measured and the graph held to it, at most 5 tolerances
-    { loss: 1e-3, weightAbs: 1e-5, weightRel: 1e-3 },
+    {
+      name: 'nanodet-plus',
+      make: () => Model.nanodetPlus({ numClasses: 3, seed: 1, device: 'cuda' }),
+      options: { optimizer: { type: 'sgd', lr: 0.01, momentum: 0, weightDecay: 1e-4, clipGradNorm: 35 }, loss: { detachEpoch: 1 } },
+      sequence,
+      expected: [...expected, ...expected],
+      // to 1e-3: the NanoDet-Plus backward has kernels that accumulate with atomics (the interpolation's
+      // backward, the depthwise convolutions' weight gradients): its first replay differed by 1.5e-4.
+      // Channels-last since the sixth session: two eager runs differed by 1.8e-3 in step 1's gradient norm
+      // on the H200 (the DSL assignment turns last-bit noise into other positives), so the eager runs'
+      // own difference is measured and the graph held to it, at most 5 tolerances
+      tol: { loss: 1e-3, weightAbs: 1e-5, weightRel: 1e-3 },
+    },
     5,
   );
 });
@@ -463,15 +458,14 @@ cuda('cuda graph: the contrastive joint step (two views, RoIAlign over the boxes
   setTf32(false);
   const bs = await squareBatches('cuda', 2, 64, true);
   const sequence = [0, 1, 0, 1, 0, 1].map((i) => ({ batch: bs[i] }));
-  await graphVersusEager(
-    t,
-    'focal + contrastive',
-    () => small('cuda'),
-    { ...sgd, loss: { contrastive: { weight: 0.5, projection: { hidden: 16, out: 8 } } } },
+  await graphVersusEager(t, {
+    name: 'focal + contrastive',
+    make: () => small('cuda'),
+    options: { ...sgd, loss: { contrastive: { weight: 0.5, projection: { hidden: 16, out: 8 } } } },
     sequence,
-    ['eager', 'eager', 'eager', 'captured', 'replayed', 'replayed'],
-    exact,
-  );
+    expected: ['eager', 'eager', 'eager', 'captured', 'replayed', 'replayed'],
+    tol: exact,
+  });
 });
 
 cuda('cuda graph: on by default (\'auto\') for a model on CUDA — the fourth step of a shape is captured, later ones replayed; backboneLrMultiplier keeps \'auto\' eager and makes true an error', async (t) => {
