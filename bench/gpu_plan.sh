@@ -1,20 +1,17 @@
 #!/usr/bin/env bash
-# The GPU host calls still to make for issue 24 (bench/NOTES.md says why each), one per argument, each
-# under 590 s; after G the machine is warm — make the next call at once (it is given back after 30 s idle):
-#   G  cold: build (with the carried libjpeg), the CUDA tests of sessions 5–8 (fastpath's NanoDet-Plus
-#      graph-vs-eager re-run first among them), the machine's CPU
+# The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
+# shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
+#   N  next: build, the NanoDet-Plus graph test step by step, every fastpath `cuda graph*` test, then the
+#      batch 16 and 32 rows
+#   G  build (with the carried libjpeg), the CUDA tests of sessions 5–8, the machine's CPU
 #   H  the host pipeline on 16 cores: bench/data.ts stages, sharp vs onestage's JPEG decoder, pool 4 and 16;
 #      inference with the detect graphs
-#   I  RetinaNet-50 bf16 batch 8: resident rows + loader rows (240 JPEGs 960² → 640²) for decoder auto/sharp
-#      × decodeConcurrency 16/auto
 #   J  batch 16 and 32 rows, a NanoDet-Plus-m profile
-#   K  I, then H at pool 16, then J's batch 16/32 rows, in one call (for a lease with room for two calls)
-#   L  cold, for a lease with room for one call: build, the pipelined-steps tests (CUDA too) and
-#      test/jpeg.test.ts, the b8 rows (resident graph with and without the step pipeline; loader-fed through
-#      Trainer.fit, decoder auto/sharp × pipeline on/off), inference with the detect graphs, fastpath's
-#      NanoDet-Plus graph test
+#   L  (ran 2026-12-05) build, the pipelined-steps, queued-update and fused-SGD tests, test/jpeg.test.ts, the
+#      b8 rows (read first / queued × one ahead; loader-fed through Trainer.fit, decoder auto/sharp ×
+#      pipeline on/off), inference with the detect graphs, fastpath's NanoDet-Plus graph test
 # Prepare here first (Debian VM, after npm install): bash scripts/device-pack.sh
-# then call the device with carry [".device"] and `source .device/env.sh && bash bench/gpu_plan.sh G`.
+# then call the device with carry [".device"] and `source .device/env.sh && bash bench/gpu_plan.sh N`.
 # Results land under $OUT.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,11 +40,6 @@ case "${1:-}" in
     ts 200 bench/inference.ts --device cuda --no-reference --batches 1,8 >"$out/inference.txt" 2>&1
     stamp "inference"
     ;;
-  I)
-    ts 560 bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 \
-      --loader-images 240 --loader-source 960 --loader-epochs 2 --decoder auto,sharp --decode-concurrency 16,auto --pipeline on,off >"$out/train-b8.txt" 2>&1
-    stamp "train b8"
-    ;;
   J)
     for b in 16 32; do
       ts 150 bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --loader-images 0 >"$out/train-b$b.txt" 2>&1
@@ -56,19 +48,6 @@ case "${1:-}" in
     ts 200 bench/nanodet_latency.ts --train-batch 32 --steps 10 --warmup 4 --no-reference --models 0 --profile "$out/nanodet-m.json" >"$out/nanodet.txt" 2>&1
     python3 bench/profile_summary.py "$out"/nanodet-m*.json >"$out/nanodet-profile.txt" 2>&1
     stamp "nanodet profile"
-    ;;
-  K)
-    ts 250 bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 \
-      --loader-images 240 --loader-source 960 --loader-epochs 2 --decoder auto,sharp --decode-concurrency 16,auto >"$out/train-b8.txt" 2>&1
-    stamp "train b8"
-    ts 110 bench/inference.ts --device cuda --no-reference --batches 1,8 >"$out/inference.txt" 2>&1
-    stamp "inference"
-    UV_THREADPOOL_SIZE=16 ts 100 bench/data.ts --images 192 --size 960 --side 640 --batch 8 --device cuda --stages --data /tmp/data960 >"$out/data-pool16.txt" 2>&1
-    stamp "data.ts pool 16"
-    for b in 16 32; do
-      ts 70 bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --loader-images 0 >"$out/train-b$b.txt" 2>&1
-      stamp "train b$b"
-    done
     ;;
   L)
     (nproc; lscpu | grep -E 'Model name' | cut -c1-200) >"$out/machine.txt" 2>&1
@@ -102,7 +81,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    echo "usage: bash bench/gpu_plan.sh G|H|I|J|K|L|N" >&2
+    echo "usage: bash bench/gpu_plan.sh N|G|H|J|L" >&2
     exit 2
     ;;
 esac
