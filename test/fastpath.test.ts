@@ -494,6 +494,57 @@ cuda('cuda graph: the NanoDet-Plus step (DSL assignment, both heads, the AGM) re
   );
 });
 
+cuda('amp: the bf16 copies of the convolution weights (one multi-tensor copy each way) train and detect as autocast\'s cast per weight — eager, captured and replayed steps, two views, NanoDet-Plus', async (t) => {
+  setTf32(false);
+  const bs = await squareBatches('cuda', 2, 64, true);
+  const close = { rtol: 1e-4, atol: 1e-6 };
+  const cases = [
+    { name: 'retinanet, two views', make: () => small('cuda'), steps: 6, options: { ...sgd, loss: { contrastive: { weight: 0.5, projection: { hidden: 16, out: 8 } } } } },
+    // one step: the DSL assignment turns the backward's last-bit noise into other positives after it
+    { name: 'nanodet-plus', make: () => Model.nanodetPlus({ numClasses: 3, seed: 1, device: 'cuda' }), steps: 1, options: sgd },
+  ];
+  for (const c of cases) {
+    const under = async <T>(casts: 'copies' | 'autocast', f: () => Promise<T>): Promise<T> => {
+      if (casts === 'autocast') process.env.ONESTAGE_BF16_WEIGHTS = 'autocast';
+      try {
+        return await f();
+      } finally {
+        delete process.env.ONESTAGE_BF16_WEIGHTS;
+      }
+    };
+    const run = (casts: 'copies' | 'autocast') => under(casts, async () => {
+      const model = c.make();
+      const trainer = new Trainer(model, { ...c.options, amp: true, cudnnBenchmark: false });
+      const records: StepRecord[] = [];
+      for (let i = 0; i < c.steps; i++) records.push(await trainer.step(bs[i % 2], 0.01));
+      trainer.dispose();
+      return { model, records, state: weightsOf(model) };
+    });
+    const [copies, casts] = [await run('copies'), await run('autocast')];
+    t.deepEqual(copies.records.map((r) => r.graph), casts.records.map((r) => r.graph), c.name);
+    const values = (rs: StepRecord[]) => ({ shape: [rs.length * 2], data: rs.flatMap((r) => [r.total, r.gradNorm]) });
+    assertClose(t, values(copies.records), values(casts.records), { ...close, name: `${c.name}: losses and gradient norms` });
+    for (const k of Object.keys(casts.state)) assertClose(t, copies.state[k], casts.state[k], { ...close, name: `${c.name}: ${k}` });
+    // detect from the same (trained) weights on both sides, eagerly and replayed
+    const file = path.join(tempDir(), 'trained.safetensors');
+    await copies.model.saveWeights(file);
+    await casts.model.loadWeights(file);
+    const detect = (casts: 'copies' | 'autocast', m: Model) => under(casts, async () => [await m.detect(bs[0].images, { amp: true, scoreThreshold: 0 }), await m.detect(bs[0].images, { amp: true, cudaGraph: true, scoreThreshold: 0 })]);
+    const [d1, d2] = [await detect('copies', copies.model), await detect('autocast', casts.model)];
+    for (const [i, d] of d1.entries())
+      for (const [j, x] of d.entries()) {
+        const e = d2[i][j];
+        t.true(x.scores.length > 0, `${c.name}: detections to compare`);
+        t.deepEqual(x.labels, e.labels, `${c.name}: detect ${i} image ${j} labels`);
+        assertClose(t, { shape: [x.scores.length], data: x.scores }, { shape: [e.scores.length], data: e.scores }, { rtol: 1e-4, atol: 1e-6, name: `${c.name}: detect ${i} scores` });
+        assertClose(t, { shape: [x.boxes.length], data: x.boxes }, { shape: [e.boxes.length], data: e.boxes }, { rtol: 1e-4, atol: 1e-3, name: `${c.name}: detect ${i} boxes` });
+      }
+    copies.model.dispose();
+    casts.model.dispose();
+  }
+  bs.forEach(disposeBatch);
+});
+
 cuda('cuda graph: the contrastive joint step (two views, RoIAlign over the boxes, projection head) replays with the eager losses and weights', async (t) => {
   setTf32(false);
   const bs = await squareBatches('cuda', 2, 64, true);

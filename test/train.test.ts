@@ -148,6 +148,64 @@ test.serial('train: the update queued on the device before the losses are read g
   [...clean, ...poisoned].forEach(disposeBatch);
 });
 
+// serial: ONESTAGE_TEST_WEIGHT_COPIES is read at every forward, and the concurrent tests start after the serial ones
+test.serial('train: convolution weights copied for the forward (bf16 under amp on CUDA) train as the weights themselves — float32 copies give the plain records, weights and detections bitwise (frozen layers, two views, NanoDet-Plus); float64 copies are what the convolutions read, and their error leaves the weights in place (cpu)', async (t) => {
+  const ds = await dataset();
+  const batches = async (views: boolean) => {
+    const loader = new DataLoader(ds, { batchSize: 4, seed: 3, views: views ? 2 : 1, transform: { minSide: 64, maxSide: 64 } });
+    const out: Batch[] = [];
+    for await (const b of loader.epoch(0)) out.push(b);
+    return out;
+  };
+  const cases = [
+    { name: 'retinanet, layers frozen, two views', make: () => Model.retinanet({ depth: 18, numClasses: 2, featureSize: 32, seed: 1, trainableBackboneLayers: 2 }), views: true,
+      options: { optimizer: { lr: 0.01 }, loss: { contrastive: { weight: 0.5, projection: { hidden: 16, out: 8 } } } } },
+    { name: 'nanodet-plus', make: () => nanodet(), views: false, options: { optimizer: { lr: 0.01 } } },
+  ];
+  for (const c of cases) {
+    const bs = await batches(c.views);
+    const run = async (copies: string | undefined) => {
+      if (copies) process.env.ONESTAGE_TEST_WEIGHT_COPIES = copies;
+      try {
+        const model = c.make();
+        const trainer = new Trainer(model, c.options);
+        const records: StepRecord[] = [];
+        for (const b of bs) records.push(await trainer.step(b, 0.01));
+        const detections = await model.detect(bs[0].images, { scoreThreshold: 0 });
+        trainer.dispose();
+        const state = stateOf(model);
+        model.dispose();
+        return { records: records.map((r) => [r.total, r.gradNorm, r.skipped]), state, detections };
+      } finally {
+        delete process.env.ONESTAGE_TEST_WEIGHT_COPIES;
+      }
+    };
+    const plain = await run(undefined);
+    const copied = await run('float32');
+    t.true(plain.records.every(([, , skipped]) => !skipped), c.name);
+    t.deepEqual(copied.records, plain.records, `${c.name}: records`);
+    t.deepEqual(copied.state, plain.state, `${c.name}: weights`);
+    t.deepEqual(copied.detections, plain.detections, `${c.name}: detections`);
+    // float64 copies meet float32 activations: the convolutions read the copies
+    const model = c.make();
+    const trainer = new Trainer(model, c.options);
+    const before = stateOf(model);
+    process.env.ONESTAGE_TEST_WEIGHT_COPIES = 'float64';
+    try {
+      await t.throwsAsync(trainer.step(bs[0], 0.01), { message: /double/i }, c.name);
+    } finally {
+      delete process.env.ONESTAGE_TEST_WEIGHT_COPIES;
+    }
+    t.deepEqual(stateOf(model), before, `${c.name}: the failed step changed no weight`);
+    // the float32 weights are back in the convolutions: the next step is the plain run's first
+    const r = await trainer.step(bs[0], 0.01);
+    t.deepEqual([r.total, r.gradNorm, r.skipped], plain.records[0], `${c.name}: the weights restored after the error`);
+    trainer.dispose();
+    model.dispose();
+    bs.forEach(disposeBatch);
+  }
+});
+
 if (buildInfo().cudaAvailable)
   test('train: the queued update on CUDA (fused SGD, graphs replayed) skips poisoned steps on the device and follows the read-first update', async (t) => {
     const loader = loaderOf(await dataset(), 'cuda');

@@ -1,8 +1,14 @@
 // bf16 autocast of CUDA operations for a scope (the C++ form of `torch.autocast('cuda', dtype=torch.bfloat16)`):
-// the training step's forward pass and detect(..., {amp}) use it.
+// the training step's forward pass and detect(..., {amp}) use it, with the convolution weights' bf16
+// copies made in one pass (ConvWeightCopies) instead of autocast's cast per weight.
 #pragma once
 #include <ATen/autocast_mode.h>
+#include <torch/torch.h>
 #include <torch/version.h>
+
+#include <optional>
+#include <utility>
+#include <vector>
 
 namespace onestage {
 
@@ -42,6 +48,48 @@ class CudaBf16Autocast {
   bool on_;
   bool wasEnabled_ = false;
   at::ScalarType oldDtype_ = at::kHalf;
+};
+
+/// The working copies of a module's convolution weights in the forward's compute type, made for one
+/// forward: every Conv2d's `weight` member is swapped for its copy for the guard's lifetime (the
+/// registered parameter stays the float32 master the optimizer updates) and restored after, on errors
+/// too. Under bf16 autocast a convolution given a bf16 weight casts nothing, so the copies replace
+/// autocast's cast kernel per weight use — and, in the backward, the cast of each weight's gradient
+/// back to float32 — by one multi-tensor copy each way (LibTorch ≥ 2.1's `_foreach_copy_`; a copy per
+/// weight before). The values are autocast's: the same round-to-nearest-even cast, one copy of a weight
+/// used several times (the head's convolutions on five levels: their gradients summed in bf16, then
+/// cast, as autocast's cast cache does). Trained weights go through one autograd node (the gradients of
+/// unused ones stay undefined); frozen ones (requires_grad false) are copied without a graph. The module
+/// must not be used by another thread meanwhile (the models' forwards run under their mutex).
+class ConvWeightCopies {
+ public:
+  /// No copies when `dtype` is empty.
+  ConvWeightCopies(torch::nn::Module& module, std::optional<at::ScalarType> dtype);
+  ~ConvWeightCopies();
+  ConvWeightCopies(const ConvWeightCopies&) = delete;
+  ConvWeightCopies& operator=(const ConvWeightCopies&) = delete;
+
+  /// The copies' type for a forward of a model on `device`: bf16 under amp on CUDA, none otherwise or
+  /// when ONESTAGE_BF16_WEIGHTS=autocast (autocast's own casts; the benchmarks' comparison). The test
+  /// hook ONESTAGE_TEST_WEIGHT_COPIES=float32|float64 forces copies of that type on any device.
+  static std::optional<at::ScalarType> forForward(bool amp, const torch::Device& device);
+
+  /// How many weights this guard swapped.
+  size_t size() const { return saved_.size(); }
+
+ private:
+  std::vector<std::pair<torch::nn::Conv2dImpl*, torch::Tensor>> saved_;
+};
+
+/// A forward under bf16 autocast (when `amp`) with the convolution weights' copies (ConvWeightCopies).
+class Bf16Forward {
+ public:
+  Bf16Forward(torch::nn::Module& module, bool amp) : autocast_(amp), copies_(module, ConvWeightCopies::forForward(amp, deviceOf(module))) {}
+
+ private:
+  static torch::Device deviceOf(torch::nn::Module& module);
+  CudaBf16Autocast autocast_;
+  ConvWeightCopies copies_;
 };
 
 }  // namespace onestage

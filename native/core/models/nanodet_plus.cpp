@@ -151,7 +151,7 @@ Detections NanoDetPlusImpl::detect(const torch::Tensor& images, const torch::Ten
   const auto frame = detectionFrame(images, scales, sizes);
   NanoDetPlusOutput out;
   {
-    const CudaBf16Autocast autocast(opts.amp);
+    const Bf16Forward bf16(*this, opts.amp);
     out = forward(images);
   }
   const auto preds = out.preds.to(torch::kFloat);

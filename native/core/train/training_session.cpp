@@ -622,7 +622,7 @@ std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackw
   }
   RetinaNetOutput out, viewOut;
   {
-    const CudaBf16Autocast autocast(training_.amp);
+    const Bf16Forward bf16(*net, training_.amp);
     out = net->forward(x);
     if (contrastive) viewOut = net->forward(views.to(detector_->device()));
   }
@@ -864,7 +864,7 @@ std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackw
   const bool detach = epoch >= nanodetLoss_.detachEpoch;
   NanoDetPlusOutput out;
   {
-    const CudaBf16Autocast autocast(training_.amp);
+    const Bf16Forward bf16(*net, training_.amp);
     out = net->forwardTrain(x, detach);
   }
   const auto preds = out.preds.to(torch::kFloat);
