@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   N  next: build, the NanoDet-Plus graph test step by step, every fastpath `cuda graph*` test, then the
-#      batch 16 and 32 rows
+#   O  next: build, the bf16 weight copies' CUDA test and the NanoDet-Plus stepwise graph test; the b8 graph
+#      rows with the copies and with autocast's casts; inference (the same two); a profile of the b8 graph step
+#   N  (ran 2026-12-05, H100) build, the NanoDet-Plus graph test step by step, every fastpath `cuda graph*`
+#      test, then the batch 16 and 32 rows
 #   G  build (with the carried libjpeg), the CUDA tests of sessions 5–8, the machine's CPU
 #   H  the host pipeline on 16 cores: bench/data.ts stages, sharp vs onestage's JPEG decoder, pool 4 and 16;
 #      inference with the detect graphs
@@ -80,8 +82,24 @@ case "${1:-}" in
       stamp "train b$b"
     done
     ;;
+  O)
+    # the convolution weights' bf16 copies (2026-12-05, eleventh session): correctness, then rows with and
+    # without them in the same run, then where the b8 graph step's time goes now
+    timeout 200 bash scripts/gpu-check.sh build || exit 1
+    stamp "built"
+    timeout $(least 150 $(left)) npx ava --tap --verbose test/fastpath.test.ts --match '*bf16 copies*' --match '*NanoDet-Plus step*' >"$out/tests.tap" 2>&1
+    stamp "tests rc=$?"
+    grep -E '^(ok|not ok|# )' "$out/tests.tap" | cut -c1-600
+    ts $(least 170 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph,graph-pipelined --weight-casts copies,autocast --loader-images 0 >"$out/train-b8.txt" 2>&1
+    stamp "train b8"
+    ts $(least 110 $(left)) bench/inference.ts --device cuda --no-reference --batches 1,8 >"$out/inference.txt" 2>&1
+    stamp "inference"
+    ts $(least 80 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 8 --warmup 6 --rows graph --loader-images 0 --profile "$out/b8.json" >"$out/profile-run.txt" 2>&1
+    python3 bench/profile_summary.py "$out"/b8*.json >"$out/profile.txt" 2>&1
+    stamp "profile"
+    ;;
   *)
-    echo "usage: bash bench/gpu_plan.sh N|G|H|J|L" >&2
+    echo "usage: bash bench/gpu_plan.sh N|O|G|H|J|L" >&2
     exit 2
     ;;
 esac

@@ -40,24 +40,40 @@ async function main(): Promise<void> {
   if (gpu) setTf32(true); // PyTorch's default for convolutions; both sides run the same way
   const rows: Row[] = [];
   const model = Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval();
+  // the bf16 rows once more with autocast's cast per weight instead of the weights' bf16 copies
+  // (ONESTAGE_BF16_WEIGHTS=autocast), on a second model of the same weights: a detect graph is kept per
+  // model and shape, and replays what its capture recorded
+  let castsModel: Model | undefined;
   // on CUDA also channels-last with cuDNN's benchmark mode (what a Trainer leaves a CUDA model in), in
   // float32 (TF32) and with the bf16 forward (detect's amp), each also replayed as a CUDA graph (detect's
   // cudaGraph: the warm-up calls capture it)
-  for (const layout of gpu ? ['NCHW', 'channels-last', 'channels-last + bf16', 'channels-last + CUDA graph', 'channels-last + bf16 + CUDA graph'] : ['NCHW']) {
+  const layouts = gpu
+    ? ['NCHW', 'channels-last', 'channels-last + bf16', 'channels-last + CUDA graph', 'channels-last + bf16 + CUDA graph', 'channels-last + bf16, autocast casts', 'channels-last + bf16 + CUDA graph, autocast casts']
+    : ['NCHW'];
+  for (const layout of layouts) {
     if (layout === 'channels-last') {
       model.channelsLast(true);
       setCudnnBenchmark(true);
     }
     const amp = layout.includes('bf16');
-    const cudaGraph = layout.endsWith('CUDA graph');
+    const cudaGraph = layout.includes('CUDA graph');
+    const casts = layout.endsWith('autocast casts');
+    if (casts && !castsModel) castsModel = Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval().channelsLast(true);
+    const m = casts ? castsModel! : model;
     for (const b of batches) {
       const x = Tensor.from(Float32Array.from({ length: b * 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [b, 3, size, size], { device });
-      const ms = await timeMs(() => model.detect(x, { amp, cudaGraph }), warmup, iters);
-      rows.push({ system: `onestage ${layout} (LibTorch ${buildInfo().torchVersion})`, batch: b, ms });
-      console.error(`onestage ${layout} batch ${b}: ${ms.toFixed(1)} ms`);
+      if (casts) process.env.ONESTAGE_BF16_WEIGHTS = 'autocast';
+      try {
+        const ms = await timeMs(() => m.detect(x, { amp, cudaGraph }), warmup, iters);
+        rows.push({ system: `onestage ${layout} (LibTorch ${buildInfo().torchVersion})`, batch: b, ms });
+        console.error(`onestage ${layout} batch ${b}: ${ms.toFixed(1)} ms`);
+      } finally {
+        delete process.env.ONESTAGE_BF16_WEIGHTS;
+      }
       x.dispose();
     }
   }
+  castsModel?.dispose();
   model.dispose();
   const py = pythonWithTorch();
   if (opts.reference && py) {

@@ -41,6 +41,7 @@ interface Options {
   decoder: string;
   pipeline: string;
   rows: string;
+  weightCasts: string;
   out: string;
 }
 
@@ -153,6 +154,7 @@ async function main(): Promise<void> {
     .option('--decoder <list>', "the loader-fed rows' decoder: auto (onestage's JPEG decoder), sharp, or auto,sharp (a row each)", 'auto')
     .option('--pipeline <list>', "the loader-fed rows' Trainer.fit pipeline: on (default), off, or on,off (a row each)", 'on')
     .option('--no-resident', 'skip the resident-batch rows (only the DataLoader-fed ones)')
+    .option('--weight-casts <list>', "the bf16 resident rows' weight casts: copies (default: the convolution weights' bf16 copies, one multi-tensor copy each way), autocast (ONESTAGE_BF16_WEIGHTS=autocast: a cast per weight), or copies,autocast (a row each)", 'copies')
     .option('--rows <list>', 'the resident-batch rows: plain, eager, graph, graph-pipelined, graph-readfirst, graph-pipelined-readfirst (graph rows: CUDA only; -readfirst: the SGD update after the losses are read)', 'plain,eager,graph,graph-pipelined')
     .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'train-throughput.json'))
     .parse(process.argv)
@@ -172,12 +174,21 @@ async function main(): Promise<void> {
   const asked = o.resident === false ? [] : o.rows.split(',');
   for (const r of asked) if (!(r in named)) throw new Error(`--rows: unknown row '${r}' (${Object.keys(named).join(', ')})`);
   const configs = asked.filter((r) => o.device === 'cuda' || !r.startsWith('graph')).map((r) => named[r]);
+  const casts = o.weightCasts.split(',');
+  for (const c of casts) if (c !== 'copies' && c !== 'autocast') throw new Error(`--weight-casts: unknown '${c}' (copies, autocast)`);
   for (const p of precisions)
-    for (const [fast, graph, pipeline, readFirst] of configs) {
-      const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline, readFirst);
-      console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
-      rows.push(r);
-    }
+    for (const [fast, graph, pipeline, readFirst] of configs)
+      for (const c of p === 'bf16' ? casts : ['copies']) {
+        if (c === 'autocast') process.env.ONESTAGE_BF16_WEIGHTS = 'autocast';
+        try {
+          const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline, readFirst);
+          if (c === 'autocast') r.system += ' [autocast casts per weight]';
+          console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
+          rows.push(r);
+        } finally {
+          delete process.env.ONESTAGE_BF16_WEIGHTS;
+        }
+      }
   o.loaderImages ??= o.device === 'cuda' ? 160 : 0;
   if (o.loaderImages > 0)
     for (const p of precisions)
