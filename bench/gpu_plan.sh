@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   O  next: build, the bf16 weight copies' CUDA test and the NanoDet-Plus stepwise graph test; the b8 graph
-#      rows with the copies and with autocast's casts; inference (the same two); a profile of the b8 graph step
+#   P  next: build, the bf16 weight copies' CUDA test (held to autocast's own run-to-run floor); A/B of the
+#      copies against autocast's casts, interleaved: inference bf16 eager and graph (3 rounds), training b8
+#      graph-pipelined in both orders
+#   O  (ran 2026-12-05, H100) build, the bf16 weight copies' CUDA test and the NanoDet-Plus stepwise graph
+#      test; the b8 graph rows with the copies and with autocast's casts; inference (the same two); a profile
 #   N  (ran 2026-12-05, H100) build, the NanoDet-Plus graph test step by step, every fastpath `cuda graph*`
 #      test, then the batch 16 and 32 rows
 #   G  build (with the carried libjpeg), the CUDA tests of sessions 5–8, the machine's CPU
@@ -98,8 +101,22 @@ case "${1:-}" in
     python3 bench/profile_summary.py "$out"/b8*.json >"$out/profile.txt" 2>&1
     stamp "profile"
     ;;
+  P)
+    timeout 200 bash scripts/gpu-check.sh build || exit 1
+    stamp "built"
+    timeout $(least 120 $(left)) npx ava --tap --verbose test/fastpath.test.ts --match '*bf16 copies*' >"$out/tests.tap" 2>&1
+    stamp "tests rc=$?"
+    grep -E '^(ok|not ok|# )' "$out/tests.tap" | cut -c1-600
+    ts $(least 120 $(left)) bench/inference.ts --device cuda --no-reference --batches 1,8 --repeat 3 \
+      --layouts 'channels-last + bf16 + CUDA graph,channels-last + bf16 + CUDA graph (autocast casts),channels-last + bf16,channels-last + bf16 (autocast casts)' >"$out/inference.txt" 2>&1
+    stamp "inference"
+    for order in copies,autocast autocast,copies; do
+      ts $(least 110 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-pipelined --weight-casts $order --loader-images 0 >"$out/train-b8-$order.txt" 2>&1
+      stamp "train b8 $order"
+    done
+    ;;
   *)
-    echo "usage: bash bench/gpu_plan.sh N|O|G|H|J|L" >&2
+    echo "usage: bash bench/gpu_plan.sh N|O|P|G|H|J|L" >&2
     exit 2
     ;;
 esac

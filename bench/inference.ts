@@ -27,9 +27,11 @@ async function main(): Promise<void> {
     .option('--batches <list>', 'batch sizes', '1,8')
     .option('--warmup <n>', 'untimed runs', '')
     .option('--iters <n>', 'timed runs', '')
+    .option('--layouts <list>', "only these onestage rows (names as in the table, e.g. 'channels-last + bf16 + CUDA graph'), comma-separated")
+    .option('--repeat <n>', 'time the rows this many times, interleaved (one model per kind kept across rounds: A/B comparisons)', '1')
     .option('--no-reference', 'skip the PyTorch references')
     .parse()
-    .opts<{ device: 'cpu' | 'cuda'; depth: string; size: string; batches: string; warmup: string; iters: string; reference: boolean }>();
+    .opts<{ device: 'cpu' | 'cuda'; depth: string; size: string; batches: string; warmup: string; iters: string; layouts?: string; repeat: string; reference: boolean }>();
   const device = opts.device;
   const gpu = device === 'cuda';
   const warmup = Number(opts.warmup || (gpu ? 10 : 1));
@@ -47,9 +49,17 @@ async function main(): Promise<void> {
   // on CUDA also channels-last with cuDNN's benchmark mode (what a Trainer leaves a CUDA model in), in
   // float32 (TF32) and with the bf16 forward (detect's amp), each also replayed as a CUDA graph (detect's
   // cudaGraph: the warm-up calls capture it)
-  const layouts = gpu
-    ? ['NCHW', 'channels-last', 'channels-last + bf16', 'channels-last + CUDA graph', 'channels-last + bf16 + CUDA graph', 'channels-last + bf16, autocast casts', 'channels-last + bf16 + CUDA graph, autocast casts']
+  const all = gpu
+    ? ['NCHW', 'channels-last', 'channels-last + bf16', 'channels-last + CUDA graph', 'channels-last + bf16 + CUDA graph', 'channels-last + bf16 (autocast casts)', 'channels-last + bf16 + CUDA graph (autocast casts)']
     : ['NCHW'];
+  const chosen = opts.layouts ? opts.layouts.split(',').map((l) => l.trim()) : all;
+  for (const l of chosen) if (!all.includes(l)) throw new Error(`--layouts: unknown row '${l}' (${all.join('; ')})`);
+  if (Number(opts.repeat) > 1 && chosen.includes('NCHW')) throw new Error('--repeat: the NCHW row cannot be repeated (the model is channels-last after it)');
+  const layouts = Array.from({ length: Number(opts.repeat) }, () => chosen).flat();
+  if (gpu && !layouts.includes('NCHW')) {
+    model.channelsLast(true);
+    setCudnnBenchmark(true);
+  }
   for (const layout of layouts) {
     if (layout === 'channels-last') {
       model.channelsLast(true);
@@ -57,7 +67,7 @@ async function main(): Promise<void> {
     }
     const amp = layout.includes('bf16');
     const cudaGraph = layout.includes('CUDA graph');
-    const casts = layout.endsWith('autocast casts');
+    const casts = layout.endsWith('(autocast casts)');
     if (casts && !castsModel) castsModel = Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval().channelsLast(true);
     const m = casts ? castsModel! : model;
     for (const b of batches) {

@@ -497,7 +497,6 @@ cuda('cuda graph: the NanoDet-Plus step (DSL assignment, both heads, the AGM) re
 cuda('amp: the bf16 copies of the convolution weights (one multi-tensor copy each way) train and detect as autocast\'s cast per weight — eager, captured and replayed steps, two views, NanoDet-Plus', async (t) => {
   setTf32(false);
   const bs = await squareBatches('cuda', 2, 64, true);
-  const close = { rtol: 1e-4, atol: 1e-6 };
   const cases = [
     { name: 'retinanet, two views', make: () => small('cuda'), steps: 6, options: { ...sgd, loss: { contrastive: { weight: 0.5, projection: { hidden: 16, out: 8 } } } } },
     // one step: the DSL assignment turns the backward's last-bit noise into other positives after it
@@ -520,11 +519,21 @@ cuda('amp: the bf16 copies of the convolution weights (one multi-tensor copy eac
       trainer.dispose();
       return { model, records, state: weightsOf(model) };
     });
-    const [copies, casts] = [await run('copies'), await run('autocast')];
+    // autocast twice: the backward's own run-to-run difference (wgrad algorithms and the RoIAlign's
+    // backward accumulate with atomics; bf16 rounds them visibly) is the floor the copies are held to
+    const [copies, casts, again] = [await run('copies'), await run('autocast'), await run('autocast')];
+    const start = c.make();
+    const before = Object.fromEntries(Object.entries(weightsOf(start)).map(([k, v]) => [k, v.toArray() as Float32Array]));
+    start.dispose();
+    again.model.dispose();
     t.deepEqual(copies.records.map((r) => r.graph), casts.records.map((r) => r.graph), c.name);
-    const values = (rs: StepRecord[]) => ({ shape: [rs.length * 2], data: rs.flatMap((r) => [r.total, r.gradNorm]) });
-    assertClose(t, values(copies.records), values(casts.records), { ...close, name: `${c.name}: losses and gradient norms` });
-    for (const k of Object.keys(casts.state)) assertClose(t, copies.state[k], casts.state[k], { ...close, name: `${c.name}: ${k}` });
+    const values = (rs: StepRecord[]) => rs.flatMap((r) => [r.total, r.gradNorm]);
+    const rel = (a: number[], b: number[]) => Math.max(...a.map((x, i) => Math.abs(x - b[i]) / (Math.abs(b[i]) + 1e-6)));
+    const floor = { records: rel(values(again.records), values(casts.records)), update: updateDeviation(before, again.state, casts.state) };
+    const off = { records: rel(values(copies.records), values(casts.records)), update: updateDeviation(before, copies.state, casts.state) };
+    t.log(`${c.name}: copies vs autocast: losses and norms ${off.records.toExponential(2)}, update ${off.update.toExponential(2)}; autocast vs autocast ${floor.records.toExponential(2)}, ${floor.update.toExponential(2)}`);
+    t.true(off.records <= Math.min(0.05, Math.max(1e-4, 3 * floor.records)), `${c.name}: losses and gradient norms differ by ${off.records} (autocast twice: ${floor.records})`);
+    t.true(off.update <= Math.min(0.05, Math.max(1e-4, 3 * floor.update)), `${c.name}: the updates differ by ${off.update} of themselves (autocast twice: ${floor.update})`);
     // detect from the same (trained) weights on both sides, eagerly and replayed
     const file = path.join(tempDir(), 'trained.safetensors');
     await copies.model.saveWeights(file);
