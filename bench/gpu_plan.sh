@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   P  next: build, the bf16 weight copies' CUDA test (held to autocast's own run-to-run floor); A/B of the
-#      copies against autocast's casts, interleaved: inference bf16 eager and graph (3 rounds), training b8
-#      graph-pipelined in both orders
+#   P  next: build, the max-pool kernels' test, the bf16 weight copies' CUDA test (held to autocast's own
+#      run-to-run floor), the channels-last tests; A/B of the copies against autocast's casts, interleaved:
+#      inference bf16 eager and graph (3 rounds), training b8 graph-pipelined in both orders, and with
+#      LibTorch's max pooling (ONESTAGE_MAX_POOL=aten)
 #   O  (ran 2026-12-05, H100) build, the bf16 weight copies' CUDA test and the NanoDet-Plus stepwise graph
 #      test; the b8 graph rows with the copies and with autocast's casts; inference (the same two); a profile
 #   N  (ran 2026-12-05, H100) build, the NanoDet-Plus graph test step by step, every fastpath `cuda graph*`
@@ -104,16 +105,19 @@ case "${1:-}" in
   P)
     timeout 200 bash scripts/gpu-check.sh build || exit 1
     stamp "built"
-    timeout $(least 120 $(left)) npx ava --tap --verbose test/fastpath.test.ts --match '*bf16 copies*' >"$out/tests.tap" 2>&1
+    timeout $(least 150 $(left)) npx ava --tap --verbose test/max_pool.test.ts test/fastpath.test.ts --match '*bf16 copies*' --match 'max pool*' --match '*channels-last*' >"$out/tests.tap" 2>&1
     stamp "tests rc=$?"
     grep -E '^(ok|not ok|# )' "$out/tests.tap" | cut -c1-600
-    ts $(least 120 $(left)) bench/inference.ts --device cuda --no-reference --batches 1,8 --repeat 3 \
+    ts $(least 100 $(left)) bench/inference.ts --device cuda --no-reference --batches 1,8 --repeat 3 \
       --layouts 'channels-last + bf16 + CUDA graph,channels-last + bf16 + CUDA graph (autocast casts),channels-last + bf16,channels-last + bf16 (autocast casts)' >"$out/inference.txt" 2>&1
     stamp "inference"
-    for order in copies,autocast autocast,copies; do
-      ts $(least 110 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-pipelined --weight-casts $order --loader-images 0 >"$out/train-b8-$order.txt" 2>&1
-      stamp "train b8 $order"
-    done
+    # the step: copies and the stem's max-pool kernels (default), autocast's casts, LibTorch's max pooling
+    ts $(least 100 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-pipelined --weight-casts copies,autocast --loader-images 0 >"$out/train-b8-a.txt" 2>&1
+    stamp "train b8 a"
+    ONESTAGE_MAX_POOL=aten ts $(least 60 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-pipelined --loader-images 0 >"$out/train-b8-aten-pool.txt" 2>&1
+    stamp "train b8 aten pool"
+    ts $(least 100 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-pipelined --weight-casts autocast,copies --loader-images 0 >"$out/train-b8-b.txt" 2>&1
+    stamp "train b8 b"
     ;;
   *)
     echo "usage: bash bench/gpu_plan.sh N|O|P|G|H|J|L" >&2

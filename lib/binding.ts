@@ -112,6 +112,12 @@ export interface NativeBinding {
   boxIou(a: NativeTensor, b: NativeTensor): NativeTensor;
   contrastiveLossAsync(features1: NativeTensor[], features2: NativeTensor[], annotations: NativeTensor, inputHeight: number, inputWidth: number, options: object): Promise<{ loss: NativeTensor; counts: NativeTensor }>;
   roiAlign(features: NativeTensor, rois: NativeTensor, options: object): NativeTensor;
+  /** Internal (tests): the ResNet stem's max pooling, its output and input gradient by onestage's kernels or LibTorch's. */
+  maxPool2dWithGradient(
+    input: NativeTensor,
+    gradOutput: NativeTensor,
+    options: { kernel?: number; stride?: number; padding?: number; channelsLast?: boolean; aten?: boolean; type?: 'float32' | 'bfloat16' | 'float16' },
+  ): { output: NativeTensor; gradInput: NativeTensor; implementation: 'onestage' | 'aten' };
   clipBoxes(boxes: NativeTensor, height: number, width: number): NativeTensor;
   nms(boxes: NativeTensor, scores: NativeTensor, iouThreshold: number): NativeTensor;
   batchedNms(boxes: NativeTensor, scores: NativeTensor, groups: NativeTensor, iouThreshold: number): NativeTensor;

@@ -6,6 +6,7 @@
 #include "core/anchors.h"
 #include "core/boxes.h"
 #include "core/losses/gfocal.h"
+#include "core/models/max_pool.h"
 #include "core/nms.h"
 #include "core/priors.h"
 #include "core/tensor_types.h"
@@ -85,6 +86,32 @@ Napi::Value RoiAlign(const Napi::CallbackInfo& info) {
   return wrapTensor(info.Env(), roiAlign(features, rois, opts));
 }
 
+// the tests' view of the ResNet stem's max pooling: output and input gradient, by onestage's kernels (where
+// they apply) or by LibTorch's max_pool2d
+Napi::Value MaxPool2dWithGradient(const Napi::CallbackInfo& info) {
+  auto x = tensorArg(info, 0, "input");
+  const auto gy = tensorArg(info, 1, "gradOutput");
+  if (x.dim() != 4 || !x.is_floating_point()) throw Napi::RangeError::New(info.Env(), "Expected a floating-point input of shape [N, C, H, W]");
+  if (gy.device() != x.device()) throw Napi::RangeError::New(info.Env(), "input and gradOutput must be on the same device");
+  const auto o = optionsArg(info, 2, "options");
+  const int64_t k = static_cast<int64_t>(optNumber(o, "options", "kernel", 3));
+  const int64_t s = static_cast<int64_t>(optNumber(o, "options", "stride", 2));
+  const int64_t p = static_cast<int64_t>(optNumber(o, "options", "padding", 1));
+  // the storage type pooled (JavaScript tensors are float32 or float64; the results come back in float32)
+  const std::string type = optString(o, "options", "type", "float32");
+  if (type != "float32" && type != "bfloat16" && type != "float16")
+    throw Napi::RangeError::New(info.Env(), "Expected 'float32', 'bfloat16' or 'float16' for options.type but received '" + type + "'");
+  const auto dtype = type == "bfloat16" ? at::kBFloat16 : type == "float16" ? at::kHalf : at::kFloat;
+  x = x.to(dtype);
+  if (optBool(o, "options", "channelsLast", false)) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  auto r = maxPool2dWithGradient(x, gy.to(dtype), k, s, p, optBool(o, "options", "aten", false));
+  auto out = Napi::Object::New(info.Env());
+  out.Set("output", wrapTensor(info.Env(), r.output.to(at::kFloat).contiguous()));
+  out.Set("gradInput", wrapTensor(info.Env(), r.gradInput.to(at::kFloat).contiguous()));
+  out.Set("implementation", Napi::String::New(info.Env(), r.implementation));
+  return out;
+}
+
 Napi::Value CentrePriors(const Napi::CallbackInfo& info) {
   std::vector<int64_t> strides;
   Napi::Value sv = arg(info, 0);
@@ -136,6 +163,7 @@ void registerGeometryExports(Napi::Env env, Napi::Object exports) {
   exportFunction<BatchedNms>(env, exports, "batchedNms");
   exportFunction<RoiAlign>(env, exports, "roiAlign");
   exportFunction<CentrePriors>(env, exports, "centrePriors");
+  exportFunction<MaxPool2dWithGradient>(env, exports, "maxPool2dWithGradient");
   exportFunction<DistanceToBox>(env, exports, "distanceToBox");
   exportFunction<BoxToDistance>(env, exports, "boxToDistance");
   exportFunction<IntegralDistances>(env, exports, "integralDistances");

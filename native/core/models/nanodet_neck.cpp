@@ -1,5 +1,7 @@
 #include "core/models/nanodet_neck.h"
 
+#include "core/models/max_pool.h"
+
 #include <cmath>
 
 #include "core/errors.h"
@@ -71,7 +73,7 @@ ShuffleNetV2Impl::ShuffleNetV2Impl(const std::string& width) {
 }
 
 BackboneFeatures ShuffleNetV2Impl::forward(const torch::Tensor& x) {
-  auto h = torch::max_pool2d(conv1->forward(x), 3, 2, 1);
+  auto h = maxPool2d(conv1->forward(x), 3, 2, 1);
   BackboneFeatures f;
   f.c3 = stage2->forward(h);
   f.c4 = stage3->forward(f.c3);

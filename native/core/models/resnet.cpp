@@ -1,5 +1,7 @@
 #include "core/models/resnet.h"
 
+#include "core/models/max_pool.h"
+
 #include <cmath>
 
 #include "core/errors.h"
@@ -98,7 +100,7 @@ BackboneFeatures ResNetImpl::forward(const torch::Tensor& input) {
   const bool nhwc = conv1->weight.is_contiguous(at::MemoryFormat::ChannelsLast) && !conv1->weight.is_contiguous();
   const auto x = nhwc ? input.contiguous(at::MemoryFormat::ChannelsLast) : input;
   auto h = batchNormAct(*bn1, conv1(x), {}, true);
-  h = torch::max_pool2d(h, 3, 2, 1);
+  h = maxPool2d(h, 3, 2, 1);
   h = layer1->forward(h);
   BackboneFeatures f;
   f.c3 = layer2->forward(h);
