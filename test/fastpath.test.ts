@@ -545,8 +545,10 @@ cuda('amp: the bf16 copies of the convolution weights (one multi-tensor copy eac
         const e = d2[i][j];
         t.true(x.scores.length > 0, `${c.name}: detections to compare`);
         t.deepEqual(x.labels, e.labels, `${c.name}: detect ${i} image ${j} labels`);
-        assertClose(t, { shape: [x.scores.length], data: x.scores }, { shape: [e.scores.length], data: e.scores }, { rtol: 1e-4, atol: 1e-6, name: `${c.name}: detect ${i} scores` });
-        assertClose(t, { shape: [x.boxes.length], data: x.boxes }, { shape: [e.boxes.length], data: e.boxes }, { rtol: 1e-4, atol: 1e-3, name: `${c.name}: detect ${i} boxes` });
+        // to bf16's resolution: on the H200 (2026-12-05) the scores came out equal and 10 of 356 box
+        // coordinates one bf16 step of the regression apart (4.6e-3 px on 5.8)
+        assertClose(t, { shape: [x.scores.length], data: x.scores }, { shape: [e.scores.length], data: e.scores }, { rtol: 1e-3, atol: 1e-5, name: `${c.name}: detect ${i} scores` });
+        assertClose(t, { shape: [x.boxes.length], data: x.boxes }, { shape: [e.boxes.length], data: e.boxes }, { rtol: 4e-3, atol: 1e-2, name: `${c.name}: detect ${i} boxes` });
       }
     copies.model.dispose();
     casts.model.dispose();
