@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   P  next: build, the max-pool kernels' test, the bf16 weight copies' CUDA test (held to autocast's own
+#   Q  next: build, the bf16 copies' CUDA test (its detections compared to bf16's resolution)
+#   P  (ran 2026-12-05, H200) build, the max-pool kernels' test, the bf16 weight copies' CUDA test (held to autocast's own
 #      run-to-run floor), the channels-last tests; A/B of the copies against autocast's casts, interleaved:
 #      inference bf16 eager and graph (3 rounds), training b8 graph-pipelined in both orders, and with
 #      LibTorch's max pooling (ONESTAGE_MAX_POOL=aten)
@@ -119,8 +120,16 @@ case "${1:-}" in
     ts $(least 100 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-pipelined --weight-casts autocast,copies --loader-images 0 >"$out/train-b8-b.txt" 2>&1
     stamp "train b8 b"
     ;;
+  Q)
+    # after P (2026-12-05): the bf16 copies' test with the detections compared to bf16's resolution
+    timeout 200 bash scripts/gpu-check.sh build || exit 1
+    stamp "built"
+    timeout $(left) npx ava --tap --verbose test/fastpath.test.ts --match '*bf16 copies*' >"$out/tests.tap" 2>&1
+    stamp "tests rc=$?"
+    grep -E '^(ok|not ok|# )' "$out/tests.tap" | cut -c1-600
+    ;;
   *)
-    echo "usage: bash bench/gpu_plan.sh N|O|P|G|H|J|L" >&2
+    echo "usage: bash bench/gpu_plan.sh N|O|P|Q|G|H|J|L" >&2
     exit 2
     ;;
 esac
