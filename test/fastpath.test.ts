@@ -538,7 +538,7 @@ cuda('amp: the bf16 copies of the convolution weights (one multi-tensor copy eac
     const file = path.join(tempDir(), 'trained.safetensors');
     await copies.model.saveWeights(file);
     await casts.model.loadWeights(file);
-    const detect = (casts: 'copies' | 'autocast', m: Model) => under(casts, async () => [await m.detect(bs[0].images, { amp: true, scoreThreshold: 0 }), await m.detect(bs[0].images, { amp: true, cudaGraph: true, scoreThreshold: 0 })]);
+    const detect = (casts: 'copies' | 'autocast', m: Model) => under(casts, async () => [await m.detect(bs[0].images, { amp: true, scoreThreshold: 0, topkCandidates: 1000 }), await m.detect(bs[0].images, { amp: true, cudaGraph: true, scoreThreshold: 0, topkCandidates: 1000 })]);
     const [d1, d2] = [await detect('copies', copies.model), await detect('autocast', casts.model)];
     for (const [i, d] of d1.entries())
       for (const [j, x] of d.entries()) {
