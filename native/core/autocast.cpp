@@ -88,12 +88,17 @@ ConvWeightCopies::~ConvWeightCopies() {
   for (auto& [conv, weight] : saved_) conv->weight = std::move(weight);
 }
 
-std::optional<at::ScalarType> ConvWeightCopies::forForward(bool amp, const torch::Device& device) {
+std::optional<at::ScalarType> ConvWeightCopies::forForward(bool amp, const torch::Device& device, Purpose purpose) {
+  if (purpose == Purpose::dataParallelStep) return std::nullopt;
   if (const char* test = std::getenv("ONESTAGE_TEST_WEIGHT_COPIES"); test && *test) {
-    const std::string v(test);
-    if (v == "float32") return at::kFloat;
-    if (v == "float64") return at::kDouble;
-    throw RangeError("ONESTAGE_TEST_WEIGHT_COPIES must be float32 or float64, not '" + v + "'");
+    std::string v(test);
+    const std::string trainOnly = ":train";
+    const bool training = v.size() > trainOnly.size() && v.compare(v.size() - trainOnly.size(), trainOnly.size(), trainOnly) == 0;
+    if (training) v.resize(v.size() - trainOnly.size());
+    if (v != "float32" && v != "float64")
+      throw RangeError("ONESTAGE_TEST_WEIGHT_COPIES must be float32 or float64 (optionally with :train), not '" + std::string(test) + "'");
+    if (training && purpose != Purpose::trainingStep) return std::nullopt;
+    return v == "float32" ? at::kFloat : at::kDouble;
   }
   if (!amp || !device.is_cuda()) return std::nullopt;
   const char* mode = std::getenv("ONESTAGE_BF16_WEIGHTS");

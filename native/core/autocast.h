@@ -69,10 +69,16 @@ class ConvWeightCopies {
   ConvWeightCopies(const ConvWeightCopies&) = delete;
   ConvWeightCopies& operator=(const ConvWeightCopies&) = delete;
 
-  /// The copies' type for a forward of a model on `device`: bf16 under amp on CUDA, none otherwise or
-  /// when ONESTAGE_BF16_WEIGHTS=autocast (autocast's own casts; the benchmarks' comparison). The test
-  /// hook ONESTAGE_TEST_WEIGHT_COPIES=float32|float64 forces copies of that type on any device.
-  static std::optional<at::ScalarType> forForward(bool amp, const torch::Device& device);
+  /// What a forward is for: data-parallel steps make no copies — their one autograd node would hand
+  /// every convolution's gradient over at the end of the backward, and the gradient buckets all-reduce
+  /// gradients as they come.
+  enum class Purpose { detection, trainingStep, dataParallelStep };
+
+  /// The copies' type for a forward of a model on `device`: bf16 under amp on CUDA, none otherwise, for a
+  /// data-parallel step, or when ONESTAGE_BF16_WEIGHTS=autocast (autocast's own casts; the benchmarks'
+  /// comparison). The test hook ONESTAGE_TEST_WEIGHT_COPIES=float32|float64 forces copies of that type on
+  /// any device (with ":train", for training steps only).
+  static std::optional<at::ScalarType> forForward(bool amp, const torch::Device& device, Purpose purpose);
 
   /// How many weights this guard swapped.
   size_t size() const { return saved_.size(); }
@@ -84,7 +90,8 @@ class ConvWeightCopies {
 /// A forward under bf16 autocast (when `amp`) with the convolution weights' copies (ConvWeightCopies).
 class Bf16Forward {
  public:
-  Bf16Forward(torch::nn::Module& module, bool amp) : autocast_(amp), copies_(module, ConvWeightCopies::forForward(amp, deviceOf(module))) {}
+  Bf16Forward(torch::nn::Module& module, bool amp, ConvWeightCopies::Purpose purpose)
+      : autocast_(amp), copies_(module, ConvWeightCopies::forForward(amp, deviceOf(module), purpose)) {}
 
  private:
   static torch::Device deviceOf(torch::nn::Module& module);

@@ -36,6 +36,11 @@ namespace onestage {
 
 namespace {
 
+/// What a training step's forward is for (ConvWeightCopies): data-parallel steps make no weight copies.
+ConvWeightCopies::Purpose stepPurpose(const TrainingOptions& training) {
+  return training.group ? ConvWeightCopies::Purpose::dataParallelStep : ConvWeightCopies::Purpose::trainingStep;
+}
+
 constexpr const char* kStateFormat = "onestage-trainer-state-1";
 
 }  // namespace
@@ -622,7 +627,7 @@ std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackw
   }
   RetinaNetOutput out, viewOut;
   {
-    const Bf16Forward bf16(*net, training_.amp);
+    const Bf16Forward bf16(*net, training_.amp, stepPurpose(training_));
     out = net->forward(x);
     if (contrastive) viewOut = net->forward(views.to(detector_->device()));
   }
@@ -864,7 +869,7 @@ std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackw
   const bool detach = epoch >= nanodetLoss_.detachEpoch;
   NanoDetPlusOutput out;
   {
-    const Bf16Forward bf16(*net, training_.amp);
+    const Bf16Forward bf16(*net, training_.amp, stepPurpose(training_));
     out = net->forwardTrain(x, detach);
   }
   const auto preds = out.preds.to(torch::kFloat);
