@@ -42,6 +42,7 @@ interface Options {
   pipeline: string;
   rows: string;
   weightCasts: string;
+  repeat: number;
   out: string;
 }
 
@@ -141,6 +142,7 @@ async function main(): Promise<void> {
     .option('--size <px>', 'square input side', (v) => Number(v), 640)
     .option('--depth <n>', 'ResNet depth', (v) => Number(v), 50)
     .option('--steps <n>', 'timed steps', (v) => Number(v), 30)
+    .option('--repeat <n>', 'time the resident rows this many times, interleaved (A/B comparisons within one run)', (v) => Number(v), 1)
     .option('--warmup <n>', 'untimed steps', (v) => Number(v), 10)
     .option('--precisions <list>', 'fp32,bf16 (bf16: CUDA only)', 'fp32,bf16')
     .option('--optimizer <type>', 'sgd or adamw (both sides)', 'sgd')
@@ -176,19 +178,22 @@ async function main(): Promise<void> {
   const configs = asked.filter((r) => o.device === 'cuda' || !r.startsWith('graph')).map((r) => named[r]);
   const casts = o.weightCasts.split(',');
   for (const c of casts) if (c !== 'copies' && c !== 'autocast') throw new Error(`--weight-casts: unknown '${c}' (copies, autocast)`);
-  for (const p of precisions)
-    for (const [fast, graph, pipeline, readFirst] of configs)
-      for (const c of p === 'bf16' ? casts : ['copies']) {
-        if (c === 'autocast') process.env.ONESTAGE_BF16_WEIGHTS = 'autocast';
-        try {
-          const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline, readFirst);
-          if (c === 'autocast') r.system += ' [autocast casts per weight]';
-          console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
-          rows.push(r);
-        } finally {
-          delete process.env.ONESTAGE_BF16_WEIGHTS;
+  if (!Number.isInteger(o.repeat) || o.repeat < 1) throw new Error(`--repeat: a positive integer, not ${o.repeat}`);
+  for (let round = 0; round < o.repeat; round++) {
+    for (const p of precisions)
+      for (const [fast, graph, pipeline, readFirst] of configs)
+        for (const c of p === 'bf16' ? casts : ['copies']) {
+          if (c === 'autocast') process.env.ONESTAGE_BF16_WEIGHTS = 'autocast';
+          try {
+            const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline, readFirst);
+            if (c === 'autocast') r.system += ' [autocast casts per weight]';
+            console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
+            rows.push(r);
+          } finally {
+            delete process.env.ONESTAGE_BF16_WEIGHTS;
+          }
         }
-      }
+  }
   o.loaderImages ??= o.device === 'cuda' ? 160 : 0;
   if (o.loaderImages > 0)
     for (const p of precisions)
