@@ -106,9 +106,4 @@ std::optional<at::ScalarType> ConvWeightCopies::forForward(bool amp, const torch
   return at::kBFloat16;
 }
 
-torch::Device Bf16Forward::deviceOf(torch::nn::Module& module) {
-  for (const auto& p : module.parameters()) return p.device();
-  return torch::kCPU;
-}
-
 }  // namespace onestage

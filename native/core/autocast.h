@@ -87,14 +87,14 @@ class ConvWeightCopies {
   std::vector<std::pair<torch::nn::Conv2dImpl*, torch::Tensor>> saved_;
 };
 
-/// A forward under bf16 autocast (when `amp`) with the convolution weights' copies (ConvWeightCopies).
+/// A forward of `module` on `device` under bf16 autocast (when `amp`) with the convolution weights'
+/// copies (ConvWeightCopies).
 class Bf16Forward {
  public:
-  Bf16Forward(torch::nn::Module& module, bool amp, ConvWeightCopies::Purpose purpose)
-      : autocast_(amp), copies_(module, ConvWeightCopies::forForward(amp, deviceOf(module), purpose)) {}
+  Bf16Forward(torch::nn::Module& module, const torch::Device& device, bool amp, ConvWeightCopies::Purpose purpose)
+      : autocast_(amp), copies_(module, ConvWeightCopies::forForward(amp, device, purpose)) {}
 
  private:
-  static torch::Device deviceOf(torch::nn::Module& module);
   CudaBf16Autocast autocast_;
   ConvWeightCopies copies_;
 };

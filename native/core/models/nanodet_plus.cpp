@@ -151,7 +151,7 @@ Detections NanoDetPlusImpl::detect(const torch::Tensor& images, const torch::Ten
   const auto frame = detectionFrame(images, scales, sizes);
   NanoDetPlusOutput out;
   {
-    const Bf16Forward bf16(*this, opts.amp, ConvWeightCopies::Purpose::detection);
+    const Bf16Forward bf16(*this, images.device(), opts.amp, ConvWeightCopies::Purpose::detection);
     out = forward(images);
   }
   const auto preds = out.preds.to(torch::kFloat);

@@ -115,7 +115,7 @@ Detections RetinaNetImpl::detect(const torch::Tensor& images, const torch::Tenso
   const auto frame = detectionFrame(images, scales, sizes);
   RetinaNetOutput out;
   {
-    const Bf16Forward bf16(*this, opts.amp, ConvWeightCopies::Purpose::detection);
+    const Bf16Forward bf16(*this, images.device(), opts.amp, ConvWeightCopies::Purpose::detection);
     out = forward(images);
   }
   out.classification = out.classification.to(torch::kFloat);

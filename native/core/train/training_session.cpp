@@ -627,7 +627,7 @@ std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackw
   }
   RetinaNetOutput out, viewOut;
   {
-    const Bf16Forward bf16(*net, training_.amp, stepPurpose(training_));
+    const Bf16Forward bf16(*net, detector_->device(), training_.amp, stepPurpose(training_));
     out = net->forward(x);
     if (contrastive) viewOut = net->forward(views.to(detector_->device()));
   }
@@ -869,7 +869,7 @@ std::vector<std::pair<std::string, torch::Tensor>> TrainingSession::forwardBackw
   const bool detach = epoch >= nanodetLoss_.detachEpoch;
   NanoDetPlusOutput out;
   {
-    const Bf16Forward bf16(*net, training_.amp, stepPurpose(training_));
+    const Bf16Forward bf16(*net, detector_->device(), training_.amp, stepPurpose(training_));
     out = net->forwardTrain(x, detach);
   }
   const auto preds = out.preds.to(torch::kFloat);
