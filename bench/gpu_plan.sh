@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   R  next: build, every CUDA test of fastpath, train, max_pool and nanodet (the copies and the max-pool
+#   S  next: build; test/frozen_bn.test.ts (the backward's mask from x and its two gradients against the old
+#      kernel bitwise), every CUDA test of fastpath, train, max_pool and nanodet; b8 rows interleaved: the new
+#      backward, the old one (ONESTAGE_SHORTCUT_GRADIENTS=autograd + ONESTAGE_RELU_MASK=output) and each half,
+#      2 rounds; a profile; b16 and b32 on what is left
+#   R  (superseded by S) build, every CUDA test of fastpath, train, max_pool and nanodet (the copies and the max-pool
 #      kernels in all of them); the b8 rows interleaved (copies/autocast × 2 rounds), b16 and b32; a profile
 #      of the b8 step on an H200
 #   Q  (ran 2026-12-05, H200, warm) the bf16 copies' CUDA test (passed after its NanoDet detect graph got
@@ -148,8 +152,26 @@ case "${1:-}" in
     python3 bench/profile_summary.py "$out"/b8*.json >"$out/profile.txt" 2>&1
     stamp "profile"
     ;;
+  S)
+    timeout 200 bash scripts/gpu-check.sh build || exit 1
+    stamp "built"
+    timeout $(least 240 $(left)) npx ava --tap test/frozen_bn.test.ts test/fastpath.test.ts test/train.test.ts test/max_pool.test.ts test/nanodet.test.ts >"$out/tests.tap" 2>&1
+    stamp "tests rc=$?"
+    grep -E '^(not ok|# (tests|pass|skip|fail))' "$out/tests.tap" | cut -c1-400
+    old=ONESTAGE_SHORTCUT_GRADIENTS=autograd+ONESTAGE_RELU_MASK=output
+    ts $(least 150 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-pipelined --repeat 2 --loader-images 0 \
+      --variants "default,$old,ONESTAGE_SHORTCUT_GRADIENTS=autograd,ONESTAGE_RELU_MASK=output" --out "$out/train-b8.json" >"$out/train-b8.txt" 2>&1
+    stamp "train b8"
+    ts $(least 60 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 8 --warmup 6 --rows graph --loader-images 0 --profile "$out/b8.json" >"$out/profile-run.txt" 2>&1
+    python3 bench/profile_summary.py "$out"/b8*.json >"$out/profile.txt" 2>&1
+    stamp "profile"
+    for b in 16 32; do
+      ts $(least 70 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --rows graph-pipelined --loader-images 0 --out "$out/train-b$b.json" >"$out/train-b$b.txt" 2>&1
+      stamp "train b$b"
+    done
+    ;;
   *)
-    echo "usage: bash bench/gpu_plan.sh N|O|P|Q|R|G|H|J|L" >&2
+    echo "usage: bash bench/gpu_plan.sh N|O|P|Q|R|S|G|H|J|L" >&2
     exit 2
     ;;
 esac

@@ -42,6 +42,7 @@ interface Options {
   pipeline: string;
   rows: string;
   weightCasts: string;
+  variants: string;
   repeat: number;
   out: string;
 }
@@ -157,6 +158,7 @@ async function main(): Promise<void> {
     .option('--pipeline <list>', "the loader-fed rows' Trainer.fit pipeline: on (default), off, or on,off (a row each)", 'on')
     .option('--no-resident', 'skip the resident-batch rows (only the DataLoader-fed ones)')
     .option('--weight-casts <list>', "the bf16 resident rows' weight casts: copies (default: the convolution weights' bf16 copies, one multi-tensor copy each way), autocast (ONESTAGE_BF16_WEIGHTS=autocast: a cast per weight), or copies,autocast (a row each)", 'copies')
+    .option('--variants <list>', "environment variants of the resident rows, interleaved: 'default' or NAME=VALUE (several joined by +), e.g. default,ONESTAGE_SHORTCUT_GRADIENTS=autograd (a row each)", 'default')
     .option('--rows <list>', 'the resident-batch rows: plain, eager, graph, graph-pipelined, graph-readfirst, graph-pipelined-readfirst (graph rows: CUDA only; -readfirst: the SGD update after the losses are read)', 'plain,eager,graph,graph-pipelined')
     .option('--out <file>', 'JSON results', path.join(__dirname, 'results', 'train-throughput.json'))
     .parse(process.argv)
@@ -179,20 +181,29 @@ async function main(): Promise<void> {
   const casts = o.weightCasts.split(',');
   for (const c of casts) if (c !== 'copies' && c !== 'autocast') throw new Error(`--weight-casts: unknown '${c}' (copies, autocast)`);
   if (!Number.isInteger(o.repeat) || o.repeat < 1) throw new Error(`--repeat: a positive integer, not ${o.repeat}`);
+  const variants = o.variants.split(',').map((v) => {
+    if (v === 'default') return { name: v, env: {} as Record<string, string> };
+    const pairs = v.split('+').map((kv) => kv.split('='));
+    if (pairs.some((kv) => kv.length !== 2 || !/^[A-Z][A-Z0-9_]*$/.test(kv[0]))) throw new Error(`--variants: 'default' or NAME=VALUE[+NAME=VALUE], not '${v}'`);
+    return { name: v, env: Object.fromEntries(pairs) as Record<string, string> };
+  });
   for (let round = 0; round < o.repeat; round++) {
     for (const p of precisions)
       for (const [fast, graph, pipeline, readFirst] of configs)
-        for (const c of p === 'bf16' ? casts : ['copies']) {
-          if (c === 'autocast') process.env.ONESTAGE_BF16_WEIGHTS = 'autocast';
-          try {
-            const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline, readFirst);
-            if (c === 'autocast') r.system += ' [autocast casts per weight]';
-            console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
-            rows.push(r);
-          } finally {
-            delete process.env.ONESTAGE_BF16_WEIGHTS;
+        for (const c of p === 'bf16' ? casts : ['copies'])
+          for (const v of variants) {
+            const env = { ...v.env, ...(c === 'autocast' ? { ONESTAGE_BF16_WEIGHTS: 'autocast' } : {}) };
+            Object.assign(process.env, env);
+            try {
+              const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline, readFirst);
+              if (c === 'autocast') r.system += ' [autocast casts per weight]';
+              if (v.name !== 'default') r.system += ` [${v.name}]`;
+              console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
+              rows.push(r);
+            } finally {
+              for (const k of Object.keys(env)) delete process.env[k];
+            }
           }
-        }
   }
   o.loaderImages ??= o.device === 'cuda' ? 160 : 0;
   if (o.loaderImages > 0)

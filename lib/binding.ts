@@ -118,6 +118,15 @@ export interface NativeBinding {
     gradOutput: NativeTensor,
     options: { kernel?: number; stride?: number; padding?: number; channelsLast?: boolean; aten?: boolean; type?: 'float32' | 'bfloat16' | 'float16' },
   ): { output: NativeTensor; gradInput: NativeTensor; implementation: 'onestage' | 'aten' };
+  /** Internal (tests): the fused frozen-BatchNorm kernels (CUDA) or their ATen replicas (CPU), forward and backward; params [4, C] = weight, bias, mean, var. */
+  frozenBatchNormWithGradient(
+    input: NativeTensor,
+    residual: NativeTensor | null,
+    gradOutput: NativeTensor,
+    gradOutput2: NativeTensor | null,
+    params: NativeTensor,
+    options: { eps?: number; relu?: boolean; maskFromOutput?: boolean; sumFirst?: boolean; type?: 'float32' | 'bfloat16' | 'float16' },
+  ): { output: NativeTensor; gradInput: NativeTensor; gradResidual: NativeTensor | null; gradWeight: NativeTensor; gradBias: NativeTensor; implementation: 'kernels' | 'emulation' };
   clipBoxes(boxes: NativeTensor, height: number, width: number): NativeTensor;
   nms(boxes: NativeTensor, scores: NativeTensor, iouThreshold: number): NativeTensor;
   batchedNms(boxes: NativeTensor, scores: NativeTensor, groups: NativeTensor, iouThreshold: number): NativeTensor;

@@ -99,6 +99,7 @@ function validArgs(group: NativeProcessGroup | null = null, port = 1): Record<ke
     batchedNms: [boxes, scores, groups, 0.5],
     centrePriors: [[8, 16, 32], 64, 64, 'cpu'],
     maxPool2dWithGradient: [b.tensorFromArray(new Float32Array(2 * 8 * 6 * 6), [2, 8, 6, 6], 'float32', 'cpu'), b.tensorFromArray(new Float32Array(2 * 8 * 3 * 3), [2, 8, 3, 3], 'float32', 'cpu'), {}],
+    frozenBatchNormWithGradient: [b.tensorFromArray(new Float32Array(2 * 8 * 3 * 3), [2, 8, 3, 3], 'float32', 'cpu'), null, b.tensorFromArray(new Float32Array(2 * 8 * 3 * 3), [2, 8, 3, 3], 'float32', 'cpu'), null, b.tensorFromArray(new Float32Array(32).fill(1), [4, 8], 'float32', 'cpu'), {}],
     distanceToBox: [points, boxes, 0, 0],
     boxToDistance: [points, boxes],
     integralDistances: [b.tensorFromArray(new Float32Array(64), [2, 32], 'float32', 'cpu'), 7],
@@ -150,6 +151,7 @@ function validArgs(group: NativeProcessGroup | null = null, port = 1): Record<ke
 
 /** Positions where null and undefined mean "none". */
 const NULLABLE_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
+  frozenBatchNormWithGradient: [1, 3],
   nanodetLossAsync: [1],
   trainerCreate: [4],
   decodeJpegAsync: [5],
@@ -183,6 +185,7 @@ const OPTION_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
   assignMaxIouAsync: [2],
   roiAlign: [2],
   maxPool2dWithGradient: [2],
+  frozenBatchNormWithGradient: [5],
   contrastiveLossAsync: [5],
   focalLossAsync: [4],
   sigmoidFocalLossAsync: [2],

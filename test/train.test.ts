@@ -206,6 +206,69 @@ test.serial('train: convolution weights copied for the forward (bf16 under amp o
   }
 });
 
+// serial: ONESTAGE_TEST_FROZEN_BN and ONESTAGE_SHORTCUT_GRADIENTS are read at every forward
+test.serial('train: the fused frozen-BatchNorm path — a block output\'s two gradients summed in its own backward, the ReLU\'s mask recomputed from x — trains as LibTorch\'s BatchNorm; run with ATen replicas of its CUDA kernels (ResNet-18 two views, ResNet-50 layers frozen; cpu)', async (t) => {
+  const ds = await dataset();
+  const cases = [
+    { name: 'resnet-18, two views', make: () => Model.retinanet({ depth: 18, numClasses: 2, featureSize: 32, seed: 1 }), views: true },
+    { name: 'resnet-50, layers frozen', make: () => Model.retinanet({ depth: 50, numClasses: 2, featureSize: 32, seed: 2, trainableBackboneLayers: 3 }), views: false },
+  ];
+  const keys = ['ONESTAGE_TEST_FROZEN_BN', 'ONESTAGE_SHORTCUT_GRADIENTS'] as const;
+  for (const c of cases) {
+    const loader = new DataLoader(ds, { batchSize: 4, seed: 3, views: c.views ? 2 : 1, transform: { minSide: 64, maxSide: 64 } });
+    const bs: Batch[] = [];
+    for await (const b of loader.epoch(0)) bs.push(b);
+    const options = { optimizer: { lr: 0.01 }, ...(c.views ? { loss: { contrastive: { weight: 0.5, projection: { hidden: 16, out: 8 } } } } : {}) };
+    const run = async (env: Partial<Record<(typeof keys)[number], string>>) => {
+      Object.assign(process.env, env);
+      try {
+        const model = c.make();
+        const trainer = new Trainer(model, options);
+        const records: number[] = [];
+        for (const b of bs) {
+          const r = await trainer.step(b, 0.01);
+          t.false(r.skipped, c.name);
+          records.push(r.total, r.gradNorm);
+        }
+        const [d] = await model.detect(bs[0].images, { scoreThreshold: 0 });
+        trainer.dispose();
+        const state = model.stateDict();
+        // every entry of the state dict, in its order, as one vector
+        const flat = Object.values(state).flatMap((v) => Array.from(v.toArray() as ArrayLike<number | bigint>, Number));
+        const out = { records, scores: Array.from(d.scores).slice(0, 50), state: flat };
+        for (const v of Object.values(state)) v.dispose();
+        model.dispose();
+        return out;
+      } finally {
+        for (const k of keys) delete process.env[k];
+      }
+    };
+    const plain = await run({});
+    const fused = await run({ ONESTAGE_TEST_FROZEN_BN: 'emulate' });
+    const summed = await run({ ONESTAGE_TEST_FROZEN_BN: 'emulate', ONESTAGE_SHORTCUT_GRADIENTS: 'autograd' });
+    const wide = await run({ ONESTAGE_TEST_FROZEN_BN: 'emulate:float64' });
+    const near = (a: number[], b: number[], rtol: number, what: string) => assertClose(t, { shape: [a.length], data: a }, { shape: [b.length], data: b }, { atol: 1e-6, rtol, name: `${c.name}: ${what}` });
+    // float64 arithmetic moves the last bits: the hook is at work, and the weights stay within float32's rounding of LibTorch's
+    t.notDeepEqual(wide.state, plain.state, `${c.name}: the replicas ran`);
+    for (const [name, other, rtol] of [['replicas', fused, 1e-5], ['float64 replicas', wide, 1e-5], ['one gradient summed by autograd', summed, 1e-5]] as const) {
+      near(other.records, plain.records, rtol, `${name}: losses and gradient norms`);
+      near(other.scores, plain.scores, 1e-4, `${name}: detection scores`);
+      near(other.state, plain.state, 1e-4, `${name}: weights`);
+    }
+    bs.forEach(disposeBatch);
+  }
+  process.env.ONESTAGE_TEST_FROZEN_BN = 'emulate:int8';
+  try {
+    const model = small();
+    const images = Tensor.from(new Float32Array(3 * 64 * 64), [1, 3, 64, 64]);
+    await t.throwsAsync(model.detect(images), { message: /ONESTAGE_TEST_FROZEN_BN must be emulate or emulate:float64, not 'emulate:int8'/ });
+    images.dispose();
+    model.dispose();
+  } finally {
+    delete process.env.ONESTAGE_TEST_FROZEN_BN;
+  }
+});
+
 if (buildInfo().cudaAvailable)
   test('train: the queued update on CUDA (fused SGD, graphs replayed) skips poisoned steps on the device and follows the read-first update', async (t) => {
     const loader = loaderOf(await dataset(), 'cuda');

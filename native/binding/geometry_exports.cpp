@@ -6,6 +6,7 @@
 #include "core/anchors.h"
 #include "core/boxes.h"
 #include "core/losses/gfocal.h"
+#include "core/models/frozen_bn.h"
 #include "core/models/max_pool.h"
 #include "core/nms.h"
 #include "core/priors.h"
@@ -112,6 +113,42 @@ Napi::Value MaxPool2dWithGradient(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// the tests' view of the fused frozen-BatchNorm kernels (CUDA) or their ATen replicas (CPU): forward and backward on their own
+Napi::Value FrozenBatchNormWithGradient(const Napi::CallbackInfo& info) {
+  auto optional = [&](size_t i, const char* name) { return arg(info, i).IsNull() || arg(info, i).IsUndefined() ? torch::Tensor() : tensorArg(info, i, name); };
+  auto x = tensorArg(info, 0, "input");
+  auto r = optional(1, "residual");
+  auto gy = tensorArg(info, 2, "gradOutput");
+  auto gy2 = optional(3, "gradOutput2");
+  const auto params = tensorArg(info, 4, "params");
+  const auto o = optionsArg(info, 5, "options");
+  // the storage type (JavaScript tensors are float32 or float64; the results come back in float32)
+  const std::string type = optString(o, "options", "type", "float32");
+  if (type != "float32" && type != "bfloat16" && type != "float16")
+    throw Napi::RangeError::New(info.Env(), "Expected 'float32', 'bfloat16' or 'float16' for options.type but received '" + type + "'");
+  const auto dtype = type == "bfloat16" ? at::kBFloat16 : type == "float16" ? at::kHalf : at::kFloat;
+  const double eps = optNumber(o, "options", "eps", 1e-5);
+  auto prepare = [&](torch::Tensor& t) {
+    if (!t.defined()) return;
+    if (t.device() != x.device()) throw Napi::RangeError::New(info.Env(), "Expected every tensor on the input's device");
+    t = t.to(dtype);
+    if (t.dim() == 4) t = t.contiguous(at::MemoryFormat::ChannelsLast);  // other shapes: the RangeError below
+  };
+  for (auto* t : {&r, &gy, &gy2}) prepare(*t);
+  prepare(x);
+  const auto c = frozenBatchNormWithGradient(x, r, gy, gy2, params.to(at::kFloat), eps, optBool(o, "options", "relu", true), optBool(o, "options", "maskFromOutput", false),
+                                             optBool(o, "options", "sumFirst", false));
+  auto out = Napi::Object::New(info.Env());
+  auto back = [&](const torch::Tensor& t) -> Napi::Value { return t.defined() ? Napi::Value(wrapTensor(info.Env(), t.to(at::kFloat).contiguous())) : info.Env().Null(); };
+  out.Set("output", back(c.output));
+  out.Set("gradInput", back(c.gradInput));
+  out.Set("gradResidual", back(c.gradResidual));
+  out.Set("gradWeight", back(c.gradWeight));
+  out.Set("gradBias", back(c.gradBias));
+  out.Set("implementation", Napi::String::New(info.Env(), c.implementation));
+  return out;
+}
+
 Napi::Value CentrePriors(const Napi::CallbackInfo& info) {
   std::vector<int64_t> strides;
   Napi::Value sv = arg(info, 0);
@@ -164,6 +201,7 @@ void registerGeometryExports(Napi::Env env, Napi::Object exports) {
   exportFunction<RoiAlign>(env, exports, "roiAlign");
   exportFunction<CentrePriors>(env, exports, "centrePriors");
   exportFunction<MaxPool2dWithGradient>(env, exports, "maxPool2dWithGradient");
+  exportFunction<FrozenBatchNormWithGradient>(env, exports, "frozenBatchNormWithGradient");
   exportFunction<DistanceToBox>(env, exports, "distanceToBox");
   exportFunction<BoxToDistance>(env, exports, "boxToDistance");
   exportFunction<IntegralDistances>(env, exports, "integralDistances");

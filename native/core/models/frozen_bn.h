@@ -6,9 +6,33 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <string>
+#include <utility>
+
 namespace onestage {
 
 torch::Tensor batchNormAct(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, const torch::Tensor& residual, bool relu);
+
+// The same for an output with two uses (a ResNet block's output: the next block's first convolution, and its shortcut):
+// two handles of one tensor. On the fused path each handle's gradient reaches the BatchNorm's backward on its own and the
+// kernel sums them as it reads them (rounded to the storage type, as autograd's sum) — autograd would otherwise write their
+// sum as one more tensor and the kernel read it back. Elsewhere both handles are the same tensor. ONESTAGE_SHORTCUT_GRADIENTS=
+// autograd (read at every call) hands out one tensor twice everywhere (ONESTAGE_RELU_MASK=output: the backward reads the
+// ReLU's mask from the output where it would recompute it from x — both for benchmarks' comparisons); the test hook ONESTAGE_TEST_FROZEN_BN=emulate runs the
+// fused path's autograd with ATen replicas of the kernels on any device.
+std::pair<torch::Tensor, torch::Tensor> batchNormActTwice(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, const torch::Tensor& residual, bool relu);
+
+// The fused kernels' forward and backward on their own, what the tests compare: y = act(x·s + t [+ r]) and, for the output's
+// gradient gy (+ gy2, a second use's), ∂x, ∂r, ∂weight, ∂bias. params [4, C] float32: weight, bias, running mean, running
+// variance. CUDA: the kernels (channels-last storage, C a multiple of the 16-byte vector); CPU: their ATen replicas in float32.
+// `maskFromOutput`: the ReLU's mask from y (as with a residual) instead of recomputed from x; `sumFirst`: gy + gy2 summed
+// before the backward (one gradient, as autograd hands it) instead of inside it. RangeError for bad shapes or storage.
+struct FrozenBnCheck {
+  torch::Tensor output, gradInput, gradResidual, gradWeight, gradBias;
+  std::string implementation;  // "kernels" or "emulation"
+};
+FrozenBnCheck frozenBatchNormWithGradient(const torch::Tensor& x, const torch::Tensor& r, const torch::Tensor& gy, const torch::Tensor& gy2,
+                                          const torch::Tensor& params, double eps, bool relu, bool maskFromOutput, bool sumFirst);
 
 // act(conv(x)) for a convolution with a bias: on channels-last CUDA tensors the bias and the ReLU run as
 // one fused epilogue kernel forward and one backward (the bias's gradient reduced in the same pass)

@@ -1,7 +1,8 @@
 // Frozen BatchNorm (running statistics) fused with the residual sum and the ReLU that follow it in
 // ResNet blocks, for channels-last CUDA tensors: y = act(x·s + t [+ r]) with s = w / √(var + eps),
 // t = b − mean·s per channel. Forward: one pass. Backward: one pass writing ∂x = g·s (and ∂r = g)
-// with g = ∂y·[y > 0], and the per-channel sums Σg (∂b) and Σg·x̂ (∂w), x̂ = (x − mean)/√(var + eps),
+// with g = ∂y·[y > 0] (∂y: the sum of the output's two uses' gradients where the caller hands both;
+// [y > 0] recomputed from x where no residual was added), and the per-channel sums Σg (∂b) and Σg·x̂ (∂w), x̂ = (x − mean)/√(var + eps),
 // reduced in registers and shared memory, then atomically into float accumulators.
 // Layout: [rows = N·H·W, C] contiguous (channels-last), C a multiple of the vector width; float
 // arithmetic whatever the storage type (float, bf16, half).
@@ -40,11 +41,16 @@ __device__ inline void channelAffine(const BnParams& p, int c, float& scale, flo
     invstd = 1.f;
     return;
   }
-  invstd = rsqrtf(p.var[c] + p.eps);
+  // rounded operations (no contraction into a fused multiply-add): the backward recomputes the forward's
+  // values from x (the ReLU's mask) and must get the same bits
+  invstd = rsqrtf(__fadd_rn(p.var[c], p.eps));
   mean = p.mean[c];
-  scale = p.weight[c] * invstd;
-  shift = p.bias[c] - mean * scale;
+  scale = __fmul_rn(p.weight[c], invstd);
+  shift = __fsub_rn(p.bias[c], __fmul_rn(mean, scale));
 }
+
+/// x·s + t as one fused multiply-add, in the forward and where the backward recomputes it
+__device__ inline float affine(float x, float scale, float shift) { return __fmaf_rn(x, scale, shift); }
 
 template <typename T, int V>
 __global__ void frozenBnForwardKernel(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y, BnParams p, int64_t packs, int C, bool relu) {
@@ -69,8 +75,8 @@ __global__ void frozenBnForwardKernel(const T* __restrict__ x, const T* __restri
     Pack<T, V> out;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      float v = static_cast<float>(xv.v[k]) * scale[k] + shift[k];
-      if (r) v += static_cast<float>(rv.v[k]);
+      float v = affine(static_cast<float>(xv.v[k]), scale[k], shift[k]);
+      if (r) v = __fadd_rn(v, static_cast<float>(rv.v[k]));
       if (relu) v = v > 0.f ? v : 0.f;
       out.v[k] = static_cast<T>(v);
     }
@@ -83,37 +89,45 @@ constexpr int kMaxLanes = 32;  // threads along the channels (each V channels)
 
 // Block (lanes, rows) with lanes = min(32, C / V): narrow layers (C 64: 8 lanes × 32 rows) keep every
 // thread busy and a warp reads whole consecutive rows; wide ones take 32 lanes × 8 rows per block.
+// gy2 (may be null): a second gradient of the output (its other use), summed with gy and rounded to T
+// as autograd's sum of the two would be. The ReLU's mask: [y > 0] from the output y, or with y null
+// recomputed from x (no residual: T(x·s + t) > 0, the forward's own rounding) — one stream fewer.
 template <typename T, int V>
-__global__ void frozenBnBackwardKernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x, T* __restrict__ gx,
-                                       T* __restrict__ gr, BnParams p, int64_t rows, int C, bool relu, float* __restrict__ sumG,
-                                       float* __restrict__ sumGx) {
+__global__ void frozenBnBackwardKernel(const T* __restrict__ gy, const T* __restrict__ gy2, const T* __restrict__ y, const T* __restrict__ x,
+                                       T* __restrict__ gx, T* __restrict__ gr, BnParams p, int64_t rows, int C, bool relu,
+                                       float* __restrict__ sumG, float* __restrict__ sumGx) {
   __shared__ float shG[kThreads * V];
   __shared__ float shGx[kThreads * V];
   const int lanes = blockDim.x;
   const int rowsPerBlock = blockDim.y;
   const int c0 = (blockIdx.x * lanes + threadIdx.x) * V;
   const bool active = c0 < C;
-  float accG[V], accGx[V], scale[V], mean[V], invstd[V];
+  const bool maskFromX = relu && y == nullptr;
+  float accG[V], accGx[V], scale[V], shift[V], mean[V], invstd[V];
 #pragma unroll
   for (int k = 0; k < V; ++k) {
     accG[k] = 0.f;
     accGx[k] = 0.f;
-    float shift;
-    if (active) channelAffine(p, c0 + k, scale[k], shift, mean[k], invstd[k]);
+    if (active) channelAffine(p, c0 + k, scale[k], shift[k], mean[k], invstd[k]);
   }
   if (active) {
     for (int64_t row = blockIdx.y * static_cast<int64_t>(rowsPerBlock) + threadIdx.y; row < rows; row += static_cast<int64_t>(gridDim.y) * rowsPerBlock) {
       const int64_t at = (row * C + c0) / V;
       const auto gv = reinterpret_cast<const Pack<T, V>*>(gy)[at];
-      Pack<T, V> xv;
+      Pack<T, V> gv2, xv, yv;
+      if (gy2) gv2 = reinterpret_cast<const Pack<T, V>*>(gy2)[at];
       if (x) xv = reinterpret_cast<const Pack<T, V>*>(x)[at];
-      Pack<T, V> yv;
-      if (relu) yv = reinterpret_cast<const Pack<T, V>*>(y)[at];
+      if (relu && !maskFromX) yv = reinterpret_cast<const Pack<T, V>*>(y)[at];
       Pack<T, V> gxo, gro;
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         float g = static_cast<float>(gv.v[k]);
-        if (relu && !(static_cast<float>(yv.v[k]) > 0.f)) g = 0.f;
+        if (gy2) g = static_cast<float>(static_cast<T>(__fadd_rn(g, static_cast<float>(gv2.v[k]))));
+        if (relu) {
+          const float out = maskFromX ? static_cast<float>(static_cast<T>(affine(static_cast<float>(xv.v[k]), scale[k], shift[k])))
+                                      : static_cast<float>(yv.v[k]);
+          if (!(out > 0.f)) g = 0.f;
+        }
         accG[k] += g;
         if (x) accGx[k] += g * (static_cast<float>(xv.v[k]) - mean[k]) * invstd[k];
         gxo.v[k] = static_cast<T>(g * scale[k]);
@@ -177,9 +191,10 @@ at::Tensor frozenBnForwardCuda(const at::Tensor& x, const at::Tensor& r, const a
 
 namespace {
 
-/// The backward pass over gy [rows, C] (channels-last); gx, gr, x and sumGx may be undefined (not written / read).
-void launchBackward(const at::Tensor& gy, const at::Tensor& y, const at::Tensor& x, const at::Tensor& gx, const at::Tensor& gr, const BnParams& params,
-                    bool relu, const at::Tensor& sumG, const at::Tensor& sumGx) {
+/// The backward pass over gy [rows, C] (channels-last); gy2, y, gx, gr, x and sumGx may be undefined (not read / written; y
+/// undefined with relu: the mask from x).
+void launchBackward(const at::Tensor& gy, const at::Tensor& gy2, const at::Tensor& y, const at::Tensor& x, const at::Tensor& gx, const at::Tensor& gr,
+                    const BnParams& params, bool relu, const at::Tensor& sumG, const at::Tensor& sumGx) {
   const int64_t C = gy.size(1);
   const int64_t rows = gy.numel() / std::max<int64_t>(C, 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gy.scalar_type(), "frozenBnBackwardCuda", [&] {
@@ -194,7 +209,7 @@ void launchBackward(const at::Tensor& gy, const at::Tensor& y, const at::Tensor&
     const dim3 block(static_cast<unsigned>(lanes), static_cast<unsigned>(rowsPerBlock));
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     frozenBnBackwardKernel<scalar_t, V><<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(
-        gy.data_ptr<scalar_t>(), ptr(y), ptr(x), ptr(gx), ptr(gr), params, rows, static_cast<int>(C), relu, sumG.data_ptr<float>(),
+        gy.data_ptr<scalar_t>(), ptr(gy2), ptr(y), ptr(x), ptr(gx), ptr(gr), params, rows, static_cast<int>(C), relu, sumG.data_ptr<float>(),
         sumGx.defined() ? sumGx.data_ptr<float>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -202,14 +217,16 @@ void launchBackward(const at::Tensor& gy, const at::Tensor& y, const at::Tensor&
 
 }  // namespace
 
-/// Returns {∂x, ∂r (when wantResidual), Σg [C], Σg·x̂ [C]}.
-std::vector<at::Tensor> frozenBnBackwardCuda(const at::Tensor& gy, const at::Tensor& y, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
-                                             const at::Tensor& m, const at::Tensor& v, double eps, bool relu, bool wantResidual) {
+/// Returns {∂x, ∂r (when wantResidual), Σg [C], Σg·x̂ [C]} for the output's gradient gy (+ gy2, the gradient of its second use, when
+/// defined). y undefined: the ReLU's mask recomputed from x (only without a residual).
+std::vector<at::Tensor> frozenBnBackwardCuda(const at::Tensor& gy, const at::Tensor& gy2, const at::Tensor& y, const at::Tensor& x, const at::Tensor& w,
+                                             const at::Tensor& b, const at::Tensor& m, const at::Tensor& v, double eps, bool relu, bool wantResidual) {
+  TORCH_CHECK(!(relu && !y.defined() && wantResidual), "frozenBnBackwardCuda: the ReLU's mask needs the output where a residual was added");
   const c10::cuda::CUDAGuard guard(x.device());
   auto gx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   at::Tensor gr = wantResidual ? at::empty_like(x, at::MemoryFormat::ChannelsLast) : at::Tensor();
   auto sums = at::zeros({2, x.size(1)}, x.options().dtype(at::kFloat));
-  launchBackward(gy, y, x, gx, gr, paramsOf(w, b, m, v, eps), relu, sums[0], sums[1]);
+  launchBackward(gy, gy2, y, x, gx, gr, paramsOf(w, b, m, v, eps), relu, sums[0], sums[1]);
   return {gx, gr, sums[0], sums[1]};
 }
 
@@ -223,7 +240,7 @@ std::vector<at::Tensor> biasActBackwardCuda(const at::Tensor& gz, const at::Tens
   const c10::cuda::CUDAGuard guard(gz.device());
   at::Tensor gy = relu ? at::empty_like(gz, at::MemoryFormat::ChannelsLast) : at::Tensor();
   auto sum = at::zeros({gz.size(1)}, gz.options().dtype(at::kFloat));
-  launchBackward(gz, relu ? z : at::Tensor(), at::Tensor(), gy, at::Tensor(), paramsOf(at::Tensor(), bias, at::Tensor(), at::Tensor(), 0.0), relu, sum,
+  launchBackward(gz, at::Tensor(), relu ? z : at::Tensor(), at::Tensor(), gy, at::Tensor(), paramsOf(at::Tensor(), bias, at::Tensor(), at::Tensor(), 0.0), relu, sum,
                  at::Tensor());
   return {gy, sum};
 }

@@ -34,9 +34,12 @@ BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride)
     downsample = register_module("downsample", makeDownsample(inplanes, planes * kExpansion, stride));
 }
 
-torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  auto out = batchNormAct(*bn1, conv1(x), {}, true);
-  return batchNormAct(*bn2, conv2(out), shortcut(downsample, x), true);
+torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) { return forwardUses({x, x}).main; }
+
+BlockInput BasicBlockImpl::forwardUses(const BlockInput& x) {
+  auto out = batchNormAct(*bn1, conv1(x.main), {}, true);
+  auto [main, second] = batchNormActTwice(*bn2, conv2(out), shortcut(downsample, x.shortcut), true);
+  return {main, second};
 }
 
 BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride) {
@@ -50,11 +53,27 @@ BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride)
     downsample = register_module("downsample", makeDownsample(inplanes, planes * kExpansion, stride));
 }
 
-torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
-  auto out = batchNormAct(*bn1, conv1(x), {}, true);
+torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) { return forwardUses({x, x}).main; }
+
+BlockInput BottleneckImpl::forwardUses(const BlockInput& x) {
+  auto out = batchNormAct(*bn1, conv1(x.main), {}, true);
   out = batchNormAct(*bn2, conv2(out), {}, true);
-  return batchNormAct(*bn3, conv3(out), shortcut(downsample, x), true);
+  auto [main, second] = batchNormActTwice(*bn3, conv3(out), shortcut(downsample, x.shortcut), true);
+  return {main, second};
 }
+
+namespace {
+/// A layer's blocks one after the other on the two handles of their inputs (nn::Sequential passes one tensor).
+BlockInput forwardLayer(const nn::Sequential& layer, BlockInput x) {
+  for (const auto& block : layer->children()) {
+    if (auto* b = block->as<BottleneckImpl>())
+      x = b->forwardUses(x);
+    else
+      x = block->as<BasicBlockImpl>()->forwardUses(x);
+  }
+  return x;
+}
+}  // namespace
 
 namespace {
 template <typename Block>
@@ -101,12 +120,13 @@ BackboneFeatures ResNetImpl::forward(const torch::Tensor& input) {
   const auto x = nhwc ? input.contiguous(at::MemoryFormat::ChannelsLast) : input;
   auto h = batchNormAct(*bn1, conv1(x), {}, true);
   h = maxPool2d(h, 3, 2, 1);
-  h = layer1->forward(h);
-  BackboneFeatures f;
-  f.c3 = layer2->forward(h);
-  f.c4 = layer3->forward(f.c3);
-  f.c5 = layer4->forward(f.c4);
-  return f;
+  // each block's output as two handles: the next block's first convolution reads `main`, its shortcut `shortcut`;
+  // the pyramid's lateral convolutions read `main` too (autograd sums those gradients with the next layer's)
+  const auto c2 = forwardLayer(layer1, {h, h});
+  const auto c3 = forwardLayer(layer2, c2);
+  const auto c4 = forwardLayer(layer3, c3);
+  const auto c5 = forwardLayer(layer4, c4);
+  return {c3.main, c4.main, c5.main};
 }
 
 bool isResNetBackboneKey(const std::string& key) {

@@ -8,10 +8,19 @@
 
 namespace onestage {
 
+/// A block's input as its two uses take it: `main` feeds the block's first convolution, `shortcut` its residual
+/// (identity or downsample). The same values; separate handles where the previous block's BatchNorm gives them
+/// (batchNormActTwice, core/models/frozen_bn.h), so that its backward receives the two gradients apart.
+struct BlockInput {
+  torch::Tensor main, shortcut;
+};
+
 struct BasicBlockImpl : torch::nn::Module {
   static constexpr int64_t kExpansion = 1;
   BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride);
   torch::Tensor forward(const torch::Tensor& x);
+  /// The block on its input's two handles; its output as two handles for the next block.
+  BlockInput forwardUses(const BlockInput& x);
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::Sequential downsample{nullptr};
@@ -22,6 +31,8 @@ struct BottleneckImpl : torch::nn::Module {
   static constexpr int64_t kExpansion = 4;
   BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride);
   torch::Tensor forward(const torch::Tensor& x);
+  /// The block on its input's two handles; its output as two handles for the next block.
+  BlockInput forwardUses(const BlockInput& x);
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   torch::nn::Sequential downsample{nullptr};
