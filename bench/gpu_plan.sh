@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   S  next: build; test/frozen_bn.test.ts (the backward's mask from x and its two gradients against the old
+#   S  (ran 2026-12-05, H100: the tests cut at 240 s, the copies' test failed once under five concurrent ava
+#      processes and passed alone; the b8 rows came back from a warm rerun) build; test/frozen_bn.test.ts (the backward's mask from x and its two gradients against the old
 #      kernel bitwise), every CUDA test of fastpath, train, max_pool and nanodet; b8 rows interleaved: the new
 #      backward, the old one (ONESTAGE_SHORTCUT_GRADIENTS=autograd + ONESTAGE_RELU_MASK=output) and each half,
 #      2 rounds; a profile; b16 and b32 on what is left
