@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
+#   T  next (about 300 s of device time): build; test/frozen_bn.test.ts (the backward's grid as 1 or 2 waves of
+#      resident blocks against 8 blocks per multiprocessor); b8 rows interleaved: default, ONESTAGE_FROZEN_BN_WAVES=1
+#      and =2, 2 rounds; fastpath's channels-last CUDA test on what is left
 #   S  (ran 2026-12-05, H100: the tests cut at 240 s, the copies' test failed once under five concurrent ava
 #      processes and passed alone; the b8 rows came back from a warm rerun) build; test/frozen_bn.test.ts (the backward's mask from x and its two gradients against the old
 #      kernel bitwise), every CUDA test of fastpath, train, max_pool and nanodet; b8 rows interleaved: the new
@@ -171,8 +174,19 @@ case "${1:-}" in
       stamp "train b$b"
     done
     ;;
+  T)
+    timeout 200 bash scripts/gpu-check.sh build || exit 1
+    stamp "built"
+    timeout $(least 90 $(left)) npx ava --tap test/frozen_bn.test.ts 2>&1 | grep -E '^(not ok|ok|# (tests|pass|skip|fail))|bitwise|differ' | cut -c1-300
+    stamp "frozen_bn tests"
+    ts $(least 100 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch 8 --no-reference --steps 20 --warmup 8 --rows graph-pipelined --repeat 2 --loader-images 0 \
+      --variants "default,ONESTAGE_FROZEN_BN_WAVES=1,ONESTAGE_FROZEN_BN_WAVES=2" --out "$out/train-b8.json" 2>&1 | grep -E 'img/s'
+    stamp "train b8"
+    timeout $(least 60 $(left)) npx ava --tap test/fastpath.test.ts --match '*channels-last training*' 2>&1 | grep -E '^(not ok|ok|# (pass|fail))' | cut -c1-200
+    stamp "fastpath channels-last"
+    ;;
   *)
-    echo "usage: bash bench/gpu_plan.sh N|O|P|Q|R|S|G|H|J|L" >&2
+    echo "usage: bash bench/gpu_plan.sh N|O|P|Q|R|S|T|G|H|J|L" >&2
     exit 2
     ;;
 esac

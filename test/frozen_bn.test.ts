@@ -22,7 +22,7 @@ function rng(seed: number) {
 }
 
 /** Channel parameters: weights of both signs, running means that x takes (the ReLU's edge), variances over 3 decades. */
-function params(seed: number): Float32Array {
+function params(seed: number, C = 16): Float32Array {
   const next = rng(seed);
   const p = new Float32Array(4 * C);
   for (let c = 0; c < C; c++) {
@@ -36,11 +36,11 @@ function params(seed: number): Float32Array {
 
 /** Steps of `scale` in −8…8 steps, shifted by `offset` (x: quarter steps, many at the running mean — the ReLU's edge where the
  * bias is 0 — unless shifted off it), a NaN every 89 elements when asked. */
-function values(seed: number, nans: boolean, scale = 0.25, offset = 0): Float32Array {
+function values(seed: number, nans: boolean, scale = 0.25, offset = 0, n = count): Float32Array {
   const next = rng(seed);
-  const v = new Float32Array(count);
-  for (let i = 0; i < count; i++) v[i] = Math.floor(next() * 17 - 8) * scale + offset;
-  if (nans) for (let i = 5; i < count; i += 89) v[i] = NaN;
+  const v = new Float32Array(n);
+  for (let i = 0; i < n; i++) v[i] = Math.floor(next() * 17 - 8) * scale + offset;
+  if (nans) for (let i = 5; i < n; i += 89) v[i] = NaN;
   return v;
 }
 
@@ -48,13 +48,14 @@ interface Result { implementation: string; output: number[]; gradInput: number[]
 
 /** `edge`: x on the running means (else 0.1 off them: where the kernel's fused multiply-add and the replicas' product and sum
  * may round x·s + t to opposite signs, the ReLU's mask with them). */
-function run(device: Device, o: Options, residual: boolean, second: boolean, edge = true): Result {
-  const t = (v: Float32Array, s = shape) => Tensor.from(v, s, { device });
-  const x = t(values(1, true, 0.25, edge ? 0 : 0.1));
-  const r = residual ? t(values(2, false)) : null;
-  const g = t(values(3, false, 0.37));
-  const g2 = second ? t(values(4, false, 0.29)) : null;
-  const p = t(params(5), [4, C]);
+function run(device: Device, o: Options, residual: boolean, second: boolean, edge = true, dims = shape): Result {
+  const n = dims.reduce((a, b) => a * b, 1);
+  const t = (v: Float32Array, s = dims) => Tensor.from(v, s, { device });
+  const x = t(values(1, dims === shape, 0.25, edge ? 0 : 0.1, n)); // NaNs in the small shape (in the big one they would make every ∂weight NaN)
+  const r = residual ? t(values(2, false, 0.25, 0, n)) : null;
+  const g = t(values(3, false, 0.37, 0, n));
+  const g2 = second ? t(values(4, false, 0.29, 0, n)) : null;
+  const p = t(params(5, dims[1]), [4, dims[1]]);
   const raw = native().frozenBatchNormWithGradient(x.handle, r?.handle ?? null, g.handle, g2?.handle ?? null, p.handle, o);
   const read = (h: typeof raw.output | null) => {
     if (h === null) return null;
@@ -145,6 +146,27 @@ if (buildInfo().cudaAvailable)
           assertClose(t, vec(off.gradBias), vec(cpu.gradBias), { atol: 50 * tol, rtol: tol, name: `${name}: ∂bias vs replica` });
           assertClose(t, vec(off.gradWeight), vec(cpu.gradWeight), { atol: 50 * tol, rtol: tol, name: `${name}: ∂weight vs replica` });
         }
+      // the backward's grid as 1 or 2 waves of resident blocks (ONESTAGE_FROZEN_BN_WAVES) instead of 8 blocks per
+      // multiprocessor: the elementwise results bitwise, the per-channel sums to float atomics' order — on 40 960 rows of
+      // 64 channels, where the grids differ (8 per multiprocessor: up to ~1 000 blocks of 32 rows each)
+      const big = [8, 64, 64, 80];
+      for (const waves of ['1', '2']) {
+        process.env.ONESTAGE_FROZEN_BN_WAVES = waves;
+        try {
+          for (const residual of [false, true]) {
+            const base = run('cuda', { type }, residual, true, true, big);
+            delete process.env.ONESTAGE_FROZEN_BN_WAVES;
+            const eight = run('cuda', { type }, residual, true, true, big);
+            process.env.ONESTAGE_FROZEN_BN_WAVES = waves;
+            const name = `${type}, ${waves} wave(s), residual ${residual}`;
+            for (const k of ['gradInput', 'gradResidual'] as const) if (k !== 'gradResidual' || residual) t.true(same(base[k], eight[k]), `${name}: ${k} bitwise`);
+            assertClose(t, vec(base.gradBias), vec(eight.gradBias), { atol: 1e-3, rtol: 1e-5, name: `${name}: ∂bias` });
+            assertClose(t, vec(base.gradWeight), vec(eight.gradWeight), { atol: 1e-3, rtol: 1e-5, name: `${name}: ∂weight` });
+          }
+        } finally {
+          delete process.env.ONESTAGE_FROZEN_BN_WAVES;
+        }
+      }
       // a second gradient absent: the kernel reads one
       const one = run('cuda', { type }, false, false, false);
       const oneCpu = run('cpu', { type }, false, false, false);

@@ -13,6 +13,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstdlib>
 #include <numeric>
 
 namespace onestage {
@@ -164,6 +165,15 @@ BnParams paramsOf(const at::Tensor& w, const at::Tensor& b, const at::Tensor& m,
 
 int multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
+/// ONESTAGE_FROZEN_BN_WAVES=k (1…64): the backward's grid as k waves of resident blocks; 0 when unset.
+int wavesAsked() {
+  const char* v = std::getenv("ONESTAGE_FROZEN_BN_WAVES");
+  if (v == nullptr || *v == 0) return 0;
+  const int k = std::atoi(v);
+  TORCH_CHECK(k >= 1 && k <= 64, "ONESTAGE_FROZEN_BN_WAVES must be an integer in 1…64, not '", v, "'");
+  return k;
+}
+
 }  // namespace
 
 /// x (and r) [N, C, H, W] channels-last contiguous; w, b, m, v float32 [C] contiguous; C % (16 / element size) == 0.
@@ -203,7 +213,15 @@ void launchBackward(const at::Tensor& gy, const at::Tensor& gy2, const at::Tenso
     const int64_t lanes = std::min<int64_t>(kMaxLanes, C / V);
     const int64_t rowsPerBlock = kThreads / lanes;
     const int64_t gridX = (C / V + lanes - 1) / lanes;
-    const int64_t want = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors()) * 8 / gridX);
+    // blocks: 8 per multiprocessor, or (ONESTAGE_FROZEN_BN_WAVES=k, read at every launch: benchmarks compare) k waves of
+    // as many as fit at once — fewer blocks, each over more rows: fewer per-block reductions and atomics
+    static const int resident = [] {
+      int n = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, frozenBnBackwardKernel<scalar_t, V>, kThreads, 0));
+      return std::max(n, 1);
+    }();
+    const int64_t perSm = wavesAsked() > 0 ? static_cast<int64_t>(wavesAsked()) * resident : 8;
+    const int64_t want = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors()) * perSm / gridX);
     const int64_t gridY = std::min<int64_t>(want, (rows + rowsPerBlock - 1) / rowsPerBlock);
     const dim3 grid(static_cast<unsigned>(gridX), static_cast<unsigned>(std::min<int64_t>(gridY, 65535)));
     const dim3 block(static_cast<unsigned>(lanes), static_cast<unsigned>(rowsPerBlock));
