@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   T  next (about 300 s of device time): build; test/frozen_bn.test.ts (the backward's grid as 1 or 2 waves of
+#   next: S or T on an H200 (none was lent in the twelfth session): the b8/b16/b32 rows there
+#   T  (ran 2026-12-05, H100: passed; one wave became the default — the test now compares 2 and 8 waves with it) build; test/frozen_bn.test.ts (the backward's grid as 1 or 2 waves of
 #      resident blocks against 8 blocks per multiprocessor); b8 rows interleaved: default, ONESTAGE_FROZEN_BN_WAVES=1
 #      and =2, 2 rounds; fastpath's channels-last CUDA test on what is left
 #   S  (ran 2026-12-05, H100: the tests cut at 240 s, the copies' test failed once under five concurrent ava
