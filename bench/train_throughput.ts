@@ -193,6 +193,8 @@ async function main(): Promise<void> {
         for (const c of p === 'bf16' ? casts : ['copies'])
           for (const v of variants) {
             const env = { ...v.env, ...(c === 'autocast' ? { ONESTAGE_BF16_WEIGHTS: 'autocast' } : {}) };
+            // the values set before (the caller's environment) come back after the row
+            const before = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
             Object.assign(process.env, env);
             try {
               const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline, readFirst);
@@ -201,7 +203,8 @@ async function main(): Promise<void> {
               console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
               rows.push(r);
             } finally {
-              for (const k of Object.keys(env)) delete process.env[k];
+              for (const [k, v] of Object.entries(before)) if (v === undefined) delete process.env[k];
+                else process.env[k] = v;
             }
           }
   }
