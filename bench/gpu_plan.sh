@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   next: S or T on an H200 (none was lent in the twelfth session): the b8/b16/b32 rows there
+#   U  (thirteenth session) bench/cudnn_fusion_probe.py (cuDNN's fused conv+bias(+add)+ReLU against the convolution alone,
+#      per layer of RetinaNet-50's inference, heuristics and benchmark mode); build; test/frozen_bn.test.ts (its waves
+#      part as edited after call T); inference bf16 graph b8 (2 rounds); training b8 graph + one ahead, b16, b32
 #   T  (ran 2026-12-05, H100: passed; one wave became the default — the test now compares 2 and 8 waves with it) build; test/frozen_bn.test.ts (the backward's grid as 1 or 2 waves of
 #      resident blocks against 8 blocks per multiprocessor); b8 rows interleaved: default, ONESTAGE_FROZEN_BN_WAVES=1
 #      and =2, 2 rounds; fastpath's channels-last CUDA test on what is left
@@ -172,6 +174,22 @@ case "${1:-}" in
     stamp "profile"
     for b in 16 32; do
       ts $(least 70 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --rows graph-pipelined --loader-images 0 --out "$out/train-b$b.json" >"$out/train-b$b.txt" 2>&1
+      stamp "train b$b"
+    done
+    ;;
+  U)
+    python3 bench/cudnn_fusion_probe.py 2>&1 | tail -45 | cut -c1-220
+    stamp "probe (heuristics)"
+    python3 bench/cudnn_fusion_probe.py --benchmark 2>&1 | tail -3 | cut -c1-300
+    stamp "probe (benchmark)"
+    timeout 200 bash scripts/gpu-check.sh build || exit 1
+    stamp "built"
+    timeout $(least 90 $(left)) npx ava --tap test/frozen_bn.test.ts 2>&1 | grep -E '^(not ok|ok|# (tests|pass|skip|fail))|bitwise|differ' | cut -c1-300
+    stamp "frozen_bn tests"
+    ts $(least 90 $(left)) bench/inference.ts --device cuda --no-reference --batches 8 --repeat 2 --layouts 'channels-last + bf16 + CUDA graph,channels-last + bf16' 2>&1 | grep -E 'onestage' | cut -c1-200
+    stamp "inference"
+    for b in 8 16 32; do
+      ts $(least 80 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 16 --warmup 6 --rows graph-pipelined --loader-images 0 --out "$out/train-b$b.json" 2>&1 | grep -E 'img/s' | cut -c1-200
       stamp "train b$b"
     done
     ;;
