@@ -98,7 +98,7 @@ export interface NativeBinding {
   modelSetTraining(m: NativeModel, training: boolean): void;
   modelTo(m: NativeModel, device: string): void;
   modelSetChannelsLast(m: NativeModel, on: boolean): void;
-  modelForwardAsync(m: NativeModel, images: NativeTensor): Promise<Record<string, NativeTensor>>;
+  modelForwardAsync(m: NativeModel, images: NativeTensor, options: { amp: boolean }): Promise<Record<string, NativeTensor>>;
   modelDetectAsync(m: NativeModel, images: NativeTensor, scales: NativeTensor, sizes: NativeTensor, options: object): Promise<NativeDetection[]>;
   modelLoadTorchAsync(m: NativeModel, path: string, options: object): Promise<NativeLoadReport>;
   modelLoadSafetensorsAsync(m: NativeModel, path: string, dataStart: number, entries: NativeSafetensorsEntry[], options: object): Promise<NativeLoadReport>;

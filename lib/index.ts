@@ -13,7 +13,7 @@ export { Model, MODEL_METADATA_KEY } from './model';
 export type { OnnxExportOptions, OnnxExportResult } from './onnx/export';
 export { COCO_91_CLASSES, RETINANET_VARIANTS, torchvisionLayout, weightEntries } from './torchvision';
 export type { RetinaNetVariant, TorchvisionLayout, WeightEntry } from './torchvision';
-export type { RetinaNetOptions, NanoDetPlusOptions, ModelConfig, ForwardOutput as RetinaNetForwardOutput, NanoDetPlusForwardOutput, PyramidOutput, DetectOptions, DetectBatch, Detection, ForwardOutput, LoadWeightsOptions, LoadReport, ModelInfo, ResNetDepth, FromWeightsOptions } from './model';
+export type { RetinaNetOptions, NanoDetPlusOptions, ModelConfig, ForwardOutput as RetinaNetForwardOutput, NanoDetPlusForwardOutput, PyramidOutput, DetectOptions, ForwardOptions, DetectBatch, Detection, ForwardOutput, LoadWeightsOptions, LoadReport, ModelInfo, ResNetDepth, FromWeightsOptions } from './model';
 export { generateAnchors, encodeBoxes, decodeBoxes, boxIou, clipBoxes, nms, batchedNms, roiAlign, centrePriors, distanceToBox, boxToDistance, integralDistances } from './geometry';
 export type { AnchorOptions, BoxCoderOptions, RoiAlignOptions } from './geometry';
 export { MaxIoUAssigner, FocalLoss, GHMC, GHMR, RetinaNetLoss, sigmoidFocalLoss, lossRecipe, LOSS_RECIPES } from './losses';

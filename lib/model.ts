@@ -105,6 +105,12 @@ export type ModelConfig =
 /** Metadata key under which `saveWeights` records the architecture (`Model.fromWeights` reads it). */
 export const MODEL_METADATA_KEY = 'onestage.model';
 
+/** Options of `Model.forward`. */
+export interface ForwardOptions {
+  /** bf16 autocast of the forward pass, as `DetectOptions.amp` (a model on CUDA); outputs in float32. Default false. */
+  amp?: boolean;
+}
+
 export interface DetectOptions {
   /** Candidates need a score above this; default 0.05. */
   scoreThreshold?: number;
@@ -116,7 +122,10 @@ export interface DetectOptions {
   maxDetections?: number;
   /**
    * bf16 autocast of the forward pass (a model on CUDA; a RangeError elsewhere); scores, decoding and
-   * NMS stay in float32. Default false. Scores move by about 1e-2 against float32.
+   * NMS stay in float32. Default false. Scores move by about 1e-2 against float32. On a channels-last
+   * model the frozen BatchNorm layers followed by a ReLU are folded into their convolutions (weight ·
+   * scale, bias = shift, rounded once to bf16) and cuDNN runs convolution + bias + ReLU as one kernel,
+   * the heads' convolutions too (`ONESTAGE_CONV_FUSION=off`: unfused).
    */
   amp?: boolean;
   /**
@@ -393,9 +402,22 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
     return this;
   }
 
-  /** Raw outputs for a batch `[B, 3, H, W]` (float32, on the model's device), without gradients. */
-  async forward(images: Tensor): Promise<Out> {
-    return wrapTensors<string>(await native().modelForwardAsync(this.handle, handleOf('images', images))) as unknown as Out;
+  /**
+   * Raw outputs for a batch `[B, 3, H, W]` (float32, on the model's device), without gradients.
+   * `options.amp`: the forward under bf16 autocast as `detect`'s (a model on CUDA; a RangeError elsewhere),
+   * the outputs converted to float32.
+   * @example const out = await model.forward(images, { amp: true }); // out.classification [B, N, C]
+   */
+  async forward(images: Tensor, options?: ForwardOptions): Promise<Out> {
+    const imagesHandle = handleOf('images', images);
+    const o = checkOptions('options', options) as ForwardOptions;
+    this.checkAmp(o.amp);
+    return wrapTensors<string>(await native().modelForwardAsync(this.handle, imagesHandle, { amp: o.amp ?? false })) as unknown as Out;
+  }
+
+  private checkAmp(amp: unknown): void {
+    if (amp !== undefined && typeof amp !== 'boolean') throw invalid('options.amp', 'a boolean', amp);
+    if (amp && !this.device.startsWith('cuda')) throw new RangeError(`options.amp (bf16 autocast) needs a model on CUDA; this one is on ${this.device}`);
   }
 
   /**
@@ -423,8 +445,7 @@ export class Model<Out extends object = ForwardOutput | NanoDetPlusForwardOutput
       if (o[k] !== undefined && (typeof o[k] !== 'number' || !Number.isFinite(o[k]) || (o[k] as number) < 0 || (o[k] as number) > 1))
         throw invalid(`options.${k}`, 'a number between 0 and 1', o[k], typeof o[k] === 'number' ? RangeError : TypeError);
     for (const k of ['topkCandidates', 'maxDetections'] as const) if (o[k] !== undefined) checkInteger(`options.${k}`, o[k], 0, 2 ** 40);
-    if (o.amp !== undefined && typeof o.amp !== 'boolean') throw invalid('options.amp', 'a boolean', o.amp);
-    if (o.amp && !this.device.startsWith('cuda')) throw new RangeError(`options.amp (bf16 autocast) needs a model on CUDA; this one is on ${this.device}`);
+    this.checkAmp(o.amp);
     if (o.cudaGraph !== undefined && typeof o.cudaGraph !== 'boolean') throw invalid('options.cudaGraph', 'a boolean', o.cudaGraph);
     if (o.cudaGraph && !this.device.startsWith('cuda')) throw new RangeError(`options.cudaGraph needs a model on CUDA; this one is on ${this.device}`);
     const scalesT = Tensor.from(Float32Array.from(scales), [B]);

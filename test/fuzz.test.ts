@@ -81,7 +81,7 @@ function validArgs(group: NativeProcessGroup | null = null, port = 1): Record<ke
     modelSetTraining: [model, false],
     modelTo: [model, 'cpu'],
     modelSetChannelsLast: [model, false],
-    modelForwardAsync: [model, images],
+    modelForwardAsync: [model, images, {}],
     modelDetectAsync: [model, images, scales, sizes, {}],
     modelLoadTorchAsync: [model, 'no-such-file.pt', {}],
     modelLoadSafetensorsAsync: [model, 'no-such-file.safetensors', 8, [], {}],

@@ -4,6 +4,7 @@
 #include "binding/configs.h"
 #include "binding/model_handle.h"
 #include "binding/napi_util.h"
+#include "core/autocast.h"
 #include "core/errors.h"
 #include "core/models/detector.h"
 #include "core/tensor_types.h"
@@ -100,14 +101,26 @@ Napi::Value ModelSetChannelsLast(const Napi::CallbackInfo& info) {
 Napi::Value ModelForwardAsync(const Napi::CallbackInfo& info) {
   auto m = modelArg(info);
   auto images = tensorArg(info, 1, "images");
+  const bool amp = optBool(optionsArg(info, 2, "options"), "options", "amp", false);
+  if (amp && !m->device().is_cuda())
+    throw Napi::RangeError::New(info.Env(), "amp (bf16 autocast) needs a model on CUDA; this one is on " + m->device().str());
   using Named = std::vector<std::pair<std::string, torch::Tensor>>;
   return PromiseWorker<Named>::start(
       info.Env(),
-      [m, images] {
+      [m, images, amp] {
         std::lock_guard<std::mutex> lock(m->mutex());
         return m->onDeviceThread([&] {
           torch::NoGradGuard noGrad;
-          return m->forwardNamed(images);
+          Named out;
+          {
+            // as detect's amp: bf16 autocast with the convolution weights' bf16 copies
+            const Bf16Forward bf16(m->module(), m->device(), amp, ConvWeightCopies::Purpose::detection);
+            out = m->forwardNamed(images);
+          }
+          // floating outputs in float32, as without amp
+          for (auto& [name, t] : out)
+            if (t.is_floating_point() && t.scalar_type() != torch::kFloat32) t = t.to(torch::kFloat32);
+          return out;
         });
       },
       [](Napi::Env env, Named& named) -> Napi::Value {

@@ -12,6 +12,18 @@
 
 namespace onestage {
 
+/// The type CUDA operations are autocast to in the current scope (bf16 under CudaBf16Autocast), or none where CUDA
+/// autocast is off.
+inline std::optional<at::ScalarType> cudaAutocastType() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  if (!at::autocast::is_autocast_enabled(at::kCUDA)) return std::nullopt;
+  return at::autocast::get_autocast_dtype(at::kCUDA);
+#else
+  if (!at::autocast::is_enabled()) return std::nullopt;
+  return at::autocast::get_autocast_gpu_dtype();
+#endif
+}
+
 /// On for the guard's lifetime when `on`; restores the previous autocast state.
 class CudaBf16Autocast {
  public:

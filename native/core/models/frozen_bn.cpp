@@ -7,6 +7,7 @@
 #include <utility>
 #include <variant>
 
+#include "core/autocast.h"
 #include "core/errors.h"
 
 #include <torch/version.h>
@@ -20,6 +21,8 @@ std::vector<at::Tensor> frozenBnBackwardCuda(const at::Tensor& gy, const at::Ten
                                              const at::Tensor& b, const at::Tensor& m, const at::Tensor& v, double eps, bool relu, bool wantResidual);
 at::Tensor biasActForwardCuda(const at::Tensor& y, const at::Tensor& bias, bool relu);
 std::vector<at::Tensor> biasActBackwardCuda(const at::Tensor& gz, const at::Tensor& z, const at::Tensor& bias, bool relu);
+std::vector<at::Tensor> foldBatchNormCuda(const at::Tensor& w, const at::Tensor& bw, const at::Tensor& bb, const at::Tensor& m, const at::Tensor& v,
+                                          double eps, at::ScalarType type);
 #endif
 
 namespace {
@@ -269,8 +272,10 @@ FrozenBnCheck frozenBatchNormWithGradient(const torch::Tensor& x, const torch::T
   return out;
 }
 
-torch::Tensor convBiasAct(torch::nn::Conv2dImpl& conv, const torch::Tensor& x, bool relu) {
-#ifdef ONESTAGE_WITH_CUDA
+namespace {
+
+/// The convolution's padding when it is explicit numbers with zero padding (the form cuDNN's fused calls and the epilogue take), else null.
+const torch::ExpandingArray<2>* zeroPadding(const torch::nn::Conv2dImpl& conv) {
 #if TORCH_VERSION_MAJOR >= 2
   const auto* padding = std::get_if<torch::ExpandingArray<2>>(&conv.options.padding());
   const bool zeros = std::holds_alternative<torch::enumtype::kZeros>(conv.options.padding_mode());
@@ -278,13 +283,125 @@ torch::Tensor convBiasAct(torch::nn::Conv2dImpl& conv, const torch::Tensor& x, b
   const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&conv.options.padding());
   const bool zeros = c10::holds_alternative<torch::enumtype::kZeros>(conv.options.padding_mode());
 #endif
-  if (fusedAllowed() && x.is_cuda() && conv.bias.defined() && padding != nullptr && zeros &&
-      conv.bias.scalar_type() == torch::kFloat32 && conv.bias.is_contiguous()) {
+  return zeros ? padding : nullptr;
+}
+
+/// The registered float32 weight of `conv` (its `weight` member is the forward's bf16 copy under ConvWeightCopies).
+torch::Tensor registeredWeight(const torch::nn::Conv2dImpl& conv) {
+  const auto params = conv.named_parameters(/*recurse=*/false);
+  const auto* w = params.find("weight");
+  return w != nullptr ? *w : conv.weight;
+}
+
+/// The test hook ONESTAGE_TEST_CONV_FUSION=emulate: the inference fusions' arithmetic in ATen operations on any device and type.
+bool fusionEmulationAsked() {
+  const char* v = std::getenv("ONESTAGE_TEST_CONV_FUSION");
+  if (v == nullptr || *v == 0) return false;
+  if (std::string(v) == "emulate") return true;
+  throw RangeError("ONESTAGE_TEST_CONV_FUSION must be emulate, not '" + std::string(v) + "'");
+}
+
+/// ONESTAGE_CONV_FUSION=off (read at every call, for benchmarks' comparisons): no inference fusions.
+bool convFusionAllowed() {
+  const char* v = std::getenv("ONESTAGE_CONV_FUSION");
+  if (v == nullptr || *v == 0 || std::string(v) == "on") return true;
+  if (std::string(v) == "off") return false;
+  throw RangeError("ONESTAGE_CONV_FUSION must be on or off, not '" + std::string(v) + "'");
+}
+
+/// An inference fusion for a ReLU after `conv` on x: cuDNN's fused convolution + bias + ReLU on CUDA, or the test hook's emulation.
+struct Fusion {
+  at::ScalarType type;  // the compute type: autocast's, or x's
+  bool emulate;
+};
+
+/// Whether act(conv(x) + bias) may run as one fused inference call, and how: no gradient mode, a 2-d convolution with explicit zero
+/// padding, and either the test hook or x on CUDA in channels-last storage with a 16-bit compute type (bf16 autocast or 16-bit x),
+/// cuDNN on, and neither ONESTAGE_CONV_FUSION=off nor ONESTAGE_FROZEN_BN=aten. Float32 keeps the unfused path: its numbers stay
+/// those of the reference code's to float rounding, where folding would change the last bits.
+std::optional<Fusion> inferenceFusion(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
+  if (torch::GradMode::is_enabled() || x.dim() != 4 || !x.is_floating_point() || zeroPadding(conv) == nullptr || !convFusionAllowed()) return std::nullopt;
+  const auto autocast = x.is_cuda() ? cudaAutocastType() : std::nullopt;
+  const auto type = autocast.value_or(x.scalar_type());
+  if (fusionEmulationAsked()) return Fusion{type, true};
+#ifdef ONESTAGE_WITH_CUDA
+  if (!fusedAllowed() || !x.is_cuda() || (type != torch::kBFloat16 && type != torch::kHalf) || !at::globalContext().userEnabledCuDNN()) return std::nullopt;
+  const auto w = registeredWeight(conv);
+  if (!x.is_contiguous(at::MemoryFormat::ChannelsLast) || !w.is_contiguous(at::MemoryFormat::ChannelsLast) || w.device() != x.device()) return std::nullopt;
+  return Fusion{type, false};
+#else
+  return std::nullopt;
+#endif
+}
+
+/// relu(conv(x; w, b)) with w, b already in the fusion's type: cuDNN's fused call, or none where cuDNN finds no engine for it (the
+/// caller then runs the unfused path).
+std::optional<torch::Tensor> fusedConvRelu(const torch::nn::Conv2dImpl& conv, const Fusion& f, const torch::Tensor& x, const torch::Tensor& w,
+                                           const torch::Tensor& b) {
+  const auto& o = conv.options;
+  const auto xt = x.to(f.type);
+  if (f.emulate) return torch::relu(torch::conv2d(xt, w, b, o.stride(), *zeroPadding(conv), o.dilation(), o.groups()));
+#ifdef ONESTAGE_WITH_CUDA
+  try {
+    return at::cudnn_convolution_relu(xt, w, b, o.stride(), *zeroPadding(conv), o.dilation(), o.groups());
+  } catch (const c10::Error&) {
+    return std::nullopt;
+  }
+#else
+  return std::nullopt;
+#endif
+}
+
+/// relu(bn(conv(x))) with the frozen BatchNorm folded into the convolution: weight w·s, bias t (the per-channel constants of the
+/// fused forward kernel), each rounded once to the fusion's type; folded at every call from the registered float32 weight and the
+/// BatchNorm's parameters — inside a CUDA graph's capture too, so replays follow the weights as they change. None where it does not apply.
+std::optional<torch::Tensor> foldedConvBnRelu(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
+  if (conv.bias.defined()) return std::nullopt;
+  const auto fusion = inferenceFusion(conv, x);
+  if (!fusion || !frozenWith(bn, x, {}) || emulationAsked()) return std::nullopt;
+  const auto w = registeredWeight(conv);
+  if (w.scalar_type() != torch::kFloat32 || w.dim() != 4 || w.size(0) != bn.options.num_features() || w.device() != bn.weight.device()) return std::nullopt;
+  const double eps = bn.options.eps();
+  torch::Tensor wf, bf;
+  if (fusion->emulate) {
+    const auto a = affineOf(bn.weight, bn.bias, bn.running_mean, bn.running_var, eps, torch::kFloat32);
+    wf = (w * a.scale.view({-1, 1, 1, 1})).to(fusion->type);
+    bf = a.shift.flatten().to(fusion->type);
+  } else {
+#ifdef ONESTAGE_WITH_CUDA
+    auto folded = foldBatchNormCuda(w, bn.weight, bn.bias, bn.running_mean, bn.running_var, eps, fusion->type);
+    wf = folded[0];
+    bf = folded[1];
+#endif
+  }
+  return fusedConvRelu(conv, *fusion, x, wf, bf);
+}
+
+}  // namespace
+
+torch::Tensor convBatchNormAct(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, bool relu) {
+  if (relu)
+    if (auto y = foldedConvBnRelu(conv, bn, x)) return *y;
+  return batchNormAct(bn, conv.forward(x), {}, relu);
+}
+
+torch::Tensor convBiasAct(torch::nn::Conv2dImpl& conv, const torch::Tensor& x, bool relu) {
+  const auto* padding = zeroPadding(conv);
+  if (relu && conv.bias.defined()) {
+    if (const auto fusion = inferenceFusion(conv, x)) {
+      // the weight is the forward's copy in the fusion's type under amp (ConvWeightCopies), else cast here
+      if (auto y = fusedConvRelu(conv, *fusion, x, conv.weight.to(fusion->type), conv.bias.to(fusion->type))) return *y;
+    }
+  }
+#ifdef ONESTAGE_WITH_CUDA
+  if (fusedAllowed() && x.is_cuda() && conv.bias.defined() && padding != nullptr && conv.bias.scalar_type() == torch::kFloat32 && conv.bias.is_contiguous()) {
     const auto y = torch::conv2d(x, conv.weight, {}, conv.options.stride(), *padding, conv.options.dilation(), conv.options.groups());
     if (vectorisable(y)) return BiasActFunction::apply(y, conv.bias, relu);
     const auto h = y + conv.bias.to(y.scalar_type()).view({1, -1, 1, 1});
     return relu ? torch::relu(h) : h;
   }
+#else
+  (void)padding;
 #endif
   const auto h = conv.forward(x);
   return relu ? torch::relu(h) : h;

@@ -34,10 +34,19 @@ struct FrozenBnCheck {
 FrozenBnCheck frozenBatchNormWithGradient(const torch::Tensor& x, const torch::Tensor& r, const torch::Tensor& gy, const torch::Tensor& gy2,
                                           const torch::Tensor& params, double eps, bool relu, bool maskFromOutput, bool sumFirst);
 
+// act(bn(conv(x))) for a convolution without a bias and the frozen BatchNorm after it. In inference (no gradient mode) with the ReLU,
+// on channels-last CUDA tensors computed in 16 bits (bf16 autocast — detect's amp — or bf16/half inputs), the BatchNorm is folded
+// into the convolution (weight w·s, bias t, each rounded once to the 16-bit type) and cuDNN's fused convolution + bias + ReLU runs
+// the three as one kernel; otherwise, and where cuDNN finds no engine for the shapes, the convolution then batchNormAct. Float32
+// inference and training keep the unfolded arithmetic. ONESTAGE_CONV_FUSION=off (read at every call) turns the folding and the
+// fused heads (convBiasAct) off; the test hook ONESTAGE_TEST_CONV_FUSION=emulate runs their arithmetic in ATen on any device and type.
+torch::Tensor convBatchNormAct(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, bool relu);
+
 // act(conv(x)) for a convolution with a bias: on channels-last CUDA tensors the bias and the ReLU run as
 // one fused epilogue kernel forward and one backward (the bias's gradient reduced in the same pass)
 // instead of LibTorch's broadcast add, ReLU, threshold backward and bias-gradient reduction; the plain
-// module call otherwise (CPU, NCHW, or ONESTAGE_FROZEN_BN=aten). x [N, Cin, H, W] → [N, Cout, H', W'].
+// module call otherwise (CPU, NCHW, or ONESTAGE_FROZEN_BN=aten). In 16-bit inference with the ReLU (as convBatchNormAct) cuDNN's
+// fused convolution + bias + ReLU runs all three. x [N, Cin, H, W] → [N, Cout, H', W'].
 torch::Tensor convBiasAct(torch::nn::Conv2dImpl& conv, const torch::Tensor& x, bool relu);
 
 }  // namespace onestage

@@ -250,6 +250,43 @@ std::vector<at::Tensor> frozenBnBackwardCuda(const at::Tensor& gy, const at::Ten
   return {gx, gr, sums[0], sums[1]};
 }
 
+namespace {
+
+/// w'[o, …] = T(w[o, …]·s[o]) over the weight's storage (out channels outermost in both layouts: K elements each), b'[o] = T(t[o]).
+template <typename T>
+__global__ void foldBatchNormKernel(const float* __restrict__ w, T* __restrict__ wf, T* __restrict__ bf, BnParams p, int64_t n, int64_t K) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int o = static_cast<int>(i / K);
+    float scale, shift, mean, invstd;
+    channelAffine(p, o, scale, shift, mean, invstd);
+    wf[i] = static_cast<T>(__fmul_rn(w[i], scale));
+    if (i % K == 0) bf[o] = static_cast<T>(shift);
+  }
+}
+
+}  // namespace
+
+/// A frozen BatchNorm folded into the convolution before it, for inference: {w·s [O, I, kh, kw] in `type` with w's strides (contiguous or
+/// channels-last), t [O] in `type`} with s and t the forward kernel's per-channel constants, each product rounded once. w float32.
+std::vector<at::Tensor> foldBatchNormCuda(const at::Tensor& w, const at::Tensor& bw, const at::Tensor& bb, const at::Tensor& m, const at::Tensor& v,
+                                          double eps, at::ScalarType type) {
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.dim() == 4 && (w.is_contiguous() || w.is_contiguous(at::MemoryFormat::ChannelsLast)),
+              "foldBatchNormCuda: a dense float32 [O, I, kh, kw] weight");
+  const c10::cuda::CUDAGuard guard(w.device());
+  auto wf = at::empty_like(w, w.options().dtype(type));
+  auto bf = at::empty({w.size(0)}, w.options().dtype(type));
+  const int64_t n = w.numel();
+  if (n == 0) return {wf, bf};
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, static_cast<int64_t>(multiprocessors()) * 8);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, type, "foldBatchNormCuda", [&] {
+    foldBatchNormKernel<scalar_t><<<static_cast<unsigned>(blocks), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        w.data_ptr<float>(), wf.data_ptr<scalar_t>(), bf.data_ptr<scalar_t>(), paramsOf(bw, bb, m, v, eps), n, n / w.size(0));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {wf, bf};
+}
+
 /// A convolution's epilogue: act(y + bias) for y [N, C, H, W] channels-last contiguous, bias float32 [C].
 at::Tensor biasActForwardCuda(const at::Tensor& y, const at::Tensor& bias, bool relu) {
   return frozenBnForwardCuda(y, at::Tensor(), at::Tensor(), bias, at::Tensor(), at::Tensor(), 0.0, relu);

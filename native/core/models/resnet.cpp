@@ -21,7 +21,7 @@ nn::Sequential makeDownsample(int64_t in, int64_t out, int64_t stride) {
 /// The block's shortcut: x, or downsample = [1×1 conv, BatchNorm] (no activation).
 torch::Tensor shortcut(nn::Sequential& downsample, const torch::Tensor& x) {
   if (!downsample) return x;
-  return batchNormAct(*downsample[1]->as<nn::BatchNorm2d>(), downsample[0]->as<nn::Conv2d>()->forward(x), {}, false);
+  return convBatchNormAct(*downsample[0]->as<nn::Conv2d>(), *downsample[1]->as<nn::BatchNorm2d>(), x, false);
 }
 }  // namespace
 
@@ -37,7 +37,7 @@ BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride)
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) { return forwardUses({x, x}).main; }
 
 BlockInput BasicBlockImpl::forwardUses(const BlockInput& x) {
-  auto out = batchNormAct(*bn1, conv1(x.main), {}, true);
+  auto out = convBatchNormAct(*conv1, *bn1, x.main, true);
   auto [main, second] = batchNormActTwice(*bn2, conv2(out), shortcut(downsample, x.shortcut), true);
   return {main, second};
 }
@@ -56,8 +56,8 @@ BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride)
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) { return forwardUses({x, x}).main; }
 
 BlockInput BottleneckImpl::forwardUses(const BlockInput& x) {
-  auto out = batchNormAct(*bn1, conv1(x.main), {}, true);
-  out = batchNormAct(*bn2, conv2(out), {}, true);
+  auto out = convBatchNormAct(*conv1, *bn1, x.main, true);
+  out = convBatchNormAct(*conv2, *bn2, out, true);
   auto [main, second] = batchNormActTwice(*bn3, conv3(out), shortcut(downsample, x.shortcut), true);
   return {main, second};
 }
@@ -118,7 +118,7 @@ BackboneFeatures ResNetImpl::forward(const torch::Tensor& input) {
   // the input in the weights' memory order (channels-last models: Detector::setChannelsLast)
   const bool nhwc = conv1->weight.is_contiguous(at::MemoryFormat::ChannelsLast) && !conv1->weight.is_contiguous();
   const auto x = nhwc ? input.contiguous(at::MemoryFormat::ChannelsLast) : input;
-  auto h = batchNormAct(*bn1, conv1(x), {}, true);
+  auto h = convBatchNormAct(*conv1, *bn1, x, true);
   h = maxPool2d(h, 3, 2, 1);
   // each block's output as two handles: the next block's first convolution reads `main`, its shortcut `shortcut`;
   // the pyramid's lateral convolutions read `main` too (autograd sums those gradients with the next layer's)
