@@ -102,6 +102,17 @@ def main():
             tot['fused'] += n * tf
             print(f'{str(xs):>22} {str(ws):>18} {stride[0]:>2} {n:>2} {relu!s:>4} {residual!s:>3} | {tc:.4f} | {tcb:.4f} | {tf:.4f} {layout} | {tf - tc:+.4f} | {diff:.2e}')
     print('totals (ms per forward, counts applied):', {k: round(v, 3) for k, v in tot.items()})
+    # a float32 bias with bf16 input and weight: accepted, and the same values as a bf16 bias?
+    with torch.no_grad():
+        x = torch.randn(8, 256, 40, 40, device='cuda').to(dt).contiguous(memory_format=torch.channels_last)
+        w = (torch.randn(256, 256, 3, 3, device='cuda') * 0.03).to(dt).contiguous(memory_format=torch.channels_last)
+        b = torch.randn(256, device='cuda') * 0.1
+        try:
+            y32 = torch.cudnn_convolution_relu(x, w, b, (1, 1), (1, 1), (1, 1), 1)
+            y16 = torch.cudnn_convolution_relu(x, w, b.to(dt), (1, 1), (1, 1), (1, 1), 1)
+            print('float32 bias: accepted, output', y32.dtype, 'max diff to bf16 bias', (y32.float() - y16.float()).abs().max().item())
+        except Exception as e:  # noqa: BLE001
+            print('float32 bias: refused:', str(e).splitlines()[0][:200])
 
 
 if __name__ == '__main__':

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   U  (thirteenth session) bench/cudnn_fusion_probe.py (cuDNN's fused conv+bias(+add)+ReLU against the convolution alone,
+#   V  (thirteenth session) build; test/conv_fusion.test.ts (the folded BatchNorm and cuDNN's fused conv + bias + ReLU in bf16
+#      inference), the CUDA parts of retinanet.test.ts and fastpath's bf16 copies test; inference A/B interleaved (fusion on/off,
+#      bf16 eager and graph, b1 and b8, 3 rounds); the probe's float32-bias check
+#   U  (ran 2026-12-05, H100: fused conv+bias+ReLU ≈ the convolution alone; + add: slower than conv + our kernel) bench/cudnn_fusion_probe.py (cuDNN's fused conv+bias(+add)+ReLU against the convolution alone,
 #      per layer of RetinaNet-50's inference, heuristics and benchmark mode); build; test/frozen_bn.test.ts (its waves
 #      part as edited after call T); inference bf16 graph b8 (2 rounds); training b8 graph + one ahead, b16, b32
 #   T  (ran 2026-12-05, H100: passed; one wave became the default — the test now compares 2 and 8 waves with it) build; test/frozen_bn.test.ts (the backward's grid as 1 or 2 waves of
@@ -176,6 +179,21 @@ case "${1:-}" in
       ts $(least 70 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --rows graph-pipelined --loader-images 0 --out "$out/train-b$b.json" >"$out/train-b$b.txt" 2>&1
       stamp "train b$b"
     done
+    ;;
+  V)
+    timeout 200 bash scripts/gpu-check.sh build || exit 1
+    stamp "built"
+    timeout $(least 150 $(left)) npx ava --tap --concurrency 1 test/conv_fusion.test.ts 2>&1 | grep -E '^(not ok|ok|# (tests|pass|skip|fail))|deviation|differ|  ---|message|at:' | cut -c1-300
+    stamp "conv_fusion tests"
+    ts $(least 150 $(left)) bench/inference.ts --device cuda --no-reference --batches 1,8 --repeat 3 --layouts 'channels-last + bf16 + CUDA graph,channels-last + bf16' \
+      --variants default,ONESTAGE_CONV_FUSION=off 2>&1 | grep -E '^\| onestage' | cut -c1-200
+    stamp "inference A/B"
+    python3 bench/cudnn_fusion_probe.py 2>&1 | tail -2 | cut -c1-300
+    stamp "probe"
+    timeout $(least 120 $(left)) npx ava --tap test/retinanet.test.ts --match '*(cuda)*' 2>&1 | grep -E '^(not ok|# (tests|pass|skip|fail))' | cut -c1-300
+    stamp "retinanet (cuda)"
+    timeout $(least 150 $(left)) npx ava --tap test/fastpath.test.ts --match 'amp: the bf16 copies*' 2>&1 | grep -E '^(not ok|# (tests|pass|skip|fail))|copies vs' | cut -c1-300
+    stamp "fastpath copies"
     ;;
   U)
     python3 bench/cudnn_fusion_probe.py 2>&1 | tail -45 | cut -c1-220

@@ -12,6 +12,7 @@ import { Command } from 'commander';
 import { buildInfo, Model, setCudnnBenchmark, setTf32, Tensor } from '../lib';
 import { pythonWithTorch, referenceEnv } from '../test/helpers/python';
 import { timeMs } from './timing';
+import { parseVariants, withEnv } from './variants';
 
 interface Row {
   system: string;
@@ -29,9 +30,10 @@ async function main(): Promise<void> {
     .option('--iters <n>', 'timed runs', '')
     .option('--layouts <list>', "only these onestage rows (names as in the table, e.g. 'channels-last + bf16 + CUDA graph'), comma-separated")
     .option('--repeat <n>', 'time the rows this many times, interleaved (one model per kind kept across rounds: A/B comparisons)', '1')
+    .option('--variants <list>', "environment variants of the CUDA rows, interleaved: 'default' or NAME=VALUE (several joined by +), e.g. default,ONESTAGE_CONV_FUSION=off (a row each, a model each: detect graphs are kept per model)", 'default')
     .option('--no-reference', 'skip the PyTorch references')
     .parse()
-    .opts<{ device: 'cpu' | 'cuda'; depth: string; size: string; batches: string; warmup: string; iters: string; layouts?: string; repeat: string; reference: boolean }>();
+    .opts<{ device: 'cpu' | 'cuda'; depth: string; size: string; batches: string; warmup: string; iters: string; layouts?: string; repeat: string; variants: string; reference: boolean }>();
   const device = opts.device;
   const gpu = device === 'cuda';
   const warmup = Number(opts.warmup || (gpu ? 10 : 1));
@@ -56,6 +58,17 @@ async function main(): Promise<void> {
   for (const l of chosen) if (!all.includes(l)) throw new Error(`--layouts: unknown row '${l}' (${all.join('; ')})`);
   if (Number(opts.repeat) > 1 && chosen.includes('NCHW')) throw new Error('--repeat: the NCHW row cannot be repeated (the model is channels-last after it)');
   const layouts = Array.from({ length: Number(opts.repeat) }, () => chosen).flat();
+  const variants = parseVariants(opts.variants);
+  if (!gpu && variants.some((v) => v.name !== 'default')) throw new Error('--variants: CUDA rows only');
+  // a model per variant other than the default and casts or copies (the same seed: the same weights; detect graphs are kept per model
+  // and replay what their capture recorded), channels-last as the default's after its first row
+  const variantModels = new Map<string, Model>();
+  const modelFor = (casts: boolean, v: string): Model => {
+    if (v === 'default') return casts ? (castsModel ??= Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval().channelsLast(true)) : model;
+    const key = `${casts}|${v}`;
+    if (!variantModels.has(key)) variantModels.set(key, Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval().channelsLast(true));
+    return variantModels.get(key)!;
+  };
   if (gpu && !layouts.includes('NCHW')) {
     model.channelsLast(true);
     setCudnnBenchmark(true);
@@ -68,22 +81,21 @@ async function main(): Promise<void> {
     const amp = layout.includes('bf16');
     const cudaGraph = layout.includes('CUDA graph');
     const casts = layout.endsWith('(autocast casts)');
-    if (casts && !castsModel) castsModel = Model.retinanet({ depth, numClasses: 80, device, seed: 0 }).eval().channelsLast(true);
-    const m = casts ? castsModel! : model;
     for (const b of batches) {
       const x = Tensor.from(Float32Array.from({ length: b * 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [b, 3, size, size], { device });
-      if (casts) process.env.ONESTAGE_BF16_WEIGHTS = 'autocast';
-      try {
-        const ms = await timeMs(() => m.detect(x, { amp, cudaGraph }), warmup, iters);
-        rows.push({ system: `onestage ${layout} (LibTorch ${buildInfo().torchVersion})`, batch: b, ms });
-        console.error(`onestage ${layout} batch ${b}: ${ms.toFixed(1)} ms`);
-      } finally {
-        delete process.env.ONESTAGE_BF16_WEIGHTS;
+      for (const v of layout === 'NCHW' ? [{ name: 'default', env: {} }] : variants) {
+        const m = modelFor(casts, v.name);
+        const env = { ...v.env, ...(casts ? { ONESTAGE_BF16_WEIGHTS: 'autocast' } : {}) };
+        const ms = await withEnv(env, () => timeMs(() => m.detect(x, { amp, cudaGraph }), warmup, iters));
+        const system = `onestage ${layout}${v.name === 'default' ? '' : ` [${v.name}]`}`;
+        rows.push({ system: `${system} (LibTorch ${buildInfo().torchVersion})`, batch: b, ms });
+        console.error(`${system} batch ${b}: ${ms.toFixed(1)} ms`);
       }
       x.dispose();
     }
   }
   castsModel?.dispose();
+  for (const m of variantModels.values()) m.dispose();
   model.dispose();
   const py = pythonWithTorch();
   if (opts.reference && py) {

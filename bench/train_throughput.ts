@@ -19,6 +19,7 @@ import { Command } from 'commander';
 import { buildInfo, CocoDataset, DataLoader, Device, makeShapes, Model, setTf32, StepRecord, synchronize, Trainer } from '../lib';
 import { writeJsonAtomic } from '../lib/io';
 import { syntheticArrays, timeTrainingSteps } from './synthetic';
+import { parseVariants, withEnv } from './variants';
 import { pythonWithTorch, referenceEnv } from '../test/helpers/python';
 
 interface Options {
@@ -181,31 +182,18 @@ async function main(): Promise<void> {
   const casts = o.weightCasts.split(',');
   for (const c of casts) if (c !== 'copies' && c !== 'autocast') throw new Error(`--weight-casts: unknown '${c}' (copies, autocast)`);
   if (!Number.isInteger(o.repeat) || o.repeat < 1) throw new Error(`--repeat: a positive integer, not ${o.repeat}`);
-  const variants = o.variants.split(',').map((v) => {
-    if (v === 'default') return { name: v, env: {} as Record<string, string> };
-    const pairs = v.split('+').map((kv) => kv.split('='));
-    if (pairs.some((kv) => kv.length !== 2 || !/^[A-Z][A-Z0-9_]*$/.test(kv[0]))) throw new Error(`--variants: 'default' or NAME=VALUE[+NAME=VALUE], not '${v}'`);
-    return { name: v, env: Object.fromEntries(pairs) as Record<string, string> };
-  });
+  const variants = parseVariants(o.variants);
   for (let round = 0; round < o.repeat; round++) {
     for (const p of precisions)
       for (const [fast, graph, pipeline, readFirst] of configs)
         for (const c of p === 'bf16' ? casts : ['copies'])
           for (const v of variants) {
             const env = { ...v.env, ...(c === 'autocast' ? { ONESTAGE_BF16_WEIGHTS: 'autocast' } : {}) };
-            // the values set before (the caller's environment) come back after the row
-            const before = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
-            Object.assign(process.env, env);
-            try {
-              const r = await timeOnestage(o, data, p === 'bf16', fast, graph, pipeline, readFirst);
-              if (c === 'autocast') r.system += ' [autocast casts per weight]';
-              if (v.name !== 'default') r.system += ` [${v.name}]`;
-              console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
-              rows.push(r);
-            } finally {
-              for (const [k, v] of Object.entries(before)) if (v === undefined) delete process.env[k];
-                else process.env[k] = v;
-            }
+            const r = await withEnv(env, () => timeOnestage(o, data, p === 'bf16', fast, graph, pipeline, readFirst));
+            if (c === 'autocast') r.system += ' [autocast casts per weight]';
+            if (v.name !== 'default') r.system += ` [${v.name}]`;
+            console.error(`${r.system} ${r.precision}: ${r.imagesPerSecond.toFixed(1)} img/s, ${r.msPerStep.toFixed(1)} ms/step`);
+            rows.push(r);
           }
   }
   o.loaderImages ??= o.device === 'cuda' ? 160 : 0;
