@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   V  (thirteenth session) build; test/conv_fusion.test.ts (the folded BatchNorm and cuDNN's fused conv + bias + ReLU in bf16
+#   W  (thirteenth session) build; inference A/B (fusion on/off; bf16 graph and eager; b1, b8; 4 rounds of 60 calls) and a
+#      profile of each; fastpath's bf16 copies test with ONESTAGE_CONV_FUSION=off, then on; the CUDA tests of cuda, nanodet, fastpath
+#   V  (ran 2026-12-05, H100: conv_fusion passed; fastpath's copies test failed on retinanet's update, 1.45e-4 > 1e-4) build; test/conv_fusion.test.ts (the folded BatchNorm and cuDNN's fused conv + bias + ReLU in bf16
 #      inference), the CUDA parts of retinanet.test.ts and fastpath's bf16 copies test; inference A/B interleaved (fusion on/off,
 #      bf16 eager and graph, b1 and b8, 3 rounds); the probe's float32-bias check
 #   U  (ran 2026-12-05, H100: fused conv+bias+ReLU ≈ the convolution alone; + add: slower than conv + our kernel) bench/cudnn_fusion_probe.py (cuDNN's fused conv+bias(+add)+ReLU against the convolution alone,
@@ -179,6 +181,22 @@ case "${1:-}" in
       ts $(least 70 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --rows graph-pipelined --loader-images 0 --out "$out/train-b$b.json" >"$out/train-b$b.txt" 2>&1
       stamp "train b$b"
     done
+    ;;
+  W)
+    timeout 200 bash scripts/gpu-check.sh build || exit 1
+    stamp "built"
+    ts $(least 200 $(left)) bench/inference.ts --device cuda --no-reference --batches 1,8 --repeat 4 --iters 60 --layouts 'channels-last + bf16 + CUDA graph,channels-last + bf16' \
+      --variants default,ONESTAGE_CONV_FUSION=off --profile "$out/detect.json" 2>&1 | grep -E '^\| onestage|profile of' | cut -c1-200
+    stamp "inference A/B"
+    for f in "$out"/detect-*.json; do echo "== $f"; python3 bench/profile_summary.py "$f" 5 25 2>&1 | head -45 | cut -c1-180; done
+    rm -f "$out"/detect-*.json
+    stamp "profiles"
+    for fusion in off on; do
+      ONESTAGE_CONV_FUSION=$fusion timeout $(least 60 $(left)) npx ava --tap test/fastpath.test.ts --match 'amp: the bf16 copies*' 2>&1 | grep -E '^(not ok|# (pass|fail))|copies vs|differ' | cut -c1-300
+      stamp "fastpath copies, fusion $fusion"
+    done
+    timeout $(least 300 $(left)) npx ava --tap --concurrency 1 test/cuda.test.ts test/nanodet.test.ts test/fastpath.test.ts test/frozen_bn.test.ts 2>&1 | grep -E '^(not ok|# (tests|pass|skip|fail))' | cut -c1-300
+    stamp "cuda, nanodet, fastpath, frozen_bn"
     ;;
   V)
     timeout 200 bash scripts/gpu-check.sh build || exit 1

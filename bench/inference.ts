@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { buildInfo, Model, setCudnnBenchmark, setTf32, Tensor } from '../lib';
+import { buildInfo, Model, profilerAvailable, setCudnnBenchmark, setTf32, startProfiler, stopProfiler, synchronize, Tensor } from '../lib';
 import { pythonWithTorch, referenceEnv } from '../test/helpers/python';
 import { timeMs } from './timing';
 import { parseVariants, withEnv } from './variants';
@@ -31,9 +31,10 @@ async function main(): Promise<void> {
     .option('--layouts <list>', "only these onestage rows (names as in the table, e.g. 'channels-last + bf16 + CUDA graph'), comma-separated")
     .option('--repeat <n>', 'time the rows this many times, interleaved (one model per kind kept across rounds: A/B comparisons)', '1')
     .option('--variants <list>', "environment variants of the CUDA rows, interleaved: 'default' or NAME=VALUE (several joined by +), e.g. default,ONESTAGE_CONV_FUSION=off (a row each, a model each: detect graphs are kept per model)", 'default')
+    .option('--profile <file.json>', "write a Kineto trace of 5 detect calls of the first row's layout at the largest batch, per variant (file-<variant>.json)")
     .option('--no-reference', 'skip the PyTorch references')
     .parse()
-    .opts<{ device: 'cpu' | 'cuda'; depth: string; size: string; batches: string; warmup: string; iters: string; layouts?: string; repeat: string; variants: string; reference: boolean }>();
+    .opts<{ device: 'cpu' | 'cuda'; depth: string; size: string; batches: string; warmup: string; iters: string; layouts?: string; repeat: string; variants: string; profile?: string; reference: boolean }>();
   const device = opts.device;
   const gpu = device === 'cuda';
   const warmup = Number(opts.warmup || (gpu ? 10 : 1));
@@ -93,6 +94,26 @@ async function main(): Promise<void> {
       }
       x.dispose();
     }
+  }
+  if (opts.profile && gpu && profilerAvailable()) {
+    const layout = chosen[0];
+    const b = Math.max(...batches);
+    const x = Tensor.from(Float32Array.from({ length: b * 3 * size * size }, (_, i) => Math.sin(i * 0.37)), [b, 3, size, size], { device });
+    for (const v of variants) {
+      const m = modelFor(layout.endsWith('(autocast casts)'), v.name);
+      const options = { amp: layout.includes('bf16'), cudaGraph: layout.includes('CUDA graph') };
+      const file = opts.profile.replace(/\.json$/, '') + `-${v.name.replace(/[^A-Za-z0-9]+/g, '_')}.json`;
+      await withEnv(v.env, async () => {
+        for (let i = 0; i < 4; i++) await m.detect(x, options);
+        synchronize();
+        startProfiler();
+        for (let i = 0; i < 5; i++) await m.detect(x, options);
+        synchronize();
+        stopProfiler(file);
+      });
+      console.error(`profile of '${layout}' batch ${b} [${v.name}]: ${file}`);
+    }
+    x.dispose();
   }
   castsModel?.dispose();
   for (const m of variantModels.values()) m.dispose();
