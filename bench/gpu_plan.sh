@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   W  (thirteenth session) build; inference A/B (fusion on/off; bf16 graph and eager; b1, b8; 4 rounds of 60 calls) and a
+#   X  (thirteenth session) build; the folds made in one pass (FoldedBatchNorms) and the heads' biases through autocast's cache:
+#      test/conv_fusion.test.ts, inference A/B (3 rounds), a profile, retinanet's CUDA tests, fastpath's copies test
+#   W  (ran 2026-12-05, H100: b8 graph fused 778–803 vs 747–769 img/s; b1 graph 2–10 % slower fused) build; inference A/B (fusion on/off; bf16 graph and eager; b1, b8; 4 rounds of 60 calls) and a
 #      profile of each; fastpath's bf16 copies test with ONESTAGE_CONV_FUSION=off, then on; the CUDA tests of cuda, nanodet, fastpath
 #   V  (ran 2026-12-05, H100: conv_fusion passed; fastpath's copies test failed on retinanet's update, 1.45e-4 > 1e-4) build; test/conv_fusion.test.ts (the folded BatchNorm and cuDNN's fused conv + bias + ReLU in bf16
 #      inference), the CUDA parts of retinanet.test.ts and fastpath's bf16 copies test; inference A/B interleaved (fusion on/off,
@@ -181,6 +183,21 @@ case "${1:-}" in
       ts $(least 70 $(left)) bench/train_throughput.ts --device cuda --precisions bf16 --batch $b --no-reference --steps 12 --warmup 6 --rows graph-pipelined --loader-images 0 --out "$out/train-b$b.json" >"$out/train-b$b.txt" 2>&1
       stamp "train b$b"
     done
+    ;;
+  X)
+    timeout 200 bash scripts/gpu-check.sh build || exit 1
+    stamp "built"
+    timeout $(least 120 $(left)) npx ava --tap --concurrency 1 test/conv_fusion.test.ts 2>&1 | grep -E '^(not ok|ok|# (tests|pass|skip|fail))|resnet-50 (c3|classification)|  ---|message|at:' | cut -c1-300
+    stamp "conv_fusion tests"
+    ts $(least 150 $(left)) bench/inference.ts --device cuda --no-reference --batches 1,8 --repeat 3 --iters 60 --layouts 'channels-last + bf16 + CUDA graph,channels-last + bf16' \
+      --variants default,ONESTAGE_CONV_FUSION=off --profile "$out/detect.json" 2>&1 | grep -E '^\| onestage' | cut -c1-200
+    stamp "inference A/B"
+    python3 bench/profile_summary.py "$out/detect-default.json" 5 12 2>&1 | head -30 | cut -c1-180
+    rm -f "$out"/detect-*.json
+    timeout $(least 90 $(left)) npx ava --tap test/retinanet.test.ts --match '*(cuda)*' 2>&1 | grep -E '^(not ok|# (tests|pass|skip|fail))' | cut -c1-300
+    stamp "retinanet (cuda)"
+    timeout $(least 90 $(left)) npx ava --tap test/fastpath.test.ts --match 'amp: the bf16 copies*' 2>&1 | grep -E '^(not ok|# (pass|fail))|copies vs|differ' | cut -c1-300
+    stamp "fastpath copies (NanoDet-Plus detect under amp)"
     ;;
   W)
     timeout 200 bash scripts/gpu-check.sh build || exit 1

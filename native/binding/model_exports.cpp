@@ -5,6 +5,8 @@
 #include "binding/model_handle.h"
 #include "binding/napi_util.h"
 #include "core/autocast.h"
+#include "core/models/frozen_bn.h"
+#include "core/models/resnet.h"
 #include "core/errors.h"
 #include "core/models/detector.h"
 #include "core/tensor_types.h"
@@ -115,6 +117,7 @@ Napi::Value ModelForwardAsync(const Napi::CallbackInfo& info) {
           {
             // as detect's amp: bf16 autocast with the convolution weights' bf16 copies
             const Bf16Forward bf16(m->module(), m->device(), amp, ConvWeightCopies::Purpose::detection);
+            const FoldedBatchNorms folds(reluBatchNormPairs(m->module()));
             out = m->forwardNamed(images);
           }
           // floating outputs in float32, as without amp

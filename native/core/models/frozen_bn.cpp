@@ -1,9 +1,11 @@
 #include "core/models/frozen_bn.h"
 
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <optional>
+#include <tuple>
 #include <utility>
 #include <variant>
 
@@ -21,8 +23,8 @@ std::vector<at::Tensor> frozenBnBackwardCuda(const at::Tensor& gy, const at::Ten
                                              const at::Tensor& b, const at::Tensor& m, const at::Tensor& v, double eps, bool relu, bool wantResidual);
 at::Tensor biasActForwardCuda(const at::Tensor& y, const at::Tensor& bias, bool relu);
 std::vector<at::Tensor> biasActBackwardCuda(const at::Tensor& gz, const at::Tensor& z, const at::Tensor& bias, bool relu);
-std::vector<at::Tensor> foldBatchNormCuda(const at::Tensor& w, const at::Tensor& bw, const at::Tensor& bb, const at::Tensor& m, const at::Tensor& v,
-                                          double eps, at::ScalarType type);
+std::vector<std::pair<at::Tensor, at::Tensor>> foldBatchNormsCuda(const std::vector<std::array<at::Tensor, 5>>& entries, const std::vector<double>& eps,
+                                                                  at::ScalarType type);
 #endif
 
 namespace {
@@ -274,6 +276,9 @@ FrozenBnCheck frozenBatchNormWithGradient(const torch::Tensor& x, const torch::T
 
 namespace {
 
+/// The innermost FoldedBatchNorms alive on this thread (a scope, as LibTorch's NoGradGuard; none outside one).
+thread_local const FoldedBatchNorms* tCurrentFolds = nullptr;
+
 /// The convolution's padding when it is explicit numbers with zero padding (the form cuDNN's fused calls and the epilogue take), else null.
 const torch::ExpandingArray<2>* zeroPadding(const torch::nn::Conv2dImpl& conv) {
 #if TORCH_VERSION_MAJOR >= 2
@@ -309,6 +314,26 @@ bool convFusionAllowed() {
   throw RangeError("ONESTAGE_CONV_FUSION must be on or off, not '" + std::string(v) + "'");
 }
 
+/// Whether cuDNN's fused calls may run in `type` here: a 16-bit type, the CUDA kernels allowed (not ONESTAGE_FROZEN_BN=aten), cuDNN on.
+bool cudaFusionType(torch::ScalarType type) {
+#ifdef ONESTAGE_WITH_CUDA
+  return (type == torch::kBFloat16 || type == torch::kHalf) && fusedAllowed() && at::globalContext().userEnabledCuDNN();
+#else
+  (void)type;
+  return false;
+#endif
+}
+
+/// A tensor in the fusion's type: autocast's cached copy where autocast casts to it (a parameter used on several pyramid levels is
+/// cast once per forward, as autocast's own convolutions do), else a cast.
+torch::Tensor inType(const torch::Tensor& t, torch::ScalarType type) {
+  if (t.scalar_type() == type) return t;
+#ifdef ONESTAGE_WITH_CUDA
+  if (t.is_cuda() && cudaAutocastType() == type) return at::autocast::cached_cast(type, t, c10::DeviceType::CUDA);
+#endif
+  return t.to(type);
+}
+
 /// An inference fusion for a ReLU after `conv` on x: cuDNN's fused convolution + bias + ReLU on CUDA, or the test hook's emulation.
 struct Fusion {
   at::ScalarType type;  // the compute type: autocast's, or x's
@@ -324,14 +349,10 @@ std::optional<Fusion> inferenceFusion(const torch::nn::Conv2dImpl& conv, const t
   const auto autocast = x.is_cuda() ? cudaAutocastType() : std::nullopt;
   const auto type = autocast.value_or(x.scalar_type());
   if (fusionEmulationAsked()) return Fusion{type, true};
-#ifdef ONESTAGE_WITH_CUDA
-  if (!fusedAllowed() || !x.is_cuda() || (type != torch::kBFloat16 && type != torch::kHalf) || !at::globalContext().userEnabledCuDNN()) return std::nullopt;
+  if (!cudaFusionType(type) || !x.is_cuda() || !x.is_contiguous(at::MemoryFormat::ChannelsLast)) return std::nullopt;
   const auto w = registeredWeight(conv);
-  if (!x.is_contiguous(at::MemoryFormat::ChannelsLast) || !w.is_contiguous(at::MemoryFormat::ChannelsLast) || w.device() != x.device()) return std::nullopt;
+  if (!w.is_contiguous(at::MemoryFormat::ChannelsLast) || w.device() != x.device()) return std::nullopt;
   return Fusion{type, false};
-#else
-  return std::nullopt;
-#endif
 }
 
 /// relu(conv(x; w, b)) with w, b already in the fusion's type: cuDNN's fused call, or none where cuDNN finds no engine for it (the
@@ -367,17 +388,50 @@ std::optional<torch::Tensor> foldedConvBnRelu(torch::nn::Conv2dImpl& conv, torch
     const auto a = affineOf(bn.weight, bn.bias, bn.running_mean, bn.running_var, eps, torch::kFloat32);
     wf = (w * a.scale.view({-1, 1, 1, 1})).to(fusion->type);
     bf = a.shift.flatten().to(fusion->type);
+  } else if (const auto* made = tCurrentFolds != nullptr ? tCurrentFolds->find(&conv, fusion->type) : nullptr) {
+    std::tie(wf, bf) = *made;
   } else {
 #ifdef ONESTAGE_WITH_CUDA
-    auto folded = foldBatchNormCuda(w, bn.weight, bn.bias, bn.running_mean, bn.running_var, eps, fusion->type);
-    wf = folded[0];
-    bf = folded[1];
+    std::tie(wf, bf) = foldBatchNormsCuda({{w, bn.weight, bn.bias, bn.running_mean, bn.running_var}}, {eps}, fusion->type).front();
 #endif
   }
   return fusedConvRelu(conv, *fusion, x, wf, bf);
 }
 
 }  // namespace
+
+FoldedBatchNorms::FoldedBatchNorms(const std::vector<std::pair<torch::nn::Conv2dImpl*, torch::nn::BatchNorm2dImpl*>>& pairs) : previous_(tCurrentFolds) {
+  tCurrentFolds = this;
+  const auto type = cudaAutocastType();
+  if (pairs.empty() || torch::GradMode::is_enabled() || !type || !cudaFusionType(*type) || !convFusionAllowed() || fusionEmulationAsked() || emulationAsked())
+    return;
+  type_ = *type;
+  std::vector<std::array<torch::Tensor, 5>> entries;
+  std::vector<double> eps;
+  std::vector<const torch::nn::Conv2dImpl*> convs;
+  for (const auto& [conv, bn] : pairs) {
+    const auto w = registeredWeight(*conv);
+    if (conv->bias.defined() || zeroPadding(*conv) == nullptr || w.scalar_type() != torch::kFloat32 || w.dim() != 4 || !w.is_cuda() ||
+        !w.is_contiguous(at::MemoryFormat::ChannelsLast) || w.size(0) != bn->options.num_features() || !frozenWith(*bn, w, {}))
+      continue;
+    entries.push_back({w, bn->weight, bn->bias, bn->running_mean, bn->running_var});
+    eps.push_back(bn->options.eps());
+    convs.push_back(conv);
+  }
+#ifdef ONESTAGE_WITH_CUDA
+  auto folded = foldBatchNormsCuda(entries, eps, type_);
+  for (size_t i = 0; i < convs.size(); ++i) folds_.emplace_back(convs[i], std::move(folded[i]));
+#endif
+}
+
+FoldedBatchNorms::~FoldedBatchNorms() { tCurrentFolds = previous_; }
+
+const std::pair<torch::Tensor, torch::Tensor>* FoldedBatchNorms::find(const torch::nn::Conv2dImpl* conv, torch::ScalarType type) const {
+  if (type != type_) return nullptr;
+  for (const auto& [c, f] : folds_)
+    if (c == conv) return &f;
+  return nullptr;
+}
 
 torch::Tensor convBatchNormAct(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, bool relu) {
   if (relu)
@@ -389,8 +443,8 @@ torch::Tensor convBiasAct(torch::nn::Conv2dImpl& conv, const torch::Tensor& x, b
   const auto* padding = zeroPadding(conv);
   if (relu && conv.bias.defined()) {
     if (const auto fusion = inferenceFusion(conv, x)) {
-      // the weight is the forward's copy in the fusion's type under amp (ConvWeightCopies), else cast here
-      if (auto y = fusedConvRelu(conv, *fusion, x, conv.weight.to(fusion->type), conv.bias.to(fusion->type))) return *y;
+      // the weight is the forward's copy in the fusion's type under amp (ConvWeightCopies), else cast here (autocast's cache)
+      if (auto y = fusedConvRelu(conv, *fusion, x, inType(conv.weight, fusion->type), inType(conv.bias, fusion->type))) return *y;
     }
   }
 #ifdef ONESTAGE_WITH_CUDA

@@ -8,6 +8,7 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace onestage {
 
@@ -41,6 +42,27 @@ FrozenBnCheck frozenBatchNormWithGradient(const torch::Tensor& x, const torch::T
 // inference and training keep the unfolded arithmetic. ONESTAGE_CONV_FUSION=off (read at every call) turns the folding and the
 // fused heads (convBiasAct) off; the test hook ONESTAGE_TEST_CONV_FUSION=emulate runs their arithmetic in ATen on any device and type.
 torch::Tensor convBatchNormAct(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, bool relu);
+
+// The folded weights of a model's frozen BatchNorm layers for one inference forward, made up front in a few launches instead of one
+// per convolution; convBatchNormAct takes its convolution's from the innermost scope alive on its thread (and folds one itself where
+// the scope has none). Made only where convBatchNormAct would fold: no gradient mode, CUDA autocast to a 16-bit type, cuDNN on,
+// neither switch off, channels-last float32 weights on CUDA; empty otherwise. `pairs`: (convolution, BatchNorm) with a ReLU after.
+class FoldedBatchNorms {
+ public:
+  explicit FoldedBatchNorms(const std::vector<std::pair<torch::nn::Conv2dImpl*, torch::nn::BatchNorm2dImpl*>>& pairs);
+  ~FoldedBatchNorms();
+  FoldedBatchNorms(const FoldedBatchNorms&) = delete;
+  FoldedBatchNorms& operator=(const FoldedBatchNorms&) = delete;
+  /// {w·s, t} of `conv` in `type`, or null.
+  const std::pair<torch::Tensor, torch::Tensor>* find(const torch::nn::Conv2dImpl* conv, torch::ScalarType type) const;
+  /// How many convolutions it folded.
+  size_t size() const { return folds_.size(); }
+
+ private:
+  std::vector<std::pair<const torch::nn::Conv2dImpl*, std::pair<torch::Tensor, torch::Tensor>>> folds_;
+  torch::ScalarType type_ = torch::kFloat32;
+  const FoldedBatchNorms* previous_ = nullptr;
+};
 
 // act(conv(x)) for a convolution with a bias: on channels-last CUDA tensors the bias and the ReLU run as
 // one fused epilogue kernel forward and one backward (the bias's gradient reduced in the same pass)

@@ -13,6 +13,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <array>
 #include <cstdlib>
 #include <numeric>
 
@@ -252,39 +253,75 @@ std::vector<at::Tensor> frozenBnBackwardCuda(const at::Tensor& gy, const at::Ten
 
 namespace {
 
-/// w'[o, …] = T(w[o, …]·s[o]) over the weight's storage (out channels outermost in both layouts: K elements each), b'[o] = T(t[o]).
+/// One convolution's fold: weight w (float32, n elements, out channels outermost in both layouts: K each) and BatchNorm p.
+struct FoldJob {
+  const float* w;
+  void* wf;  // n elements of T
+  void* bf;  // O elements of T
+  BnParams p;
+  int64_t n, K;
+};
+constexpr int kFoldJobs = 24;  // per launch: the jobs travel in the kernel's parameters (24 × 80 bytes)
+struct FoldJobs {
+  FoldJob job[kFoldJobs];
+};
+
+/// Job blockIdx.y: w'[o, …] = T(w[o, …]·s[o]), b'[o] = T(t[o]) with the forward kernel's per-channel constants.
 template <typename T>
-__global__ void foldBatchNormKernel(const float* __restrict__ w, T* __restrict__ wf, T* __restrict__ bf, BnParams p, int64_t n, int64_t K) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int o = static_cast<int>(i / K);
+__global__ void foldBatchNormKernel(FoldJobs jobs) {
+  const FoldJob& j = jobs.job[blockIdx.y];
+  const auto* __restrict__ w = j.w;
+  auto* __restrict__ wf = static_cast<T*>(j.wf);
+  auto* __restrict__ bf = static_cast<T*>(j.bf);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < j.n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int o = static_cast<int>(i / j.K);
     float scale, shift, mean, invstd;
-    channelAffine(p, o, scale, shift, mean, invstd);
+    channelAffine(j.p, o, scale, shift, mean, invstd);
     wf[i] = static_cast<T>(__fmul_rn(w[i], scale));
-    if (i % K == 0) bf[o] = static_cast<T>(shift);
+    if (i % j.K == 0) bf[o] = static_cast<T>(shift);
   }
 }
 
 }  // namespace
 
-/// A frozen BatchNorm folded into the convolution before it, for inference: {w·s [O, I, kh, kw] in `type` with w's strides (contiguous or
-/// channels-last), t [O] in `type`} with s and t the forward kernel's per-channel constants, each product rounded once. w float32.
-std::vector<at::Tensor> foldBatchNormCuda(const at::Tensor& w, const at::Tensor& bw, const at::Tensor& bb, const at::Tensor& m, const at::Tensor& v,
-                                          double eps, at::ScalarType type) {
-  TORCH_CHECK(w.scalar_type() == at::kFloat && w.dim() == 4 && (w.is_contiguous() || w.is_contiguous(at::MemoryFormat::ChannelsLast)),
-              "foldBatchNormCuda: a dense float32 [O, I, kh, kw] weight");
-  const c10::cuda::CUDAGuard guard(w.device());
-  auto wf = at::empty_like(w, w.options().dtype(type));
-  auto bf = at::empty({w.size(0)}, w.options().dtype(type));
-  const int64_t n = w.numel();
-  if (n == 0) return {wf, bf};
-  const int threads = 256;
-  const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, static_cast<int64_t>(multiprocessors()) * 8);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, type, "foldBatchNormCuda", [&] {
-    foldBatchNormKernel<scalar_t><<<static_cast<unsigned>(blocks), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        w.data_ptr<float>(), wf.data_ptr<scalar_t>(), bf.data_ptr<scalar_t>(), paramsOf(bw, bb, m, v, eps), n, n / w.size(0));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+/// Frozen BatchNorms folded into the convolutions before them, for inference, in a few launches (up to 24 convolutions each):
+/// per entry {w [O, I, kh, kw], BatchNorm weight, bias, mean, var [O]} and its eps (float32, contiguous; w dense, contiguous or channels-last,
+/// all on one device) → {w·s in `type` with w's strides, t [O] in `type`}, s and t the forward kernel's per-channel constants,
+/// each product rounded once.
+std::vector<std::pair<at::Tensor, at::Tensor>> foldBatchNormsCuda(const std::vector<std::array<at::Tensor, 5>>& entries, const std::vector<double>& eps,
+                                                                  at::ScalarType type) {
+  std::vector<std::pair<at::Tensor, at::Tensor>> out;
+  TORCH_CHECK(eps.size() == entries.size(), "foldBatchNormsCuda: an eps per entry");
+  if (entries.empty()) return out;
+  const c10::cuda::CUDAGuard guard(entries.front()[0].device());
+  out.reserve(entries.size());
+  for (const auto& e : entries) {
+    const auto& w = e[0];
+    TORCH_CHECK(w.scalar_type() == at::kFloat && w.dim() == 4 && (w.is_contiguous() || w.is_contiguous(at::MemoryFormat::ChannelsLast)),
+                "foldBatchNormsCuda: a dense float32 [O, I, kh, kw] weight");
+    out.emplace_back(at::empty_like(w, w.options().dtype(type)), at::empty({w.size(0)}, w.options().dtype(type)));
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, type, "foldBatchNormsCuda", [&] {
+    for (size_t first = 0; first < entries.size(); first += kFoldJobs) {
+      FoldJobs jobs{};
+      int count = 0;
+      int64_t largest = 0;
+      for (size_t i = first; i < std::min(entries.size(), first + kFoldJobs); ++i) {
+        const auto& e = entries[i];
+        const int64_t n = e[0].numel();
+        if (n == 0) continue;
+        jobs.job[count++] = {e[0].data_ptr<float>(), out[i].first.data_ptr<scalar_t>(), out[i].second.data_ptr<scalar_t>(), paramsOf(e[1], e[2], e[3], e[4], eps[i]),
+                             n, n / e[0].size(0)};
+        largest = std::max(largest, n);
+      }
+      if (count == 0) continue;
+      const int threads = 256;
+      const int64_t blocks = std::min<int64_t>((largest + threads - 1) / threads, std::max<int64_t>(1, static_cast<int64_t>(multiprocessors()) * 8 / count));
+      foldBatchNormKernel<scalar_t><<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(count)), threads, 0, at::cuda::getCurrentCUDAStream()>>>(jobs);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
-  return {wf, bf};
+  return out;
 }
 
 /// A convolution's epilogue: act(y + bias) for y [N, C, H, W] channels-last contiguous, bias float32 [C].

@@ -1,6 +1,8 @@
 #include "core/models/nanodet_plus.h"
 
 #include "core/autocast.h"
+#include "core/models/frozen_bn.h"
+#include "core/models/resnet.h"
 
 #include "core/errors.h"
 #include "core/losses/nanodet_loss.h"
@@ -152,6 +154,7 @@ Detections NanoDetPlusImpl::detect(const torch::Tensor& images, const torch::Ten
   NanoDetPlusOutput out;
   {
     const Bf16Forward bf16(*this, images.device(), opts.amp, ConvWeightCopies::Purpose::detection);
+    const FoldedBatchNorms folds(reluBatchNormPairs(*this));  // under amp with a ResNet backbone: the BatchNorms folded in one pass
     out = forward(images);
   }
   const auto preds = out.preds.to(torch::kFloat);

@@ -2,6 +2,7 @@
 
 #include "core/models/max_pool.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/errors.h"
@@ -133,6 +134,28 @@ bool isResNetBackboneKey(const std::string& key) {
   for (const char* p : {"conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."})
     if (key.rfind(p, 0) == 0) return true;
   return false;
+}
+
+std::vector<std::pair<nn::Conv2dImpl*, nn::BatchNorm2dImpl*>> reluBatchNormPairs(torch::nn::Module& module) {
+  std::vector<std::pair<nn::Conv2dImpl*, nn::BatchNorm2dImpl*>> pairs;
+  for (auto& m : module.modules(/*include_self=*/true)) {
+    // the stem: a ResNet's conv1 and bn1, or a detector's where registerBackboneAtTop put them (beside layer1)
+    const auto children = m->named_children();
+    const auto* conv1 = children.find("conv1");
+    const auto* bn1 = children.find("bn1");
+    auto* stem = conv1 != nullptr && children.find("layer1") != nullptr ? (*conv1)->as<nn::Conv2dImpl>() : nullptr;
+    auto* stemBn = bn1 != nullptr ? (*bn1)->as<nn::BatchNorm2dImpl>() : nullptr;
+    if (stem != nullptr && stemBn != nullptr) {
+      // both a detector and its ResNet hold the stem
+      if (std::none_of(pairs.begin(), pairs.end(), [stem](const auto& p) { return p.first == stem; })) pairs.emplace_back(stem, stemBn);
+    } else if (auto* b = m->as<BottleneckImpl>()) {
+      pairs.emplace_back(b->conv1.get(), b->bn1.get());
+      pairs.emplace_back(b->conv2.get(), b->bn2.get());
+    } else if (auto* basic = m->as<BasicBlockImpl>()) {
+      pairs.emplace_back(basic->conv1.get(), basic->bn1.get());
+    }
+  }
+  return pairs;
 }
 
 void freezeBatchNorm(torch::nn::Module& module) {

@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <utility>
 #include <vector>
 
 namespace onestage {
@@ -72,6 +73,10 @@ void registerBackboneAtTop(torch::nn::Module& owner, ResNet& backbone);
 /// He-normal initialisation as pytorch-retinanet: every conv weight of `module` ~ N(0, 2/(k·k·out))
 /// (biases untouched), every BatchNorm weight 1 and bias 0.
 void heNormalInit(torch::nn::Module& module);
+
+/// Every (convolution, BatchNorm) of the ResNet backbones inside `module` with a ReLU after them and no residual — the stem, and each
+/// block's first (BasicBlock) or first two (Bottleneck) — in forward order: what inference folds (core/models/frozen_bn.h).
+std::vector<std::pair<torch::nn::Conv2dImpl*, torch::nn::BatchNorm2dImpl*>> reluBatchNormPairs(torch::nn::Module& module);
 
 /// Puts every BatchNorm layer of `module` in eval mode (frozen running statistics in train()).
 void freezeBatchNorm(torch::nn::Module& module);

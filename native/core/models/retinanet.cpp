@@ -1,6 +1,8 @@
 #include "core/models/retinanet.h"
 
 #include "core/autocast.h"
+#include "core/models/frozen_bn.h"
+#include "core/models/resnet.h"
 
 #include <algorithm>
 #include <cmath>
@@ -116,6 +118,7 @@ Detections RetinaNetImpl::detect(const torch::Tensor& images, const torch::Tenso
   RetinaNetOutput out;
   {
     const Bf16Forward bf16(*this, images.device(), opts.amp, ConvWeightCopies::Purpose::detection);
+    const FoldedBatchNorms folds(reluBatchNormPairs(*this));  // under amp: the BatchNorms folded in one pass
     out = forward(images);
   }
   out.classification = out.classification.to(torch::kFloat);
