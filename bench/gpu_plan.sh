@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU host calls for issue 24 (bench/NOTES.md says why each), one per argument, each under 590 s (BUDGET
 # shortens one: its last runs are cut first); a machine is given back after 30 s idle, so make a follow-up at once:
-#   X  (thirteenth session) build; the folds made in one pass (FoldedBatchNorms) and the heads' biases through autocast's cache:
+#   next: the loader-fed row at the new resident rate (L's loader rows); the fold kernel with 32-bit indices
+#   X  (ran 2026-12-05, H200: passed; b8 graph 824–847 fused vs 784–795) build; the folds made in one pass (FoldedBatchNorms) and the heads' biases through autocast's cache:
 #      test/conv_fusion.test.ts, inference A/B (3 rounds), a profile, retinanet's CUDA tests, fastpath's copies test
-#   W  (ran 2026-12-05, H100: b8 graph fused 778–803 vs 747–769 img/s; b1 graph 2–10 % slower fused) build; inference A/B (fusion on/off; bf16 graph and eager; b1, b8; 4 rounds of 60 calls) and a
+#   W  (ran 2026-12-05, H100; the copies test's failure is the same with fusion off: b8 graph fused 778–803 vs 747–769 img/s; b1 graph 2–10 % slower fused) build; inference A/B (fusion on/off; bf16 graph and eager; b1, b8; 4 rounds of 60 calls) and a
 #      profile of each; fastpath's bf16 copies test with ONESTAGE_CONV_FUSION=off, then on; the CUDA tests of cuda, nanodet, fastpath
 #   V  (ran 2026-12-05, H100: conv_fusion passed; fastpath's copies test failed on retinanet's update, 1.45e-4 > 1e-4) build; test/conv_fusion.test.ts (the folded BatchNorm and cuDNN's fused conv + bias + ReLU in bf16
 #      inference), the CUDA parts of retinanet.test.ts and fastpath's bf16 copies test; inference A/B interleaved (fusion on/off,
