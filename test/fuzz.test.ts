@@ -175,6 +175,7 @@ async function soloGroup(): Promise<NativeProcessGroup | null> {
 
 /** Positions that take an options object: undefined and any object are valid there. */
 const OPTION_POSITIONS: Partial<Record<keyof NativeBinding, number[]>> = {
+  modelForwardAsync: [2],
   modelDetectAsync: [4],
   modelLoadTorchAsync: [2],
   modelLoadSafetensorsAsync: [4],
