@@ -117,7 +117,7 @@ Napi::Value ModelForwardAsync(const Napi::CallbackInfo& info) {
           {
             // as detect's amp: bf16 autocast with the convolution weights' bf16 copies
             const Bf16Forward bf16(m->module(), m->device(), amp, ConvWeightCopies::Purpose::detection);
-            const FoldedBatchNorms folds(reluBatchNormPairs(m->module()));
+            const FoldedBatchNorms folds(amp ? reluBatchNormPairs(m->module()) : ConvBatchNormPairs{});
             out = m->forwardNamed(images);
           }
           // floating outputs in float32, as without amp

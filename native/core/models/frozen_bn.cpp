@@ -400,7 +400,7 @@ std::optional<torch::Tensor> foldedConvBnRelu(torch::nn::Conv2dImpl& conv, torch
 
 }  // namespace
 
-FoldedBatchNorms::FoldedBatchNorms(const std::vector<std::pair<torch::nn::Conv2dImpl*, torch::nn::BatchNorm2dImpl*>>& pairs) : previous_(tCurrentFolds) {
+FoldedBatchNorms::FoldedBatchNorms(const ConvBatchNormPairs& pairs) : previous_(tCurrentFolds) {
   tCurrentFolds = this;
   const auto type = cudaAutocastType();
   if (pairs.empty() || torch::GradMode::is_enabled() || !type || !cudaFusionType(*type) || !convFusionAllowed() || fusionEmulationAsked() || emulationAsked())

@@ -47,9 +47,10 @@ torch::Tensor convBatchNormAct(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm
 // per convolution; convBatchNormAct takes its convolution's from the innermost scope alive on its thread (and folds one itself where
 // the scope has none). Made only where convBatchNormAct would fold: no gradient mode, CUDA autocast to a 16-bit type, cuDNN on,
 // neither switch off, channels-last float32 weights on CUDA; empty otherwise. `pairs`: (convolution, BatchNorm) with a ReLU after.
+using ConvBatchNormPairs = std::vector<std::pair<torch::nn::Conv2dImpl*, torch::nn::BatchNorm2dImpl*>>;
 class FoldedBatchNorms {
  public:
-  explicit FoldedBatchNorms(const std::vector<std::pair<torch::nn::Conv2dImpl*, torch::nn::BatchNorm2dImpl*>>& pairs);
+  explicit FoldedBatchNorms(const ConvBatchNormPairs& pairs);
   ~FoldedBatchNorms();
   FoldedBatchNorms(const FoldedBatchNorms&) = delete;
   FoldedBatchNorms& operator=(const FoldedBatchNorms&) = delete;

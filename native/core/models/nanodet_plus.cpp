@@ -154,7 +154,7 @@ Detections NanoDetPlusImpl::detect(const torch::Tensor& images, const torch::Ten
   NanoDetPlusOutput out;
   {
     const Bf16Forward bf16(*this, images.device(), opts.amp, ConvWeightCopies::Purpose::detection);
-    const FoldedBatchNorms folds(reluBatchNormPairs(*this));  // under amp with a ResNet backbone: the BatchNorms folded in one pass
+    const FoldedBatchNorms folds(opts.amp ? reluBatchNormPairs(*this) : ConvBatchNormPairs{});  // under amp with a ResNet backbone: the BatchNorms folded in one pass
     out = forward(images);
   }
   const auto preds = out.preds.to(torch::kFloat);

@@ -136,8 +136,8 @@ bool isResNetBackboneKey(const std::string& key) {
   return false;
 }
 
-std::vector<std::pair<nn::Conv2dImpl*, nn::BatchNorm2dImpl*>> reluBatchNormPairs(torch::nn::Module& module) {
-  std::vector<std::pair<nn::Conv2dImpl*, nn::BatchNorm2dImpl*>> pairs;
+ConvBatchNormPairs reluBatchNormPairs(torch::nn::Module& module) {
+  ConvBatchNormPairs pairs;
   for (auto& m : module.modules(/*include_self=*/true)) {
     // the stem: a ResNet's conv1 and bn1, or a detector's where registerBackboneAtTop put them (beside layer1)
     const auto children = m->named_children();

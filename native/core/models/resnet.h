@@ -4,6 +4,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "core/models/frozen_bn.h"
+
 #include <utility>
 #include <vector>
 
@@ -76,7 +78,7 @@ void heNormalInit(torch::nn::Module& module);
 
 /// Every (convolution, BatchNorm) of the ResNet backbones inside `module` with a ReLU after them and no residual — the stem, and each
 /// block's first (BasicBlock) or first two (Bottleneck) — in forward order: what inference folds (core/models/frozen_bn.h).
-std::vector<std::pair<torch::nn::Conv2dImpl*, torch::nn::BatchNorm2dImpl*>> reluBatchNormPairs(torch::nn::Module& module);
+ConvBatchNormPairs reluBatchNormPairs(torch::nn::Module& module);
 
 /// Puts every BatchNorm layer of `module` in eval mode (frozen running statistics in train()).
 void freezeBatchNorm(torch::nn::Module& module);

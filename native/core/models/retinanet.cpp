@@ -118,7 +118,7 @@ Detections RetinaNetImpl::detect(const torch::Tensor& images, const torch::Tenso
   RetinaNetOutput out;
   {
     const Bf16Forward bf16(*this, images.device(), opts.amp, ConvWeightCopies::Purpose::detection);
-    const FoldedBatchNorms folds(reluBatchNormPairs(*this));  // under amp: the BatchNorms folded in one pass
+    const FoldedBatchNorms folds(opts.amp ? reluBatchNormPairs(*this) : ConvBatchNormPairs{});  // under amp: the BatchNorms folded in one pass
     out = forward(images);
   }
   out.classification = out.classification.to(torch::kFloat);
