@@ -2,7 +2,6 @@
 
 #include "core/models/max_pool.h"
 
-#include <algorithm>
 #include <cmath>
 
 #include "core/errors.h"
@@ -138,17 +137,14 @@ bool isResNetBackboneKey(const std::string& key) {
 
 ConvBatchNormPairs reluBatchNormPairs(torch::nn::Module& module) {
   ConvBatchNormPairs pairs;
-  for (auto& m : module.modules(/*include_self=*/true)) {
-    // the stem: a ResNet's conv1 and bn1, or a detector's where registerBackboneAtTop put them (beside layer1)
-    const auto children = m->named_children();
-    const auto* conv1 = children.find("conv1");
-    const auto* bn1 = children.find("bn1");
-    auto* stem = conv1 != nullptr && children.find("layer1") != nullptr ? (*conv1)->as<nn::Conv2dImpl>() : nullptr;
-    auto* stemBn = bn1 != nullptr ? (*bn1)->as<nn::BatchNorm2dImpl>() : nullptr;
-    if (stem != nullptr && stemBn != nullptr) {
-      // both a detector and its ResNet hold the stem
-      if (std::none_of(pairs.begin(), pairs.end(), [stem](const auto& p) { return p.first == stem; })) pairs.emplace_back(stem, stemBn);
-    } else if (auto* b = m->as<BottleneckImpl>()) {
+  // the stem: where registerBackboneAtTop put it (conv1 and bn1 beside layer1 of the detector), or a ResNet's own
+  const auto top = module.named_children();
+  const auto* conv1 = top.find("conv1");
+  const auto* bn1 = top.find("bn1");
+  if (conv1 != nullptr && bn1 != nullptr && top.find("layer1") != nullptr && (*conv1)->as<nn::Conv2dImpl>() && (*bn1)->as<nn::BatchNorm2dImpl>())
+    pairs.emplace_back((*conv1)->as<nn::Conv2dImpl>(), (*bn1)->as<nn::BatchNorm2dImpl>());
+  for (auto& m : module.modules(/*include_self=*/false)) {
+    if (auto* b = m->as<BottleneckImpl>()) {
       pairs.emplace_back(b->conv1.get(), b->bn1.get());
       pairs.emplace_back(b->conv2.get(), b->bn2.get());
     } else if (auto* basic = m->as<BasicBlockImpl>()) {

@@ -76,8 +76,9 @@ void registerBackboneAtTop(torch::nn::Module& owner, ResNet& backbone);
 /// (biases untouched), every BatchNorm weight 1 and bias 0.
 void heNormalInit(torch::nn::Module& module);
 
-/// Every (convolution, BatchNorm) of the ResNet backbones inside `module` with a ReLU after them and no residual — the stem, and each
-/// block's first (BasicBlock) or first two (Bottleneck) — in forward order: what inference folds (core/models/frozen_bn.h).
+/// Every (convolution, BatchNorm) of a ResNet backbone with a ReLU after them and no residual — the stem (`module`'s conv1 and bn1 beside
+/// its layer1: a ResNet, or a detector after registerBackboneAtTop), and each block's first (BasicBlock) or first two (Bottleneck) —
+/// in forward order: what inference folds up front (core/models/frozen_bn.h; a convolution missing here is folded on its own).
 ConvBatchNormPairs reluBatchNormPairs(torch::nn::Module& module);
 
 /// Puts every BatchNorm layer of `module` in eval mode (frozen running statistics in train()).
